@@ -1,0 +1,552 @@
+use super::*;
+use proptest::prelude::*;
+
+fn claim(broadcast: &str, lease_id: i64, token: i64) -> Claim {
+    Claim {
+        broadcast: broadcast.into(),
+        node_id: "node-a".into(),
+        lease_id,
+        fencing_token: token,
+        lease_ttl_ms: 10_000,
+        ..Claim::default()
+    }
+}
+
+fn created(b: &str, t: &str) -> Event {
+    Event::Created {
+        broadcast: b.into(),
+        track: t.into(),
+    }
+}
+
+fn closed(b: &str, t: &str) -> Event {
+    Event::Closed {
+        broadcast: b.into(),
+        track: t.into(),
+    }
+}
+
+fn claimed(b: &str, lease: i64, token: i64) -> Event {
+    Event::ClaimAnswered {
+        broadcast: b.into(),
+        outcome: ClaimOutcome::Claimed {
+            claim: claim(b, lease, token),
+            adopted: false,
+        },
+    }
+}
+
+fn sends(actions: &[Action]) -> Vec<&Reply> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(r) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn first_track_claims_and_second_shares_it() {
+    let mut core = NodeClaims::new();
+    assert_eq!(
+        core.handle(created("live/x", "video")),
+        vec![Action::Claim {
+            broadcast: "live/x".into()
+        }]
+    );
+    assert_eq!(core.handle(created("live/x", "audio")), vec![]);
+    let acts = core.handle(claimed("live/x", 7, 100));
+    assert_eq!(
+        acts,
+        vec![
+            Action::KeepAlive {
+                lease_id: 7,
+                broadcast: "live/x".into(),
+                ttl_ms: 10_000
+            },
+            Action::Send(Reply::Claimed {
+                claim: claim("live/x", 7, 100),
+                adopted: false
+            }),
+        ]
+    );
+    assert_eq!(core.held().count(), 1);
+}
+
+#[test]
+fn last_track_closing_revokes_then_reports_released() {
+    let mut core = NodeClaims::new();
+    core.handle(created("b", "video"));
+    core.handle(created("b", "audio"));
+    core.handle(claimed("b", 7, 100));
+    assert_eq!(core.handle(closed("b", "video")), vec![]);
+    assert_eq!(
+        core.handle(closed("b", "audio")),
+        vec![Action::Revoke {
+            broadcast: "b".into(),
+            lease_id: 7
+        }]
+    );
+    assert_eq!(
+        core.handle(Event::Revoked {
+            broadcast: "b".into()
+        }),
+        vec![Action::Send(Reply::Released {
+            broadcast: "b".into()
+        })]
+    );
+    assert_eq!(core.held().count(), 0);
+}
+
+#[test]
+fn duplicate_created_and_unknown_closed_change_nothing() {
+    let mut core = NodeClaims::new();
+    core.handle(created("b", "video"));
+    core.handle(claimed("b", 7, 100));
+    assert_eq!(core.handle(created("b", "video")), vec![]);
+    assert_eq!(core.handle(closed("b", "audio")), vec![]);
+    assert_eq!(core.handle(closed("nope", "video")), vec![]);
+    assert_eq!(core.held().count(), 1);
+}
+
+#[test]
+fn conflict_waits_as_standby_and_claims_when_owner_releases() {
+    let mut core = NodeClaims::new();
+    core.handle(created("b", "video"));
+    let owner = Claim {
+        node_id: "node-b".into(),
+        ..claim("b", 3, 50)
+    };
+    let acts = core.handle(Event::ClaimAnswered {
+        broadcast: "b".into(),
+        outcome: ClaimOutcome::Conflict {
+            owner: owner.clone(),
+            revision: 60,
+        },
+    });
+    assert_eq!(
+        sends(&acts),
+        vec![&Reply::Conflict {
+            broadcast: "b".into(),
+            owner: owner.clone()
+        }]
+    );
+    assert_eq!(core.standby().collect::<Vec<_>>(), vec!["b"]);
+    // A deletion from before the conflict was read is old news.
+    assert_eq!(
+        core.handle(Event::OwnerReleased {
+            broadcast: "b".into(),
+            revision: 59
+        }),
+        vec![]
+    );
+    assert_eq!(
+        core.handle(Event::OwnerReleased {
+            broadcast: "b".into(),
+            revision: 61
+        }),
+        vec![Action::Claim {
+            broadcast: "b".into()
+        }]
+    );
+    // Meeting the same owner again is not news to the node.
+    let again = core.handle(Event::ClaimAnswered {
+        broadcast: "b".into(),
+        outcome: ClaimOutcome::Conflict {
+            owner,
+            revision: 62,
+        },
+    });
+    assert_eq!(sends(&again), Vec::<&Reply>::new());
+    let acts = core.handle(Event::OwnerReleased {
+        broadcast: "b".into(),
+        revision: 63,
+    });
+    assert_eq!(acts.len(), 1);
+    let acts = core.handle(claimed("b", 9, 63));
+    assert!(matches!(
+        sends(&acts)[..],
+        [Reply::Claimed { claim, .. }] if claim.fencing_token == 63
+    ));
+}
+
+#[test]
+fn standby_that_closes_is_forgotten_silently() {
+    let mut core = NodeClaims::new();
+    core.handle(created("b", "video"));
+    core.handle(Event::ClaimAnswered {
+        broadcast: "b".into(),
+        outcome: ClaimOutcome::Conflict {
+            owner: claim("b", 3, 50),
+            revision: 60,
+        },
+    });
+    assert_eq!(core.handle(closed("b", "video")), vec![]);
+    assert_eq!(
+        core.handle(Event::OwnerReleased {
+            broadcast: "b".into(),
+            revision: 70
+        }),
+        vec![]
+    );
+}
+
+#[test]
+fn close_while_claiming_revokes_the_claim_when_it_lands() {
+    let mut core = NodeClaims::new();
+    core.handle(created("b", "video"));
+    assert_eq!(core.handle(closed("b", "video")), vec![]);
+    let acts = core.handle(claimed("b", 7, 100));
+    assert_eq!(
+        acts,
+        vec![Action::Revoke {
+            broadcast: "b".into(),
+            lease_id: 7
+        }]
+    );
+    // The node never heard `claimed`, so it hears no `released` either.
+    assert_eq!(
+        core.handle(Event::Revoked {
+            broadcast: "b".into()
+        }),
+        vec![]
+    );
+}
+
+#[test]
+fn republish_while_revoking_ends_claimed() {
+    let mut core = NodeClaims::new();
+    core.handle(created("b", "video"));
+    core.handle(claimed("b", 7, 100));
+    core.handle(closed("b", "video"));
+    assert_eq!(core.handle(created("b", "video")), vec![]);
+    let acts = core.handle(Event::Revoked {
+        broadcast: "b".into(),
+    });
+    assert_eq!(
+        acts,
+        vec![
+            Action::Send(Reply::Released {
+                broadcast: "b".into()
+            }),
+            Action::Claim {
+                broadcast: "b".into()
+            }
+        ]
+    );
+    core.handle(claimed("b", 8, 105));
+    assert_eq!(core.held().next().map(|(_, c)| c.fencing_token), Some(105));
+}
+
+#[test]
+fn goodbye_releases_everything_then_finishes() {
+    let mut core = NodeClaims::new();
+    core.handle(created("a", "video"));
+    core.handle(created("b", "video"));
+    core.handle(created("c", "video"));
+    core.handle(claimed("a", 1, 10));
+    core.handle(claimed("b", 2, 11));
+    // "c" is still in flight at goodbye.
+    let acts = core.handle(Event::Goodbye);
+    assert_eq!(
+        acts,
+        vec![
+            Action::Revoke {
+                broadcast: "a".into(),
+                lease_id: 1
+            },
+            Action::Revoke {
+                broadcast: "b".into(),
+                lease_id: 2
+            },
+        ]
+    );
+    // Nothing new starts after goodbye.
+    assert_eq!(core.handle(created("d", "video")), vec![]);
+    core.handle(Event::Revoked {
+        broadcast: "a".into(),
+    });
+    let acts = core.handle(claimed("c", 3, 12));
+    assert_eq!(
+        acts,
+        vec![Action::Revoke {
+            broadcast: "c".into(),
+            lease_id: 3
+        }]
+    );
+    core.handle(Event::Revoked {
+        broadcast: "c".into(),
+    });
+    let acts = core.handle(Event::Revoked {
+        broadcast: "b".into(),
+    });
+    assert_eq!(
+        acts,
+        vec![
+            Action::Send(Reply::Released {
+                broadcast: "b".into()
+            }),
+            Action::Finished
+        ]
+    );
+}
+
+#[test]
+fn goodbye_with_nothing_held_finishes_at_once() {
+    let mut core = NodeClaims::new();
+    assert_eq!(core.handle(Event::Goodbye), vec![Action::Finished]);
+}
+
+#[test]
+fn detach_keeps_claims_until_grace_then_releases_silently() {
+    let mut core = NodeClaims::new();
+    core.handle(created("a", "video"));
+    core.handle(claimed("a", 1, 10));
+    core.handle(created("s", "video"));
+    core.handle(Event::ClaimAnswered {
+        broadcast: "s".into(),
+        outcome: ClaimOutcome::Conflict {
+            owner: claim("s", 5, 5),
+            revision: 6,
+        },
+    });
+    assert_eq!(core.handle(Event::Detached), vec![]);
+    assert!(core.is_detached());
+    assert_eq!(core.held().count(), 1);
+    assert_eq!(core.standby().count(), 0);
+    // A lease lost while detached is forgotten and nobody is told.
+    assert_eq!(
+        core.handle(Event::GraceExpired),
+        vec![Action::Revoke {
+            broadcast: "a".into(),
+            lease_id: 1
+        }]
+    );
+    assert_eq!(
+        core.handle(Event::Revoked {
+            broadcast: "a".into()
+        }),
+        vec![Action::Finished]
+    );
+}
+
+#[test]
+fn lost_lease_is_reported_and_claimed_again_while_live() {
+    let mut core = NodeClaims::new();
+    core.handle(created("b", "video"));
+    core.handle(claimed("b", 7, 100));
+    let acts = core.handle(Event::LeaseLost {
+        lease_id: 7,
+        reason: "lease expired".into(),
+    });
+    assert_eq!(
+        acts,
+        vec![
+            Action::Forget { lease_id: 7 },
+            Action::Send(Reply::Lost {
+                broadcast: "b".into(),
+                reason: "lease expired".into()
+            }),
+            Action::Claim {
+                broadcast: "b".into()
+            },
+        ]
+    );
+    // A loss of some other lease is nobody's business here.
+    assert_eq!(
+        core.handle(Event::LeaseLost {
+            lease_id: 99,
+            reason: "x".into()
+        }),
+        vec![]
+    );
+}
+
+#[test]
+fn unavailable_store_is_retried_with_backoff_and_told() {
+    let mut core = NodeClaims::new();
+    core.handle(created("b", "video"));
+    let acts = core.handle(Event::ClaimAnswered {
+        broadcast: "b".into(),
+        outcome: ClaimOutcome::Unavailable {
+            reason: "etcd unreachable".into(),
+        },
+    });
+    let Action::RetryAfter { timer, delay, .. } = acts[0].clone() else {
+        panic!("expected a retry first, got {acts:?}");
+    };
+    assert_eq!(delay, backoff(1));
+    assert!(matches!(sends(&acts)[..], [Reply::Retrying { .. }]));
+    // A stale timer does nothing; the current one claims again.
+    assert_eq!(
+        core.handle(Event::RetryDue {
+            broadcast: "b".into(),
+            timer: timer + 1
+        }),
+        vec![]
+    );
+    assert_eq!(
+        core.handle(Event::RetryDue {
+            broadcast: "b".into(),
+            timer
+        }),
+        vec![Action::Claim {
+            broadcast: "b".into()
+        }]
+    );
+}
+
+#[test]
+fn backoff_grows_and_is_capped() {
+    assert_eq!(backoff(1), Duration::from_millis(200));
+    assert_eq!(backoff(2), Duration::from_millis(400));
+    assert!(backoff(5) > backoff(4));
+    assert_eq!(backoff(30), Duration::from_secs(5));
+}
+
+#[test]
+fn existing_claims_not_live_are_released() {
+    let mut core = NodeClaims::new();
+    core.handle(created("keep", "video"));
+    let acts = core.handle(Event::Existing {
+        claims: vec![("keep".into(), 1), ("stale".into(), 2)],
+    });
+    assert_eq!(
+        acts,
+        vec![Action::RevokeStale {
+            broadcast: "stale".into(),
+            lease_id: 2
+        }]
+    );
+}
+
+#[test]
+fn answer_for_an_unknown_broadcast_never_leaks_its_lease() {
+    let mut core = NodeClaims::new();
+    assert_eq!(
+        core.handle(claimed("ghost", 4, 1)),
+        vec![Action::Revoke {
+            broadcast: "ghost".into(),
+            lease_id: 4
+        }]
+    );
+}
+
+// A store that answers in any order, and a node that does anything: the
+// core must keep its invariants whatever happens.
+#[derive(Debug, Clone)]
+enum Step {
+    Created(u8, u8),
+    Closed(u8, u8),
+    Answer(u8, u8),
+    Revoked(u8),
+    Lost(u8),
+    OwnerReleased(u8),
+    Retry(u8),
+    Goodbye,
+    Detach,
+    Grace,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (0..3u8, 0..2u8).prop_map(|(b, t)| Step::Created(b, t)),
+        3 => (0..3u8, 0..2u8).prop_map(|(b, t)| Step::Closed(b, t)),
+        4 => (0..3u8, 0..3u8).prop_map(|(b, k)| Step::Answer(b, k)),
+        3 => (0..3u8).prop_map(Step::Revoked),
+        1 => (0..3u8).prop_map(Step::Lost),
+        1 => (0..3u8).prop_map(Step::OwnerReleased),
+        1 => (0..3u8).prop_map(Step::Retry),
+        1 => Just(Step::Goodbye),
+        1 => Just(Step::Detach),
+        1 => Just(Step::Grace),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #[test]
+    fn invariants_hold_under_any_order(steps in proptest::collection::vec(step(), 1..60)) {
+        let mut core = NodeClaims::new();
+        // What the shell would have in flight, per broadcast.
+        let mut claims_in_flight: BTreeSet<String> = BTreeSet::new();
+        let mut revokes_in_flight: BTreeMap<String, i64> = BTreeMap::new();
+        let mut kept: BTreeSet<i64> = BTreeSet::new();
+        let mut timers: BTreeMap<String, u64> = BTreeMap::new();
+        let mut next_lease = 100i64;
+        let mut revision = 1000i64;
+        let mut finished = 0;
+        let mut told_claimed: BTreeSet<String> = BTreeSet::new();
+        let mut after_end_told = false;
+
+        for s in steps {
+            let name = |b: u8| format!("b{b}");
+            let event = match s {
+                Step::Created(b, t) => Some(created(&name(b), &format!("t{t}"))),
+                Step::Closed(b, t) => Some(closed(&name(b), &format!("t{t}"))),
+                Step::Answer(b, kind) => {
+                    let b = name(b);
+                    if claims_in_flight.remove(&b) {
+                        revision += 1;
+                        next_lease += 1;
+                        let outcome = match kind {
+                            0 => ClaimOutcome::Claimed { claim: claim(&b, next_lease, revision), adopted: false },
+                            1 => ClaimOutcome::Conflict { owner: Claim { node_id: "other".into(), ..claim(&b, 1, revision - 1) }, revision },
+                            _ => ClaimOutcome::Unavailable { reason: "down".into() },
+                        };
+                        Some(Event::ClaimAnswered { broadcast: b, outcome })
+                    } else { None }
+                }
+                Step::Revoked(b) => {
+                    let b = name(b);
+                    revokes_in_flight.remove(&b).map(|_| Event::Revoked { broadcast: b })
+                }
+                Step::Lost(b) => core.held().find(|(n, _)| *n == name(b)).map(|(_, c)| c.lease_id)
+                    .map(|lease_id| Event::LeaseLost { lease_id, reason: "expired".into() }),
+                Step::OwnerReleased(b) => { revision += 1; Some(Event::OwnerReleased { broadcast: name(b), revision }) }
+                Step::Retry(b) => timers.remove(&name(b)).map(|timer| Event::RetryDue { broadcast: name(b), timer }),
+                Step::Goodbye => Some(Event::Goodbye),
+                Step::Detach => Some(Event::Detached),
+                Step::Grace => Some(Event::GraceExpired),
+            };
+            let Some(event) = event else { continue };
+            let ended = finished > 0 || core.is_detached();
+            for action in core.handle(event) {
+                match action {
+                    Action::Claim { broadcast } => {
+                        prop_assert!(!claims_in_flight.contains(&broadcast), "two claims in flight for {broadcast}");
+                        prop_assert!(!revokes_in_flight.contains_key(&broadcast), "claim while revoking {broadcast}");
+                        claims_in_flight.insert(broadcast);
+                    }
+                    Action::KeepAlive { lease_id, .. } => { prop_assert!(kept.insert(lease_id)); }
+                    Action::Revoke { broadcast, lease_id } => {
+                        prop_assert!(!claims_in_flight.contains(&broadcast));
+                        prop_assert!(revokes_in_flight.insert(broadcast, lease_id).is_none(), "two revokes in flight");
+                        kept.remove(&lease_id);
+                    }
+                    Action::Forget { lease_id } => { prop_assert!(kept.remove(&lease_id)); }
+                    Action::RevokeStale { .. } => {}
+                    Action::RetryAfter { broadcast, timer, .. } => { timers.insert(broadcast, timer); }
+                    Action::Send(reply) => {
+                        if ended { after_end_told = true; }
+                        match reply {
+                            Reply::Claimed { claim, .. } => { prop_assert!(told_claimed.insert(claim.broadcast)); }
+                            Reply::Released { broadcast } | Reply::Lost { broadcast, .. } => {
+                                prop_assert!(told_claimed.remove(&broadcast), "released/lost for {broadcast} never told claimed");
+                            }
+                            _ => {}
+                        }
+                    }
+                    Action::Finished => finished += 1,
+                }
+            }
+            // Every lease the core holds is being kept alive.
+            for (_, c) in core.held() {
+                prop_assert!(kept.contains(&c.lease_id), "held lease {} not kept alive", c.lease_id);
+            }
+        }
+        prop_assert!(finished <= 1);
+        prop_assert!(!after_end_told, "the node was told something after it detached");
+    }
+}

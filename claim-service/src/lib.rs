@@ -1,0 +1,16 @@
+//! Broadcast Claims coordinator.
+//!
+//! Ingest nodes attach over `ClaimSessions.Attach` and stream the lifecycle of
+//! their broadcasters; this service turns it into etcd claims (one lease per
+//! claimed broadcast) and answers who owns what through `Ownership`.
+//!
+//! - [`claims`]: the claim rules, a pure state machine per node session;
+//! - [`store`]: the one door to etcd (layout, claim transaction, revoke,
+//!   keep-alive, watch);
+//! - [`session`]: the async shell that drives a session's state machine;
+//! - [`view`]: the watch-fed in-memory view of every claim and node;
+//! - [`ownership`]: the read API over that view;
+//! - [`server`]: the gRPC server, health, reflection and metrics endpoint.
+
+pub mod claims;
+pub mod names;
