@@ -245,6 +245,11 @@ impl NodeClaims {
             .map(|(b, _)| b.as_str())
     }
 
+    /// After `goodbye`.
+    pub fn is_closing(&self) -> bool {
+        self.mode == Mode::Closing
+    }
+
     pub fn is_detached(&self) -> bool {
         matches!(self.mode, Mode::Detached | Mode::Expiring)
     }

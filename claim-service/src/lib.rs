@@ -9,8 +9,18 @@
 //!   keep-alive, watch);
 //! - [`session`]: the async shell that drives a session's state machine;
 //! - [`view`]: the watch-fed in-memory view of every claim and node;
-//! - [`ownership`]: the read API over that view;
-//! - [`server`]: the gRPC server, health, reflection and metrics endpoint.
+//! - [`ownership`]: the read API, mostly over that view;
+//! - [`server`]: the gRPC server, health, reflection, metrics and shutdown;
+//! - [`config`], [`names`], [`metrics`], [`error`], [`wire`]: the edges.
 
 pub mod claims;
+pub mod config;
+pub mod error;
+pub mod metrics;
 pub mod names;
+pub mod ownership;
+pub mod server;
+pub mod session;
+pub mod store;
+pub mod view;
+pub mod wire;

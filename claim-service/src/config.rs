@@ -1,0 +1,269 @@
+//! Command-line flags and environment variables, checked at start-up.
+//!
+//! Every flag reads an environment variable; the names are part of the
+//! contract (compose files, scripts and tests set them). Nonsense is refused
+//! before anything starts, with one line that says what to change.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::session::SessionConfig;
+use crate::store::StoreConfig;
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 10s or 500ms)"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Broadcast Claims coordinator: ingest nodes attach over gRPC and stream
+/// their broadcasters' lifecycle; each claimed broadcast is held with its own
+/// etcd lease, kept alive while any track of it is live and revoked the
+/// moment the last one closes. Anyone can ask who owns what (claims.v1.Ownership).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "claim-service", version, about, long_about = None)]
+pub struct Config {
+    /// gRPC address (ClaimSessions, Ownership, health, reflection).
+    #[arg(long, env = "CLAIMS_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+
+    /// etcd endpoints, comma-separated.
+    #[arg(
+        long,
+        env = "CLAIMS_ETCD_ENDPOINTS",
+        default_value = "http://127.0.0.1:2379",
+        value_delimiter = ','
+    )]
+    pub etcd_endpoints: Vec<String>,
+
+    /// etcd key prefix under which claims and nodes are kept; ends in "/".
+    #[arg(long, env = "CLAIMS_KEY_PREFIX", default_value = "/claims/v1/")]
+    pub key_prefix: String,
+
+    /// Lease TTL of a claim when the node asks for none.
+    #[arg(long, env = "CLAIMS_LEASE_TTL", default_value = "10s", value_parser = duration)]
+    pub lease_ttl: Duration,
+
+    /// Shortest lease TTL a node may ask for.
+    #[arg(long, env = "CLAIMS_MIN_LEASE_TTL", default_value = "5s", value_parser = duration)]
+    pub min_lease_ttl: Duration,
+
+    /// Longest lease TTL a node may ask for.
+    #[arg(long, env = "CLAIMS_MAX_LEASE_TTL", default_value = "60s", value_parser = duration)]
+    pub max_lease_ttl: Duration,
+
+    /// How often each lease is renewed [default: lease TTL / 4]. Must be
+    /// below a third of the lease TTL.
+    #[arg(long, env = "CLAIMS_RENEW_INTERVAL", value_parser = duration)]
+    pub renew_interval: Option<Duration>,
+
+    /// How long a session that broke without goodbye keeps its claims, so
+    /// that its node can re-attach (to any replica) without a gap. Below the
+    /// lease TTL.
+    #[arg(long, env = "CLAIMS_DETACH_GRACE", default_value = "5s", value_parser = duration)]
+    pub detach_grace: Duration,
+
+    /// Prometheus metrics address (serves /metrics).
+    #[arg(long, env = "CLAIMS_METRICS_LISTEN", default_value = "0.0.0.0:9464")]
+    pub metrics_listen: SocketAddr,
+
+    /// This replica's id, written into the claims and nodes it holds
+    /// [default: host name and a random suffix].
+    #[arg(long, env = "CLAIMS_SERVICE_ID")]
+    pub service_id: Option<String>,
+
+    /// Bound on each etcd call.
+    #[arg(long, env = "CLAIMS_ETCD_TIMEOUT", default_value = "3s", value_parser = duration)]
+    pub etcd_timeout: Duration,
+
+    /// HTTP/2 keep-alive interval on the etcd connection and on this
+    /// server's connections: dead peers are noticed within about twice this.
+    #[arg(long, env = "CLAIMS_HTTP2_KEEPALIVE", default_value = "2s", value_parser = duration)]
+    pub http2_keepalive: Duration,
+
+    /// Number of etcd keep-alive streams the leases are spread over.
+    #[arg(long, env = "CLAIMS_KEEPALIVE_STREAMS", default_value_t = 2)]
+    pub keepalive_streams: usize,
+
+    /// How long a new session may take to send its hello.
+    #[arg(long, env = "CLAIMS_HELLO_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub hello_timeout: Duration,
+
+    /// Log format.
+    #[arg(long, env = "CLAIMS_LOG_FORMAT", value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    pub fn renew_interval(&self) -> Duration {
+        self.renew_interval.unwrap_or(self.lease_ttl / 4)
+    }
+
+    /// Refuses combinations that cannot work; the message is one line.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.etcd_endpoints.is_empty() || self.etcd_endpoints.iter().any(|e| e.trim().is_empty())
+        {
+            return Err("--etcd-endpoints has an empty entry; give comma-separated URLs like http://127.0.0.1:2379".into());
+        }
+        for e in &self.etcd_endpoints {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(format!(
+                    "--etcd-endpoints entry {e:?} is not an http:// or https:// URL"
+                ));
+            }
+        }
+        if !self.key_prefix.ends_with('/') || self.key_prefix.len() < 2 {
+            return Err(format!(
+                "--key-prefix {:?} must be non-empty and end in \"/\", e.g. /claims/v1/",
+                self.key_prefix
+            ));
+        }
+        if self.min_lease_ttl < Duration::from_secs(2) {
+            return Err(format!(
+                "--min-lease-ttl {:?} is below 2s; etcd does not keep shorter leases",
+                self.min_lease_ttl
+            ));
+        }
+        if !(self.min_lease_ttl <= self.lease_ttl && self.lease_ttl <= self.max_lease_ttl) {
+            return Err(format!(
+                "--lease-ttl {:?} must lie between --min-lease-ttl {:?} and --max-lease-ttl {:?}",
+                self.lease_ttl, self.min_lease_ttl, self.max_lease_ttl
+            ));
+        }
+        let renew = self.renew_interval();
+        if renew.is_zero() || renew * 3 >= self.lease_ttl {
+            return Err(format!(
+                "--renew-interval {renew:?} must be above zero and below a third of --lease-ttl {:?}",
+                self.lease_ttl
+            ));
+        }
+        if self.detach_grace >= self.lease_ttl {
+            return Err(format!(
+                "--detach-grace {:?} must be below --lease-ttl {:?}",
+                self.detach_grace, self.lease_ttl
+            ));
+        }
+        if self.listen == self.metrics_listen {
+            return Err(format!(
+                "--listen and --metrics-listen are both {}; give them different ports",
+                self.listen
+            ));
+        }
+        if self.keepalive_streams == 0 || self.keepalive_streams > 64 {
+            return Err(format!(
+                "--keepalive-streams {} must be between 1 and 64",
+                self.keepalive_streams
+            ));
+        }
+        if self.etcd_timeout.is_zero()
+            || self.http2_keepalive.is_zero()
+            || self.hello_timeout.is_zero()
+        {
+            return Err(
+                "--etcd-timeout, --http2-keepalive and --hello-timeout must be above zero".into(),
+            );
+        }
+        if let Some(id) = &self.service_id {
+            if id.is_empty()
+                || id.len() > 128
+                || id.chars().any(|c| c.is_control() || c.is_whitespace())
+            {
+                return Err(format!(
+                    "--service-id {id:?} must be 1-128 printable characters without spaces"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn service_id(&self) -> String {
+        self.service_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "claim-service".into());
+            format!("{host}-{:04x}", rand::random::<u16>())
+        })
+    }
+
+    pub fn store(&self) -> StoreConfig {
+        StoreConfig {
+            endpoints: self.etcd_endpoints.clone(),
+            prefix: self.key_prefix.clone(),
+            op_timeout: self.etcd_timeout,
+            http2_keepalive: self.http2_keepalive,
+            keepalive_streams: self.keepalive_streams,
+        }
+    }
+
+    pub fn sessions(&self, service_id: String) -> SessionConfig {
+        SessionConfig {
+            service_id,
+            default_ttl: self.lease_ttl,
+            min_ttl: self.min_lease_ttl,
+            max_ttl: self.max_lease_ttl,
+            renew_interval: self.renew_interval(),
+            detach_grace: self.detach_grace,
+            hello_timeout: self.hello_timeout,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut all = vec!["claim-service"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all).expect("flags parse")
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = parse(&[]);
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.renew_interval(), Duration::from_millis(2500));
+        assert_eq!(c.lease_ttl, Duration::from_secs(10));
+        assert_eq!(c.detach_grace, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn nonsense_is_refused_with_one_line() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--renew-interval", "4s"], "below a third"),
+            (&["--detach-grace", "10s"], "below --lease-ttl"),
+            (&["--lease-ttl", "90s"], "must lie between"),
+            (&["--key-prefix", "claims"], "end in \"/\""),
+            (&["--etcd-endpoints", "127.0.0.1:2379"], "not an http"),
+            (
+                &[
+                    "--min-lease-ttl",
+                    "1s",
+                    "--lease-ttl",
+                    "4s",
+                    "--detach-grace",
+                    "1s",
+                ],
+                "below 2s",
+            ),
+            (&["--metrics-listen", "0.0.0.0:50051"], "different ports"),
+        ];
+        for (args, want) in cases {
+            let err = parse(args).validate().unwrap_err();
+            assert!(err.contains(want), "{args:?}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn bad_durations_do_not_parse() {
+        let err = Config::try_parse_from(["claim-service", "--lease-ttl", "ten"]).unwrap_err();
+        assert!(err.to_string().contains("10s or 500ms"), "{err}");
+    }
+}

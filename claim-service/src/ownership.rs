@@ -1,0 +1,253 @@
+//! The `Ownership` read API: who owns what, for anyone.
+//!
+//! `GetOwner`, `ListClaims` and `ListNodes` answer from the watch-fed
+//! [`View`]; `GetOwner { consistent: true }` reads etcd linearizably instead.
+//! `WatchClaims` follows etcd's own history, so it can replay from any
+//! revision etcd still keeps and never skips an event.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use base64::Engine;
+use claims_proto::v1 as pb;
+use futures::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::error::Error;
+use crate::names;
+use crate::store::watch::Change;
+use crate::store::Store;
+use crate::view::View;
+
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+const TOKEN_TAG: &str = "after:";
+
+pub struct OwnershipService {
+    store: Store,
+    view: Arc<View>,
+    /// Ends open watches when the replica shuts down.
+    shutdown: CancellationToken,
+}
+
+impl OwnershipService {
+    pub fn new(store: Store, view: Arc<View>, shutdown: CancellationToken) -> Self {
+        Self {
+            store,
+            view,
+            shutdown,
+        }
+    }
+}
+
+/// A name prefix may end anywhere, even mid-segment or in `/`, but only
+/// holds characters a name may hold.
+fn check_prefix(prefix: &str) -> Result<(), Error> {
+    if prefix.len() > names::MAX_BROADCAST_LEN
+        || !prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._~-/".contains(&b))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "prefix {prefix:?} cannot start any broadcast name; names are 1-256 bytes of segments of [A-Za-z0-9._~-] joined by \"/\""
+        )));
+    }
+    Ok(())
+}
+
+fn encode_token(after: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{TOKEN_TAG}{after}"))
+}
+
+fn decode_token(token: &str) -> Result<Option<String>, Error> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .and_then(|s| s.strip_prefix(TOKEN_TAG).map(String::from))
+        .map(Some)
+        .ok_or_else(|| {
+            Error::InvalidArgument(
+                "page_token is not one this service issued; pass next_page_token unchanged".into(),
+            )
+        })
+}
+
+fn claim_event(change: Change, revision: i64) -> Option<pb::ClaimEvent> {
+    use pb::claim_event::Kind;
+    let (kind, claim) = match change {
+        Change::Claim { claim, created } => (
+            if created {
+                Kind::Claimed
+            } else {
+                Kind::Adopted
+            },
+            claim.into(),
+        ),
+        Change::Released { broadcast, claim } => (
+            Kind::Released,
+            claim.map(Into::into).unwrap_or(pb::Claim {
+                broadcast,
+                ..Default::default()
+            }),
+        ),
+        Change::Node { .. } | Change::NodeGone { .. } => return None,
+    };
+    Some(pb::ClaimEvent {
+        kind: kind as i32,
+        claim: Some(claim),
+        revision,
+    })
+}
+
+#[tonic::async_trait]
+impl pb::ownership_server::Ownership for OwnershipService {
+    async fn get_owner(
+        &self,
+        request: Request<pb::GetOwnerRequest>,
+    ) -> Result<Response<pb::Claim>, Status> {
+        let req = request.into_inner();
+        names::check_broadcast(&req.broadcast).map_err(Error::InvalidArgument)?;
+        let owner = if req.consistent {
+            self.store
+                .get_claim(&req.broadcast)
+                .await?
+                .map(|(claim, _)| claim)
+        } else {
+            self.view.owner(&req.broadcast)?
+        };
+        match owner {
+            Some(claim) => Ok(Response::new(claim.into())),
+            None => {
+                Err(Error::NotFound(format!("broadcast {:?} has no owner", req.broadcast)).into())
+            }
+        }
+    }
+
+    async fn list_claims(
+        &self,
+        request: Request<pb::ListClaimsRequest>,
+    ) -> Result<Response<pb::ListClaimsResponse>, Status> {
+        let req = request.into_inner();
+        check_prefix(&req.prefix)?;
+        if !req.node_id.is_empty() {
+            names::check_node_id(&req.node_id).map_err(Error::InvalidArgument)?;
+        }
+        let after = decode_token(&req.page_token)?;
+        let limit = match req.page_size as usize {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let (claims, more, revision) =
+            self.view
+                .list(&req.prefix, &req.node_id, after.as_deref(), limit)?;
+        let next_page_token = match (more, claims.last()) {
+            (true, Some(last)) => encode_token(&last.broadcast),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListClaimsResponse {
+            claims: claims.into_iter().map(Into::into).collect(),
+            next_page_token,
+            revision,
+        }))
+    }
+
+    type WatchClaimsStream = Pin<Box<dyn Stream<Item = Result<pb::ClaimEvent, Status>> + Send>>;
+
+    async fn watch_claims(
+        &self,
+        request: Request<pb::WatchClaimsRequest>,
+    ) -> Result<Response<Self::WatchClaimsStream>, Status> {
+        let req = request.into_inner();
+        check_prefix(&req.prefix)?;
+        if req.start_revision < 0 {
+            return Err(Error::InvalidArgument(format!(
+                "start_revision {} is negative; give 0 for now on, or a revision to replay from",
+                req.start_revision
+            ))
+            .into());
+        }
+        let key_prefix = self.store.layout().broadcasts(&req.prefix);
+        let mut batches = self.store.watch(key_prefix, req.start_revision);
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let batch = tokio::select! {
+                    b = batches.recv() => b,
+                    _ = shutdown.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable(
+                            "claim-service replica is shutting down; watch again from the last revision + 1",
+                        ))).await;
+                        return;
+                    }
+                };
+                let Some(batch) = batch else { return };
+                match batch {
+                    Ok(batch) => {
+                        for (change, revision) in batch.changes {
+                            if let Some(event) = claim_event(change, revision) {
+                                if tx.send(Ok(event)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_nodes(
+        &self,
+        _request: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let (nodes, revision) = self.view.nodes()?;
+        Ok(Response::new(pb::ListNodesResponse {
+            nodes: nodes
+                .into_iter()
+                .map(|n| pb::Node {
+                    node_id: n.node_id,
+                    endpoints: n.record.endpoints,
+                    session_id: n.record.session_id,
+                    service_id: n.record.service_id,
+                    attached_at_unix_ms: n.record.attached_at_unix_ms,
+                    claims: n.claims,
+                })
+                .collect(),
+            revision,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_reject_forgeries() {
+        let token = encode_token("live/cam9");
+        assert_eq!(decode_token(&token).unwrap(), Some("live/cam9".into()));
+        assert_eq!(decode_token("").unwrap(), None);
+        assert!(decode_token("bm9wZQ").is_err());
+        assert!(decode_token("!!").is_err());
+    }
+
+    #[test]
+    fn prefixes() {
+        assert!(check_prefix("").is_ok());
+        assert!(check_prefix("live/").is_ok());
+        assert!(check_prefix("live/ca").is_ok());
+        assert!(check_prefix("live cam").is_err());
+    }
+}

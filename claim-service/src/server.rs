@@ -1,0 +1,182 @@
+//! Assembles the replica: store, view, sessions, the gRPC server with
+//! health and reflection, the metrics endpoint, and graceful shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use claims_proto::v1::{
+    claim_sessions_server::ClaimSessionsServer, ownership_server::OwnershipServer,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::ownership::OwnershipService;
+use crate::session::{ClaimSessionsService, Context, Sessions};
+use crate::store::Store;
+use crate::view::View;
+
+/// Largest session message: a `hello` listing many live tracks.
+const MAX_SESSION_MESSAGE: usize = 8 * 1024 * 1024;
+/// Largest read-side request.
+const MAX_QUERY_MESSAGE: usize = 64 * 1024;
+const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(1);
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
+
+const SERVICES: [&str; 3] = ["", "claims.v1.ClaimSessions", "claims.v1.Ownership"];
+
+async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Unavailable(format!("cannot listen for {what} on {addr}: {e}")))
+}
+
+/// Runs the replica until `shutdown` resolves, then ends every session
+/// (leaving their claims in etcd for adoption) and stops.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let grpc_listener = bind(config.listen, "gRPC").await?;
+    let metrics_listener = bind(config.metrics_listen, "metrics").await?;
+    let store = Store::connect(&config.store(), metrics.clone()).await?;
+    let view = View::start(store.clone());
+    let token = CancellationToken::new();
+    let service_id = config.service_id();
+    tracing::info!(
+        %service_id,
+        listen = %config.listen,
+        metrics = %config.metrics_listen,
+        etcd = ?config.etcd_endpoints,
+        prefix = %config.key_prefix,
+        lease_ttl = ?config.lease_ttl,
+        renew = ?config.renew_interval(),
+        detach_grace = ?config.detach_grace,
+        "claim-service starting"
+    );
+
+    let ctx = Arc::new(Context {
+        store: store.clone(),
+        view: view.clone(),
+        metrics: metrics.clone(),
+        config: config.sessions(service_id),
+        sessions: Sessions::default(),
+        shutdown: token.clone(),
+    });
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for s in SERVICES {
+        health
+            .set_service_status(s, ServingStatus::NotServing)
+            .await;
+    }
+    tokio::spawn(watch_health(store.clone(), health.clone(), token.clone()));
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(claims_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Unavailable(format!("reflection: {e}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(claims_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| Error::Unavailable(format!("reflection: {e}")))?;
+
+    let metrics_app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get({
+            let metrics = metrics.clone();
+            move || async move { metrics.render() }
+        }),
+    );
+    let metrics_token = token.clone();
+    let metrics_server = tokio::spawn(async move {
+        axum::serve(metrics_listener, metrics_app)
+            .with_graceful_shutdown(metrics_token.cancelled_owned())
+            .await
+    });
+
+    let grpc_token = token.clone();
+    let grpc = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(config.http2_keepalive))
+        .http2_keepalive_timeout(Some(config.http2_keepalive * 2))
+        .tcp_nodelay(true)
+        .concurrency_limit_per_connection(1024)
+        .trace_fn(|req| tracing::debug_span!("grpc", path = %req.uri().path()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            ClaimSessionsServer::new(ClaimSessionsService::new(ctx.clone()))
+                .max_decoding_message_size(MAX_SESSION_MESSAGE),
+        )
+        .add_service(
+            OwnershipServer::new(OwnershipService::new(
+                store.clone(),
+                view.clone(),
+                token.clone(),
+            ))
+            .max_decoding_message_size(MAX_QUERY_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(grpc_listener),
+            grpc_token.cancelled_owned(),
+        );
+    let grpc = tokio::spawn(grpc);
+
+    shutdown.await;
+    tracing::info!("shutting down: health NOT_SERVING, sessions end, claims stay for adoption");
+    for s in SERVICES {
+        health
+            .set_service_status(s, ServingStatus::NotServing)
+            .await;
+    }
+    token.cancel();
+    match tokio::time::timeout(SHUTDOWN_LIMIT, grpc).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server task failed"),
+        Err(_) => tracing::warn!(
+            "gRPC connections did not close within {SHUTDOWN_LIMIT:?}; stopping anyway"
+        ),
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), metrics_server).await;
+    tracing::info!("claim-service stopped");
+    Ok(())
+}
+
+/// Health follows etcd: NOT_SERVING while it cannot be reached.
+async fn watch_health(
+    store: Store,
+    health: tonic_health::server::HealthReporter,
+    token: CancellationToken,
+) {
+    let mut serving = None;
+    loop {
+        let ok = store.ping().await.is_ok();
+        if token.is_cancelled() {
+            return;
+        }
+        if serving != Some(ok) {
+            let status = if ok {
+                tracing::info!("etcd reachable: SERVING");
+                ServingStatus::Serving
+            } else {
+                tracing::warn!("etcd unreachable: NOT_SERVING");
+                ServingStatus::NotServing
+            };
+            for s in SERVICES {
+                health.set_service_status(s, status).await;
+            }
+            serving = Some(ok);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HEALTH_CHECK_EVERY) => {}
+            _ = token.cancelled() => return,
+        }
+    }
+}

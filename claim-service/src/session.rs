@@ -1,0 +1,741 @@
+//! `ClaimSessions.Attach`: the async shell around one node's [`NodeClaims`].
+//!
+//! One task reads the inbound stream into a channel; the session task owns
+//! the state machine and feeds it every event (node messages, store answers,
+//! lease losses, timers, releases seen by the view), then carries out the
+//! actions it returns. The response stream is the receiving end of a channel,
+//! so a node that goes away is an event (`Detached`), not an error lost in a
+//! combinator.
+
+use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use claims_proto::v1 as pb;
+use futures::{Stream, StreamExt};
+use pb::node_message::Msg as NodeMsg;
+use pb::service_message::Msg as ServiceMsg;
+use rand::Rng;
+use tokio::sync::{broadcast, mpsc, Notify};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::time::DelayQueue;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use crate::claims::{Action, Event, NodeClaims};
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::names;
+use crate::store::{unix_ms, ClaimRequest, LeaseLoss, NodeRecord, Store};
+use crate::view::{View, ViewEvent};
+use crate::wire::service_message;
+
+/// Most tracks a `hello` may list as live.
+pub const MAX_LIVE_TRACKS: usize = 100_000;
+const OUTBOUND_QUEUE: usize = 1024;
+
+/// Session rules the operator configures.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub service_id: String,
+    pub default_ttl: Duration,
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    pub renew_interval: Duration,
+    pub detach_grace: Duration,
+    /// How long a new stream may take to send `hello`.
+    pub hello_timeout: Duration,
+}
+
+impl SessionConfig {
+    /// The TTL a node gets when it asks for `requested_ms` (0 = default):
+    /// clamped to the bounds and rounded up to whole seconds, as etcd keeps it.
+    pub fn lease_ttl(&self, requested_ms: u64) -> Duration {
+        let asked = if requested_ms == 0 {
+            self.default_ttl
+        } else {
+            Duration::from_millis(requested_ms)
+        };
+        let ttl = asked.clamp(self.min_ttl, self.max_ttl);
+        Duration::from_secs(crate::store::ttl_seconds(ttl) as u64)
+    }
+
+    /// Renewals come at the configured interval, and at least four times
+    /// per TTL.
+    pub fn renew_for(&self, ttl: Duration) -> Duration {
+        self.renew_interval.min(ttl / 4)
+    }
+}
+
+/// The sessions attached to this replica, one per node id.
+#[derive(Default)]
+pub struct Sessions {
+    by_node: Mutex<HashMap<String, (String, Arc<Notify>)>>,
+}
+
+impl Sessions {
+    /// Registers a session, superseding an older one of the same node.
+    fn attach(&self, node_id: &str, session_id: &str) -> Arc<Notify> {
+        let notify = Arc::new(Notify::new());
+        let older = self
+            .by_node
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                node_id.to_string(),
+                (session_id.to_string(), notify.clone()),
+            );
+        if let Some((_, older)) = older {
+            older.notify_one();
+        }
+        notify
+    }
+
+    fn detach(&self, node_id: &str, session_id: &str) {
+        let mut map = self.by_node.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(node_id).is_some_and(|(s, _)| s == session_id) {
+            map.remove(node_id);
+        }
+    }
+}
+
+/// Everything a session needs from the replica.
+pub struct Context {
+    pub store: Store,
+    pub view: Arc<View>,
+    pub metrics: Arc<Metrics>,
+    pub config: SessionConfig,
+    pub sessions: Sessions,
+    /// Cancelled when the replica shuts down: sessions end at once and leave
+    /// their claims in etcd for another replica to adopt.
+    pub shutdown: CancellationToken,
+}
+
+pub struct ClaimSessionsService {
+    ctx: Arc<Context>,
+}
+
+impl ClaimSessionsService {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        Self { ctx }
+    }
+}
+
+type Outbound = mpsc::Sender<Result<pb::ServiceMessage, Status>>;
+
+#[tonic::async_trait]
+impl pb::claim_sessions_server::ClaimSessions for ClaimSessionsService {
+    type AttachStream = Pin<Box<dyn Stream<Item = Result<pb::ServiceMessage, Status>> + Send>>;
+
+    async fn attach(
+        &self,
+        request: Request<Streaming<pb::NodeMessage>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(self.ctx.config.hello_timeout, inbound.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "no hello within {:?}; a session starts with hello",
+                    self.ctx.config.hello_timeout
+                ))
+            })??;
+        let hello = match first.and_then(|m| m.msg) {
+            Some(NodeMsg::Hello(hello)) => hello,
+            Some(other) => {
+                self.ctx
+                    .metrics
+                    .rejected_messages
+                    .with_label_values(&["failed_precondition"])
+                    .inc();
+                return Err(Error::FailedPrecondition(format!(
+                    "{} before hello; a session must start with hello",
+                    message_name(&other)
+                ))
+                .into());
+            }
+            None => {
+                return Err(Error::FailedPrecondition(
+                    "the stream ended or sent an empty message before hello".into(),
+                )
+                .into())
+            }
+        };
+        if let Err(e) = check_hello(&hello) {
+            self.ctx
+                .metrics
+                .rejected_messages
+                .with_label_values(&["invalid_argument"])
+                .inc();
+            return Err(e.into());
+        }
+        let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let (in_tx, in_rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                let item = inbound.message().await;
+                let end = !matches!(item, Ok(Some(_)));
+                if in_tx.send(item).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        let session = Session::new(self.ctx.clone(), hello, out_tx);
+        let span = tracing::info_span!("session", node_id = %session.node_id, session_id = %session.session_id);
+        tokio::spawn(session.run(in_rx).instrument(span));
+        Ok(Response::new(ReceiverStream::new(out_rx).boxed()))
+    }
+}
+
+fn message_name(msg: &NodeMsg) -> &'static str {
+    match msg {
+        NodeMsg::Hello(_) => "hello",
+        NodeMsg::Created(_) => "created",
+        NodeMsg::Closed(_) => "closed",
+        NodeMsg::Goodbye(_) => "goodbye",
+    }
+}
+
+fn check_hello(hello: &pb::Hello) -> Result<(), Error> {
+    names::check_node_id(&hello.node_id).map_err(Error::InvalidArgument)?;
+    names::check_endpoints(&hello.endpoints).map_err(Error::InvalidArgument)?;
+    if hello.live.len() > MAX_LIVE_TRACKS {
+        return Err(Error::InvalidArgument(format!(
+            "hello lists {} live tracks; at most {MAX_LIVE_TRACKS} are allowed",
+            hello.live.len()
+        )));
+    }
+    for t in &hello.live {
+        check_track(t).map_err(|e| Error::InvalidArgument(format!("hello.live: {e}")))?;
+    }
+    Ok(())
+}
+
+fn check_track(t: &pb::Track) -> Result<(), String> {
+    names::check_broadcast(&t.broadcast)?;
+    names::check_track(&t.track)
+}
+
+/// Results of work the session started, coming back to its loop.
+enum Internal {
+    Core(Event),
+    NodeRegistered(i64),
+}
+
+struct Session {
+    ctx: Arc<Context>,
+    node_id: String,
+    session_id: String,
+    endpoints: HashMap<String, String>,
+    ttl: Duration,
+    core: NodeClaims,
+    out: Outbound,
+    internal_tx: mpsc::UnboundedSender<Internal>,
+    internal_rx: mpsc::UnboundedReceiver<Internal>,
+    loss_tx: mpsc::UnboundedSender<LeaseLoss>,
+    loss_rx: mpsc::UnboundedReceiver<LeaseLoss>,
+    timers: DelayQueue<Event>,
+    /// Leases this session asked the keep-alive to renew.
+    kept: HashSet<i64>,
+    node_lease: Option<i64>,
+    live: pb::Hello,
+    finished: bool,
+}
+
+impl Session {
+    fn new(ctx: Arc<Context>, hello: pb::Hello, out: Outbound) -> Self {
+        let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+        let (loss_tx, loss_rx) = mpsc::unbounded_channel();
+        let session_id = format!("{:016x}", rand::rng().random::<u64>());
+        Self {
+            ttl: ctx.config.lease_ttl(hello.lease_ttl_ms),
+            ctx,
+            node_id: hello.node_id.clone(),
+            session_id,
+            endpoints: hello.endpoints.clone(),
+            core: NodeClaims::new(),
+            out,
+            internal_tx,
+            internal_rx,
+            loss_tx,
+            loss_rx,
+            timers: DelayQueue::new(),
+            kept: HashSet::new(),
+            node_lease: None,
+            live: hello,
+            finished: false,
+        }
+    }
+
+    async fn send(&self, msg: pb::ServiceMessage) {
+        // A node that went away is noticed on the inbound side.
+        let _ = self.out.send(Ok(msg)).await;
+    }
+
+    async fn run(mut self, mut inbound: mpsc::Receiver<Result<Option<pb::NodeMessage>, Status>>) {
+        let ctx = self.ctx.clone();
+        let superseded = ctx.sessions.attach(&self.node_id, &self.session_id);
+        ctx.metrics.sessions_attached.inc();
+        let mut view_events = ctx.view.subscribe();
+        tracing::info!(
+            endpoints = ?self.endpoints,
+            live = self.live.live.len(),
+            lease_ttl = ?self.ttl,
+            "node attached"
+        );
+        self.send(service_message(ServiceMsg::Welcome(pb::Welcome {
+            session_id: self.session_id.clone(),
+            service_id: ctx.config.service_id.clone(),
+            lease_ttl_ms: self.ttl.as_millis() as u64,
+        })))
+        .await;
+        self.start_background_reads();
+        for track in std::mem::take(&mut self.live.live) {
+            self.apply(Event::Created {
+                broadcast: track.broadcast,
+                track: track.track,
+            })
+            .await;
+        }
+
+        // Reading stops at goodbye, a protocol error, or the node's
+        // half-close; the session itself lasts until the node goes away.
+        let mut reading = true;
+        let out = self.out.clone();
+        while !self.finished {
+            let attached = !self.core.is_detached() && !self.core.is_closing();
+            tokio::select! {
+                item = inbound.recv(), if reading => {
+                    match item {
+                        Some(Ok(Some(msg))) => {
+                            if let Err(status) = self.on_message(msg).await {
+                                let _ = self.out.send(Err(status)).await;
+                                reading = false;
+                                self.detach().await;
+                            } else if self.core.is_closing() {
+                                reading = false;
+                            }
+                        }
+                        Some(Ok(None)) | None => {
+                            tracing::debug!("node closed its sending side; the session lasts until the stream ends");
+                            reading = false;
+                        }
+                        Some(Err(status)) => {
+                            tracing::info!(error = %status, "session stream broke");
+                            reading = false;
+                            self.detach().await;
+                        }
+                    }
+                }
+                _ = out.closed(), if attached => {
+                    reading = false;
+                    self.detach().await;
+                }
+                Some(internal) = self.internal_rx.recv() => match internal {
+                    Internal::Core(event) => self.apply(event).await,
+                    Internal::NodeRegistered(lease_id) => {
+                        self.node_lease = Some(lease_id);
+                        self.ctx.store.keepalive().keep(lease_id, self.ttl, self.ctx.config.renew_for(self.ttl), self.loss_tx.clone());
+                    }
+                },
+                Some(loss) = self.loss_rx.recv() => self.on_loss(loss).await,
+                Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
+                    self.apply(expired.into_inner()).await;
+                }
+                event = view_events.recv() => self.on_view(event).await,
+                _ = superseded.notified(), if attached => {
+                    tracing::info!("superseded by a newer session of the same node");
+                    let _ = self.out.send(Err(Error::Superseded(format!(
+                        "a newer session of node {:?} attached; this one is closed", self.node_id
+                    )).into())).await;
+                    reading = false;
+                    self.detach().await;
+                }
+                _ = ctx.shutdown.cancelled() => {
+                    self.leave_for_adoption().await;
+                    return;
+                }
+            }
+        }
+        // Every claim is released: drop the node's record too.
+        if let Some(lease_id) = self.node_lease.take() {
+            ctx.store.keepalive().forget(lease_id);
+            ctx.store.revoke_until_gone(lease_id, self.ttl).await;
+        }
+        if self.core.is_closing() {
+            tracing::info!("node said goodbye; every claim released");
+        } else {
+            tracing::info!("detach grace over; claims released");
+        }
+        ctx.sessions.detach(&self.node_id, &self.session_id);
+        if !self.core.is_detached() {
+            ctx.metrics.sessions_attached.dec();
+        }
+    }
+
+    /// Reads that the session needs but must not wait for: the claims an
+    /// earlier session of this node left (released unless live now), and the
+    /// node's record. Both retry until etcd answers.
+    fn start_background_reads(&self) {
+        let store = self.ctx.store.clone();
+        let tx = self.internal_tx.clone();
+        let node_id = self.node_id.clone();
+        tokio::spawn(async move {
+            let mut failures = 0;
+            loop {
+                match store.claims_of_node(&node_id).await {
+                    Ok(claims) => {
+                        let _ = tx.send(Internal::Core(Event::Existing { claims }));
+                        return;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        tracing::warn!(error = %e, "cannot read this node's earlier claims; retrying");
+                        tokio::time::sleep(crate::claims::backoff(failures)).await;
+                        if tx.is_closed() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        let store = self.ctx.store.clone();
+        let tx = self.internal_tx.clone();
+        let node_id = self.node_id.clone();
+        let record = NodeRecord {
+            endpoints: self.endpoints.clone(),
+            session_id: self.session_id.clone(),
+            service_id: self.ctx.config.service_id.clone(),
+            attached_at_unix_ms: unix_ms(),
+        };
+        let ttl = self.ttl;
+        tokio::spawn(async move {
+            let mut failures = 0;
+            loop {
+                match store.register_node(&node_id, &record, ttl).await {
+                    Ok(lease_id) => {
+                        if tx.send(Internal::NodeRegistered(lease_id)).is_err() {
+                            // The session ended meanwhile.
+                            let _ = store.revoke(lease_id).await;
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        tracing::warn!(error = %e, "cannot record the node in etcd; retrying");
+                        tokio::time::sleep(crate::claims::backoff(failures)).await;
+                        if tx.is_closed() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    async fn on_message(&mut self, msg: pb::NodeMessage) -> Result<(), Status> {
+        let metrics = &self.ctx.metrics;
+        match msg.msg {
+            Some(NodeMsg::Hello(_)) => {
+                metrics
+                    .rejected_messages
+                    .with_label_values(&["failed_precondition"])
+                    .inc();
+                Err(Error::FailedPrecondition(
+                    "hello sent twice; a session has one hello, at its start".into(),
+                )
+                .into())
+            }
+            Some(NodeMsg::Created(track)) | Some(NodeMsg::Closed(track))
+                if check_track(&track).is_err() =>
+            {
+                // Answered, not fatal: the node's other claims go on.
+                let reason = check_track(&track).unwrap_err();
+                metrics
+                    .rejected_messages
+                    .with_label_values(&["invalid_argument"])
+                    .inc();
+                tracing::info!(broadcast = %track.broadcast, track = %track.track, reason = %reason, "rejected a track");
+                self.send(service_message(ServiceMsg::Rejected(pb::Rejected {
+                    broadcast: track.broadcast,
+                    track: track.track,
+                    reason,
+                })))
+                .await;
+                Ok(())
+            }
+            Some(NodeMsg::Created(t)) => {
+                self.apply(Event::Created {
+                    broadcast: t.broadcast,
+                    track: t.track,
+                })
+                .await;
+                Ok(())
+            }
+            Some(NodeMsg::Closed(t)) => {
+                if !self.core.is_live(&t.broadcast, &t.track) {
+                    tracing::debug!(broadcast = %t.broadcast, track = %t.track, "closed for a track that is not live; nothing to do");
+                }
+                self.apply(Event::Closed {
+                    broadcast: t.broadcast,
+                    track: t.track,
+                })
+                .await;
+                Ok(())
+            }
+            Some(NodeMsg::Goodbye(_)) => {
+                tracing::info!("goodbye: releasing every claim");
+                self.apply(Event::Goodbye).await;
+                Ok(())
+            }
+            None => {
+                metrics
+                    .rejected_messages
+                    .with_label_values(&["invalid_argument"])
+                    .inc();
+                self.send(service_message(ServiceMsg::Rejected(pb::Rejected {
+                    reason: "empty message: set one of hello, created, closed, goodbye".into(),
+                    ..Default::default()
+                })))
+                .await;
+                Ok(())
+            }
+        }
+    }
+
+    async fn detach(&mut self) {
+        if self.core.is_detached() || self.finished {
+            return;
+        }
+        self.ctx.metrics.sessions_attached.dec();
+        let held = self.core.held().count();
+        tracing::info!(held, grace = ?self.ctx.config.detach_grace, "node detached without goodbye; keeping its claims for the grace");
+        self.apply(Event::Detached).await;
+        self.timers
+            .insert(Event::GraceExpired, self.ctx.config.detach_grace);
+    }
+
+    async fn on_loss(&mut self, loss: LeaseLoss) {
+        if Some(loss.lease_id) == self.node_lease {
+            // The node record's lease: write the record again.
+            self.node_lease = None;
+            self.start_node_record_again();
+            return;
+        }
+        if self.kept.contains(&loss.lease_id) {
+            self.ctx
+                .metrics
+                .claims_lost
+                .with_label_values(&[loss.kind.label()])
+                .inc();
+        }
+        self.apply(Event::LeaseLost {
+            lease_id: loss.lease_id,
+            reason: loss.reason,
+        })
+        .await;
+    }
+
+    fn start_node_record_again(&self) {
+        let store = self.ctx.store.clone();
+        let tx = self.internal_tx.clone();
+        let node_id = self.node_id.clone();
+        let record = NodeRecord {
+            endpoints: self.endpoints.clone(),
+            session_id: self.session_id.clone(),
+            service_id: self.ctx.config.service_id.clone(),
+            attached_at_unix_ms: unix_ms(),
+        };
+        let ttl = self.ttl;
+        tokio::spawn(async move {
+            let mut failures = 0;
+            while !tx.is_closed() {
+                match store.register_node(&node_id, &record, ttl).await {
+                    Ok(lease_id) => {
+                        let _ = tx.send(Internal::NodeRegistered(lease_id));
+                        return;
+                    }
+                    Err(_) => {
+                        failures += 1;
+                        tokio::time::sleep(crate::claims::backoff(failures)).await;
+                    }
+                }
+            }
+        });
+    }
+
+    async fn on_view(&mut self, event: Result<ViewEvent, broadcast::error::RecvError>) {
+        match event {
+            Ok(ViewEvent::Released {
+                broadcast,
+                revision,
+            }) => {
+                if self.core.standby().any(|b| b == broadcast) {
+                    self.apply(Event::OwnerReleased {
+                        broadcast,
+                        revision,
+                    })
+                    .await;
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                // Releases may have been missed: every standby tries again.
+                let standby: Vec<String> = self.core.standby().map(String::from).collect();
+                for broadcast in standby {
+                    self.apply(Event::OwnerReleased {
+                        broadcast,
+                        revision: i64::MAX,
+                    })
+                    .await;
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => {}
+        }
+    }
+
+    async fn apply(&mut self, event: Event) {
+        for action in self.core.handle(event) {
+            self.act(action).await;
+        }
+    }
+
+    async fn act(&mut self, action: Action) {
+        let ctx = self.ctx.clone();
+        match action {
+            Action::Claim { broadcast } => {
+                let req = ClaimRequest {
+                    broadcast,
+                    node_id: self.node_id.clone(),
+                    endpoints: self.endpoints.clone(),
+                    session_id: self.session_id.clone(),
+                    service_id: ctx.config.service_id.clone(),
+                    ttl: self.ttl,
+                };
+                let store = ctx.store.clone();
+                let tx = self.internal_tx.clone();
+                tokio::spawn(async move {
+                    let outcome = store.claim(&req).await;
+                    let event = Event::ClaimAnswered {
+                        broadcast: req.broadcast,
+                        outcome,
+                    };
+                    // If the session is gone (replica shutting down), the
+                    // lease is left to expire or be adopted.
+                    let _ = tx.send(Internal::Core(event));
+                });
+            }
+            Action::KeepAlive {
+                lease_id,
+                broadcast,
+                ttl_ms,
+            } => {
+                let ttl = Duration::from_millis(ttl_ms);
+                ctx.store.keepalive().keep(
+                    lease_id,
+                    ttl,
+                    ctx.config.renew_for(ttl),
+                    self.loss_tx.clone(),
+                );
+                if self.kept.insert(lease_id) {
+                    ctx.metrics.claims_held.inc();
+                }
+                tracing::info!(%broadcast, lease_id, "claim held");
+            }
+            Action::Revoke {
+                broadcast,
+                lease_id,
+            } => {
+                self.unkeep(lease_id);
+                ctx.metrics.claims_released.inc();
+                let store = ctx.store.clone();
+                let tx = self.internal_tx.clone();
+                let ttl = self.ttl;
+                tokio::spawn(async move {
+                    store.revoke_until_gone(lease_id, ttl).await;
+                    let _ = tx.send(Internal::Core(Event::Revoked { broadcast }));
+                });
+            }
+            Action::RevokeStale {
+                broadcast,
+                lease_id,
+            } => {
+                tracing::info!(%broadcast, lease_id, "releasing a claim an earlier session of this node left and the node no longer has");
+                let store = ctx.store.clone();
+                let ttl = self.ttl;
+                tokio::spawn(async move { store.revoke_until_gone(lease_id, ttl).await });
+            }
+            Action::Forget { lease_id } => self.unkeep(lease_id),
+            Action::Send(reply) => {
+                log_reply(&reply);
+                self.send(reply.into()).await;
+            }
+            Action::RetryAfter {
+                broadcast,
+                timer,
+                delay,
+            } => {
+                let jitter = rand::rng().random_range(0..=delay.as_millis() as u64 / 5);
+                self.timers.insert(
+                    Event::RetryDue { broadcast, timer },
+                    delay + Duration::from_millis(jitter),
+                );
+            }
+            Action::Finished => self.finished = true,
+        }
+    }
+
+    fn unkeep(&mut self, lease_id: i64) {
+        if self.kept.remove(&lease_id) {
+            self.ctx.store.keepalive().forget(lease_id);
+            self.ctx.metrics.claims_held.dec();
+        }
+    }
+
+    /// Replica shutdown: stop renewing and end the stream, leaving every
+    /// claim in etcd for the node to re-attach elsewhere and adopt.
+    async fn leave_for_adoption(&mut self) {
+        let _ = self
+            .out
+            .send(Err(Status::unavailable(
+                "claim-service replica is shutting down; attach to another replica (claims are kept for adoption)",
+            )))
+            .await;
+        for lease_id in self.kept.drain() {
+            self.ctx.store.keepalive().forget(lease_id);
+            self.ctx.metrics.claims_held.dec();
+        }
+        if !self.core.is_detached() {
+            self.ctx.metrics.sessions_attached.dec();
+        }
+        self.ctx.sessions.detach(&self.node_id, &self.session_id);
+        tracing::info!("session ended by shutdown; claims left for adoption");
+    }
+}
+
+fn log_reply(reply: &crate::claims::Reply) {
+    use crate::claims::Reply;
+    match reply {
+        Reply::Claimed { claim, adopted } => tracing::info!(
+            broadcast = %claim.broadcast,
+            fencing_token = claim.fencing_token,
+            lease_id = claim.lease_id,
+            adopted,
+            "claimed"
+        ),
+        Reply::Conflict { broadcast, owner } => tracing::info!(
+            %broadcast,
+            owner = %owner.node_id,
+            fencing_token = owner.fencing_token,
+            "conflict: standing by behind the owner"
+        ),
+        Reply::Released { broadcast } => tracing::info!(%broadcast, "released"),
+        Reply::Lost { broadcast, reason } => tracing::warn!(%broadcast, %reason, "claim lost"),
+        Reply::Retrying {
+            broadcast,
+            reason,
+            retry_in,
+        } => tracing::warn!(%broadcast, %reason, ?retry_in, "claim not possible now; retrying"),
+    }
+}

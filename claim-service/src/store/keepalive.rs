@@ -1,0 +1,398 @@
+//! Keeps many leases alive over a handful of etcd keep-alive streams.
+//!
+//! `etcd_client`'s `lease_keep_alive(id)` opens one HTTP/2 stream per lease;
+//! with ten thousand claims that is ten thousand streams. Here the leases are
+//! spread over a few shards, each with one stream on which it sends renewals
+//! for any lease id (the `pub-response-field` feature makes the keeper's id
+//! settable); the response stream reports each id.
+//!
+//! A stream is opened on an *anchor* lease the shard grants for itself, since
+//! opening needs a live lease. Streams do not heal themselves: a broken one is
+//! reopened with backoff.
+//!
+//! A lease is reported lost when etcd answers a renewal with TTL 0, or when a
+//! whole TTL has passed since the last renewal that etcd confirmed, measured
+//! from when that renewal was *sent*: the lease cannot have been renewed
+//! later than that, so we report the loss no later than etcd expires it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, LeaseKeeper};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::time::{delay_queue, DelayQueue};
+
+use crate::metrics::Metrics;
+
+const ANCHOR_TTL: Duration = Duration::from_secs(60);
+const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
+const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+const DEADLINE_SCAN: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossKind {
+    /// etcd answered a renewal with TTL 0: the lease is gone.
+    Expired,
+    /// No renewal was confirmed for a whole TTL.
+    Unrenewed,
+}
+
+impl LossKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            LossKind::Expired => "expired",
+            LossKind::Unrenewed => "unrenewed",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LeaseLoss {
+    pub lease_id: i64,
+    pub kind: LossKind,
+    pub reason: String,
+}
+
+enum Cmd {
+    Keep {
+        lease_id: i64,
+        ttl: Duration,
+        renew: Duration,
+        notify: mpsc::UnboundedSender<LeaseLoss>,
+    },
+    Forget {
+        lease_id: i64,
+    },
+}
+
+/// Handle to the keep-alive shards. Dropping it stops renewing every lease.
+#[derive(Clone)]
+pub struct KeepAlive {
+    shards: Arc<Vec<mpsc::UnboundedSender<Cmd>>>,
+}
+
+impl KeepAlive {
+    pub fn start(client: Client, streams: usize, metrics: Arc<Metrics>) -> Self {
+        let shards = (0..streams.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let shard = Shard::new(client.clone(), metrics.clone());
+                tokio::spawn(shard.run(rx));
+                tx
+            })
+            .collect();
+        Self {
+            shards: Arc::new(shards),
+        }
+    }
+
+    fn shard(&self, lease_id: i64) -> &mpsc::UnboundedSender<Cmd> {
+        &self.shards[(lease_id.unsigned_abs() % self.shards.len() as u64) as usize]
+    }
+
+    /// Renew `lease_id` every `renew` until forgotten; a loss is sent to
+    /// `notify` once, after which the lease is forgotten.
+    pub fn keep(
+        &self,
+        lease_id: i64,
+        ttl: Duration,
+        renew: Duration,
+        notify: mpsc::UnboundedSender<LeaseLoss>,
+    ) {
+        let _ = self.shard(lease_id).send(Cmd::Keep {
+            lease_id,
+            ttl,
+            renew,
+            notify,
+        });
+    }
+
+    pub fn forget(&self, lease_id: i64) {
+        let _ = self.shard(lease_id).send(Cmd::Forget { lease_id });
+    }
+}
+
+struct Lease {
+    ttl: Duration,
+    renew: Duration,
+    /// `None` for the shard's own anchor lease.
+    notify: Option<mpsc::UnboundedSender<LeaseLoss>>,
+    /// The lease is good until at least `valid_from + ttl`.
+    valid_from: Instant,
+    /// When the oldest unanswered renewal was sent.
+    sent_at: Option<Instant>,
+    timer: delay_queue::Key,
+}
+
+enum StreamMsg {
+    Renewed {
+        generation: u64,
+        lease_id: i64,
+        ttl: i64,
+    },
+    Closed {
+        generation: u64,
+        error: String,
+    },
+}
+
+struct Shard {
+    client: Client,
+    metrics: Arc<Metrics>,
+    leases: HashMap<i64, Lease>,
+    renewals: DelayQueue<i64>,
+    keeper: Option<LeaseKeeper>,
+    generation: u64,
+    anchor: Option<i64>,
+    failures: u32,
+    reopen_at: Instant,
+    events_tx: mpsc::UnboundedSender<StreamMsg>,
+    events_rx: mpsc::UnboundedReceiver<StreamMsg>,
+}
+
+impl Shard {
+    fn new(client: Client, metrics: Arc<Metrics>) -> Self {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        Self {
+            client,
+            metrics,
+            leases: HashMap::new(),
+            renewals: DelayQueue::new(),
+            keeper: None,
+            generation: 0,
+            anchor: None,
+            failures: 0,
+            reopen_at: Instant::now(),
+            events_tx,
+            events_rx,
+        }
+    }
+
+    fn wants_stream(&self) -> bool {
+        self.leases.keys().any(|id| Some(*id) != self.anchor)
+    }
+
+    async fn run(mut self, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
+        let mut scan = tokio::time::interval(DEADLINE_SCAN);
+        scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let reopen = self.keeper.is_none() && self.wants_stream();
+            tokio::select! {
+                cmd = cmds.recv() => match cmd {
+                    Some(Cmd::Keep { lease_id, ttl, renew, notify }) => {
+                        self.insert(lease_id, ttl, renew, Some(notify));
+                    }
+                    Some(Cmd::Forget { lease_id }) => { self.remove(lease_id); }
+                    None => break,
+                },
+                Some(expired) = self.renewals.next(), if !self.renewals.is_empty() => {
+                    let lease_id = expired.into_inner();
+                    self.renew(lease_id).await;
+                }
+                Some(msg) = self.events_rx.recv() => self.on_stream(msg),
+                _ = tokio::time::sleep_until(self.reopen_at), if reopen => self.open().await,
+                _ = scan.tick() => self.check_deadlines(),
+            }
+        }
+        if self.keeper.is_some() {
+            self.metrics.keepalive_streams.dec();
+        }
+    }
+
+    fn insert(
+        &mut self,
+        lease_id: i64,
+        ttl: Duration,
+        renew: Duration,
+        notify: Option<mpsc::UnboundedSender<LeaseLoss>>,
+    ) {
+        self.remove(lease_id);
+        let timer = self.renewals.insert(lease_id, renew);
+        self.leases.insert(
+            lease_id,
+            Lease {
+                ttl,
+                renew,
+                notify,
+                // Granted moments ago: counting from now errs on the safe side
+                // only by the grant's round trip.
+                valid_from: Instant::now(),
+                sent_at: None,
+                timer,
+            },
+        );
+    }
+
+    fn remove(&mut self, lease_id: i64) -> Option<Lease> {
+        let lease = self.leases.remove(&lease_id)?;
+        self.renewals.try_remove(&lease.timer);
+        Some(lease)
+    }
+
+    fn lose(&mut self, lease_id: i64, kind: LossKind, reason: String) {
+        let Some(lease) = self.remove(lease_id) else {
+            return;
+        };
+        if Some(lease_id) == self.anchor {
+            self.anchor = None;
+            return;
+        }
+        tracing::warn!(lease_id, reason = %reason, "lease lost");
+        if let Some(notify) = lease.notify {
+            let _ = notify.send(LeaseLoss {
+                lease_id,
+                kind,
+                reason,
+            });
+        }
+    }
+
+    async fn renew(&mut self, lease_id: i64) {
+        let now = Instant::now();
+        let Some(lease) = self.leases.get_mut(&lease_id) else {
+            return;
+        };
+        lease.timer = self.renewals.insert(lease_id, lease.renew);
+        if lease.sent_at.is_none() {
+            lease.sent_at = Some(now);
+        }
+        let Some(keeper) = self.keeper.as_mut() else {
+            return;
+        };
+        keeper.id = lease_id;
+        let sent = tokio::time::timeout(SEND_TIMEOUT, keeper.keep_alive()).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            self.stream_broke("sending a renewal failed".to_string());
+        }
+    }
+
+    fn on_stream(&mut self, msg: StreamMsg) {
+        match msg {
+            StreamMsg::Renewed {
+                generation,
+                lease_id,
+                ttl,
+            } => {
+                if generation != self.generation {
+                    return;
+                }
+                if ttl <= 0 {
+                    self.lose(
+                        lease_id,
+                        LossKind::Expired,
+                        "lease expired: etcd reports it gone (TTL 0)".to_string(),
+                    );
+                } else if let Some(lease) = self.leases.get_mut(&lease_id) {
+                    if let Some(sent_at) = lease.sent_at.take() {
+                        lease.valid_from = sent_at;
+                    }
+                }
+            }
+            StreamMsg::Closed { generation, error } => {
+                if generation == self.generation {
+                    self.stream_broke(error);
+                }
+            }
+        }
+    }
+
+    fn stream_broke(&mut self, error: String) {
+        if self.keeper.take().is_some() {
+            self.metrics.keepalive_streams.dec();
+        }
+        self.generation += 1;
+        self.failures += 1;
+        self.metrics.keepalive_failures.inc();
+        let delay = crate::claims::backoff(self.failures).min(Duration::from_secs(1));
+        tracing::warn!(error = %error, retry_in = ?delay, "keep-alive stream broke; reopening");
+        self.reopen_at = Instant::now() + delay;
+    }
+
+    fn check_deadlines(&mut self) {
+        let now = Instant::now();
+        let overdue: Vec<(i64, Duration)> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| now >= l.valid_from + l.ttl)
+            .map(|(id, l)| (*id, l.ttl))
+            .collect();
+        for (lease_id, ttl) in overdue {
+            self.lose(
+                lease_id,
+                LossKind::Unrenewed,
+                format!("no renewal confirmed by etcd for a whole TTL ({ttl:?})"),
+            );
+        }
+    }
+
+    async fn open(&mut self) {
+        match tokio::time::timeout(OPEN_TIMEOUT, self.try_open()).await {
+            Ok(Ok(())) => {
+                self.failures = 0;
+                self.metrics.keepalive_streams.inc();
+            }
+            Ok(Err(e)) => self.open_failed(e.to_string()),
+            Err(_) => self.open_failed(format!("no answer within {OPEN_TIMEOUT:?}")),
+        }
+    }
+
+    fn open_failed(&mut self, error: String) {
+        // The anchor may be what is wrong: grant a fresh one next time.
+        if error.contains("not found") {
+            if let Some(anchor) = self.anchor.take() {
+                self.remove(anchor);
+            }
+        }
+        self.failures += 1;
+        self.metrics.keepalive_failures.inc();
+        let delay = crate::claims::backoff(self.failures).min(Duration::from_secs(1));
+        tracing::warn!(error = %error, retry_in = ?delay, "cannot open a keep-alive stream");
+        self.reopen_at = Instant::now() + delay;
+    }
+
+    async fn try_open(&mut self) -> Result<(), etcd_client::Error> {
+        let anchor = match self.anchor {
+            Some(id) => id,
+            None => {
+                let id = self
+                    .client
+                    .lease_grant(ANCHOR_TTL.as_secs() as i64, None)
+                    .await?
+                    .id();
+                self.anchor = Some(id);
+                self.insert(id, ANCHOR_TTL, ANCHOR_TTL / 4, None);
+                id
+            }
+        };
+        let (keeper, mut stream) = self.client.lease_keep_alive(anchor).await?;
+        self.generation += 1;
+        let generation = self.generation;
+        self.keeper = Some(keeper);
+        let events = self.events_tx.clone();
+        tokio::spawn(async move {
+            // Always drain responses, so etcd never blocks on a full window
+            // while we block on sending renewals.
+            let error = loop {
+                match stream.next().await {
+                    Some(Ok(resp)) => {
+                        let msg = StreamMsg::Renewed {
+                            generation,
+                            lease_id: resp.id(),
+                            ttl: resp.ttl(),
+                        };
+                        if events.send(msg).is_err() {
+                            return;
+                        }
+                    }
+                    Some(Err(e)) => break e.to_string(),
+                    None => break "stream ended".to_string(),
+                }
+            };
+            let _ = events.send(StreamMsg::Closed { generation, error });
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,171 @@
+//! The etcd key layout and the JSON records stored under it.
+//!
+//! | key | value | lease |
+//! | --- | --- | --- |
+//! | `{prefix}broadcasts/{broadcast}` | [`ClaimRecord`] | the claim's own |
+//! | `{prefix}nodes/{node_id}` | [`NodeRecord`] | the session's |
+//!
+//! Values are JSON so that `etcdctl get --prefix` is readable by an operator.
+
+use std::collections::HashMap;
+
+use etcd_client::KeyValue;
+use serde::{Deserialize, Serialize};
+
+use crate::claims::Claim;
+
+const BROADCASTS: &str = "broadcasts/";
+const NODES: &str = "nodes/";
+
+/// Where this deployment's keys live.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    prefix: String,
+}
+
+/// What a key under the prefix is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key<'a> {
+    Broadcast(&'a str),
+    Node(&'a str),
+}
+
+impl Layout {
+    /// `prefix` is used as given and should end in `/`.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn broadcast(&self, broadcast: &str) -> String {
+        format!("{}{BROADCASTS}{broadcast}", self.prefix)
+    }
+
+    /// The key prefix of every broadcast whose name starts with `name_prefix`.
+    pub fn broadcasts(&self, name_prefix: &str) -> String {
+        self.broadcast(name_prefix)
+    }
+
+    pub fn node(&self, node_id: &str) -> String {
+        format!("{}{NODES}{node_id}", self.prefix)
+    }
+
+    pub fn parse<'a>(&self, key: &'a [u8]) -> Option<Key<'a>> {
+        let rest = std::str::from_utf8(key)
+            .ok()?
+            .strip_prefix(self.prefix.as_str())?;
+        if let Some(b) = rest.strip_prefix(BROADCASTS) {
+            Some(Key::Broadcast(b))
+        } else {
+            rest.strip_prefix(NODES).map(Key::Node)
+        }
+    }
+}
+
+/// The value of a claim key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClaimRecord {
+    pub node_id: String,
+    #[serde(default)]
+    pub endpoints: HashMap<String, String>,
+    #[serde(default)]
+    pub session_id: String,
+    #[serde(default)]
+    pub service_id: String,
+    #[serde(default)]
+    pub claimed_at_unix_ms: i64,
+    #[serde(default)]
+    pub lease_ttl_ms: u64,
+}
+
+impl ClaimRecord {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a ClaimRecord always serializes")
+    }
+
+    /// The claim a stored key-value describes; `None` when the value is not a
+    /// claim record (someone wrote the key by hand).
+    pub fn claim_from(broadcast: &str, kv: &KeyValue) -> Option<Claim> {
+        let record: ClaimRecord = serde_json::from_slice(kv.value()).ok()?;
+        Some(record.into_claim(broadcast, kv.lease(), kv.create_revision()))
+    }
+
+    pub fn into_claim(self, broadcast: &str, lease_id: i64, fencing_token: i64) -> Claim {
+        Claim {
+            broadcast: broadcast.to_string(),
+            node_id: self.node_id,
+            endpoints: self.endpoints,
+            lease_id,
+            fencing_token,
+            claimed_at_unix_ms: self.claimed_at_unix_ms,
+            lease_ttl_ms: self.lease_ttl_ms,
+            session_id: self.session_id,
+            service_id: self.service_id,
+        }
+    }
+}
+
+/// The value of a node key: which session of which replica the node is on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeRecord {
+    #[serde(default)]
+    pub endpoints: HashMap<String, String>,
+    pub session_id: String,
+    #[serde(default)]
+    pub service_id: String,
+    #[serde(default)]
+    pub attached_at_unix_ms: i64,
+}
+
+impl NodeRecord {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a NodeRecord always serializes")
+    }
+
+    pub fn from_kv(kv: &KeyValue) -> Option<Self> {
+        serde_json::from_slice(kv.value()).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        let layout = Layout::new("/claims/v1/");
+        assert_eq!(
+            layout.broadcast("live/cam1"),
+            "/claims/v1/broadcasts/live/cam1"
+        );
+        assert_eq!(layout.node("ingest-a"), "/claims/v1/nodes/ingest-a");
+        assert_eq!(
+            layout.parse(b"/claims/v1/broadcasts/live/cam1"),
+            Some(Key::Broadcast("live/cam1"))
+        );
+        assert_eq!(layout.parse(b"/claims/v1/nodes/a"), Some(Key::Node("a")));
+        assert_eq!(layout.parse(b"/other/broadcasts/x"), None);
+        assert_eq!(layout.parse(b"/claims/v1/junk"), None);
+    }
+
+    #[test]
+    fn claim_record_is_readable_json() {
+        let record = ClaimRecord {
+            node_id: "a".into(),
+            endpoints: HashMap::from([("rtmp".into(), "rtmp://h:1935".into())]),
+            session_id: "s".into(),
+            service_id: "svc".into(),
+            claimed_at_unix_ms: 5,
+            lease_ttl_ms: 10_000,
+        };
+        let json = String::from_utf8(record.to_json()).unwrap();
+        assert!(json.contains("\"node_id\":\"a\""), "{json}");
+        let back: ClaimRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, record);
+    }
+}

@@ -1,0 +1,435 @@
+//! The one door to etcd.
+//!
+//! Everything that builds an etcd key or calls `etcd_client` lives under this
+//! module: the key layout ([`layout`]), the claim transaction and adoption,
+//! revoke, the reads, the multiplexed keep-alive ([`keepalive`]) and the
+//! resuming watch ([`watch`]).
+//!
+//! A claim is one transaction: *if the key's create revision is 0, put it with
+//! the new lease, else read it*, so a conflict names the owner from the same
+//! atomic step. Its fencing token is the key's create revision. A key that
+//! already names the claiming node is adopted: moved onto the new lease by a
+//! transaction that checks the key is unchanged, which keeps the create
+//! revision and so the fencing token.
+
+pub mod keepalive;
+pub mod layout;
+pub mod watch;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
+    TxnOp, TxnOpResponse,
+};
+
+use crate::claims::{Claim, ClaimOutcome};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+pub use keepalive::{KeepAlive, LeaseLoss, LossKind};
+pub use layout::{ClaimRecord, Key, Layout, NodeRecord};
+
+/// How to reach etcd.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    /// Bound on every unary etcd call.
+    pub op_timeout: Duration,
+    /// HTTP/2 keep-alive on the etcd channel, so a dead etcd is noticed
+    /// without waiting for a TCP time-out.
+    pub http2_keepalive: Duration,
+    /// How many keep-alive streams the leases are spread over.
+    pub keepalive_streams: usize,
+}
+
+/// What a node asks for when it claims a broadcast.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub broadcast: String,
+    pub node_id: String,
+    pub endpoints: std::collections::HashMap<String, String>,
+    pub session_id: String,
+    pub service_id: String,
+    pub ttl: Duration,
+}
+
+/// The whole prefix at one revision.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub claims: Vec<Claim>,
+    pub nodes: Vec<(String, NodeRecord)>,
+    pub revision: i64,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    layout: Layout,
+    op_timeout: Duration,
+    metrics: Arc<Metrics>,
+    keepalive: KeepAlive,
+}
+
+pub fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// etcd leases have whole-second TTLs; round up so a lease never lives
+/// shorter than asked.
+pub fn ttl_seconds(ttl: Duration) -> i64 {
+    (ttl.as_millis().div_ceil(1000)).max(1) as i64
+}
+
+impl Store {
+    /// Connects lazily: this returns at once even when etcd is down; calls
+    /// fail (and are retried by their callers) until it is up.
+    pub async fn connect(config: &StoreConfig, metrics: Arc<Metrics>) -> Result<Self> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_keep_alive(config.http2_keepalive, config.http2_keepalive)
+            .with_keep_alive_while_idle(true);
+        let client = Client::connect(&config.endpoints, Some(options)).await?;
+        let keepalive = KeepAlive::start(client.clone(), config.keepalive_streams, metrics.clone());
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                layout: Layout::new(config.prefix.clone()),
+                op_timeout: config.op_timeout,
+                metrics,
+                keepalive,
+            }),
+        })
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.inner.layout
+    }
+
+    pub fn keepalive(&self) -> &KeepAlive {
+        &self.inner.keepalive
+    }
+
+    fn client(&self) -> Client {
+        self.inner.client.clone()
+    }
+
+    /// Runs one etcd call under the time-out, timing it for the metrics.
+    async fn call<T, F>(&self, op: &'static str, f: F) -> Result<T>
+    where
+        F: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.inner.op_timeout, f).await;
+        self.inner
+            .metrics
+            .etcd_rtt
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(r) => r.map_err(Error::from),
+            Err(_) => Err(Error::EtcdTimeout {
+                op,
+                timeout: self.inner.op_timeout,
+            }),
+        }
+    }
+
+    /// A cheap round trip that succeeds only when etcd is reachable.
+    pub async fn ping(&self) -> Result<i64> {
+        let mut c = self.client();
+        let resp = self.call("status", async move { c.status().await }).await?;
+        Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+    }
+
+    pub async fn grant(&self, ttl: Duration) -> Result<i64> {
+        let mut c = self.client();
+        let resp = self
+            .call("lease_grant", async move {
+                c.lease_grant(ttl_seconds(ttl), None).await
+            })
+            .await?;
+        Ok(resp.id())
+    }
+
+    /// Revokes a lease, deleting every key attached to it. A lease that is
+    /// already gone counts as revoked.
+    pub async fn revoke(&self, lease_id: i64) -> Result<()> {
+        let mut c = self.client();
+        match self
+            .call(
+                "lease_revoke",
+                async move { c.lease_revoke(lease_id).await },
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(Error::Etcd(etcd_client::Error::GRpcStatus(s)))
+                if s.code() == tonic::Code::NotFound || s.message().contains("not found") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Revokes, retrying while etcd is unreachable, until it succeeds or
+    /// `ttl` has passed (by then the lease has expired on its own, since
+    /// nobody renews it).
+    pub async fn revoke_until_gone(&self, lease_id: i64, ttl: Duration) {
+        let deadline = Instant::now() + ttl + Duration::from_secs(1);
+        let mut failures = 0;
+        loop {
+            match self.revoke(lease_id).await {
+                Ok(()) => return,
+                Err(e) if Instant::now() < deadline => {
+                    failures += 1;
+                    tracing::warn!(lease_id, error = %e, "revoke failed; retrying");
+                    tokio::time::sleep(crate::claims::backoff(failures)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(lease_id, error = %e, "revoke kept failing; the lease expires on its own since it is no longer renewed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Claims a broadcast for a node: grant a lease, then create-if-absent,
+    /// adopting a key that already names this node. Never fails: a store
+    /// that cannot be reached is the `Unavailable` outcome.
+    pub async fn claim(&self, req: &ClaimRequest) -> ClaimOutcome {
+        let started = Instant::now();
+        let outcome = match self.try_claim(req).await {
+            Ok(outcome) => outcome,
+            Err(e) => ClaimOutcome::Unavailable {
+                reason: e.to_string(),
+            },
+        };
+        let m = &self.inner.metrics;
+        m.claim_latency.observe(started.elapsed().as_secs_f64());
+        match &outcome {
+            ClaimOutcome::Claimed { adopted, .. } => m
+                .claims_granted
+                .with_label_values(&[if *adopted { "adopted" } else { "created" }])
+                .inc(),
+            ClaimOutcome::Conflict { .. } => m.claims_conflicted.inc(),
+            ClaimOutcome::Unavailable { .. } => {}
+        }
+        outcome
+    }
+
+    async fn try_claim(&self, req: &ClaimRequest) -> Result<ClaimOutcome> {
+        let lease_id = self.grant(req.ttl).await?;
+        let result = self.claim_with_lease(req, lease_id).await;
+        let keep_lease = matches!(result, Ok(ClaimOutcome::Claimed { .. }));
+        if !keep_lease {
+            // On error the transaction may still have landed: revoking the
+            // lease removes such a key rather than leaving an orphan claim.
+            let store = self.clone();
+            let ttl = req.ttl;
+            tokio::spawn(async move { store.revoke_until_gone(lease_id, ttl).await });
+        }
+        result
+    }
+
+    async fn claim_with_lease(&self, req: &ClaimRequest, lease_id: i64) -> Result<ClaimOutcome> {
+        let key = self.inner.layout.broadcast(&req.broadcast);
+        let ttl_ms = ttl_seconds(req.ttl) as u64 * 1000;
+        let mut record = ClaimRecord {
+            node_id: req.node_id.clone(),
+            endpoints: req.endpoints.clone(),
+            session_id: req.session_id.clone(),
+            service_id: req.service_id.clone(),
+            claimed_at_unix_ms: unix_ms(),
+            lease_ttl_ms: ttl_ms,
+        };
+        // A key that names this node can change under us (another replica
+        // adopting it too); a few rounds settle it.
+        for _ in 0..5 {
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key.clone(),
+                    record.to_json(),
+                    Some(PutOptions::new().with_lease(lease_id)),
+                )])
+                .or_else([TxnOp::get(key.clone(), None)]);
+            let mut c = self.client();
+            let resp = self
+                .call("claim_txn", async move { c.txn(txn).await })
+                .await?;
+            let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+            if resp.succeeded() {
+                return Ok(ClaimOutcome::Claimed {
+                    claim: record.into_claim(&req.broadcast, lease_id, revision),
+                    adopted: false,
+                });
+            }
+            let Some(kv) = resp.op_responses().into_iter().find_map(|op| match op {
+                TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
+                _ => None,
+            }) else {
+                // Deleted between the compare and the read cannot happen in
+                // one transaction; try again rather than guess.
+                continue;
+            };
+            let owner = ClaimRecord::claim_from(&req.broadcast, &kv).unwrap_or_else(|| Claim {
+                broadcast: req.broadcast.clone(),
+                node_id: String::new(),
+                lease_id: kv.lease(),
+                fencing_token: kv.create_revision(),
+                ..Claim::default()
+            });
+            if owner.node_id != req.node_id {
+                return Ok(ClaimOutcome::Conflict { owner, revision });
+            }
+            // Ours from an earlier session: move it onto the new lease if it
+            // is still exactly what we read.
+            record.claimed_at_unix_ms = owner.claimed_at_unix_ms;
+            let adopt = Txn::new()
+                .when([Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    kv.mod_revision(),
+                )])
+                .and_then([TxnOp::put(
+                    key.clone(),
+                    record.to_json(),
+                    Some(PutOptions::new().with_lease(lease_id)),
+                )]);
+            let mut c = self.client();
+            let resp = self
+                .call("adopt_txn", async move { c.txn(adopt).await })
+                .await?;
+            if resp.succeeded() {
+                return Ok(ClaimOutcome::Claimed {
+                    claim: record.into_claim(&req.broadcast, lease_id, kv.create_revision()),
+                    adopted: true,
+                });
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "claim key for {:?} kept changing; will retry",
+            req.broadcast
+        )))
+    }
+
+    /// The current claim of a broadcast, read linearizably from etcd.
+    pub async fn get_claim(&self, broadcast: &str) -> Result<Option<(Claim, i64)>> {
+        let key = self.inner.layout.broadcast(broadcast);
+        let mut c = self.client();
+        let mut resp = self
+            .call("get", async move { c.get(key, None).await })
+            .await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        Ok(resp
+            .take_kvs()
+            .first()
+            .and_then(|kv| ClaimRecord::claim_from(broadcast, kv))
+            .map(|c| (c, revision)))
+    }
+
+    /// Every claim that names `node_id`, as `(broadcast, lease_id)`.
+    pub async fn claims_of_node(&self, node_id: &str) -> Result<Vec<(String, i64)>> {
+        let snapshot = self.snapshot_of(&self.inner.layout.broadcasts("")).await?;
+        Ok(snapshot
+            .claims
+            .into_iter()
+            .filter(|c| c.node_id == node_id)
+            .map(|c| (c.broadcast, c.lease_id))
+            .collect())
+    }
+
+    /// Records that a node is attached through this session, on the
+    /// session's own lease (returned). A newer record supersedes an older one.
+    pub async fn register_node(
+        &self,
+        node_id: &str,
+        record: &NodeRecord,
+        ttl: Duration,
+    ) -> Result<i64> {
+        let lease_id = self.grant(ttl).await?;
+        let key = self.inner.layout.node(node_id);
+        let value = record.to_json();
+        let mut c = self.client();
+        let put = self
+            .call("put", async move {
+                c.put(key, value, Some(PutOptions::new().with_lease(lease_id)))
+                    .await
+            })
+            .await;
+        if let Err(e) = put {
+            let _ = self.revoke(lease_id).await;
+            return Err(e);
+        }
+        Ok(lease_id)
+    }
+
+    /// The whole prefix (claims and nodes) at one revision.
+    pub async fn snapshot(&self) -> Result<Snapshot> {
+        self.snapshot_of(self.inner.layout.prefix()).await
+    }
+
+    async fn snapshot_of(&self, key_prefix: &str) -> Result<Snapshot> {
+        let key = key_prefix.to_string();
+        let mut c = self.client();
+        let mut resp = self
+            .call("range", async move {
+                c.get(
+                    key,
+                    Some(
+                        GetOptions::new()
+                            .with_prefix()
+                            .with_sort(SortTarget::Key, SortOrder::Ascend),
+                    ),
+                )
+                .await
+            })
+            .await?;
+        let mut snapshot = Snapshot {
+            revision: resp.header().map(|h| h.revision()).unwrap_or(0),
+            ..Snapshot::default()
+        };
+        for kv in resp.take_kvs() {
+            match self.inner.layout.parse(kv.key()) {
+                Some(Key::Broadcast(b)) => match ClaimRecord::claim_from(b, &kv) {
+                    Some(claim) => snapshot.claims.push(claim),
+                    None => tracing::warn!(
+                        broadcast = b,
+                        "claim key holds something that is not a claim record; ignored"
+                    ),
+                },
+                Some(Key::Node(id)) => {
+                    if let Some(record) = NodeRecord::from_kv(&kv) {
+                        snapshot.nodes.push((id.to_string(), record));
+                    }
+                }
+                None => {}
+            }
+        }
+        Ok(snapshot)
+    }
+
+    /// The current revision of the store.
+    pub async fn revision(&self) -> Result<i64> {
+        let key = self.inner.layout.prefix().to_string();
+        let mut c = self.client();
+        let resp = self
+            .call("range", async move {
+                c.get(key, Some(GetOptions::new().with_prefix().with_count_only()))
+                    .await
+            })
+            .await?;
+        Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+    }
+}

@@ -1,0 +1,52 @@
+//! Conversions between the domain types and the `claims.v1` messages.
+
+use claims_proto::v1 as pb;
+
+use crate::claims::{Claim, Reply};
+
+impl From<Claim> for pb::Claim {
+    fn from(c: Claim) -> Self {
+        pb::Claim {
+            broadcast: c.broadcast,
+            node_id: c.node_id,
+            endpoints: c.endpoints,
+            lease_id: c.lease_id,
+            fencing_token: c.fencing_token,
+            claimed_at_unix_ms: c.claimed_at_unix_ms,
+            lease_ttl_ms: c.lease_ttl_ms,
+            session_id: c.session_id,
+            service_id: c.service_id,
+        }
+    }
+}
+
+pub fn service_message(msg: pb::service_message::Msg) -> pb::ServiceMessage {
+    pb::ServiceMessage { msg: Some(msg) }
+}
+
+impl From<Reply> for pb::ServiceMessage {
+    fn from(reply: Reply) -> Self {
+        use pb::service_message::Msg;
+        service_message(match reply {
+            Reply::Claimed { claim, adopted } => Msg::Claimed(pb::Claimed {
+                claim: Some(claim.into()),
+                adopted,
+            }),
+            Reply::Conflict { broadcast, owner } => Msg::Conflict(pb::Conflict {
+                broadcast,
+                owner: Some(owner.into()),
+            }),
+            Reply::Released { broadcast } => Msg::Released(pb::Released { broadcast }),
+            Reply::Lost { broadcast, reason } => Msg::Lost(pb::Lost { broadcast, reason }),
+            Reply::Retrying {
+                broadcast,
+                reason,
+                retry_in,
+            } => Msg::Retrying(pb::Retrying {
+                broadcast,
+                reason,
+                retry_in_ms: retry_in.as_millis() as u64,
+            }),
+        })
+    }
+}
