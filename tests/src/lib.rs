@@ -1,1 +1,664 @@
+//! Harness for system tests and benchmarks: a real etcd on free loopback
+//! ports, the real `claim-service` binary, and gRPC clients that speak
+//! `claims.v1` as an ingest node or a watcher would.
+//!
+//! Every process is killed by its PID when its handle drops; every wait has a
+//! deadline, so a broken build fails instead of hanging.
 
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use claims_proto::v1 as pb;
+use pb::claim_sessions_client::ClaimSessionsClient;
+use pb::ownership_client::OwnershipClient;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::Streaming;
+
+pub use claims_proto::v1;
+
+/// How long any single expectation may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("the OS hands out a free loopback port")
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_path_buf()
+}
+
+/// Path to a workspace binary, built once per test run.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    let root = workspace_root();
+    let profile = std::env::var("CLAIMS_TEST_PROFILE").unwrap_or_else(|_| "debug".into());
+    let built = BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(&root)
+            .args(["build", "--quiet", "-p", "claim-service"]);
+        if profile == "release" {
+            cmd.arg("--release");
+        }
+        match cmd.status() {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(format!("cargo build -p claim-service failed: {s}")),
+            Err(e) => Err(format!("cannot run cargo: {e}")),
+        }
+    });
+    if let Err(e) = built {
+        panic!("{e}");
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    target.join(profile).join(name)
+}
+
+fn scratch_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "claims-{tag}-{}-{:x}",
+        std::process::id(),
+        rand_u64()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir is writable");
+    dir
+}
+
+pub fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// A unique etcd key prefix for one test.
+pub fn test_prefix(name: &str) -> String {
+    format!("/test/{name}-{:x}/", rand_u64())
+}
+
+fn kill(child: &mut Child, signal: &str) {
+    let _ = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status();
+}
+
+/// A single-member etcd on free loopback ports, with its data in a
+/// temporary folder; killed and removed on drop.
+pub struct Etcd {
+    child: Option<Child>,
+    dir: PathBuf,
+    pub client_port: u16,
+    peer_port: u16,
+}
+
+impl Etcd {
+    pub async fn start() -> Result<Self> {
+        let mut etcd = Self {
+            child: None,
+            dir: scratch_dir("etcd"),
+            client_port: free_port(),
+            peer_port: free_port(),
+        };
+        etcd.spawn().await?;
+        Ok(etcd)
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let client = self.endpoint();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::File::create(self.dir.join("etcd.log"))?;
+        let child = Command::new("etcd")
+            .args([
+                "--name",
+                "default",
+                "--data-dir",
+                &self.dir.join("data").to_string_lossy(),
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--initial-cluster",
+                &format!("default={peer}"),
+            ])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context(
+                "cannot start etcd: is etcd-server installed? (scripts/test.sh installs it)",
+            )?;
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(mut c) = etcd_client::Client::connect([&client], None).await {
+                if c.status().await.is_ok() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("etcd did not become healthy on {client}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn client(&self) -> Result<etcd_client::Client> {
+        Ok(etcd_client::Client::connect([self.endpoint()], None).await?)
+    }
+
+    /// SIGKILL, keeping the data folder.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same ports and data.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn().await
+    }
+
+    /// Runs `etcdctl` against this etcd.
+    pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(self.endpoint())
+            .args(args)
+            .output()
+            .context("cannot run etcdctl")?;
+        if !out.status.success() {
+            bail!(
+                "etcdctl {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A running `claim-service` process.
+pub struct ClaimService {
+    child: Option<Child>,
+    pub port: u16,
+    pub metrics_port: u16,
+    pub log: PathBuf,
+    dir: PathBuf,
+}
+
+impl ClaimService {
+    /// Starts the binary against `etcd_endpoints` with `prefix` and extra
+    /// flags, and waits until its health check says SERVING.
+    pub async fn start(etcd_endpoints: &str, prefix: &str, extra: &[&str]) -> Result<Self> {
+        let port = free_port();
+        let metrics_port = free_port();
+        let dir = scratch_dir("svc");
+        let log = dir.join("claim-service.log");
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new(binary("claim-service"))
+            .env("CLAIMS_LISTEN", format!("127.0.0.1:{port}"))
+            .env("CLAIMS_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
+            .env("CLAIMS_ETCD_ENDPOINTS", etcd_endpoints)
+            .env("CLAIMS_KEY_PREFIX", prefix)
+            .env("RUST_LOG", "info")
+            .args(extra)
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("cannot start claim-service")?;
+        let svc = Self {
+            child: Some(child),
+            port,
+            metrics_port,
+            log,
+            dir,
+        };
+        svc.wait_serving(true).await?;
+        Ok(svc)
+    }
+
+    pub fn addr(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn channel(&self) -> Result<Channel> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match Channel::from_shared(self.addr())?.connect().await {
+                Ok(c) => return Ok(c),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(anyhow!("cannot connect to {}: {e}", self.addr()))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    pub async fn ownership(&self) -> Result<OwnershipClient<Channel>> {
+        Ok(OwnershipClient::new(self.channel().await?))
+    }
+
+    /// Health of the whole server ("" service).
+    pub async fn serving(&self) -> Result<bool> {
+        use tonic_health::pb::health_client::HealthClient;
+        let mut client = HealthClient::new(self.channel().await?);
+        let resp = client
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?;
+        Ok(resp.into_inner().status
+            == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+    }
+
+    pub async fn wait_serving(&self, want: bool) -> Result<()> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if matches!(self.serving().await, Ok(s) if s == want) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "claim-service never reported serving={want}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn metrics(&self) -> Result<String> {
+        let url = format!("127.0.0.1:{}", self.metrics_port);
+        let mut stream = tokio::net::TcpStream::connect(&url).await?;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await?;
+        Ok(body)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGTERM, then wait for the process to exit.
+    pub async fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().ok_or_else(|| anyhow!("not running"))?;
+        kill(&mut child, "-TERM");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("claim-service did not exit within {WAIT:?} of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for ClaimService {
+    fn drop(&mut self) {
+        self.kill();
+        if std::env::var_os("CLAIMS_KEEP_LOGS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub fn hello(node_id: &str) -> pb::Hello {
+    pb::Hello {
+        node_id: node_id.into(),
+        endpoints: [
+            ("rtmp".to_string(), format!("rtmp://{node_id}.test:1935")),
+            ("http".to_string(), format!("http://{node_id}.test:8080")),
+        ]
+        .into(),
+        lease_ttl_ms: 0,
+        live: vec![],
+    }
+}
+
+pub fn track(broadcast: &str, track: &str) -> pb::Track {
+    pb::Track {
+        broadcast: broadcast.into(),
+        track: track.into(),
+    }
+}
+
+/// An ingest node's session, driven by hand.
+pub struct Node {
+    tx: mpsc::Sender<pb::NodeMessage>,
+    rx: Streaming<pb::ServiceMessage>,
+    /// Messages read while waiting for another one, oldest first.
+    unclaimed: std::collections::VecDeque<ServiceMsg>,
+    pub welcome: pb::Welcome,
+}
+
+use pb::node_message::Msg as NodeMsg;
+use pb::service_message::Msg as ServiceMsg;
+
+impl Node {
+    /// Opens a session with `first` as its first message; the RPC's own
+    /// error is returned as is.
+    pub async fn open(addr: &str, first: NodeMsg) -> std::result::Result<Self, tonic::Status> {
+        let channel = Channel::from_shared(addr.to_string())
+            .map_err(|e| tonic::Status::internal(e.to_string()))?
+            .connect()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut client = ClaimSessionsClient::new(channel);
+        let (tx, rx) = mpsc::channel(1024);
+        tx.send(pb::NodeMessage { msg: Some(first) })
+            .await
+            .map_err(|_| tonic::Status::internal("queue closed"))?;
+        let mut stream = client.attach(ReceiverStream::new(rx)).await?.into_inner();
+        let welcome = match tokio::time::timeout(WAIT, stream.message()).await {
+            Ok(Ok(Some(pb::ServiceMessage {
+                msg: Some(ServiceMsg::Welcome(w)),
+            }))) => w,
+            Ok(Err(status)) => return Err(status),
+            other => {
+                return Err(tonic::Status::internal(format!(
+                    "expected welcome, got {other:?}"
+                )))
+            }
+        };
+        Ok(Self {
+            tx,
+            rx: stream,
+            unclaimed: Default::default(),
+            welcome,
+        })
+    }
+
+    pub async fn attach(addr: &str, hello: pb::Hello) -> Result<Self> {
+        Self::open(addr, NodeMsg::Hello(hello))
+            .await
+            .map_err(|s| anyhow!("attach failed: {s}"))
+    }
+
+    pub async fn send(&self, msg: NodeMsg) -> Result<()> {
+        self.tx
+            .send(pb::NodeMessage { msg: Some(msg) })
+            .await
+            .map_err(|_| anyhow!("session send queue closed"))
+    }
+
+    pub async fn created(&self, broadcast: &str, t: &str) -> Result<()> {
+        self.send(NodeMsg::Created(track(broadcast, t))).await
+    }
+
+    pub async fn closed(&self, broadcast: &str, t: &str) -> Result<()> {
+        self.send(NodeMsg::Closed(track(broadcast, t))).await
+    }
+
+    pub async fn goodbye(&self) -> Result<()> {
+        self.send(NodeMsg::Goodbye(pb::Goodbye {})).await
+    }
+
+    /// The next message, or the status the stream ended with.
+    pub async fn next(&mut self) -> Result<std::result::Result<ServiceMsg, tonic::Status>> {
+        if let Some(m) = self.unclaimed.pop_front() {
+            return Ok(Ok(m));
+        }
+        self.read().await
+    }
+
+    async fn read(&mut self) -> Result<std::result::Result<ServiceMsg, tonic::Status>> {
+        match tokio::time::timeout(WAIT, self.rx.message()).await {
+            Err(_) => bail!("no message from the claim-service within {WAIT:?}"),
+            Ok(Ok(Some(m))) => m
+                .msg
+                .map(Ok)
+                .ok_or_else(|| anyhow!("empty service message")),
+            Ok(Ok(None)) => bail!("session stream ended cleanly"),
+            Ok(Err(status)) => Ok(Err(status)),
+        }
+    }
+
+    /// Waits for a message `pick` accepts; others are kept, in order, for
+    /// later calls.
+    pub async fn expect<T>(
+        &mut self,
+        what: &str,
+        mut pick: impl FnMut(&ServiceMsg) -> Option<T>,
+    ) -> Result<T> {
+        if let Some(i) = self.unclaimed.iter().position(|m| pick(m).is_some()) {
+            let msg = self.unclaimed.remove(i).expect("index was just found");
+            return Ok(pick(&msg).expect("matched above"));
+        }
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            match self.read().await {
+                Ok(Ok(msg)) => {
+                    if let Some(t) = pick(&msg) {
+                        return Ok(t);
+                    }
+                    self.unclaimed.push_back(msg);
+                }
+                Ok(Err(status)) => bail!(
+                    "waiting for {what}, the session ended: {status}; unclaimed {:?}",
+                    self.unclaimed
+                ),
+                Err(e) => bail!("waiting for {what}: {e}; unclaimed {:?}", self.unclaimed),
+            }
+        }
+        bail!("no {what} within {WAIT:?}; unclaimed {:?}", self.unclaimed)
+    }
+
+    pub async fn expect_claimed(&mut self, broadcast: &str) -> Result<pb::Claimed> {
+        self.expect(&format!("claimed {broadcast}"), |m| match m {
+            ServiceMsg::Claimed(c)
+                if c.claim.as_ref().is_some_and(|c| c.broadcast == broadcast) =>
+            {
+                Some(c.clone())
+            }
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn expect_conflict(&mut self, broadcast: &str) -> Result<pb::Claim> {
+        self.expect(&format!("conflict {broadcast}"), |m| match m {
+            ServiceMsg::Conflict(c) if c.broadcast == broadcast => c.owner.clone(),
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn expect_released(&mut self, broadcast: &str) -> Result<()> {
+        self.expect(&format!("released {broadcast}"), |m| match m {
+            ServiceMsg::Released(r) if r.broadcast == broadcast => Some(()),
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn expect_lost(&mut self, broadcast: &str) -> Result<String> {
+        self.expect(&format!("lost {broadcast}"), |m| match m {
+            ServiceMsg::Lost(l) if l.broadcast == broadcast => Some(l.reason.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Waits for the stream to end with an error status.
+    pub async fn expect_status(&mut self) -> Result<tonic::Status> {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Err(status) = self.next().await? {
+                return Ok(status);
+            }
+        }
+        bail!("the session did not end within {WAIT:?}")
+    }
+
+    /// Whether a message arrives within `quiet`; for asserting that nothing
+    /// is said (a bound, not a timing claim).
+    pub async fn silent_for(&mut self, quiet: Duration) -> Option<ServiceMsg> {
+        if let Some(m) = self.unclaimed.pop_front() {
+            return Some(m);
+        }
+        match tokio::time::timeout(quiet, self.rx.message()).await {
+            Ok(Ok(Some(m))) => m.msg,
+            _ => None,
+        }
+    }
+
+    /// Drops the session without goodbye, as a crashed node would.
+    pub fn vanish(self) {}
+}
+
+/// A `WatchClaims` stream.
+pub struct Watcher {
+    rx: Streaming<pb::ClaimEvent>,
+}
+
+impl Watcher {
+    pub async fn open(svc: &ClaimService, prefix: &str, start_revision: i64) -> Result<Self> {
+        let mut client = svc.ownership().await?;
+        let rx = client
+            .watch_claims(pb::WatchClaimsRequest {
+                prefix: prefix.into(),
+                start_revision,
+            })
+            .await?
+            .into_inner();
+        Ok(Self { rx })
+    }
+
+    pub async fn next(&mut self) -> Result<pb::ClaimEvent> {
+        match tokio::time::timeout(WAIT, self.rx.message()).await {
+            Err(_) => bail!("no watch event within {WAIT:?}"),
+            Ok(Ok(Some(e))) => Ok(e),
+            Ok(Ok(None)) => bail!("watch ended"),
+            Ok(Err(s)) => bail!("watch failed: {s}"),
+        }
+    }
+
+    /// Waits for an event of `kind` for `broadcast`, skipping others.
+    pub async fn expect(
+        &mut self,
+        kind: pb::claim_event::Kind,
+        broadcast: &str,
+    ) -> Result<pb::ClaimEvent> {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            let e = self.next().await?;
+            if e.kind == kind as i32 && e.claim.as_ref().is_some_and(|c| c.broadcast == broadcast) {
+                return Ok(e);
+            }
+        }
+        bail!("no {kind:?} for {broadcast} within {WAIT:?}")
+    }
+
+    /// Any event within `quiet`, if one comes.
+    pub async fn quiet_for(&mut self, quiet: Duration) -> Option<pb::ClaimEvent> {
+        match tokio::time::timeout(quiet, self.rx.message()).await {
+            Ok(Ok(Some(e))) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Etcd plus one claim-service with a fresh prefix: the common start of a test.
+pub struct Stack {
+    pub etcd: Etcd,
+    pub svc: ClaimService,
+    pub prefix: String,
+}
+
+impl Stack {
+    pub async fn start(name: &str, extra: &[&str]) -> Result<Self> {
+        let etcd = Etcd::start().await?;
+        let prefix = test_prefix(name);
+        let svc = ClaimService::start(&etcd.endpoint(), &prefix, extra).await?;
+        Ok(Self { etcd, svc, prefix })
+    }
+
+    pub async fn owner(&self, broadcast: &str, consistent: bool) -> Result<Option<pb::Claim>> {
+        let mut client = self.svc.ownership().await?;
+        match client
+            .get_owner(pb::GetOwnerRequest {
+                broadcast: broadcast.into(),
+                consistent,
+            })
+            .await
+        {
+            Ok(r) => Ok(Some(r.into_inner())),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+            Err(s) => Err(anyhow!("GetOwner failed: {s}")),
+        }
+    }
+
+    /// Polls the (eventually consistent) view until `check` holds.
+    pub async fn eventually_owner(
+        &self,
+        broadcast: &str,
+        check: impl Fn(&Option<pb::Claim>) -> bool,
+    ) -> Result<Option<pb::Claim>> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let owner = self.owner(broadcast, false).await?;
+            if check(&owner) {
+                return Ok(owner);
+            }
+            if Instant::now() > deadline {
+                bail!("owner of {broadcast} never matched; last {owner:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

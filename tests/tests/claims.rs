@@ -1,0 +1,560 @@
+//! The claim rules as a user sees them: a real etcd, the real claim-service
+//! binary, nodes and watchers speaking gRPC.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::Result;
+use system_tests::v1 as pb;
+use system_tests::*;
+
+use pb::claim_event::Kind;
+use pb::node_message::Msg as NodeMsg;
+use pb::service_message::Msg as ServiceMsg;
+
+#[tokio::test]
+async fn first_created_claims_and_get_owner_names_the_node() -> Result<()> {
+    let stack = Stack::start("first", &[]).await?;
+    let mut a = Node::attach(&stack.svc.addr(), hello("node-a")).await?;
+    assert_eq!(a.welcome.lease_ttl_ms, 10_000);
+    a.created("live/cam1", "video").await?;
+    let claimed = a.expect_claimed("live/cam1").await?;
+    let claim = claimed.claim.expect("claimed carries the claim");
+    assert!(!claimed.adopted);
+    assert_eq!(claim.node_id, "node-a");
+    assert_ne!(claim.lease_id, 0);
+    assert!(claim.fencing_token > 0);
+    assert_eq!(claim.endpoints["rtmp"], "rtmp://node-a.test:1935");
+
+    let consistent = stack.owner("live/cam1", true).await?.expect("owned");
+    assert_eq!(consistent.node_id, "node-a");
+    assert_eq!(consistent.fencing_token, claim.fencing_token);
+    let cached = stack
+        .eventually_owner("live/cam1", |o| o.is_some())
+        .await?
+        .expect("owned");
+    assert_eq!(cached, consistent);
+    assert_eq!(stack.owner("live/none", true).await?, None);
+    assert_eq!(stack.owner("live/none", false).await?, None);
+
+    // The layout is readable with etcdctl: one lease-bound key per claim.
+    let raw = stack.etcd.etcdctl(&[
+        "get",
+        &format!("{}broadcasts/live/cam1", stack.prefix),
+        "--print-value-only",
+    ])?;
+    let value: serde_json::Value = serde_json::from_str(raw.trim())?;
+    assert_eq!(value["node_id"], "node-a");
+    Ok(())
+}
+
+#[tokio::test]
+async fn tracks_share_one_claim_released_with_the_last() -> Result<()> {
+    let stack = Stack::start("tracks", &[]).await?;
+    let mut watcher = Watcher::open(&stack.svc, "", 0).await?;
+    let mut a = Node::attach(&stack.svc.addr(), hello("node-a")).await?;
+    a.created("live/x", "video").await?;
+    a.created("live/x", "audio").await?;
+    let claim = a.expect_claimed("live/x").await?.claim.unwrap();
+    let ev = watcher.expect(Kind::Claimed, "live/x").await?;
+    assert_eq!(ev.claim.unwrap().fencing_token, claim.fencing_token);
+
+    // Closing video alone keeps the claim; nothing is said.
+    a.closed("live/x", "video").await?;
+    assert_eq!(a.silent_for(Duration::from_millis(300)).await, None);
+    assert_eq!(
+        stack.owner("live/x", true).await?.map(|c| c.fencing_token),
+        Some(claim.fencing_token)
+    );
+    // Closing audio releases it; a watcher sees it at once, not after a TTL.
+    a.closed("live/x", "audio").await?;
+    a.expect_released("live/x").await?;
+    let ev = watcher.expect(Kind::Released, "live/x").await?;
+    assert_eq!(ev.claim.unwrap().node_id, "node-a");
+    assert_eq!(stack.owner("live/x", true).await?, None);
+
+    // Exactly one claim was ever made for the broadcast.
+    let metrics = stack.svc.metrics().await?;
+    assert!(
+        metrics.contains("claims_granted_total{how=\"created\"} 1"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn second_node_conflicts_then_takes_over_as_standby() -> Result<()> {
+    let stack = Stack::start("standby", &[]).await?;
+    let mut a = Node::attach(&stack.svc.addr(), hello("node-a")).await?;
+    let mut b = Node::attach(&stack.svc.addr(), hello("node-b")).await?;
+    a.created("live/x", "video").await?;
+    let first = a.expect_claimed("live/x").await?.claim.unwrap();
+
+    b.created("live/x", "video").await?;
+    let owner = b.expect_conflict("live/x").await?;
+    assert_eq!(owner.node_id, "node-a");
+    assert_eq!(owner.endpoints["rtmp"], "rtmp://node-a.test:1935");
+    assert_eq!(owner.endpoints["http"], "http://node-a.test:8080");
+    assert_eq!(owner.fencing_token, first.fencing_token);
+
+    a.closed("live/x", "video").await?;
+    a.expect_released("live/x").await?;
+    let second = b.expect_claimed("live/x").await?.claim.unwrap();
+    assert_eq!(second.node_id, "node-b");
+    assert!(
+        second.fencing_token > first.fencing_token,
+        "{} > {}",
+        second.fencing_token,
+        first.fencing_token
+    );
+    assert_eq!(
+        stack.owner("live/x", true).await?.unwrap().node_id,
+        "node-b"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn goodbye_releases_everything_at_once() -> Result<()> {
+    let stack = Stack::start("goodbye", &[]).await?;
+    let mut watcher = Watcher::open(&stack.svc, "", 0).await?;
+    let mut a = Node::attach(&stack.svc.addr(), hello("node-a")).await?;
+    let names: Vec<String> = (0..20).map(|i| format!("live/g{i:02}")).collect();
+    for n in &names {
+        a.created(n, "video").await?;
+        a.created(n, "audio").await?;
+    }
+    for n in &names {
+        a.expect_claimed(n).await?;
+    }
+    a.goodbye().await?;
+    let mut released = BTreeSet::new();
+    while released.len() < names.len() {
+        let ev = watcher.next().await?;
+        if ev.kind == Kind::Released as i32 {
+            released.insert(ev.claim.unwrap().broadcast);
+        }
+    }
+    assert_eq!(released, names.iter().cloned().collect());
+    let mut client = stack.svc.ownership().await?;
+    let left = client
+        .list_claims(pb::ListClaimsRequest::default())
+        .await?
+        .into_inner();
+    // The view may trail etcd by a moment; etcd itself has nothing left.
+    let raw = stack.etcd.etcdctl(&[
+        "get",
+        "--prefix",
+        &format!("{}broadcasts/", stack.prefix),
+        "--keys-only",
+    ])?;
+    assert_eq!(raw.trim(), "", "left in etcd: {raw}; view had {left:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn lease_revoked_behind_the_service_is_lost_then_claimed_again() -> Result<()> {
+    let stack = Stack::start("lost", &[]).await?;
+    let mut a = Node::attach(&stack.svc.addr(), hello("node-a")).await?;
+    a.created("live/x", "video").await?;
+    let claim = a.expect_claimed("live/x").await?.claim.unwrap();
+    stack
+        .etcd
+        .etcdctl(&["lease", "revoke", &format!("{:x}", claim.lease_id)])?;
+    let reason = a.expect_lost("live/x").await?;
+    assert!(reason.contains("expired"), "{reason}");
+    // The track is still live, so the service claims it again.
+    let again = a.expect_claimed("live/x").await?.claim.unwrap();
+    assert!(again.fencing_token > claim.fencing_token);
+    assert_ne!(again.lease_id, claim.lease_id);
+    let metrics = stack.svc.metrics().await?;
+    assert!(
+        metrics.contains("claims_lost_total{reason=\"expired\"} 1"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_input_gets_the_documented_answers_and_changes_nothing() -> Result<()> {
+    let stack = Stack::start("bad", &[]).await?;
+    let addr = stack.svc.addr();
+    let mut a = Node::attach(&addr, hello("node-a")).await?;
+    a.created("live/keep", "video").await?;
+    let kept = a.expect_claimed("live/keep").await?.claim.unwrap();
+
+    // A message before hello.
+    let err = Node::open(&addr, NodeMsg::Created(track("live/x", "video")))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert!(err.message().contains("before hello"), "{err}");
+
+    // Bad node ids and endpoints in hello.
+    for bad in ["Node_A", "", &"n".repeat(64)] {
+        let err = Node::open(&addr, NodeMsg::Hello(hello(bad)))
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad}: {err}");
+        assert!(err.message().contains("node id"), "{err}");
+    }
+    let mut bad_live = hello("node-c");
+    bad_live.live.push(track("live/../x", "video"));
+    let err = Node::open(&addr, NodeMsg::Hello(bad_live))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("\"..\" segment"), "{err}");
+
+    // A bad name inside a session is answered, not fatal.
+    a.created("live//x", "video").await?;
+    let reason = a
+        .expect("rejected", |m| match m {
+            ServiceMsg::Rejected(r) => Some(r.reason.clone()),
+            _ => None,
+        })
+        .await?;
+    assert!(reason.contains("empty segment"), "{reason}");
+    a.created("live/ok", "bad track!").await?;
+    a.expect("rejected", |m| {
+        matches!(m, ServiceMsg::Rejected(_)).then_some(())
+    })
+    .await?;
+    // An unknown closed changes nothing.
+    a.closed("live/never", "video").await?;
+    a.closed("live/keep", "audio").await?;
+    // The session still works, and the earlier claim is intact.
+    a.created("live/after", "video").await?;
+    a.expect_claimed("live/after").await?;
+    let owner = stack.owner("live/keep", true).await?.expect("still owned");
+    assert_eq!(owner.fencing_token, kept.fencing_token);
+    assert_eq!(owner.lease_id, kept.lease_id);
+
+    // A second hello is a protocol error that ends the session; its claims
+    // are kept for the detach grace, not dropped.
+    a.send(NodeMsg::Hello(hello("node-a"))).await?;
+    let status = a.expect_status().await?;
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert!(stack.owner("live/keep", true).await?.is_some());
+
+    // Read-side validation.
+    let mut client = stack.svc.ownership().await?;
+    let err = client
+        .get_owner(pb::GetOwnerRequest {
+            broadcast: "a b".into(),
+            consistent: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let err = client
+        .list_claims(pb::ListClaimsRequest {
+            page_token: "forged".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let mut stream = client
+        .watch_claims(pb::WatchClaimsRequest {
+            prefix: String::new(),
+            start_revision: -1,
+        })
+        .await;
+    if let Ok(s) = &mut stream {
+        let first = s.get_mut().message().await;
+        assert!(first.is_err(), "negative start_revision accepted");
+    } else {
+        assert_eq!(stream.unwrap_err().code(), tonic::Code::InvalidArgument);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn watch_from_an_old_revision_replays_what_happened() -> Result<()> {
+    let stack = Stack::start("replay", &[]).await?;
+    let start = {
+        let mut c = stack.svc.ownership().await?;
+        c.list_claims(pb::ListClaimsRequest::default())
+            .await?
+            .into_inner()
+            .revision
+    };
+    let mut a = Node::attach(&stack.svc.addr(), hello("node-a")).await?;
+    a.created("live/r1", "video").await?;
+    let c1 = a.expect_claimed("live/r1").await?.claim.unwrap();
+    a.created("live/r2", "video").await?;
+    a.expect_claimed("live/r2").await?;
+    a.closed("live/r1", "video").await?;
+    a.expect_released("live/r1").await?;
+    a.created("other/r3", "video").await?;
+    a.expect_claimed("other/r3").await?;
+
+    // Everything since `start`, in order, filtered to the prefix.
+    let mut watcher = Watcher::open(&stack.svc, "live/", start + 1).await?;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let e = watcher.next().await?;
+        seen.push((
+            Kind::try_from(e.kind)?,
+            e.claim.unwrap().broadcast,
+            e.revision,
+        ));
+    }
+    assert_eq!(
+        seen.iter()
+            .map(|(k, b, _)| (*k, b.as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            (Kind::Claimed, "live/r1"),
+            (Kind::Claimed, "live/r2"),
+            (Kind::Released, "live/r1")
+        ]
+    );
+    assert_eq!(seen[0].2, c1.fencing_token);
+    assert!(seen.windows(2).all(|w| w[0].2 < w[1].2));
+    assert!(watcher
+        .quiet_for(Duration::from_millis(300))
+        .await
+        .is_none());
+
+    // History etcd no longer has is refused, saying what is left.
+    let rev = stack
+        .svc
+        .ownership()
+        .await?
+        .list_claims(pb::ListClaimsRequest::default())
+        .await?
+        .into_inner()
+        .revision;
+    stack.etcd.etcdctl(&["compact", &rev.to_string()])?;
+    let mut old = Watcher::open(&stack.svc, "", start + 1).await?;
+    let err = old.next().await.unwrap_err().to_string();
+    assert!(err.contains("compacted"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn list_claims_pages_cover_every_claim_exactly_once() -> Result<()> {
+    let stack = Stack::start("pages", &[]).await?;
+    let mut a = Node::attach(&stack.svc.addr(), hello("node-a")).await?;
+    let mut b = Node::attach(&stack.svc.addr(), hello("node-b")).await?;
+    let mut want_a = BTreeSet::new();
+    let mut want_b = BTreeSet::new();
+    for i in 0..60 {
+        let name = format!("live/p{i:03}");
+        if i % 3 == 0 {
+            b.created(&name, "video").await?;
+            want_b.insert(name);
+        } else {
+            a.created(&name, "video").await?;
+            want_a.insert(name);
+        }
+    }
+    b.created("other/q", "video").await?;
+    for n in &want_a {
+        a.expect_claimed(n).await?;
+    }
+    for n in &want_b {
+        b.expect_claimed(n).await?;
+    }
+    b.expect_claimed("other/q").await?;
+    let mut client = stack.svc.ownership().await?;
+    let list = |node: &str, page_size: u32| pb::ListClaimsRequest {
+        prefix: "live/".into(),
+        node_id: node.into(),
+        page_size,
+        page_token: String::new(),
+    };
+    // The view catches up with the watch; wait for all 60.
+    let deadline = std::time::Instant::now() + WAIT;
+    while client
+        .list_claims(list("", 1000))
+        .await?
+        .into_inner()
+        .claims
+        .len()
+        < 60
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "view never saw 60 claims"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (node, want, size) in [
+        ("", None, 7u32),
+        ("node-a", Some(&want_a), 5),
+        ("node-b", Some(&want_b), 100),
+    ] {
+        let mut seen = Vec::new();
+        let mut req = list(node, size);
+        loop {
+            let page = client.list_claims(req.clone()).await?.into_inner();
+            assert!(page.claims.len() <= size as usize);
+            seen.extend(page.claims.into_iter().map(|c| c.broadcast));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            req.page_token = page.next_page_token;
+        }
+        let unique: BTreeSet<String> = seen.iter().cloned().collect();
+        assert_eq!(unique.len(), seen.len(), "a claim was listed twice");
+        let expected: BTreeSet<String> = match want {
+            Some(w) => w.clone(),
+            None => want_a.union(&want_b).cloned().collect(),
+        };
+        assert_eq!(unique, expected, "node filter {node:?}");
+    }
+    let nodes = client
+        .list_nodes(pb::ListNodesRequest {})
+        .await?
+        .into_inner();
+    let counts: Vec<(String, u32)> = nodes
+        .nodes
+        .into_iter()
+        .map(|n| (n.node_id, n.claims))
+        .collect();
+    assert_eq!(counts, vec![("node-a".into(), 40), ("node-b".into(), 21)]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn health_follows_etcd_and_claims_survive_a_short_restart() -> Result<()> {
+    let mut stack = Stack::start("health", &[]).await?;
+    let mut a = Node::attach(&stack.svc.addr(), hello("node-a")).await?;
+    a.created("live/x", "video").await?;
+    let claim = a.expect_claimed("live/x").await?.claim.unwrap();
+    stack.etcd.kill();
+    stack.svc.wait_serving(false).await?;
+    stack.etcd.restart().await?;
+    stack.svc.wait_serving(true).await?;
+    // A restart shorter than the TTL loses nothing.
+    assert_eq!(a.silent_for(Duration::from_secs(3)).await, None);
+    let owner = stack.owner("live/x", true).await?.expect("still owned");
+    assert_eq!(owner.fencing_token, claim.fencing_token);
+    // And the session still works.
+    a.created("live/y", "video").await?;
+    a.expect_claimed("live/y").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_crashed_node_keeps_its_claims_for_the_grace_and_can_take_them_back() -> Result<()> {
+    let stack = Stack::start("grace", &["--detach-grace", "2s"]).await?;
+    let mut watcher = Watcher::open(&stack.svc, "", 0).await?;
+    let mut a = Node::attach(&stack.svc.addr(), hello("node-a")).await?;
+    a.created("live/x", "video").await?;
+    a.created("live/y", "video").await?;
+    let x = a.expect_claimed("live/x").await?.claim.unwrap();
+    a.expect_claimed("live/y").await?;
+    watcher.expect(Kind::Claimed, "live/y").await?;
+    a.vanish();
+
+    // Back within the grace with only live/x: it is adopted with its
+    // fencing token; live/y, no longer live, is released.
+    let mut again = hello("node-a");
+    again.live.push(track("live/x", "video"));
+    let mut a2 = Node::attach(&stack.svc.addr(), again).await?;
+    let adopted = a2.expect_claimed("live/x").await?;
+    assert!(adopted.adopted);
+    let claim = adopted.claim.unwrap();
+    assert_eq!(claim.fencing_token, x.fencing_token);
+    assert_ne!(claim.lease_id, x.lease_id);
+    let mut seen = BTreeSet::new();
+    for _ in 0..2 {
+        let ev = watcher.next().await?;
+        seen.insert((Kind::try_from(ev.kind)?, ev.claim.unwrap().broadcast));
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from([
+            (Kind::Adopted, "live/x".into()),
+            (Kind::Released, "live/y".into())
+        ])
+    );
+    // The old session's grace runs out without touching the adopted claim.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let owner = stack.owner("live/x", true).await?.expect("still owned");
+    assert_eq!(owner.lease_id, claim.lease_id);
+
+    // Gone for longer than the grace: released.
+    a2.vanish();
+    watcher.expect(Kind::Released, "live/x").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_newer_session_of_a_node_supersedes_the_older() -> Result<()> {
+    let stack = Stack::start("supersede", &[]).await?;
+    let mut old = Node::attach(&stack.svc.addr(), hello("node-a")).await?;
+    old.created("live/x", "video").await?;
+    let x = old.expect_claimed("live/x").await?.claim.unwrap();
+    let mut again = hello("node-a");
+    again.live.push(track("live/x", "video"));
+    let mut new = Node::attach(&stack.svc.addr(), again).await?;
+    let status = old.expect_status().await?;
+    assert_eq!(status.code(), tonic::Code::Aborted, "{status}");
+    let adopted = new.expect_claimed("live/x").await?;
+    assert!(adopted.adopted);
+    assert_eq!(adopted.claim.unwrap().fencing_token, x.fencing_token);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_leaves_claims_for_another_replica_to_adopt() -> Result<()> {
+    let mut stack = Stack::start("sigterm", &[]).await?;
+    let other = ClaimService::start(&stack.etcd.endpoint(), &stack.prefix, &[]).await?;
+    let mut watcher = Watcher::open(&other, "", 0).await?;
+    let mut a = Node::attach(&stack.svc.addr(), hello("node-a")).await?;
+    a.created("live/x", "video").await?;
+    let x = a.expect_claimed("live/x").await?.claim.unwrap();
+    watcher.expect(Kind::Claimed, "live/x").await?;
+
+    let status = stack.svc.terminate().await?;
+    assert!(status.success(), "{status}");
+    let ended = a.expect_status().await?;
+    assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended}");
+
+    let mut again = hello("node-a");
+    again.live.push(track("live/x", "video"));
+    let mut a2 = Node::attach(&other.addr(), again).await?;
+    let adopted = a2.expect_claimed("live/x").await?;
+    assert!(adopted.adopted);
+    assert_eq!(adopted.claim.unwrap().fencing_token, x.fencing_token);
+    let ev = watcher.next().await?;
+    assert_eq!(Kind::try_from(ev.kind)?, Kind::Adopted, "{ev:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn thousands_of_claims_share_a_handful_of_keepalive_streams() -> Result<()> {
+    let stack = Stack::start("many", &[]).await?;
+    let mut a = Node::attach(&stack.svc.addr(), hello("node-a")).await?;
+    const N: usize = 2_000;
+    for i in 0..N {
+        a.created(&format!("live/m{i:05}"), "video").await?;
+    }
+    let mut claimed = 0;
+    while claimed < N {
+        if let ServiceMsg::Claimed(_) = a.next().await?.map_err(|s| anyhow::anyhow!("{s}"))? {
+            claimed += 1;
+        }
+    }
+    let metrics = stack.svc.metrics().await?;
+    let streams: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("claims_keepalive_streams "))
+        .expect("keepalive stream gauge exported")
+        .trim()
+        .parse()?;
+    assert!(
+        (1.0..=2.0).contains(&streams),
+        "{streams} keep-alive streams for {N} leases"
+    );
+    assert!(metrics.contains(&format!("claims_held {N}")), "{metrics}");
+    Ok(())
+}
