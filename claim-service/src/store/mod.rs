@@ -31,6 +31,9 @@ use crate::metrics::Metrics;
 pub use keepalive::{KeepAlive, LeaseLoss, LossKind};
 pub use layout::{ClaimRecord, Key, Layout, NodeRecord};
 
+/// Claim transactions one replica runs against etcd at once.
+const MAX_CLAIMS_IN_FLIGHT: usize = 128;
+
 /// How to reach etcd.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -71,6 +74,9 @@ pub struct Store {
 
 struct Inner {
     client: Client,
+    /// Bounds the claims in flight, so a hello listing thousands of live
+    /// tracks queues here instead of flooding etcd past its time-outs.
+    claim_permits: tokio::sync::Semaphore,
     layout: Layout,
     op_timeout: Duration,
     metrics: Arc<Metrics>,
@@ -103,6 +109,7 @@ impl Store {
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
+                claim_permits: tokio::sync::Semaphore::new(MAX_CLAIMS_IN_FLIGHT),
                 layout: Layout::new(config.prefix.clone()),
                 op_timeout: config.op_timeout,
                 metrics,
@@ -209,6 +216,12 @@ impl Store {
     /// that cannot be reached is the `Unavailable` outcome.
     pub async fn claim(&self, req: &ClaimRequest) -> ClaimOutcome {
         let started = Instant::now();
+        let _permit = self
+            .inner
+            .claim_permits
+            .acquire()
+            .await
+            .expect("the claim semaphore is never closed");
         let outcome = match self.try_claim(req).await {
             Ok(outcome) => outcome,
             Err(e) => ClaimOutcome::Unavailable {

