@@ -451,7 +451,13 @@ async fn a_crashed_node_keeps_its_claims_for_the_grace_and_can_take_them_back() 
     a.created("live/y", "video").await?;
     let x = a.expect_claimed("live/x").await?.claim.unwrap();
     a.expect_claimed("live/y").await?;
-    watcher.expect(Kind::Claimed, "live/y").await?;
+    // Both claims run at once: their CLAIMED events may come in any order.
+    let mut claimed = BTreeSet::new();
+    while claimed.len() < 2 {
+        let ev = watcher.next().await?;
+        assert_eq!(Kind::try_from(ev.kind)?, Kind::Claimed);
+        claimed.insert(ev.claim.unwrap().broadcast);
+    }
     a.vanish();
 
     // Back within the grace with only live/x: it is adopted with its
@@ -556,5 +562,93 @@ async fn thousands_of_claims_share_a_handful_of_keepalive_streams() -> Result<()
         "{streams} keep-alive streams for {N} leases"
     );
     assert!(metrics.contains(&format!("claims_held {N}")), "{metrics}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn etcd_gone_longer_than_the_ttl_is_lost_then_claimed_again() -> Result<()> {
+    let mut stack = Stack::start(
+        "outage",
+        &[
+            "--lease-ttl",
+            "5s",
+            "--min-lease-ttl",
+            "5s",
+            "--detach-grace",
+            "2s",
+        ],
+    )
+    .await?;
+    let mut a = Node::attach(&stack.svc.addr(), hello("node-a")).await?;
+    a.created("live/x", "video").await?;
+    let before = a.expect_claimed("live/x").await?.claim.unwrap();
+    stack.etcd.kill();
+    // No renewal can be confirmed for a whole TTL: the node is told.
+    let reason = a.expect_lost("live/x").await?;
+    assert!(reason.contains("whole TTL"), "{reason}");
+    // The track is live, so the service keeps trying and says so.
+    a.expect("retrying", |m| {
+        matches!(m, ServiceMsg::Retrying(r) if r.broadcast == "live/x").then_some(())
+    })
+    .await?;
+    stack.etcd.restart().await?;
+    // etcd restores leases on restart, so the old key may still name this
+    // node (adopted, same token) or be gone (a fresh claim, larger token).
+    let again = a.expect_claimed("live/x").await?;
+    let claim = again.claim.unwrap();
+    if again.adopted {
+        assert_eq!(claim.fencing_token, before.fencing_token);
+    } else {
+        assert!(claim.fencing_token > before.fencing_token);
+    }
+    let owner = stack.owner("live/x", true).await?.expect("owned again");
+    assert_eq!(owner.lease_id, claim.lease_id);
+    Ok(())
+}
+
+#[tokio::test]
+async fn oversized_names_are_refused_and_say_why() -> Result<()> {
+    let stack = Stack::start("oversized", &[]).await?;
+    let mut a = Node::attach(&stack.svc.addr(), hello("node-a")).await?;
+    a.created(&"x".repeat(1000), "video").await?;
+    let reason = a
+        .expect("rejected", |m| match m {
+            ServiceMsg::Rejected(r) => Some(r.reason.clone()),
+            _ => None,
+        })
+        .await?;
+    assert!(reason.contains("1000 bytes long"), "{reason}");
+    let mut huge = hello("node-b");
+    huge.endpoints
+        .insert("rtmp".into(), format!("rtmp://{}", "h".repeat(5000)));
+    let err = Node::open(&stack.svc.addr(), NodeMsg::Hello(huge))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("at most 1024 bytes"), "{err}");
+    // A message past the size limit is refused by the transport with a status.
+    let mut flood = hello("node-c");
+    flood.live = (0..200_000)
+        .map(|i| track(&format!("live/f{i:06}"), "video"))
+        .collect();
+    let err = Node::open(&stack.svc.addr(), NodeMsg::Hello(flood))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::InvalidArgument | tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
+        "{err}"
+    );
+    // Nothing was claimed by any of it.
+    let mut client = stack.svc.ownership().await?;
+    let all = client
+        .list_claims(pb::ListClaimsRequest::default())
+        .await?
+        .into_inner();
+    assert!(all.claims.is_empty(), "{:?}", all.claims);
     Ok(())
 }

@@ -81,7 +81,8 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
 async fn etcd_keepalive_streams(etcd: &Etcd) -> Result<i64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", etcd.client_port)).await?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await?;
     let mut body = String::new();
     s.read_to_string(&mut body).await?;
     let sum = |name: &str| -> i64 {
@@ -124,10 +125,7 @@ async fn main() -> Result<()> {
     let mut node = Node::attach(&svc.addr(), hello("bench-node")).await?;
     let mut watcher = Watcher::open(&svc, "lat/", 0).await?;
     let mut raw_watch = raw
-        .watch(
-            raw_prefix.as_str(),
-            Some(WatchOptions::new().with_prefix()),
-        )
+        .watch(raw_prefix.as_str(), Some(WatchOptions::new().with_prefix()))
         .await?;
     let _ = raw_watch.message().await?; // the "created" response
 
@@ -154,10 +152,14 @@ async fn main() -> Result<()> {
         raw_claim_t.push(t.elapsed());
 
         // Skip the CLAIMED event so the next wait sees only the release.
-        watcher.expect(pb::claim_event::Kind::Claimed, &name).await?;
+        watcher
+            .expect(pb::claim_event::Kind::Claimed, &name)
+            .await?;
         let t = Instant::now();
         node.closed(&name, "video").await?;
-        watcher.expect(pb::claim_event::Kind::Released, &name).await?;
+        watcher
+            .expect(pb::claim_event::Kind::Released, &name)
+            .await?;
         svc_rel.push(t.elapsed());
         node.expect_released(&name).await?;
 
@@ -172,7 +174,10 @@ async fn main() -> Result<()> {
         raw.lease_revoke(lease).await?;
         loop {
             let m = raw_watch.message().await?.context("raw watch ended")?;
-            if m.events().iter().any(|e| e.event_type() == EventType::Delete) {
+            if m.events()
+                .iter()
+                .any(|e| e.event_type() == EventType::Delete)
+            {
                 break;
             }
         }
@@ -230,7 +235,10 @@ async fn main() -> Result<()> {
         }
     }
 
-    eprintln!("baseline: {} raw leases with one keep-alive stream each", args.held);
+    eprintln!(
+        "baseline: {} raw leases with one keep-alive stream each",
+        args.held
+    );
     // Baseline: raw etcd-client, one keep-alive per lease.
     let self_pid = std::process::id();
     let self_rss_before = proc_status_kib(self_pid, "VmRSS:")?;
@@ -301,6 +309,9 @@ async fn main() -> Result<()> {
         cpu_pct,
         hold.as_secs()
     );
-    println!("\nclaims_held gauge while holding: {held_gauge}; lost: {}", if lost.is_empty() { "none".into() } else { lost });
+    println!(
+        "\nclaims_held gauge while holding: {held_gauge}; lost: {}",
+        if lost.is_empty() { "none".into() } else { lost }
+    );
     Ok(())
 }
