@@ -606,24 +606,18 @@ impl Session {
         match action {
             Action::Claim { broadcast } => {
                 let req = ClaimRequest {
-                    broadcast,
+                    broadcast: broadcast.clone(),
                     node_id: self.node_id.clone(),
                     endpoints: self.endpoints.clone(),
                     session_id: self.session_id.clone(),
                     service_id: ctx.config.service_id.clone(),
                     ttl: self.ttl,
                 };
-                let store = ctx.store.clone();
                 let tx = self.internal_tx.clone();
-                tokio::spawn(async move {
-                    let outcome = store.claim(&req).await;
-                    let event = Event::ClaimAnswered {
-                        broadcast: req.broadcast,
-                        outcome,
-                    };
+                ctx.store.submit_claim(req, move |outcome| {
                     // If the session is gone (replica shutting down), the
                     // lease is left to expire or be adopted.
-                    let _ = tx.send(Internal::Core(event));
+                    let _ = tx.send(Internal::Core(Event::ClaimAnswered { broadcast, outcome }));
                 });
             }
             Action::KeepAlive {
@@ -649,11 +643,8 @@ impl Session {
             } => {
                 self.unkeep(lease_id);
                 ctx.metrics.claims_released.inc();
-                let store = ctx.store.clone();
                 let tx = self.internal_tx.clone();
-                let ttl = self.ttl;
-                tokio::spawn(async move {
-                    store.revoke_until_gone(lease_id, ttl).await;
+                ctx.store.submit_revoke(lease_id, self.ttl, move || {
                     let _ = tx.send(Internal::Core(Event::Revoked { broadcast }));
                 });
             }
@@ -662,9 +653,7 @@ impl Session {
                 lease_id,
             } => {
                 tracing::info!(%broadcast, lease_id, "releasing a claim an earlier session of this node left and the node no longer has");
-                let store = ctx.store.clone();
-                let ttl = self.ttl;
-                tokio::spawn(async move { store.revoke_until_gone(lease_id, ttl).await });
+                ctx.store.submit_revoke(lease_id, self.ttl, || {});
             }
             Action::Forget { lease_id } => self.unkeep(lease_id),
             Action::Send(reply) => {

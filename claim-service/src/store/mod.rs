@@ -24,6 +24,7 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
     TxnOp, TxnOpResponse,
 };
+use tokio::sync::mpsc;
 
 use crate::claims::{Claim, ClaimOutcome};
 use crate::error::{Error, Result};
@@ -31,8 +32,21 @@ use crate::metrics::Metrics;
 pub use keepalive::{KeepAlive, LeaseLoss, LossKind};
 pub use layout::{ClaimRecord, Key, Layout, NodeRecord};
 
-/// Claim transactions one replica runs against etcd at once.
-const MAX_CLAIMS_IN_FLIGHT: usize = 128;
+/// Claims and revokes one replica runs against etcd at once.
+const WORKERS: usize = 64;
+
+enum Job {
+    Claim {
+        req: ClaimRequest,
+        queued: Instant,
+        done: Box<dyn FnOnce(ClaimOutcome) + Send>,
+    },
+    Revoke {
+        lease_id: i64,
+        ttl: Duration,
+        done: Box<dyn FnOnce() + Send>,
+    },
+}
 
 /// How to reach etcd.
 #[derive(Debug, Clone)]
@@ -74,9 +88,10 @@ pub struct Store {
 
 struct Inner {
     client: Client,
-    /// Bounds the claims in flight, so a hello listing thousands of live
-    /// tracks queues here instead of flooding etcd past its time-outs.
-    claim_permits: tokio::sync::Semaphore,
+    /// Claims and revokes wait here for a worker: a hello listing thousands
+    /// of live tracks (or a goodbye releasing them) queues small jobs instead
+    /// of flooding etcd past its time-outs or holding thousands of tasks.
+    jobs: mpsc::UnboundedSender<Job>,
     layout: Layout,
     op_timeout: Duration,
     metrics: Arc<Metrics>,
@@ -106,16 +121,76 @@ impl Store {
             .with_keep_alive_while_idle(true);
         let client = Client::connect(&config.endpoints, Some(options)).await?;
         let keepalive = KeepAlive::start(client.clone(), config.keepalive_streams, metrics.clone());
-        Ok(Self {
+        let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
+        let store = Self {
             inner: Arc::new(Inner {
                 client,
-                claim_permits: tokio::sync::Semaphore::new(MAX_CLAIMS_IN_FLIGHT),
+                jobs: jobs_tx,
                 layout: Layout::new(config.prefix.clone()),
                 op_timeout: config.op_timeout,
                 metrics,
                 keepalive,
             }),
-        })
+        };
+        let jobs_rx = Arc::new(tokio::sync::Mutex::new(jobs_rx));
+        for _ in 0..WORKERS {
+            tokio::spawn(store.clone().work(jobs_rx.clone()));
+        }
+        Ok(store)
+    }
+
+    async fn work(self, jobs: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Job>>>) {
+        loop {
+            let Some(job) = jobs.lock().await.recv().await else {
+                return;
+            };
+            match job {
+                Job::Claim { req, queued, done } => done(self.claim(&req, queued).await),
+                Job::Revoke {
+                    lease_id,
+                    ttl,
+                    done,
+                } => {
+                    self.revoke_until_gone(lease_id, ttl).await;
+                    done()
+                }
+            }
+        }
+    }
+
+    /// Queues a claim; `done` gets the outcome (never an error: a store that
+    /// cannot be reached is `Unavailable`).
+    pub fn submit_claim(
+        &self,
+        req: ClaimRequest,
+        done: impl FnOnce(ClaimOutcome) + Send + 'static,
+    ) {
+        let job = Job::Claim {
+            req,
+            queued: Instant::now(),
+            done: Box::new(done),
+        };
+        if self.inner.jobs.send(job).is_err() {
+            tracing::error!("store workers are gone; claim dropped");
+        }
+    }
+
+    /// Queues a revoke that retries until the lease is gone (see
+    /// [`Store::revoke_until_gone`]); `done` runs after.
+    pub fn submit_revoke(
+        &self,
+        lease_id: i64,
+        ttl: Duration,
+        done: impl FnOnce() + Send + 'static,
+    ) {
+        let job = Job::Revoke {
+            lease_id,
+            ttl,
+            done: Box::new(done),
+        };
+        if self.inner.jobs.send(job).is_err() {
+            tracing::error!(lease_id, "store workers are gone; revoke dropped");
+        }
     }
 
     pub fn layout(&self) -> &Layout {
@@ -213,15 +288,9 @@ impl Store {
 
     /// Claims a broadcast for a node: grant a lease, then create-if-absent,
     /// adopting a key that already names this node. Never fails: a store
-    /// that cannot be reached is the `Unavailable` outcome.
-    pub async fn claim(&self, req: &ClaimRequest) -> ClaimOutcome {
-        let started = Instant::now();
-        let _permit = self
-            .inner
-            .claim_permits
-            .acquire()
-            .await
-            .expect("the claim semaphore is never closed");
+    /// that cannot be reached is the `Unavailable` outcome. Latency counts
+    /// from `started`, when the claim was queued.
+    async fn claim(&self, req: &ClaimRequest, started: Instant) -> ClaimOutcome {
         let outcome = match self.try_claim(req).await {
             Ok(outcome) => outcome,
             Err(e) => ClaimOutcome::Unavailable {
@@ -248,9 +317,7 @@ impl Store {
         if !keep_lease {
             // On error the transaction may still have landed: revoking the
             // lease removes such a key rather than leaving an orphan claim.
-            let store = self.clone();
-            let ttl = req.ttl;
-            tokio::spawn(async move { store.revoke_until_gone(lease_id, ttl).await });
+            self.submit_revoke(lease_id, req.ttl, || {});
         }
         result
     }

@@ -193,7 +193,6 @@ async fn main() -> Result<()> {
     eprintln!("latency done; holding {} claims", args.held);
     // --- 3: many claims held at once.
     let rss_before = proc_status_kib(pid, "VmRSS:")?;
-    let streams_before = etcd_keepalive_streams(&etcd).await?;
     let mut holder = Node::attach(&svc.addr(), hello("bench-holder")).await?;
     let t = Instant::now();
     for i in 0..args.held {
@@ -213,7 +212,8 @@ async fn main() -> Result<()> {
     let clk_tck = 100.0; // Linux USER_HZ
     let cpu_pct = ticks as f64 / clk_tck / hold.as_secs_f64() * 100.0;
     let rss_held = proc_status_kib(pid, "VmRSS:")?;
-    let svc_streams = etcd_keepalive_streams(&etcd).await? - streams_before;
+    // Only the service renews leases so far: every open stream is its own.
+    let svc_streams = etcd_keepalive_streams(&etcd).await?;
     let metrics = svc.metrics().await?;
     let held_gauge = metrics
         .lines()
