@@ -17,7 +17,7 @@ pub mod claims;
 pub mod config;
 pub mod error;
 pub mod metrics;
-pub mod names;
+pub use claims_proto::names;
 pub mod ownership;
 pub mod server;
 pub mod session;

@@ -1,0 +1,158 @@
+//! Flags and environment variables of the ingest node, checked at start-up.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::rtmp::UnavailablePolicy;
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 10s or 500ms)"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Broadcast Claims ingest node: accepts RTMP publishers, claims each
+/// broadcast through the claim service before accepting it, plays owned
+/// broadcasts over HTTP-FLV and sends viewers of other broadcasts to their
+/// owner.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ingest-node", version, about, long_about = None)]
+pub struct Config {
+    /// This node's id ([a-z0-9-], 1-63 characters), unique in the cluster.
+    #[arg(long, env = "INGEST_NODE_ID")]
+    pub node_id: String,
+
+    /// Claim-service gRPC URLs, comma-separated; tried in turn.
+    #[arg(
+        long,
+        env = "INGEST_CLAIM_SERVICE",
+        default_value = "http://127.0.0.1:50051",
+        value_delimiter = ','
+    )]
+    pub claim_service: Vec<String>,
+
+    /// RTMP address.
+    #[arg(long, env = "INGEST_RTMP_LISTEN", default_value = "0.0.0.0:1935")]
+    pub rtmp_listen: SocketAddr,
+
+    /// HTTP address (HTTP-FLV, /healthz, /metrics, /api/broadcasts).
+    #[arg(long, env = "INGEST_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    pub http_listen: SocketAddr,
+
+    /// The `rtmp` endpoint other nodes send publishers to
+    /// [default: rtmp://HOSTNAME:RTMP_PORT].
+    #[arg(long, env = "INGEST_ADVERTISE_RTMP")]
+    pub advertise_rtmp: Option<String>,
+
+    /// The `http` endpoint other nodes send viewers to
+    /// [default: http://HOSTNAME:HTTP_PORT].
+    #[arg(long, env = "INGEST_ADVERTISE_HTTP")]
+    pub advertise_http: Option<String>,
+
+    /// What to do with a publish when no claim service answers: allow it
+    /// (claimed once a service is back) or refuse it.
+    #[arg(long, env = "INGEST_ON_CLAIM_UNAVAILABLE", value_enum, default_value = "allow")]
+    pub on_claim_unavailable: UnavailablePolicy,
+
+    /// Longest a publish waits for its claim answer.
+    #[arg(long, env = "INGEST_CLAIM_WAIT", default_value = "5s", value_parser = duration)]
+    pub claim_wait: Duration,
+
+    /// An RTMP connection silent for this long is closed (its tracks end).
+    #[arg(long, env = "INGEST_IDLE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub idle_timeout: Duration,
+
+    /// Lease TTL to ask the claim service for [default: the service's].
+    #[arg(long, env = "INGEST_LEASE_TTL", value_parser = duration)]
+    pub lease_ttl: Option<Duration>,
+
+    /// Log format.
+    #[arg(long, env = "INGEST_LOG_FORMAT", value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+impl Config {
+    pub fn advertise_rtmp(&self) -> String {
+        self.advertise_rtmp
+            .clone()
+            .unwrap_or_else(|| format!("rtmp://{}:{}", hostname(), self.rtmp_listen.port()))
+    }
+
+    pub fn advertise_http(&self) -> String {
+        self.advertise_http
+            .clone()
+            .unwrap_or_else(|| format!("http://{}:{}", hostname(), self.http_listen.port()))
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        claims_proto::names::check_node_id(&self.node_id).map_err(|e| format!("--node-id: {e}"))?;
+        if self.claim_service.is_empty() || self.claim_service.iter().any(|a| !(a.starts_with("http://") || a.starts_with("https://"))) {
+            return Err(format!(
+                "--claim-service {:?} must be comma-separated http:// or https:// URLs",
+                self.claim_service
+            ));
+        }
+        if self.rtmp_listen == self.http_listen {
+            return Err(format!("--rtmp-listen and --http-listen are both {}", self.rtmp_listen));
+        }
+        let rtmp = self.advertise_rtmp();
+        if !rtmp.starts_with("rtmp://") || rtmp.contains('?') {
+            return Err(format!("--advertise-rtmp {rtmp:?} must be an rtmp:// URL without a query"));
+        }
+        let http = self.advertise_http();
+        if !(http.starts_with("http://") || http.starts_with("https://")) || http.contains('?') {
+            return Err(format!("--advertise-http {http:?} must be an http(s):// URL without a query"));
+        }
+        if self.claim_wait.is_zero() || self.idle_timeout.is_zero() {
+            return Err("--claim-wait and --idle-timeout must be above zero".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut all = vec!["ingest-node", "--node-id", "ingest-a"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all).expect("flags parse")
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = parse(&[]);
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.on_claim_unavailable, UnavailablePolicy::Allow);
+        assert!(c.advertise_rtmp().ends_with(":1935"));
+    }
+
+    #[test]
+    fn nonsense_is_refused() {
+        for (args, want) in [
+            (vec!["--claim-service", "127.0.0.1:50051"], "http://"),
+            (vec!["--advertise-rtmp", "http://x"], "rtmp://"),
+            (vec!["--http-listen", "0.0.0.0:1935"], "both"),
+        ] {
+            let err = parse(&args).validate().unwrap_err();
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
+        let bad = Config::try_parse_from(["ingest-node", "--node-id", "Bad_Id"]).unwrap();
+        assert!(bad.validate().unwrap_err().contains("node id"));
+    }
+}

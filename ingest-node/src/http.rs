@@ -1,0 +1,252 @@
+//! HTTP: HTTP-FLV playback, redirects to the owner, health, metrics and the
+//! JSON list of local broadcasts.
+//!
+//! `GET /APP/STREAM.flv` plays a broadcast published on this node. On a node
+//! that does not have it, the owner is read linearizably from the claim
+//! service (`GetOwner { consistent: true }`), and the viewer is sent there
+//! with `302` and the same path and query. A redirect never points at this
+//! node (its id or its own `http` endpoint): a claim naming this node for a
+//! broadcast it does not have is stale, and answers `404`. With linearizable
+//! reads, two nodes cannot send a viewer back and forth on stale views.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use claims_proto::v1 as pb;
+use futures::StreamExt;
+use pb::ownership_client::OwnershipClient;
+use serde::Serialize;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use crate::bridge::{query_channel, Bridge, ClaimState};
+use crate::media::Hub;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub struct HttpState {
+    pub node_id: String,
+    pub advertise_http: String,
+    pub claim_services: Vec<String>,
+    pub hub: Hub,
+    pub registry: Registry,
+    pub bridge: Arc<Bridge>,
+    pub metrics: Arc<Metrics>,
+    lookup: tokio::sync::Mutex<Option<Channel>>,
+}
+
+impl HttpState {
+    pub fn new(
+        node_id: String,
+        advertise_http: String,
+        claim_services: Vec<String>,
+        hub: Hub,
+        registry: Registry,
+        bridge: Arc<Bridge>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            node_id,
+            advertise_http,
+            claim_services,
+            hub,
+            registry,
+            bridge,
+            metrics,
+            lookup: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+pub fn router(state: Arc<HttpState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/broadcasts", get(broadcasts))
+        .fallback(get(play))
+        .with_state(state)
+}
+
+async fn healthz(State(s): State<Arc<HttpState>>) -> impl IntoResponse {
+    let view = s.bridge.view();
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "node_id": s.node_id,
+        "claim_service_connected": view.connected,
+        "claim_service": view.service,
+    }))
+}
+
+async fn metrics(State(s): State<Arc<HttpState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(&s.bridge.view()),
+    )
+}
+
+#[derive(Serialize)]
+struct BroadcastInfo {
+    broadcast: String,
+    tracks: Vec<String>,
+    claim: ClaimState,
+    fencing_token: Option<i64>,
+    viewers: usize,
+}
+
+async fn broadcasts(State(s): State<Arc<HttpState>>) -> impl IntoResponse {
+    let view = s.bridge.view();
+    let viewers: std::collections::HashMap<String, usize> = s.hub.list().into_iter().collect();
+    let mut names: Vec<String> = s.registry.live().into_iter().map(|(b, _)| b).collect();
+    names.dedup();
+    let list: Vec<BroadcastInfo> = names
+        .into_iter()
+        .map(|b| {
+            let claim = view.states.get(&b).cloned().unwrap_or(if view.connected {
+                ClaimState::Pending
+            } else {
+                ClaimState::Unknown
+            });
+            BroadcastInfo {
+                tracks: s.registry.tracks(&b),
+                fencing_token: match &claim {
+                    ClaimState::Claimed { fencing_token, .. } => Some(*fencing_token),
+                    _ => None,
+                },
+                viewers: viewers.get(&b).copied().unwrap_or(0),
+                claim,
+                broadcast: b,
+            }
+        })
+        .collect();
+    axum::Json(list)
+}
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response {
+    let mut body = msg.into();
+    body.push('\n');
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+/// Holds the viewer gauge up while a viewer's body streams.
+struct ViewerGuard(Arc<Metrics>);
+
+impl Drop for ViewerGuard {
+    fn drop(&mut self) {
+        self.0.viewers.dec();
+    }
+}
+
+async fn play(State(s): State<Arc<HttpState>>, request: Request) -> Response {
+    let uri = request.uri().clone();
+    let path = uri.path();
+    let Some(broadcast) = path
+        .strip_prefix('/')
+        .and_then(|p| p.strip_suffix(".flv"))
+    else {
+        return text(StatusCode::NOT_FOUND, format!("no such page {path:?}; play a broadcast at /APP/STREAM.flv"));
+    };
+    if let Err(why) = claims_proto::names::check_broadcast(broadcast) {
+        return text(StatusCode::BAD_REQUEST, why);
+    }
+    if let Some(stream) = s.hub.get(broadcast) {
+        let serving = !matches!(
+            s.bridge.state(broadcast),
+            Some(ClaimState::Standby { .. }) | Some(ClaimState::Rejected { .. })
+        );
+        if serving {
+            return play_local(&s, stream.subscribe());
+        }
+    }
+    redirect(&s, broadcast, &uri).await
+}
+
+fn play_local(s: &Arc<HttpState>, rx: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Response {
+    s.metrics.viewers.inc();
+    let guard = ViewerGuard(s.metrics.clone());
+    let metrics = s.metrics.clone();
+    let body = ReceiverStream::new(rx).map(move |tag| {
+        let _held = &guard;
+        metrics.bytes_out.inc_by(tag.len() as u64);
+        Ok::<_, Infallible>(tag)
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "video/x-flv")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|e| text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+async fn owner_of(s: &HttpState, broadcast: &str) -> Result<Option<pb::Claim>, String> {
+    let mut cached = s.lookup.lock().await;
+    let channel = match cached.as_ref() {
+        Some(c) => c.clone(),
+        None => {
+            let c = query_channel(&s.claim_services).await?;
+            *cached = Some(c.clone());
+            c
+        }
+    };
+    drop(cached);
+    let mut client = OwnershipClient::new(channel);
+    let request = pb::GetOwnerRequest {
+        broadcast: broadcast.to_string(),
+        consistent: true,
+    };
+    match tokio::time::timeout(LOOKUP_TIMEOUT, client.get_owner(request)).await {
+        Ok(Ok(claim)) => Ok(Some(claim.into_inner())),
+        Ok(Err(status)) if status.code() == tonic::Code::NotFound => Ok(None),
+        Ok(Err(status)) => {
+            *s.lookup.lock().await = None;
+            Err(status.message().to_string())
+        }
+        Err(_) => {
+            *s.lookup.lock().await = None;
+            Err(format!("no answer within {LOOKUP_TIMEOUT:?}"))
+        }
+    }
+}
+
+async fn redirect(s: &Arc<HttpState>, broadcast: &str, uri: &axum::http::Uri) -> Response {
+    let owner = match owner_of(s, broadcast).await {
+        Ok(Some(owner)) => owner,
+        Ok(None) => return text(StatusCode::NOT_FOUND, format!("{broadcast} is not live anywhere")),
+        Err(e) => {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot ask who owns {broadcast}: {e}"),
+            )
+        }
+    };
+    let http = owner.endpoints.get("http").map(|h| h.trim_end_matches('/'));
+    let to_self = owner.node_id == s.node_id || http == Some(s.advertise_http.trim_end_matches('/'));
+    let Some(http) = http.filter(|_| !to_self) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "{broadcast} is not live here and its claim (node {}) points nowhere else",
+                owner.node_id
+            ),
+        );
+    };
+    let mut location = format!("{http}{}", uri.path());
+    if let Some(q) = uri.query() {
+        location.push('?');
+        location.push_str(q);
+    }
+    let Ok(value) = HeaderValue::from_str(&location) else {
+        return text(StatusCode::BAD_GATEWAY, format!("owner endpoint {http:?} is not a usable URL"));
+    };
+    s.metrics.redirects.inc();
+    tracing::debug!(%broadcast, owner = %owner.node_id, %location, "redirecting viewer");
+    (StatusCode::FOUND, [(header::LOCATION, value)]).into_response()
+}

@@ -1,0 +1,21 @@
+//! Broadcast Claims ingest node.
+//!
+//! The library half is what another ingest server can embed without the
+//! RTMP front end:
+//! - [`registry`]: the live `(broadcast, track)` broadcasters, reporting
+//!   created / closed;
+//! - [`bridge`]: one claim-service session fed by the registry, exposing the
+//!   claim state of each broadcast.
+//!
+//! The rest is this node's own front end: [`rtmp`] ingest, [`media`] fan-out
+//! and [`flv`] muxing, [`http`] playback and redirects, assembled by [`node`].
+
+pub mod bridge;
+pub mod config;
+pub mod flv;
+pub mod http;
+pub mod media;
+pub mod metrics;
+pub mod node;
+pub mod registry;
+pub mod rtmp;

@@ -1,0 +1,414 @@
+//! RTMP ingest: `rtmp://HOST/APP/STREAM` publishes broadcast `APP/STREAM`.
+//!
+//! A publish is held until the claim answer (bounded): claimed → accepted;
+//! owned by another node → refused with a status naming the owner and its
+//! RTMP URL; no claim service → the configured policy. While the claim is
+//! asked for, a `publish` track keeps the broadcast live; `video` and `audio`
+//! tracks appear with their first media, and every track closes when the
+//! publisher goes away in any way (unpublish, TCP close, idle time-out, a
+//! protocol error), because each is held by a guard the connection owns.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::sessions::{
+    ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::bridge::{Bridge, Decision};
+use crate::media::{Hub, Publishing};
+use crate::metrics::Metrics;
+use crate::registry::{Registry, TrackGuard};
+
+/// What to do with a publish when no claim service can answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnavailablePolicy {
+    /// Accept it; the broadcast is claimed as soon as a service is back.
+    Allow,
+    /// Refuse it.
+    Refuse,
+}
+
+pub struct Ingest {
+    pub registry: Registry,
+    pub hub: Hub,
+    pub bridge: Arc<Bridge>,
+    pub metrics: Arc<Metrics>,
+    pub on_unavailable: UnavailablePolicy,
+    /// Longest a publish waits for its claim answer.
+    pub claim_wait: Duration,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// Where viewers play, for the hint given to RTMP players.
+    pub advertise_http: String,
+}
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_CONNECTIONS: usize = 4096;
+
+pub async fn serve(listener: TcpListener, ingest: Arc<Ingest>, shutdown: CancellationToken) {
+    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.cancelled() => return,
+        };
+        let (socket, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "RTMP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many RTMP connections; refusing one");
+            continue;
+        };
+        let _ = socket.set_nodelay(true);
+        let ingest = ingest.clone();
+        let shutdown = shutdown.clone();
+        let span = tracing::info_span!("rtmp", %peer);
+        tokio::spawn(
+            async move {
+                ingest.metrics.rtmp_connections.inc();
+                let mut conn = Connection {
+                    ingest: ingest.clone(),
+                    socket,
+                    session: None,
+                    publishing: None,
+                    close_after_write: false,
+                };
+                let why = tokio::select! {
+                    r = conn.run() => r,
+                    _ = shutdown.cancelled() => Err("node shutting down".into()),
+                };
+                match why {
+                    Ok(()) => tracing::debug!("connection closed"),
+                    Err(e) => tracing::info!(reason = %e, "connection ended"),
+                }
+                drop(conn);
+                ingest.metrics.rtmp_connections.dec();
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// A publish in progress; dropping it closes every track and ends viewers.
+struct Published {
+    broadcast: String,
+    app: String,
+    key: String,
+    media: Publishing,
+    /// Holds the broadcast live while its claim is asked for, until the
+    /// first media track exists.
+    gate: Option<TrackGuard>,
+    video: Option<TrackGuard>,
+    audio: Option<TrackGuard>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Published {
+    fn drop(&mut self) {
+        self.metrics.publishers.dec();
+        tracing::info!(broadcast = %self.broadcast, "publish ended");
+    }
+}
+
+struct Connection {
+    ingest: Arc<Ingest>,
+    socket: TcpStream,
+    session: Option<ServerSession>,
+    publishing: Option<Published>,
+    close_after_write: bool,
+}
+
+type Outcome = Result<(), String>;
+
+impl Connection {
+    async fn run(&mut self) -> Outcome {
+        let remaining = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake())
+            .await
+            .map_err(|_| format!("no complete handshake within {HANDSHAKE_TIMEOUT:?}"))??;
+        let (session, results) = ServerSession::new(ServerSessionConfig::new())
+            .map_err(|e| format!("cannot start an RTMP session: {e}"))?;
+        self.session = Some(session);
+        self.apply(results).await?;
+        if !remaining.is_empty() {
+            self.input(&remaining).await?;
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if self.close_after_write {
+                return Ok(());
+            }
+            let n = match tokio::time::timeout(self.ingest.idle_timeout, self.socket.read(&mut buf)).await {
+                Err(_) => return Err(format!("nothing received for {:?}", self.ingest.idle_timeout)),
+                Ok(Err(e)) => return Err(format!("read failed: {e}")),
+                Ok(Ok(0)) => return Ok(()),
+                Ok(Ok(n)) => n,
+            };
+            self.input(&buf[..n]).await?;
+        }
+    }
+
+    async fn handshake(&mut self) -> Result<Vec<u8>, String> {
+        let mut handshake = Handshake::new(PeerType::Server);
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = self
+                .socket
+                .read(&mut buf)
+                .await
+                .map_err(|e| format!("read failed during handshake: {e}"))?;
+            if n == 0 {
+                return Err("closed during the handshake".into());
+            }
+            match handshake.process_bytes(&buf[..n]) {
+                Ok(HandshakeProcessResult::InProgress { response_bytes }) => {
+                    self.write(&response_bytes).await?;
+                }
+                Ok(HandshakeProcessResult::Completed {
+                    response_bytes,
+                    remaining_bytes,
+                }) => {
+                    self.write(&response_bytes).await?;
+                    return Ok(remaining_bytes);
+                }
+                Err(e) => return Err(format!("bad RTMP handshake: {e:?}")),
+            }
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Outcome {
+        tokio::time::timeout(WRITE_TIMEOUT, self.socket.write_all(bytes))
+            .await
+            .map_err(|_| "peer stopped reading".to_string())?
+            .map_err(|e| format!("write failed: {e}"))
+    }
+
+    fn session(&mut self) -> &mut ServerSession {
+        self.session
+            .as_mut()
+            .expect("the session exists once the handshake completed")
+    }
+
+    async fn input(&mut self, bytes: &[u8]) -> Outcome {
+        self.ingest.metrics.bytes_in.inc_by(bytes.len() as u64);
+        let results = self
+            .session()
+            .handle_input(bytes)
+            .map_err(|e| format!("malformed RTMP input: {e}"))?;
+        self.apply(results).await
+    }
+
+    async fn apply(&mut self, results: Vec<ServerSessionResult>) -> Outcome {
+        let mut queue = std::collections::VecDeque::from(results);
+        while let Some(result) = queue.pop_front() {
+            match result {
+                ServerSessionResult::OutboundResponse(packet) => self.write(&packet.bytes).await?,
+                ServerSessionResult::RaisedEvent(event) => {
+                    queue.extend(self.on_event(event).await?);
+                }
+                ServerSessionResult::UnhandleableMessageReceived(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_event(&mut self, event: ServerSessionEvent) -> Result<Vec<ServerSessionResult>, String> {
+        match event {
+            ServerSessionEvent::ConnectionRequested { request_id, app_name } => {
+                tracing::debug!(app = %app_name, "connect");
+                self.session()
+                    .accept_request(request_id)
+                    .map_err(|e| format!("cannot accept connect: {e}"))
+            }
+            ServerSessionEvent::PublishStreamRequested {
+                request_id,
+                app_name,
+                stream_key,
+                ..
+            } => self.on_publish(request_id, app_name, stream_key).await,
+            ServerSessionEvent::PublishStreamFinished { app_name, stream_key } => {
+                if self
+                    .publishing
+                    .as_ref()
+                    .is_some_and(|p| p.app == app_name && p.key == strip_query(&stream_key))
+                {
+                    self.publishing = None;
+                }
+                Ok(vec![])
+            }
+            ServerSessionEvent::VideoDataReceived {
+                app_name,
+                stream_key,
+                data,
+                timestamp,
+            } => {
+                self.on_media(&app_name, &stream_key, true, &data, timestamp.value);
+                Ok(vec![])
+            }
+            ServerSessionEvent::AudioDataReceived {
+                app_name,
+                stream_key,
+                data,
+                timestamp,
+            } => {
+                self.on_media(&app_name, &stream_key, false, &data, timestamp.value);
+                Ok(vec![])
+            }
+            ServerSessionEvent::PlayStreamRequested {
+                request_id,
+                app_name,
+                stream_key,
+                ..
+            } => {
+                let hint = format!(
+                    "this node serves viewers over HTTP-FLV: {}/{app_name}/{}.flv",
+                    self.ingest.advertise_http,
+                    strip_query(&stream_key)
+                );
+                self.close_after_write = true;
+                self.session()
+                    .reject_request(request_id, "NetStream.Play.Failed", &hint)
+                    .map_err(|e| format!("cannot refuse play: {e}"))
+            }
+            _ => Ok(vec![]),
+        }
+    }
+
+    async fn on_publish(
+        &mut self,
+        request_id: u32,
+        app: String,
+        key: String,
+    ) -> Result<Vec<ServerSessionResult>, String> {
+        let key = strip_query(&key).to_string();
+        let broadcast = format!("{app}/{key}");
+        let metrics = self.ingest.metrics.clone();
+        let refuse = |this: &mut Self, code: &str, reason: &str, why: String| {
+            metrics.publishes_refused.with_label_values(&[reason]).inc();
+            tracing::info!(broadcast = %broadcast, reason = %why, "publish refused");
+            this.close_after_write = true;
+            this.session()
+                .reject_request(request_id, code, &why)
+                .map_err(|e| format!("cannot refuse publish: {e}"))
+        };
+        if self.publishing.is_some() {
+            return refuse(self, "NetStream.Publish.BadName", "busy", "this connection already publishes".into());
+        }
+        if let Err(why) = claims_proto::names::check_broadcast(&broadcast) {
+            return refuse(self, "NetStream.Publish.BadName", "bad_name", why);
+        }
+        let Some(media) = self.ingest.hub.publish(&broadcast) else {
+            return refuse(
+                self,
+                "NetStream.Publish.BadName",
+                "busy",
+                format!("{broadcast} is already being published on this node"),
+            );
+        };
+        let Some(gate) = self.ingest.registry.open(&broadcast, "publish") else {
+            return refuse(
+                self,
+                "NetStream.Publish.BadName",
+                "busy",
+                format!("{broadcast} is already live on this node"),
+            );
+        };
+        let decision = self
+            .ingest
+            .bridge
+            .decide(&broadcast, gate.seq, self.ingest.claim_wait)
+            .await;
+        match decision {
+            Decision::Claimed { fencing_token } => {
+                tracing::info!(%broadcast, fencing_token, "publish accepted: claimed");
+            }
+            Decision::Unavailable { reason } if self.ingest.on_unavailable == UnavailablePolicy::Allow => {
+                tracing::warn!(%broadcast, %reason, "publish accepted without a claim (policy allow); it is claimed once a claim service answers");
+            }
+            Decision::Unavailable { reason } => {
+                drop((gate, media));
+                return refuse(
+                    self,
+                    "NetStream.Publish.Failed",
+                    "unavailable",
+                    format!("{broadcast} cannot be claimed now ({reason}); this node refuses publishes it cannot claim"),
+                );
+            }
+            Decision::OwnedElsewhere { owner_node, owner_rtmp } => {
+                drop((gate, media));
+                let target = owner_rtmp
+                    .map(|url| format!("{}/{broadcast}", url.trim_end_matches('/')))
+                    .unwrap_or_else(|| "its RTMP endpoint is unknown".into());
+                return refuse(
+                    self,
+                    "NetStream.Publish.BadName",
+                    "owned_elsewhere",
+                    format!("{broadcast} is owned by node {owner_node}; publish to {target}"),
+                );
+            }
+            Decision::Rejected { reason } => {
+                drop((gate, media));
+                return refuse(self, "NetStream.Publish.BadName", "bad_name", reason);
+            }
+        }
+        self.ingest.metrics.publishers.inc();
+        self.publishing = Some(Published {
+            broadcast,
+            app,
+            key,
+            media,
+            gate: Some(gate),
+            video: None,
+            audio: None,
+            metrics: self.ingest.metrics.clone(),
+        });
+        self.session()
+            .accept_request(request_id)
+            .map_err(|e| format!("cannot accept publish: {e}"))
+    }
+
+    fn on_media(&mut self, app: &str, key: &str, video: bool, data: &[u8], timestamp: u32) {
+        let Some(p) = self.publishing.as_mut() else {
+            return;
+        };
+        if p.app != app || p.key != strip_query(key) {
+            return;
+        }
+        let slot = if video { &mut p.video } else { &mut p.audio };
+        if slot.is_none() {
+            let track = if video { "video" } else { "audio" };
+            *slot = self.ingest.registry.open(&p.broadcast, track);
+            tracing::info!(broadcast = %p.broadcast, track, "track live");
+            // The media track now holds the claim; the gate can go.
+            p.gate = None;
+        }
+        let fanout = if video {
+            p.media.stream.video(timestamp, data)
+        } else {
+            p.media.stream.audio(timestamp, data)
+        };
+        if fanout.dropped > 0 {
+            self.ingest
+                .metrics
+                .viewers_dropped
+                .inc_by(fanout.dropped as u64);
+            tracing::info!(broadcast = %p.broadcast, dropped = fanout.dropped, "dropped slow viewers");
+        }
+    }
+}
+
+fn strip_query(key: &str) -> &str {
+    key.split('?').next().unwrap_or(key)
+}
