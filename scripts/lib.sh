@@ -35,13 +35,15 @@ need_packages() {
 }
 
 # The build and the tests need: protoc with the well-known types, etcd and
-# etcdctl, and cargo.
+# etcdctl, ffmpeg (publishing and decoding in the tests), and cargo.
 need_build_and_test_tools() {
   need_packages \
     protoc:protobuf-compiler \
     /usr/include/google/protobuf/descriptor.proto:libprotobuf-dev \
     etcd:etcd-server \
     etcdctl:etcd-client \
+    ffmpeg:ffmpeg \
+    ffprobe:ffmpeg \
     cc:gcc
   if ! command -v cargo >/dev/null 2>&1; then
     [[ -x $HOME/.cargo/bin/cargo ]] && export PATH="$HOME/.cargo/bin:$PATH"

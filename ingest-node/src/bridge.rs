@@ -97,14 +97,20 @@ pub struct BridgeView {
 /// The answer a publish waits for.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
-    Claimed { fencing_token: i64 },
+    Claimed {
+        fencing_token: i64,
+    },
     OwnedElsewhere {
         owner_node: String,
         owner_rtmp: Option<String>,
     },
-    Rejected { reason: String },
+    Rejected {
+        reason: String,
+    },
     /// No claim service could answer in time.
-    Unavailable { reason: String },
+    Unavailable {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -204,7 +210,12 @@ impl Bridge {
         }
     }
 
-    async fn run(self: Arc<Self>, config: BridgeConfig, registry: Registry, shutdown: CancellationToken) {
+    async fn run(
+        self: Arc<Self>,
+        config: BridgeConfig,
+        registry: Registry,
+        shutdown: CancellationToken,
+    ) {
         let mut failures: u32 = 0;
         let mut next = 0usize;
         loop {
@@ -271,16 +282,14 @@ impl Bridge {
                 msg: Some(NodeMsg::Hello(hello)),
             })
             .await;
-        let mut inbound = match tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            client.attach(ReceiverStream::new(out_rx)),
-        )
-        .await
-        {
-            Ok(Ok(r)) => r.into_inner(),
-            Ok(Err(status)) => return SessionEnd::Broken(format!("attach refused: {status}")),
-            Err(_) => return SessionEnd::Broken("attach timed out".into()),
-        };
+        let mut inbound =
+            match tokio::time::timeout(CONNECT_TIMEOUT, client.attach(ReceiverStream::new(out_rx)))
+                .await
+            {
+                Ok(Ok(r)) => r.into_inner(),
+                Ok(Err(status)) => return SessionEnd::Broken(format!("attach refused: {status}")),
+                Err(_) => return SessionEnd::Broken("attach timed out".into()),
+            };
         match tokio::time::timeout(CONNECT_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(pb::ServiceMessage {
                 msg: Some(ServiceMsg::Welcome(w)),
@@ -299,7 +308,8 @@ impl Bridge {
             v.connected = true;
             v.processed = seq;
             v.service = Some(addr.to_string());
-            let live_broadcasts: std::collections::BTreeSet<&String> = live.iter().map(|(b, _)| b).collect();
+            let live_broadcasts: std::collections::BTreeSet<&String> =
+                live.iter().map(|(b, _)| b).collect();
             v.states.retain(|b, _| live_broadcasts.contains(b));
             for b in live_broadcasts {
                 v.states.insert(b.clone(), ClaimState::Pending);
@@ -405,7 +415,9 @@ impl Bridge {
                 tracing::warn!(broadcast = %l.broadcast, reason = %l.reason, "claim lost");
                 (l.broadcast, Some(ClaimState::Lost { reason: l.reason }))
             }
-            ServiceMsg::Retrying(r) => (r.broadcast, Some(ClaimState::Retrying { reason: r.reason })),
+            ServiceMsg::Retrying(r) => {
+                (r.broadcast, Some(ClaimState::Retrying { reason: r.reason }))
+            }
             ServiceMsg::Rejected(r) => {
                 tracing::warn!(broadcast = %r.broadcast, reason = %r.reason, "claim service rejected a track");
                 (r.broadcast, Some(ClaimState::Rejected { reason: r.reason }))

@@ -57,7 +57,12 @@ pub struct Config {
 
     /// What to do with a publish when no claim service answers: allow it
     /// (claimed once a service is back) or refuse it.
-    #[arg(long, env = "INGEST_ON_CLAIM_UNAVAILABLE", value_enum, default_value = "allow")]
+    #[arg(
+        long,
+        env = "INGEST_ON_CLAIM_UNAVAILABLE",
+        value_enum,
+        default_value = "allow"
+    )]
     pub on_claim_unavailable: UnavailablePolicy,
 
     /// Longest a publish waits for its claim answer.
@@ -100,22 +105,34 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), String> {
         claims_proto::names::check_node_id(&self.node_id).map_err(|e| format!("--node-id: {e}"))?;
-        if self.claim_service.is_empty() || self.claim_service.iter().any(|a| !(a.starts_with("http://") || a.starts_with("https://"))) {
+        if self.claim_service.is_empty()
+            || self
+                .claim_service
+                .iter()
+                .any(|a| !(a.starts_with("http://") || a.starts_with("https://")))
+        {
             return Err(format!(
                 "--claim-service {:?} must be comma-separated http:// or https:// URLs",
                 self.claim_service
             ));
         }
         if self.rtmp_listen == self.http_listen {
-            return Err(format!("--rtmp-listen and --http-listen are both {}", self.rtmp_listen));
+            return Err(format!(
+                "--rtmp-listen and --http-listen are both {}",
+                self.rtmp_listen
+            ));
         }
         let rtmp = self.advertise_rtmp();
         if !rtmp.starts_with("rtmp://") || rtmp.contains('?') {
-            return Err(format!("--advertise-rtmp {rtmp:?} must be an rtmp:// URL without a query"));
+            return Err(format!(
+                "--advertise-rtmp {rtmp:?} must be an rtmp:// URL without a query"
+            ));
         }
         let http = self.advertise_http();
         if !(http.starts_with("http://") || http.starts_with("https://")) || http.contains('?') {
-            return Err(format!("--advertise-http {http:?} must be an http(s):// URL without a query"));
+            return Err(format!(
+                "--advertise-http {http:?} must be an http(s):// URL without a query"
+            ));
         }
         if self.claim_wait.is_zero() || self.idle_timeout.is_zero() {
             return Err("--claim-wait and --idle-timeout must be above zero".into());

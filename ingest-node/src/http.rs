@@ -133,7 +133,12 @@ async fn broadcasts(State(s): State<Arc<HttpState>>) -> impl IntoResponse {
 fn text(status: StatusCode, msg: impl Into<String>) -> Response {
     let mut body = msg.into();
     body.push('\n');
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
 /// Holds the viewer gauge up while a viewer's body streams.
@@ -148,11 +153,11 @@ impl Drop for ViewerGuard {
 async fn play(State(s): State<Arc<HttpState>>, request: Request) -> Response {
     let uri = request.uri().clone();
     let path = uri.path();
-    let Some(broadcast) = path
-        .strip_prefix('/')
-        .and_then(|p| p.strip_suffix(".flv"))
-    else {
-        return text(StatusCode::NOT_FOUND, format!("no such page {path:?}; play a broadcast at /APP/STREAM.flv"));
+    let Some(broadcast) = path.strip_prefix('/').and_then(|p| p.strip_suffix(".flv")) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no such page {path:?}; play a broadcast at /APP/STREAM.flv"),
+        );
     };
     if let Err(why) = claims_proto::names::check_broadcast(broadcast) {
         return text(StatusCode::BAD_REQUEST, why);
@@ -219,7 +224,12 @@ async fn owner_of(s: &HttpState, broadcast: &str) -> Result<Option<pb::Claim>, S
 async fn redirect(s: &Arc<HttpState>, broadcast: &str, uri: &axum::http::Uri) -> Response {
     let owner = match owner_of(s, broadcast).await {
         Ok(Some(owner)) => owner,
-        Ok(None) => return text(StatusCode::NOT_FOUND, format!("{broadcast} is not live anywhere")),
+        Ok(None) => {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("{broadcast} is not live anywhere"),
+            )
+        }
         Err(e) => {
             return text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -228,7 +238,8 @@ async fn redirect(s: &Arc<HttpState>, broadcast: &str, uri: &axum::http::Uri) ->
         }
     };
     let http = owner.endpoints.get("http").map(|h| h.trim_end_matches('/'));
-    let to_self = owner.node_id == s.node_id || http == Some(s.advertise_http.trim_end_matches('/'));
+    let to_self =
+        owner.node_id == s.node_id || http == Some(s.advertise_http.trim_end_matches('/'));
     let Some(http) = http.filter(|_| !to_self) else {
         return text(
             StatusCode::NOT_FOUND,
@@ -244,7 +255,10 @@ async fn redirect(s: &Arc<HttpState>, broadcast: &str, uri: &axum::http::Uri) ->
         location.push_str(q);
     }
     let Ok(value) = HeaderValue::from_str(&location) else {
-        return text(StatusCode::BAD_GATEWAY, format!("owner endpoint {http:?} is not a usable URL"));
+        return text(
+            StatusCode::BAD_GATEWAY,
+            format!("owner endpoint {http:?} is not a usable URL"),
+        );
     };
     s.metrics.redirects.inc();
     tracing::debug!(%broadcast, owner = %owner.node_id, %location, "redirecting viewer");

@@ -86,7 +86,8 @@ impl Stream {
             .collect();
         let (tx, rx) = mpsc::channel(VIEWER_QUEUE.max(prefill.len() + 64));
         for tag in prefill {
-            tx.try_send(tag).expect("the queue was sized for the prefill");
+            tx.try_send(tag)
+                .expect("the queue was sized for the prefill");
         }
         state.viewers.push(tx);
         rx
@@ -115,17 +116,19 @@ fn cache(state: &mut State, tag: Bytes) {
 
 fn fan_out(state: &mut State, tag: Bytes) -> Fanout {
     let mut out = Fanout::default();
-    state.viewers.retain(|viewer| match viewer.try_send(tag.clone()) {
-        Ok(()) => {
-            out.delivered += 1;
-            true
-        }
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            out.dropped += 1;
-            false
-        }
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
-    });
+    state
+        .viewers
+        .retain(|viewer| match viewer.try_send(tag.clone()) {
+            Ok(()) => {
+                out.delivered += 1;
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                out.dropped += 1;
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
     out
 }
 
@@ -183,8 +186,10 @@ impl Hub {
     /// Broadcasts published here with their viewer counts.
     pub fn list(&self) -> Vec<(String, usize)> {
         let streams: Vec<Arc<Stream>> = self.lock().values().cloned().collect();
-        let mut list: Vec<(String, usize)> =
-            streams.iter().map(|s| (s.name.clone(), s.viewers())).collect();
+        let mut list: Vec<(String, usize)> = streams
+            .iter()
+            .map(|s| (s.name.clone(), s.viewers()))
+            .collect();
         list.sort();
         list
     }

@@ -1,6 +1,8 @@
 //! Prometheus metrics of the ingest node, served at `/metrics`.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 use crate::bridge::{BridgeView, ClaimState};
 
@@ -27,12 +29,27 @@ impl Metrics {
         let registry = Registry::new_custom(Some("ingest".into()), None)
             .expect("the prefix \"ingest\" is a valid metric prefix");
         let m = Self {
-            publishers: must(IntGauge::new("publishers", "publishers streaming to this node")),
-            viewers: must(IntGauge::new("viewers", "HTTP-FLV viewers playing from this node")),
+            publishers: must(IntGauge::new(
+                "publishers",
+                "publishers streaming to this node",
+            )),
+            viewers: must(IntGauge::new(
+                "viewers",
+                "HTTP-FLV viewers playing from this node",
+            )),
             bytes_in: must(IntCounter::new("bytes_in_total", "RTMP bytes received")),
-            bytes_out: must(IntCounter::new("bytes_out_total", "HTTP-FLV bytes sent to viewers")),
-            redirects: must(IntCounter::new("redirects_total", "viewers sent to the owning node")),
-            viewers_dropped: must(IntCounter::new("viewers_dropped_total", "viewers dropped for falling behind")),
+            bytes_out: must(IntCounter::new(
+                "bytes_out_total",
+                "HTTP-FLV bytes sent to viewers",
+            )),
+            redirects: must(IntCounter::new(
+                "redirects_total",
+                "viewers sent to the owning node",
+            )),
+            viewers_dropped: must(IntCounter::new(
+                "viewers_dropped_total",
+                "viewers dropped for falling behind",
+            )),
             publishes_refused: must(IntCounterVec::new(
                 Opts::new("publishes_refused_total", "publishes refused, by reason"),
                 &["reason"],
@@ -68,10 +85,15 @@ impl Metrics {
     /// The text exposition, with claim states read from the bridge now.
     pub fn render(&self, bridge: &BridgeView) -> String {
         for label in ClaimState::LABELS {
-            let n = bridge.states.values().filter(|s| s.label() == label).count();
+            let n = bridge
+                .states
+                .values()
+                .filter(|s| s.label() == label)
+                .count();
             self.claim_states.with_label_values(&[label]).set(n as i64);
         }
-        self.claim_service_connected.set(i64::from(bridge.connected));
+        self.claim_service_connected
+            .set(i64::from(bridge.connected));
         let mut buf = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)

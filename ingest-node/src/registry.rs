@@ -51,7 +51,11 @@ pub struct TrackGuard {
 
 impl std::fmt::Debug for TrackGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TrackGuard({}/{} #{})", self.broadcast, self.track, self.seq)
+        write!(
+            f,
+            "TrackGuard({}/{} #{})",
+            self.broadcast, self.track, self.seq
+        )
     }
 }
 
@@ -156,9 +160,7 @@ fn publish(inner: &mut Inner, lifecycle: Lifecycle) -> u64 {
         seq: inner.seq,
         lifecycle,
     };
-    inner
-        .subscribers
-        .retain(|s| s.send(change.clone()).is_ok());
+    inner.subscribers.retain(|s| s.send(change.clone()).is_ok());
     inner.seq
 }
 

@@ -150,8 +150,15 @@ impl Connection {
             if self.close_after_write {
                 return Ok(());
             }
-            let n = match tokio::time::timeout(self.ingest.idle_timeout, self.socket.read(&mut buf)).await {
-                Err(_) => return Err(format!("nothing received for {:?}", self.ingest.idle_timeout)),
+            let n = match tokio::time::timeout(self.ingest.idle_timeout, self.socket.read(&mut buf))
+                .await
+            {
+                Err(_) => {
+                    return Err(format!(
+                        "nothing received for {:?}",
+                        self.ingest.idle_timeout
+                    ))
+                }
                 Ok(Err(e)) => return Err(format!("read failed: {e}")),
                 Ok(Ok(0)) => return Ok(()),
                 Ok(Ok(n)) => n,
@@ -224,9 +231,15 @@ impl Connection {
         Ok(())
     }
 
-    async fn on_event(&mut self, event: ServerSessionEvent) -> Result<Vec<ServerSessionResult>, String> {
+    async fn on_event(
+        &mut self,
+        event: ServerSessionEvent,
+    ) -> Result<Vec<ServerSessionResult>, String> {
         match event {
-            ServerSessionEvent::ConnectionRequested { request_id, app_name } => {
+            ServerSessionEvent::ConnectionRequested {
+                request_id,
+                app_name,
+            } => {
                 tracing::debug!(app = %app_name, "connect");
                 self.session()
                     .accept_request(request_id)
@@ -238,7 +251,10 @@ impl Connection {
                 stream_key,
                 ..
             } => self.on_publish(request_id, app_name, stream_key).await,
-            ServerSessionEvent::PublishStreamFinished { app_name, stream_key } => {
+            ServerSessionEvent::PublishStreamFinished {
+                app_name,
+                stream_key,
+            } => {
                 if self
                     .publishing
                     .as_ref()
@@ -304,7 +320,12 @@ impl Connection {
                 .map_err(|e| format!("cannot refuse publish: {e}"))
         };
         if self.publishing.is_some() {
-            return refuse(self, "NetStream.Publish.BadName", "busy", "this connection already publishes".into());
+            return refuse(
+                self,
+                "NetStream.Publish.BadName",
+                "busy",
+                "this connection already publishes".into(),
+            );
         }
         if let Err(why) = claims_proto::names::check_broadcast(&broadcast) {
             return refuse(self, "NetStream.Publish.BadName", "bad_name", why);
@@ -334,7 +355,9 @@ impl Connection {
             Decision::Claimed { fencing_token } => {
                 tracing::info!(%broadcast, fencing_token, "publish accepted: claimed");
             }
-            Decision::Unavailable { reason } if self.ingest.on_unavailable == UnavailablePolicy::Allow => {
+            Decision::Unavailable { reason }
+                if self.ingest.on_unavailable == UnavailablePolicy::Allow =>
+            {
                 tracing::warn!(%broadcast, %reason, "publish accepted without a claim (policy allow); it is claimed once a claim service answers");
             }
             Decision::Unavailable { reason } => {
@@ -346,7 +369,10 @@ impl Connection {
                     format!("{broadcast} cannot be claimed now ({reason}); this node refuses publishes it cannot claim"),
                 );
             }
-            Decision::OwnedElsewhere { owner_node, owner_rtmp } => {
+            Decision::OwnedElsewhere {
+                owner_node,
+                owner_rtmp,
+            } => {
                 drop((gate, media));
                 let target = owner_rtmp
                     .map(|url| format!("{}/{broadcast}", url.trim_end_matches('/')))

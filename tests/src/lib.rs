@@ -54,7 +54,7 @@ pub fn binary(name: &str) -> PathBuf {
         }
         match cmd.status() {
             Ok(s) if s.success() => Ok(()),
-            Ok(s) => Err(format!("cargo build -p claim-service failed: {s}")),
+            Ok(s) => Err(format!("cargo build of the binaries failed: {s}")),
             Err(e) => Err(format!("cannot run cargo: {e}")),
         }
     });
@@ -224,7 +224,16 @@ impl ClaimService {
     /// Starts the binary against `etcd_endpoints` with `prefix` and extra
     /// flags, and waits until its health check says SERVING.
     pub async fn start(etcd_endpoints: &str, prefix: &str, extra: &[&str]) -> Result<Self> {
-        let port = free_port();
+        Self::start_at(free_port(), etcd_endpoints, prefix, extra).await
+    }
+
+    /// As [`ClaimService::start`], on a given gRPC port.
+    pub async fn start_at(
+        port: u16,
+        etcd_endpoints: &str,
+        prefix: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
         let metrics_port = free_port();
         let dir = scratch_dir("svc");
         let log = dir.join("claim-service.log");
@@ -661,4 +670,379 @@ impl Stack {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// An HTTP/1.0 answer: status, headers (lower-case names), body.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A plain GET that does not follow redirects.
+pub async fn http_get(port: u16, path_and_query: &str) -> Result<HttpAnswer> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(format!("GET {path_and_query} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
+        .await
+        .map_err(|_| anyhow!("GET {path_and_query}: no complete answer within {WAIT:?}"))??;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("bad HTTP answer: {head}"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(HttpAnswer {
+        status,
+        headers,
+        body: body.to_string(),
+    })
+}
+
+/// A running `ingest-node` process.
+pub struct IngestNode {
+    child: Option<Child>,
+    pub node_id: String,
+    pub rtmp_port: u16,
+    pub http_port: u16,
+    pub log: PathBuf,
+    dir: PathBuf,
+}
+
+impl IngestNode {
+    /// Starts a node attached to `claim_services` and waits until its HTTP
+    /// side answers.
+    pub async fn start(node_id: &str, claim_services: &[String], extra: &[&str]) -> Result<Self> {
+        let rtmp_port = free_port();
+        let http_port = free_port();
+        let dir = scratch_dir("node");
+        let log = dir.join("ingest-node.log");
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new(binary("ingest-node"))
+            .env("INGEST_NODE_ID", node_id)
+            .env("INGEST_CLAIM_SERVICE", claim_services.join(","))
+            .env("INGEST_RTMP_LISTEN", format!("127.0.0.1:{rtmp_port}"))
+            .env("INGEST_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
+            .env(
+                "INGEST_ADVERTISE_RTMP",
+                format!("rtmp://127.0.0.1:{rtmp_port}"),
+            )
+            .env(
+                "INGEST_ADVERTISE_HTTP",
+                format!("http://127.0.0.1:{http_port}"),
+            )
+            .env("RUST_LOG", "info")
+            .args(extra)
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("cannot start ingest-node")?;
+        let node = Self {
+            child: Some(child),
+            node_id: node_id.into(),
+            rtmp_port,
+            http_port,
+            log,
+            dir,
+        };
+        let deadline = Instant::now() + WAIT;
+        while http_get(http_port, "/healthz").await.is_err() {
+            if Instant::now() > deadline {
+                bail!(
+                    "ingest-node never answered /healthz; log:\n{}",
+                    node.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(node)
+    }
+
+    pub fn rtmp_url(&self, broadcast: &str) -> String {
+        format!("rtmp://127.0.0.1:{}/{broadcast}", self.rtmp_port)
+    }
+
+    pub fn flv_url(&self, broadcast: &str) -> String {
+        format!("http://127.0.0.1:{}/{broadcast}.flv", self.http_port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn healthz(&self) -> Result<serde_json::Value> {
+        let answer = http_get(self.http_port, "/healthz").await?;
+        Ok(serde_json::from_str(&answer.body)?)
+    }
+
+    pub async fn broadcasts(&self) -> Result<serde_json::Value> {
+        let answer = http_get(self.http_port, "/api/broadcasts").await?;
+        Ok(serde_json::from_str(&answer.body)?)
+    }
+
+    /// The claim entry of one local broadcast, once `check` holds for it.
+    pub async fn wait_broadcast(
+        &self,
+        broadcast: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let list = self.broadcasts().await?;
+            let entry = list
+                .as_array()
+                .and_then(|a| a.iter().find(|b| b["broadcast"] == broadcast))
+                .cloned()
+                .unwrap_or(serde_json::Value::Null);
+            if check(&entry) {
+                return Ok(entry);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{broadcast} on {} never matched; last {entry}\nlog:\n{}",
+                    self.node_id,
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn metric(&self, name: &str) -> Result<f64> {
+        let answer = http_get(self.http_port, "/metrics").await?;
+        answer
+            .body
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| anyhow!("metric {name} not found"))
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGTERM, then wait for the process to exit.
+    pub async fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().ok_or_else(|| anyhow!("not running"))?;
+        kill(&mut child, "-TERM");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("ingest-node did not exit within {WAIT:?} of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for IngestNode {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::env::var_os("CLAIMS_KEEP_LOGS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A real ffmpeg publishing a generated test pattern (H.264 + AAC) in real time.
+pub struct Publisher {
+    child: Option<Child>,
+    pub stderr: PathBuf,
+    dir: PathBuf,
+}
+
+impl Publisher {
+    pub fn start(url: &str) -> Result<Self> {
+        let dir = scratch_dir("ffmpeg");
+        let stderr = dir.join("ffmpeg.log");
+        let file = std::fs::File::create(&stderr)?;
+        let child = Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-nostdin",
+                "-loglevel",
+                "error",
+                "-re",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc=size=320x240:rate=25",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=440:sample_rate=44100",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-tune",
+                "zerolatency",
+                "-g",
+                "25",
+                "-c:a",
+                "aac",
+                "-b:a",
+                "64k",
+                "-f",
+                "flv",
+                url,
+            ])
+            .stdout(Stdio::null())
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("cannot start ffmpeg: is it installed? (scripts/test.sh installs it)")?;
+        Ok(Self {
+            child: Some(child),
+            stderr,
+            dir,
+        })
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits for ffmpeg to exit by itself (e.g. refused), returning its status.
+    pub async fn wait_exit(&mut self) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + WAIT;
+        let child = self.child.as_mut().ok_or_else(|| anyhow!("not running"))?;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("ffmpeg still running after {WAIT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: the TCP connection just drops, as with a crashed encoder.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The stream types ffprobe decodes from `url` (following redirects).
+pub async fn probe(url: &str) -> Result<Vec<String>> {
+    let url = url.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("timeout")
+            .args([
+                "20",
+                "ffprobe",
+                "-hide_banner",
+                "-v",
+                "error",
+                "-show_entries",
+                "stream=codec_type,codec_name",
+                "-of",
+                "csv=p=0",
+                &url,
+            ])
+            .output()
+    })
+    .await??;
+    if !out.status.success() {
+        bail!("ffprobe failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut kinds: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    kinds.sort();
+    Ok(kinds)
+}
+
+/// Decodes `seconds` of `url` with ffmpeg (following redirects); the number
+/// of video frames decoded.
+pub async fn decode(url: &str, seconds: u32) -> Result<u64> {
+    let url = url.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("timeout")
+            .args([
+                "30",
+                "ffmpeg",
+                "-hide_banner",
+                "-nostdin",
+                "-v",
+                "error",
+                "-stats_period",
+                "0.5",
+                "-progress",
+                "pipe:1",
+                "-i",
+                &url,
+                "-t",
+                &seconds.to_string(),
+                "-f",
+                "null",
+                "-",
+            ])
+            .output()
+    })
+    .await??;
+    if !out.status.success() {
+        bail!(
+            "decoding {} failed: {}",
+            "the stream",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let frames = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("frame="))
+        .filter_map(|v| v.trim().parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    Ok(frames)
 }
