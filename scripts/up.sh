@@ -1,25 +1,31 @@
 #!/usr/bin/env bash
 # Runs the stack on this machine: a single-member etcd (data under .run/,
-# which git ignores) and the claim-service, built in release mode.
-# Ctrl-C stops everything this script started.
+# which git ignores), the claim-service, and two ingest nodes, built in
+# release mode. Ctrl-C stops everything this script started.
 #
 # Ports (override with the environment): etcd 2379/2380, claim-service gRPC
-# 50051, metrics 9464.
+# 50051, metrics 9464; ingest node A RTMP 1935 / HTTP 8080, node B RTMP 1936 /
+# HTTP 8081.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 need_build_and_test_tools
 need_grpcurl
+need_packages curl:curl
 
 ETCD_PORT=${ETCD_PORT:-2379}
 ETCD_PEER_PORT=${ETCD_PEER_PORT:-2380}
 CLAIMS_PORT=${CLAIMS_PORT:-50051}
 METRICS_PORT=${METRICS_PORT:-9464}
+A_RTMP=${A_RTMP:-1935}
+A_HTTP=${A_HTTP:-8080}
+B_RTMP=${B_RTMP:-1936}
+B_HTTP=${B_HTTP:-8081}
 RUN=.run
 mkdir -p "$RUN"
 
 echo ">> building (release)"
-cargo build --release --locked -p claim-service
+cargo build --release --locked -p claim-service -p ingest-node
 
 pids=()
 stop() {
@@ -37,8 +43,8 @@ stop() {
 trap stop INT TERM EXIT
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$ETCD_PORT" "$ETCD_PEER_PORT" "$CLAIMS_PORT" "$METRICS_PORT"; do
-  port_free "$p" || { echo "port $p is in use: stop what holds it, or set ETCD_PORT / ETCD_PEER_PORT / CLAIMS_PORT / METRICS_PORT" >&2; exit 1; }
+for p in "$ETCD_PORT" "$ETCD_PEER_PORT" "$CLAIMS_PORT" "$METRICS_PORT" "$A_RTMP" "$A_HTTP" "$B_RTMP" "$B_HTTP"; do
+  port_free "$p" || { echo "port $p is in use: stop what holds it, or set ETCD_PORT / ETCD_PEER_PORT / CLAIMS_PORT / METRICS_PORT / A_RTMP / A_HTTP / B_RTMP / B_HTTP" >&2; exit 1; }
 done
 
 echo ">> starting etcd on 127.0.0.1:$ETCD_PORT (log: $RUN/etcd.log)"
@@ -66,31 +72,65 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
+start_node() { # id rtmp http
+  echo ">> starting ingest node $1 on RTMP $2, HTTP $3 (log: $RUN/$1.log)"
+  INGEST_NODE_ID="$1" \
+  INGEST_CLAIM_SERVICE="http://127.0.0.1:$CLAIMS_PORT" \
+  INGEST_RTMP_LISTEN="127.0.0.1:$2" INGEST_HTTP_LISTEN="127.0.0.1:$3" \
+  INGEST_ADVERTISE_RTMP="rtmp://127.0.0.1:$2" INGEST_ADVERTISE_HTTP="http://127.0.0.1:$3" \
+    target/release/ingest-node >"$RUN/$1.log" 2>&1 &
+  pids+=($!)
+}
+start_node ingest-a "$A_RTMP" "$A_HTTP"
+start_node ingest-b "$B_RTMP" "$B_HTTP"
+for _ in $(seq 100); do
+  curl -sf "http://127.0.0.1:$A_HTTP/healthz" 2>/dev/null | grep -q '"claim_service_connected":true' &&
+    curl -sf "http://127.0.0.1:$B_HTTP/healthz" 2>/dev/null | grep -q '"claim_service_connected":true' && break
+  sleep 0.1
+done
+
 cat <<TXT
 
 The stack is up.
   etcd            http://127.0.0.1:$ETCD_PORT
   claim-service   127.0.0.1:$CLAIMS_PORT (gRPC, plaintext)
   metrics         http://127.0.0.1:$METRICS_PORT/metrics
+  ingest-a        rtmp://127.0.0.1:$A_RTMP   http://127.0.0.1:$A_HTTP
+  ingest-b        rtmp://127.0.0.1:$B_RTMP   http://127.0.0.1:$B_HTTP
 
-Try, from another terminal:
+Publish a test pattern to ingest-a:
+  ffmpeg -re -f lavfi -i testsrc=size=640x360:rate=25 -f lavfi -i sine=frequency=440 \\
+    -c:v libx264 -preset veryfast -tune zerolatency -g 50 -c:a aac -f flv rtmp://127.0.0.1:$A_RTMP/live/cam1
+Watch it (from either node: ingest-b redirects to the owner):
+  ffplay http://127.0.0.1:$B_HTTP/live/cam1.flv
+  curl -sI http://127.0.0.1:$B_HTTP/live/cam1.flv          # 302 to ingest-a
+  curl -s http://127.0.0.1:$A_HTTP/api/broadcasts          # tracks, claim state, fencing token
+A second publisher of the same name on ingest-b is refused, naming the owner:
+  ffmpeg -re -f lavfi -i testsrc -c:v libx264 -f flv rtmp://127.0.0.1:$B_RTMP/live/cam1
+
+Query the claim-service:
   grpcurl -plaintext 127.0.0.1:$CLAIMS_PORT list
   grpcurl -plaintext 127.0.0.1:$CLAIMS_PORT describe claims.v1.Ownership
   grpcurl -plaintext -d @ 127.0.0.1:$CLAIMS_PORT claims.v1.ClaimSessions/Attach <<'EOF2'
-  {"hello":{"node_id":"node-a","endpoints":{"rtmp":"rtmp://127.0.0.1:1935","http":"http://127.0.0.1:8080"}}}
-  {"created":{"broadcast":"live/cam1","track":"video"}}
+  {"hello":{"node_id":"demo","endpoints":{"rtmp":"rtmp://demo.example:1935","http":"http://demo.example:8080"}}}
+  {"created":{"broadcast":"live/demo","track":"video"}}
   EOF2
   grpcurl -plaintext -d '{"broadcast":"live/cam1"}' 127.0.0.1:$CLAIMS_PORT claims.v1.Ownership/GetOwner
+  grpcurl -plaintext 127.0.0.1:$CLAIMS_PORT claims.v1.Ownership/ListNodes
   grpcurl -plaintext -d '{}' 127.0.0.1:$CLAIMS_PORT claims.v1.Ownership/WatchClaims
   ETCDCTL_API=3 etcdctl --endpoints http://127.0.0.1:$ETCD_PORT get --prefix /claims/v1/
   curl -s http://127.0.0.1:$METRICS_PORT/metrics | grep ^claims_
 
 Ctrl-C stops everything.
 TXT
-tail -n 0 -f "$RUN/claim-service.log" &
-pids=("${pids[@]:0:2}" "$!")
-# Stop when Ctrl-C comes, or when either service dies.
-while kill -0 "${pids[0]}" 2>/dev/null && kill -0 "${pids[1]}" 2>/dev/null; do
+tail -n 0 -f "$RUN/claim-service.log" "$RUN/ingest-a.log" "$RUN/ingest-b.log" &
+services=("${pids[@]}")
+pids+=("$!")
+# Stop when Ctrl-C comes, or when any service dies.
+while true; do
+  for p in "${services[@]}"; do
+    kill -0 "$p" 2>/dev/null || break 2
+  done
   sleep 1
 done
 echo ">> a service exited; see $RUN/*.log" >&2
