@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks the claim-service side by side with raw etcd-client against the
 # same etcd, in the same run; prints a Markdown report (medians, p99, ratios).
-# Arguments go to the benchmark, e.g. scripts/bench.sh --claims 1000 --held 10000
+# Two parts: the claim plane (claims-bench) and the ingest node
+# (ingest-bench). Set CLAIMS_BENCH_ARGS / INGEST_BENCH_ARGS to change their
+# sizes, e.g. CLAIMS_BENCH_ARGS="--claims 1000 --held 10000".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -9,5 +11,9 @@ need_build_and_test_tools
 # Many keep-alive streams and sockets: lift the open-file limit if allowed.
 ulimit -n 65536 2>/dev/null || true
 export CLAIMS_TEST_PROFILE=release
-cargo build --release --locked -p claim-service -p system-tests
-exec target/release/claims-bench "$@"
+cargo build --release --locked -p claim-service -p ingest-node -p system-tests
+# shellcheck disable=SC2086
+target/release/claims-bench ${CLAIMS_BENCH_ARGS:-}
+echo
+# shellcheck disable=SC2086
+target/release/ingest-bench ${INGEST_BENCH_ARGS:-}

@@ -280,3 +280,43 @@ async fn a_node_shutting_down_says_goodbye_and_its_claims_go_at_once() -> Result
     c.b.wait_broadcast("live/g", claimed).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn without_a_claim_service_the_policy_decides() -> Result<()> {
+    let etcd = Etcd::start().await?;
+    let prefix = test_prefix("ingest-policy");
+    let port = free_port();
+    let services = vec![format!("http://127.0.0.1:{port}")];
+    let strict =
+        IngestNode::start("node-s", &services, &["--on-claim-unavailable", "refuse"]).await?;
+    let lenient = IngestNode::start("node-l", &services, &[]).await?;
+
+    // refuse: the publisher is turned away, told why.
+    let mut refused = Publisher::start(&strict.rtmp_url("live/p"))?;
+    assert!(!refused.wait_exit().await?.success());
+    let said = refused.stderr_text();
+    assert!(said.contains("cannot be claimed now"), "{said}");
+
+    // allow (the default): accepted, unclaimed, playable ...
+    let _publisher = Publisher::start(&lenient.rtmp_url("live/p"))?;
+    lenient
+        .wait_broadcast("live/p", |e| {
+            e["claim"]["state"] == "unknown" && e["tracks"].as_array().is_some_and(|t| t.len() == 2)
+        })
+        .await?;
+    assert!(decode(&lenient.flv_url("live/p"), 1).await? > 5);
+    // ... and claimed as soon as a claim service is back.
+    let svc = ClaimService::start_at(port, &etcd.endpoint(), &prefix, &[]).await?;
+    let entry = lenient.wait_broadcast("live/p", claimed).await?;
+    let mut client = svc.ownership().await?;
+    let owner = client
+        .get_owner(pb::GetOwnerRequest {
+            broadcast: "live/p".into(),
+            consistent: true,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(owner.node_id, "node-l");
+    assert_eq!(Some(owner.fencing_token), entry["fencing_token"].as_i64());
+    Ok(())
+}

@@ -1,0 +1,335 @@
+//! Benchmark of the ingest node, with baselines measured in the same run.
+//!
+//! 1. Publish → accepted: an RTMP client (rml_rtmp) asks to publish and
+//!    times the answer, which waits for the claim; side by side with raw
+//!    etcd-client doing lease-grant + the claim transaction.
+//! 2. HTTP-FLV fan-out: a real ffmpeg publishes; the node's CPU and memory
+//!    with no viewers, then with many viewers reading at once.
+//!
+//! Run with `scripts/bench.sh`; prints a Markdown report.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Parser;
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::sessions::{
+    ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult, PublishRequestType,
+};
+use system_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Parser)]
+struct Args {
+    /// Publishes timed on each side.
+    #[arg(long, default_value_t = 200)]
+    publishes: usize,
+    /// Viewers reading one broadcast at once.
+    #[arg(long, default_value_t = 100)]
+    viewers: usize,
+    /// Seconds each fan-out phase is measured.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[(((v.len() - 1) as f64) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
+async fn send(
+    s: &mut TcpStream,
+    results: Vec<ClientSessionResult>,
+) -> Result<Vec<ClientSessionEvent>> {
+    let mut events = Vec::new();
+    for r in results {
+        match r {
+            ClientSessionResult::OutboundResponse(p) => s.write_all(&p.bytes).await?,
+            ClientSessionResult::RaisedEvent(e) => events.push(e),
+            _ => {}
+        }
+    }
+    Ok(events)
+}
+
+/// Connects and completes the handshake and `connect`; returns the session.
+async fn rtmp_connect(port: u16, app: &str) -> Result<(TcpStream, ClientSession)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+    s.set_nodelay(true)?;
+    let mut hs = Handshake::new(PeerType::Client);
+    s.write_all(
+        &hs.generate_outbound_p0_and_p1()
+            .map_err(|e| anyhow!("{e:?}"))?,
+    )
+    .await?;
+    let mut buf = vec![0u8; 65536];
+    let remaining = loop {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            bail!("closed during handshake");
+        }
+        match hs.process_bytes(&buf[..n]).map_err(|e| anyhow!("{e:?}"))? {
+            HandshakeProcessResult::InProgress { response_bytes } => {
+                s.write_all(&response_bytes).await?
+            }
+            HandshakeProcessResult::Completed {
+                response_bytes,
+                remaining_bytes,
+            } => {
+                s.write_all(&response_bytes).await?;
+                break remaining_bytes;
+            }
+        }
+    };
+    let (mut session, results) =
+        ClientSession::new(ClientSessionConfig::new()).map_err(|e| anyhow!("{e:?}"))?;
+    send(&mut s, results).await?;
+    let mut events = send(
+        &mut s,
+        session
+            .handle_input(&remaining)
+            .map_err(|e| anyhow!("{e:?}"))?,
+    )
+    .await?;
+    let r = session
+        .request_connection(app.to_string())
+        .map_err(|e| anyhow!("{e:?}"))?;
+    events.extend(send(&mut s, vec![r]).await?);
+    wait_event(&mut s, &mut session, events, |e| {
+        matches!(e, ClientSessionEvent::ConnectionRequestAccepted)
+    })
+    .await?;
+    Ok((s, session))
+}
+
+async fn wait_event(
+    s: &mut TcpStream,
+    session: &mut ClientSession,
+    mut pending: Vec<ClientSessionEvent>,
+    want: impl Fn(&ClientSessionEvent) -> bool,
+) -> Result<()> {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        if pending.iter().any(&want) {
+            return Ok(());
+        }
+        if let Some(e) = pending
+            .iter()
+            .find(|e| matches!(e, ClientSessionEvent::ConnectionRequestRejected { .. }))
+        {
+            bail!("refused: {e:?}");
+        }
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf)).await??;
+        if n == 0 {
+            bail!("server closed the connection");
+        }
+        pending = send(
+            s,
+            session
+                .handle_input(&buf[..n])
+                .map_err(|e| anyhow!("{e:?}"))?,
+        )
+        .await?;
+    }
+}
+
+/// Lease-grant + the claim transaction, timed; the revoke after it is not.
+async fn raw_claim(client: &mut etcd_client::Client, key: &str) -> Result<Duration> {
+    let t = Instant::now();
+    let lease = client.lease_grant(10, None).await?.id();
+    let txn = Txn::new()
+        .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(
+            key,
+            r#"{"node_id":"raw"}"#,
+            Some(PutOptions::new().with_lease(lease)),
+        )])
+        .or_else([TxnOp::get(key, None)]);
+    anyhow::ensure!(client.txn(txn).await?.succeeded(), "raw claim conflicted");
+    let took = t.elapsed();
+    client.lease_revoke(lease).await?;
+    Ok(took)
+}
+
+fn proc_kib(pid: u32, field: &str) -> Result<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))?
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("{field} of {pid}"))
+}
+
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+}
+
+fn node_pid(node: &IngestNode) -> Result<u32> {
+    // The harness keeps the child private; find it by its unique HTTP port.
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", "ingest-node"])
+        .output()?;
+    let pids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    for pid in pids {
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let needle = format!("INGEST_HTTP_LISTEN=127.0.0.1:{}", node.http_port);
+        if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+            return Ok(pid);
+        }
+    }
+    bail!("ingest-node process not found")
+}
+
+/// CPU (% of one core) and RSS (MiB) of `pid` over `secs`.
+async fn sample(pid: u32, secs: u64) -> Result<(f64, u64)> {
+    let t0 = cpu_ticks(pid)?;
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let ticks = cpu_ticks(pid)? - t0;
+    Ok((
+        ticks as f64 / 100.0 / secs as f64 * 100.0,
+        proc_kib(pid, "VmRSS:")? / 1024,
+    ))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let etcd = Etcd::start().await?;
+    let prefix = test_prefix("ingest-bench");
+    let svc = ClaimService::start(&etcd.endpoint(), &prefix, &[]).await?;
+    let node = IngestNode::start("bench-a", &[svc.addr()], &[]).await?;
+    let deadline = Instant::now() + WAIT;
+    while node.healthz().await?["claim_service_connected"] != true {
+        anyhow::ensure!(Instant::now() < deadline, "node never attached");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut raw = etcd.client().await?;
+
+    // 1. Publish → accepted, interleaved with the raw claim.
+    eprintln!("timing {} publishes", args.publishes);
+    let (mut node_t, mut raw_t) = (Vec::new(), Vec::new());
+    for i in 0..args.publishes + 10 {
+        let (mut s, mut session) = rtmp_connect(node.rtmp_port, "live").await?;
+        let t = Instant::now();
+        let r = session
+            .request_publishing(format!("p{i}"), PublishRequestType::Live)
+            .map_err(|e| anyhow!("{e:?}"))?;
+        let events = send(&mut s, vec![r]).await?;
+        wait_event(&mut s, &mut session, events, |e| {
+            matches!(e, ClientSessionEvent::PublishRequestAccepted)
+        })
+        .await?;
+        let took = t.elapsed();
+        drop(s);
+        let raw_took = raw_claim(&mut raw, &format!("/bench-raw/p{i}")).await?;
+        if i >= 10 {
+            node_t.push(took);
+            raw_t.push(raw_took);
+        }
+    }
+    let (n50, n99, r50, r99) = (
+        pct(&mut node_t, 0.5),
+        pct(&mut node_t, 0.99),
+        pct(&mut raw_t, 0.5),
+        pct(&mut raw_t, 0.99),
+    );
+
+    // 2. Fan-out.
+    eprintln!("fan-out: publisher alone, then {} viewers", args.viewers);
+    let _publisher = Publisher::start(&node.rtmp_url("live/fan"))?;
+    node.wait_broadcast("live/fan", |e| e["claim"]["state"] == "claimed")
+        .await?;
+    // Let the encoder settle before measuring.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = node_pid(&node)?;
+    let (cpu0, rss0) = sample(pid, args.seconds).await?;
+
+    let received = Arc::new(AtomicU64::new(0));
+    let mut viewers = Vec::new();
+    for _ in 0..args.viewers {
+        let port = node.http_port;
+        let received = received.clone();
+        viewers.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+            s.write_all(b"GET /live/fan.flv HTTP/1.0\r\nHost: x\r\n\r\n")
+                .await?;
+            let mut buf = vec![0u8; 65536];
+            loop {
+                let n = s.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                received.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = received.load(Ordering::Relaxed);
+    let (cpu1, rss1) = sample(pid, args.seconds).await?;
+    let got = received.load(Ordering::Relaxed) - before;
+    let connected = node.metric("ingest_viewers").await?;
+    let dropped = node.metric("ingest_viewers_dropped_total").await?;
+    for v in &viewers {
+        v.abort();
+    }
+
+    println!("# Ingest node benchmark\n");
+    println!(
+        "etcd 3.4, claim-service and ingest-node release builds on loopback; {} publishes per side; fan-out of one ffmpeg test pattern (320x240, 25 fps, H.264 + AAC).\n",
+        args.publishes
+    );
+    println!("| measure | ingest node | baseline | ratio |");
+    println!("| --- | --- | --- | --- |");
+    println!(
+        "| publish request → accepted (claim held), p50 | {} | {} (raw grant + txn) | {:.2}x |",
+        ms(n50),
+        ms(r50),
+        n50.as_secs_f64() / r50.as_secs_f64()
+    );
+    println!(
+        "| same, p99 | {} | {} | {:.2}x |",
+        ms(n99),
+        ms(r99),
+        n99.as_secs_f64() / r99.as_secs_f64()
+    );
+    println!(
+        "| node CPU, publisher + {} viewers vs publisher alone | {:.1} % | {:.1} % | {:.2}x |",
+        args.viewers,
+        cpu1,
+        cpu0,
+        cpu1 / cpu0.max(0.1)
+    );
+    println!(
+        "| node RSS, publisher + {} viewers vs publisher alone | {} MiB | {} MiB | {:.2}x |",
+        args.viewers,
+        rss1,
+        rss0,
+        rss1 as f64 / rss0.max(1) as f64
+    );
+    println!(
+        "| viewers still connected after {} s / dropped as slow | {connected} / {dropped} | | |",
+        args.seconds
+    );
+    println!(
+        "| bytes delivered to viewers | {:.1} MiB/s in all | | |",
+        got as f64 / 1048576.0 / args.seconds as f64
+    );
+    Ok(())
+}
