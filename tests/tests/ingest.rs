@@ -320,3 +320,28 @@ async fn without_a_claim_service_the_policy_decides() -> Result<()> {
     assert_eq!(Some(owner.fencing_token), entry["fencing_token"].as_i64());
     Ok(())
 }
+
+#[tokio::test]
+async fn a_stale_claim_never_redirects_a_node_to_itself() -> Result<()> {
+    let c = Cluster::start("ingest-stale").await?;
+    // A claim naming node A for a broadcast A does not have (as left by a
+    // crash), written behind everyone's back.
+    let value = serde_json::json!({
+        "node_id": "node-a",
+        "endpoints": {"http": format!("http://127.0.0.1:{}", c.a.http_port)},
+    });
+    c.stack.etcd.etcdctl(&[
+        "put",
+        &format!("{}broadcasts/live/stale", c.stack.prefix),
+        &value.to_string(),
+    ])?;
+    let at_a = http_get(c.a.http_port, "/live/stale.flv").await?;
+    assert_eq!(at_a.status, 404, "{at_a:?}");
+    let at_b = http_get(c.b.http_port, "/live/stale.flv").await?;
+    assert_eq!(at_b.status, 302);
+    assert_eq!(
+        at_b.header("location"),
+        Some(c.a.flv_url("live/stale").as_str())
+    );
+    Ok(())
+}
