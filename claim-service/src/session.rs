@@ -383,24 +383,20 @@ impl Session {
         let tx = self.internal_tx.clone();
         let node_id = self.node_id.clone();
         tokio::spawn(async move {
-            let mut failures = 0;
-            loop {
-                match store.claims_of_node(&node_id).await {
-                    Ok(claims) => {
-                        let _ = tx.send(Internal::Core(Event::Existing { claims }));
-                        return;
-                    }
-                    Err(e) => {
-                        failures += 1;
-                        tracing::warn!(error = %e, "cannot read this node's earlier claims; retrying");
-                        tokio::time::sleep(crate::claims::backoff(failures)).await;
-                        if tx.is_closed() {
-                            return;
-                        }
-                    }
-                }
+            let found = until_done("cannot read this node's earlier claims", &tx, || {
+                store.claims_of_node(&node_id)
+            })
+            .await;
+            if let Some(claims) = found {
+                let _ = tx.send(Internal::Core(Event::Existing { claims }));
             }
         });
+        self.record_node();
+    }
+
+    /// Writes the node's record on a lease of its own, retrying until etcd
+    /// answers.
+    fn record_node(&self) {
         let store = self.ctx.store.clone();
         let tx = self.internal_tx.clone();
         let node_id = self.node_id.clone();
@@ -412,24 +408,14 @@ impl Session {
         };
         let ttl = self.ttl;
         tokio::spawn(async move {
-            let mut failures = 0;
-            loop {
-                match store.register_node(&node_id, &record, ttl).await {
-                    Ok(lease_id) => {
-                        if tx.send(Internal::NodeRegistered(lease_id)).is_err() {
-                            // The session ended meanwhile.
-                            let _ = store.revoke(lease_id).await;
-                        }
-                        return;
-                    }
-                    Err(e) => {
-                        failures += 1;
-                        tracing::warn!(error = %e, "cannot record the node in etcd; retrying");
-                        tokio::time::sleep(crate::claims::backoff(failures)).await;
-                        if tx.is_closed() {
-                            return;
-                        }
-                    }
+            let registered = until_done("cannot record the node in etcd", &tx, || {
+                store.register_node(&node_id, &record, ttl)
+            })
+            .await;
+            if let Some(lease_id) = registered {
+                if tx.send(Internal::NodeRegistered(lease_id)).is_err() {
+                    // The session ended meanwhile.
+                    let _ = store.revoke(lease_id).await;
                 }
             }
         });
@@ -521,7 +507,7 @@ impl Session {
         if Some(loss.lease_id) == self.node_lease {
             // The node record's lease: write the record again.
             self.node_lease = None;
-            self.start_node_record_again();
+            self.record_node();
             return;
         }
         if self.kept.contains(&loss.lease_id) {
@@ -536,34 +522,6 @@ impl Session {
             reason: loss.reason,
         })
         .await;
-    }
-
-    fn start_node_record_again(&self) {
-        let store = self.ctx.store.clone();
-        let tx = self.internal_tx.clone();
-        let node_id = self.node_id.clone();
-        let record = NodeRecord {
-            endpoints: self.endpoints.clone(),
-            session_id: self.session_id.clone(),
-            service_id: self.ctx.config.service_id.clone(),
-            attached_at_unix_ms: unix_ms(),
-        };
-        let ttl = self.ttl;
-        tokio::spawn(async move {
-            let mut failures = 0;
-            while !tx.is_closed() {
-                match store.register_node(&node_id, &record, ttl).await {
-                    Ok(lease_id) => {
-                        let _ = tx.send(Internal::NodeRegistered(lease_id));
-                        return;
-                    }
-                    Err(_) => {
-                        failures += 1;
-                        tokio::time::sleep(crate::claims::backoff(failures)).await;
-                    }
-                }
-            }
-        });
     }
 
     async fn on_view(&mut self, event: Result<ViewEvent, broadcast::error::RecvError>) {
@@ -700,6 +658,33 @@ impl Session {
         }
         self.ctx.sessions.detach(&self.node_id, &self.session_id);
         tracing::info!("session ended by shutdown; claims left for adoption");
+    }
+}
+
+/// Retries `attempt` with backoff until it succeeds, or `None` once the
+/// session (the receiving end of `tx`) is gone.
+async fn until_done<T, F, Fut>(
+    what: &str,
+    tx: &mpsc::UnboundedSender<Internal>,
+    mut attempt: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let mut failures = 0;
+    loop {
+        match attempt().await {
+            Ok(value) => return Some(value),
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, "{what}; retrying");
+                tokio::time::sleep(crate::claims::backoff(failures)).await;
+                if tx.is_closed() {
+                    return None;
+                }
+            }
+        }
     }
 }
 

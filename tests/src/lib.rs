@@ -211,13 +211,119 @@ impl Drop for Etcd {
     }
 }
 
-/// A running `claim-service` process.
-pub struct ClaimService {
+/// A process a test started, logging to a file in its own scratch folder;
+/// killed by its PID when dropped.
+pub struct Daemon {
     child: Option<Child>,
-    pub port: u16,
-    pub metrics_port: u16,
+    what: &'static str,
     pub log: PathBuf,
     dir: PathBuf,
+}
+
+impl Daemon {
+    /// Spawns `cmd` with stdout and stderr going to the log file.
+    pub fn spawn(what: &'static str, mut cmd: Command) -> Result<Self> {
+        let dir = scratch_dir(what);
+        let log = dir.join(format!("{what}.log"));
+        let file = std::fs::File::create(&log)?;
+        let child = cmd
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| {
+                format!("cannot start {what} (scripts/test.sh installs what is missing)")
+            })?;
+        Ok(Self {
+            child: Some(child),
+            what,
+            log,
+            dir,
+        })
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Waits for the process to exit by itself, returning its status.
+    pub async fn wait_exit(&mut self) -> Result<std::process::ExitStatus> {
+        let what = self.what;
+        let child = self
+            .child
+            .as_mut()
+            .ok_or_else(|| anyhow!("{what} not running"))?;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("{what} still running after {WAIT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGTERM, then wait for the process to exit.
+    pub async fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        if let Some(child) = self.child.as_mut() {
+            kill(child, "-TERM");
+        }
+        let status = self.wait_exit().await;
+        if status.is_err() {
+            self.kill();
+        }
+        status
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+        if std::env::var_os("CLAIMS_KEEP_LOGS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A running `claim-service` process.
+pub struct ClaimService {
+    daemon: Daemon,
+    pub port: u16,
+    pub metrics_port: u16,
+}
+
+impl std::ops::Deref for ClaimService {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.daemon
+    }
+}
+
+impl std::ops::DerefMut for ClaimService {
+    fn deref_mut(&mut self) -> &mut Daemon {
+        &mut self.daemon
+    }
 }
 
 impl ClaimService {
@@ -235,27 +341,17 @@ impl ClaimService {
         extra: &[&str],
     ) -> Result<Self> {
         let metrics_port = free_port();
-        let dir = scratch_dir("svc");
-        let log = dir.join("claim-service.log");
-        let file = std::fs::File::create(&log)?;
-        let child = Command::new(binary("claim-service"))
-            .env("CLAIMS_LISTEN", format!("127.0.0.1:{port}"))
+        let mut cmd = Command::new(binary("claim-service"));
+        cmd.env("CLAIMS_LISTEN", format!("127.0.0.1:{port}"))
             .env("CLAIMS_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
             .env("CLAIMS_ETCD_ENDPOINTS", etcd_endpoints)
             .env("CLAIMS_KEY_PREFIX", prefix)
             .env("RUST_LOG", "info")
-            .args(extra)
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .stdin(Stdio::null())
-            .spawn()
-            .context("cannot start claim-service")?;
+            .args(extra);
         let svc = Self {
-            child: Some(child),
+            daemon: Daemon::spawn("claim-service", cmd)?,
             port,
             metrics_port,
-            log,
-            dir,
         };
         svc.wait_serving(true).await?;
         Ok(svc)
@@ -311,10 +407,6 @@ impl ClaimService {
         }
     }
 
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
     pub async fn metrics(&self) -> Result<String> {
         let url = format!("127.0.0.1:{}", self.metrics_port);
         let mut stream = tokio::net::TcpStream::connect(&url).await?;
@@ -325,44 +417,6 @@ impl ClaimService {
         let mut body = String::new();
         stream.read_to_string(&mut body).await?;
         Ok(body)
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
-    }
-
-    /// SIGTERM, then wait for the process to exit.
-    pub async fn terminate(&mut self) -> Result<std::process::ExitStatus> {
-        let mut child = self.child.take().ok_or_else(|| anyhow!("not running"))?;
-        kill(&mut child, "-TERM");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!("claim-service did not exit within {WAIT:?} of SIGTERM");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGKILL.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for ClaimService {
-    fn drop(&mut self) {
-        self.kill();
-        if std::env::var_os("CLAIMS_KEEP_LOGS").is_none() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
     }
 }
 
@@ -720,12 +774,23 @@ pub async fn http_get(port: u16, path_and_query: &str) -> Result<HttpAnswer> {
 
 /// A running `ingest-node` process.
 pub struct IngestNode {
-    child: Option<Child>,
+    daemon: Daemon,
     pub node_id: String,
     pub rtmp_port: u16,
     pub http_port: u16,
-    pub log: PathBuf,
-    dir: PathBuf,
+}
+
+impl std::ops::Deref for IngestNode {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.daemon
+    }
+}
+
+impl std::ops::DerefMut for IngestNode {
+    fn deref_mut(&mut self) -> &mut Daemon {
+        &mut self.daemon
+    }
 }
 
 impl IngestNode {
@@ -734,11 +799,8 @@ impl IngestNode {
     pub async fn start(node_id: &str, claim_services: &[String], extra: &[&str]) -> Result<Self> {
         let rtmp_port = free_port();
         let http_port = free_port();
-        let dir = scratch_dir("node");
-        let log = dir.join("ingest-node.log");
-        let file = std::fs::File::create(&log)?;
-        let child = Command::new(binary("ingest-node"))
-            .env("INGEST_NODE_ID", node_id)
+        let mut cmd = Command::new(binary("ingest-node"));
+        cmd.env("INGEST_NODE_ID", node_id)
             .env("INGEST_CLAIM_SERVICE", claim_services.join(","))
             .env("INGEST_RTMP_LISTEN", format!("127.0.0.1:{rtmp_port}"))
             .env("INGEST_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
@@ -751,19 +813,12 @@ impl IngestNode {
                 format!("http://127.0.0.1:{http_port}"),
             )
             .env("RUST_LOG", "info")
-            .args(extra)
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .stdin(Stdio::null())
-            .spawn()
-            .context("cannot start ingest-node")?;
+            .args(extra);
         let node = Self {
-            child: Some(child),
+            daemon: Daemon::spawn("ingest-node", cmd)?,
             node_id: node_id.into(),
             rtmp_port,
             http_port,
-            log,
-            dir,
         };
         let deadline = Instant::now() + WAIT;
         while http_get(http_port, "/healthz").await.is_err() {
@@ -784,10 +839,6 @@ impl IngestNode {
 
     pub fn flv_url(&self, broadcast: &str) -> String {
         format!("http://127.0.0.1:{}/{broadcast}.flv", self.http_port)
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub async fn healthz(&self) -> Result<serde_json::Value> {
@@ -837,137 +888,59 @@ impl IngestNode {
             .and_then(|v| v.trim().parse().ok())
             .ok_or_else(|| anyhow!("metric {name} not found"))
     }
+}
 
-    pub fn alive(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
+/// A real ffmpeg publishing a generated test pattern (H.264 + AAC) in real
+/// time; its log is its stderr.
+pub struct Publisher(Daemon);
 
-    /// SIGTERM, then wait for the process to exit.
-    pub async fn terminate(&mut self) -> Result<std::process::ExitStatus> {
-        let mut child = self.child.take().ok_or_else(|| anyhow!("not running"))?;
-        kill(&mut child, "-TERM");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!("ingest-node did not exit within {WAIT:?} of SIGTERM");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+impl std::ops::Deref for Publisher {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.0
     }
 }
 
-impl Drop for IngestNode {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::env::var_os("CLAIMS_KEEP_LOGS").is_none() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
+impl std::ops::DerefMut for Publisher {
+    fn deref_mut(&mut self) -> &mut Daemon {
+        &mut self.0
     }
-}
-
-/// A real ffmpeg publishing a generated test pattern (H.264 + AAC) in real time.
-pub struct Publisher {
-    child: Option<Child>,
-    pub stderr: PathBuf,
-    dir: PathBuf,
 }
 
 impl Publisher {
     pub fn start(url: &str) -> Result<Self> {
-        let dir = scratch_dir("ffmpeg");
-        let stderr = dir.join("ffmpeg.log");
-        let file = std::fs::File::create(&stderr)?;
-        let child = Command::new("ffmpeg")
-            .args([
-                "-hide_banner",
-                "-nostdin",
-                "-loglevel",
-                "error",
-                "-re",
-                "-f",
-                "lavfi",
-                "-i",
-                "testsrc=size=320x240:rate=25",
-                "-f",
-                "lavfi",
-                "-i",
-                "sine=frequency=440:sample_rate=44100",
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-tune",
-                "zerolatency",
-                "-g",
-                "25",
-                "-c:a",
-                "aac",
-                "-b:a",
-                "64k",
-                "-f",
-                "flv",
-                url,
-            ])
-            .stdout(Stdio::null())
-            .stderr(file)
-            .stdin(Stdio::null())
-            .spawn()
-            .context("cannot start ffmpeg: is it installed? (scripts/test.sh installs it)")?;
-        Ok(Self {
-            child: Some(child),
-            stderr,
-            dir,
-        })
-    }
-
-    pub fn running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    pub fn stderr_text(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// Waits for ffmpeg to exit by itself (e.g. refused), returning its status.
-    pub async fn wait_exit(&mut self) -> Result<std::process::ExitStatus> {
-        let deadline = Instant::now() + WAIT;
-        let child = self.child.as_mut().ok_or_else(|| anyhow!("not running"))?;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                self.child = None;
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                bail!("ffmpeg still running after {WAIT:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGKILL: the TCP connection just drops, as with a crashed encoder.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Publisher {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let mut cmd = Command::new("ffmpeg");
+        cmd.args([
+            "-hide_banner",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=25",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=44100",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            "25",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "64k",
+            "-f",
+            "flv",
+            url,
+        ]);
+        Ok(Self(Daemon::spawn("ffmpeg", cmd)?))
     }
 }
 
@@ -1045,4 +1018,25 @@ pub async fn decode(url: &str, seconds: u32) -> Result<u64> {
         .max()
         .unwrap_or(0);
     Ok(frames)
+}
+
+/// A `/proc/PID/status` field in KiB, e.g. `VmRSS:`.
+pub fn proc_status_kib(pid: u32, field: &str) -> Result<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))?
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("{field} not in /proc/{pid}/status"))
+}
+
+/// User + system CPU time of a process, in clock ticks (1/100 s).
+pub fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("unexpected /proc/PID/stat format")?
+        .1
+        .split_whitespace()
+        .collect();
+    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
 }

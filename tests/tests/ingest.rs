@@ -97,11 +97,11 @@ async fn publish_claims_plays_redirects_and_refuses_a_second_publisher() -> Resu
     let mut second = Publisher::start(&c.b.rtmp_url("live/x"))?;
     let status = second.wait_exit().await?;
     assert!(!status.success());
-    let said = second.stderr_text();
+    let said = second.log_text();
     assert!(said.contains("owned by node node-a"), "{said}");
     assert!(said.contains(&c.a.rtmp_url("live/x")), "{said}");
     // ... and the owner's stream is undisturbed.
-    assert!(publisher.running(), "{}", publisher.stderr_text());
+    assert!(publisher.alive(), "{}", publisher.log_text());
     let entry = c.a.wait_broadcast("live/x", claimed).await?;
     assert_eq!(entry["fencing_token"].as_i64(), Some(token));
     assert!(decode(&c.a.flv_url("live/x"), 1).await? > 5);
@@ -141,7 +141,7 @@ async fn stopping_the_publisher_releases_at_once_and_republishing_claims_again()
         .await?
         .unwrap();
     assert_eq!(owner.node_id, "node-a");
-    assert!(third.running(), "{}", third.stderr_text());
+    assert!(third.alive(), "{}", third.log_text());
     Ok(())
 }
 
@@ -166,7 +166,7 @@ async fn a_publisher_keeps_ingesting_when_the_claim_service_dies_and_is_claimed_
     let bytes_before = a.metric("ingest_bytes_in_total").await?;
     assert!(decode(&a.flv_url("live/f"), 1).await? > 5);
     assert!(a.metric("ingest_bytes_in_total").await? > bytes_before);
-    assert!(publisher.running(), "{}", publisher.stderr_text());
+    assert!(publisher.alive(), "{}", publisher.log_text());
 
     // A claim service is back (at the other configured address): the node
     // re-attaches and takes its broadcast back, keeping the fencing token.
@@ -294,7 +294,7 @@ async fn without_a_claim_service_the_policy_decides() -> Result<()> {
     // refuse: the publisher is turned away, told why.
     let mut refused = Publisher::start(&strict.rtmp_url("live/p"))?;
     assert!(!refused.wait_exit().await?.success());
-    let said = refused.stderr_text();
+    let said = refused.log_text();
     assert!(said.contains("cannot be claimed now"), "{said}");
 
     // allow (the default): accepted, unclaimed, playable ...

@@ -159,44 +159,6 @@ async fn raw_claim(client: &mut etcd_client::Client, key: &str) -> Result<Durati
     Ok(took)
 }
 
-fn proc_kib(pid: u32, field: &str) -> Result<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))?
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .with_context(|| format!("{field} of {pid}"))
-}
-
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let f: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
-}
-
-fn node_pid(node: &IngestNode) -> Result<u32> {
-    // The harness keeps the child private; find it by its unique HTTP port.
-    let out = std::process::Command::new("pgrep")
-        .args(["-f", "ingest-node"])
-        .output()?;
-    let pids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    for pid in pids {
-        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-        let needle = format!("INGEST_HTTP_LISTEN=127.0.0.1:{}", node.http_port);
-        if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
-            return Ok(pid);
-        }
-    }
-    bail!("ingest-node process not found")
-}
-
 /// CPU (% of one core) and RSS (MiB) of `pid` over `secs`.
 async fn sample(pid: u32, secs: u64) -> Result<(f64, u64)> {
     let t0 = cpu_ticks(pid)?;
@@ -204,7 +166,7 @@ async fn sample(pid: u32, secs: u64) -> Result<(f64, u64)> {
     let ticks = cpu_ticks(pid)? - t0;
     Ok((
         ticks as f64 / 100.0 / secs as f64 * 100.0,
-        proc_kib(pid, "VmRSS:")? / 1024,
+        proc_status_kib(pid, "VmRSS:")? / 1024,
     ))
 }
 
@@ -258,7 +220,7 @@ async fn main() -> Result<()> {
         .await?;
     // Let the encoder settle before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let pid = node_pid(&node)?;
+    let pid = node.pid().context("node pid")?;
     let (cpu0, rss0) = sample(pid, args.seconds).await?;
 
     let received = Arc::new(AtomicU64::new(0));
