@@ -16,9 +16,17 @@ fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 10s or 500ms)"))
 }
 
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Ask the running service on --listen for its health: exit 0 when
+    /// SERVING, 1 otherwise (for container health checks).
+    Healthcheck,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
-    Human,
+    #[value(alias = "human")]
+    Text,
     Json,
 }
 
@@ -27,8 +35,11 @@ pub enum LogFormat {
 /// etcd lease, kept alive while any track of it is live and revoked the
 /// moment the last one closes. Anyone can ask who owns what (claims.v1.Ownership).
 #[derive(Debug, Clone, Parser)]
-#[command(name = "claim-service", version, about, long_about = None)]
+#[command(name = "claim-service", version)]
 pub struct Config {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// gRPC address (ClaimSessions, Ownership, health, reflection).
     #[arg(long, env = "CLAIMS_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
@@ -95,8 +106,13 @@ pub struct Config {
     #[arg(long, env = "CLAIMS_HELLO_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub hello_timeout: Duration,
 
-    /// Log format.
-    #[arg(long, env = "CLAIMS_LOG_FORMAT", value_enum, default_value = "human")]
+    /// File holding the bearer token the Admin RPCs require (ForceRelease,
+    /// DrainNode). Without it the Admin API is off.
+    #[arg(long, env = "CLAIMS_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<std::path::PathBuf>,
+
+    /// Log format: human-readable text, or JSON lines.
+    #[arg(long, env = "CLAIMS_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 }
 
@@ -180,6 +196,23 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The admin token, read from `--admin-token-file`.
+    pub fn admin_token(&self) -> Result<Option<String>, String> {
+        let Some(path) = &self.admin_token_file else {
+            return Ok(None);
+        };
+        let token = std::fs::read_to_string(path)
+            .map_err(|e| format!("--admin-token-file {}: {e}", path.display()))?;
+        let token = token.trim().to_string();
+        if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "--admin-token-file {}: the token must be at least 16 printable characters without spaces",
+                path.display()
+            ));
+        }
+        Ok(Some(token))
     }
 
     pub fn service_id(&self) -> String {

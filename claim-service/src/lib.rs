@@ -9,10 +9,12 @@
 //!   keep-alive, watch);
 //! - [`session`]: the async shell that drives a session's state machine;
 //! - [`view`]: the watch-fed in-memory view of every claim and node;
-//! - [`ownership`]: the read API, mostly over that view;
+//! - [`ownership`]: the read API, mostly over that view; [`admin`]: the
+//!   operators' API;
 //! - [`server`]: the gRPC server, health, reflection, metrics and shutdown;
 //! - [`config`], [`names`], [`metrics`], [`error`], [`wire`]: the edges.
 
+pub mod admin;
 pub mod claims;
 pub mod config;
 pub mod error;

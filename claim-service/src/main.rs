@@ -1,6 +1,6 @@
 //! `claim-service`: see `--help`.
 
-use claim_service::config::{Config, LogFormat};
+use claim_service::config::{Command, Config, LogFormat};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -10,7 +10,7 @@ fn init_logs(format: LogFormat) {
         .with_env_filter(filter)
         .with_target(false);
     match format {
-        LogFormat::Human => builder.init(),
+        LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
 }
@@ -39,10 +39,61 @@ async fn shutdown_signal() {
     let _ = interrupt.await;
 }
 
+/// Exit 0 when the service on `--listen` reports SERVING.
+async fn healthcheck(config: &Config) -> i32 {
+    use tonic_health::pb::{
+        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    };
+    let mut addr = config.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let check = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        let status = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?
+            .into_inner()
+            .status;
+        anyhow::Ok(status)
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(3), check).await {
+        Ok(Ok(s)) if s == ServingStatus::Serving as i32 => {
+            println!("SERVING");
+            0
+        }
+        Ok(Ok(s)) => {
+            println!(
+                "{:?}",
+                ServingStatus::try_from(s).unwrap_or(ServingStatus::Unknown)
+            );
+            1
+        }
+        Ok(Err(e)) => {
+            println!("unhealthy: {e}");
+            1
+        }
+        Err(_) => {
+            println!("unhealthy: no answer from {addr} within 3s");
+            1
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    if let Err(problem) = config.validate() {
+    if let Some(Command::Healthcheck) = config.command {
+        std::process::exit(healthcheck(&config).await);
+    }
+    if let Err(problem) = config
+        .validate()
+        .and_then(|()| config.admin_token().map(|_| ()))
+    {
         eprintln!("claim-service: {problem}");
         std::process::exit(2);
     }

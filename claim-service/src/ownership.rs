@@ -96,7 +96,7 @@ fn claim_event(change: Change, revision: i64) -> Option<pb::ClaimEvent> {
                 ..Default::default()
             }),
         ),
-        Change::Node { .. } | Change::NodeGone { .. } => return None,
+        Change::Node { .. } | Change::NodeGone { .. } | Change::Forced { .. } => return None,
     };
     Some(pb::ClaimEvent {
         kind: kind as i32,
@@ -223,6 +223,7 @@ impl pb::ownership_server::Ownership for OwnershipService {
                     service_id: n.record.service_id,
                     attached_at_unix_ms: n.record.attached_at_unix_ms,
                     claims: n.claims,
+                    draining: n.record.draining,
                 })
                 .collect(),
             revision,

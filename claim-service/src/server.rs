@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use claims_proto::v1::admin_server::AdminServer;
 use claims_proto::v1::{
     claim_sessions_server::ClaimSessionsServer, ownership_server::OwnershipServer,
 };
@@ -13,6 +14,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
+use crate::admin::AdminService;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -28,7 +30,12 @@ const MAX_QUERY_MESSAGE: usize = 64 * 1024;
 const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(1);
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
 
-const SERVICES: [&str; 3] = ["", "claims.v1.ClaimSessions", "claims.v1.Ownership"];
+const SERVICES: [&str; 4] = [
+    "",
+    "claims.v1.ClaimSessions",
+    "claims.v1.Ownership",
+    "claims.v1.Admin",
+];
 
 async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener> {
     TcpListener::bind(addr)
@@ -40,6 +47,7 @@ async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener> {
 /// (leaving their claims in etcd for adoption) and stops.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
+    let admin_token = config.admin_token().map_err(Error::InvalidArgument)?;
     let grpc_listener = bind(config.listen, "gRPC").await?;
     let metrics_listener = bind(config.metrics_listen, "metrics").await?;
     let store = Store::connect(&config.store(), metrics.clone()).await?;
@@ -113,6 +121,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .add_service(
             ClaimSessionsServer::new(ClaimSessionsService::new(ctx.clone()))
                 .max_decoding_message_size(MAX_SESSION_MESSAGE),
+        )
+        .add_service(
+            AdminServer::new(AdminService::new(store.clone(), view.clone(), admin_token))
+                .max_decoding_message_size(MAX_QUERY_MESSAGE),
         )
         .add_service(
             OwnershipServer::new(OwnershipService::new(

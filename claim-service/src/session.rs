@@ -221,7 +221,7 @@ fn check_track(t: &pb::Track) -> Result<(), String> {
 /// Results of work the session started, coming back to its loop.
 enum Internal {
     Core(Event),
-    NodeRegistered(i64),
+    NodeRegistered { lease_id: i64, draining: bool },
 }
 
 struct Session {
@@ -240,6 +240,8 @@ struct Session {
     /// Leases this session asked the keep-alive to renew.
     kept: HashSet<i64>,
     node_lease: Option<i64>,
+    /// What the node was last told about draining.
+    draining: bool,
     live: pb::Hello,
     finished: bool,
 }
@@ -264,6 +266,7 @@ impl Session {
             timers: DelayQueue::new(),
             kept: HashSet::new(),
             node_lease: None,
+            draining: false,
             live: hello,
             finished: false,
         }
@@ -335,8 +338,11 @@ impl Session {
                 }
                 Some(internal) = self.internal_rx.recv() => match internal {
                     Internal::Core(event) => self.apply(event).await,
-                    Internal::NodeRegistered(lease_id) => {
+                    Internal::NodeRegistered { lease_id, draining } => {
                         self.node_lease = Some(lease_id);
+                        if draining {
+                            self.tell_draining(true).await;
+                        }
                         self.ctx.store.keepalive().keep(lease_id, self.ttl, self.ctx.config.renew_for(self.ttl), self.loss_tx.clone());
                     }
                 },
@@ -405,6 +411,7 @@ impl Session {
             session_id: self.session_id.clone(),
             service_id: self.ctx.config.service_id.clone(),
             attached_at_unix_ms: unix_ms(),
+            draining: false,
         };
         let ttl = self.ttl;
         tokio::spawn(async move {
@@ -412,13 +419,25 @@ impl Session {
                 store.register_node(&node_id, &record, ttl)
             })
             .await;
-            if let Some(lease_id) = registered {
-                if tx.send(Internal::NodeRegistered(lease_id)).is_err() {
+            if let Some((lease_id, draining)) = registered {
+                if tx
+                    .send(Internal::NodeRegistered { lease_id, draining })
+                    .is_err()
+                {
                     // The session ended meanwhile.
                     let _ = store.revoke(lease_id).await;
                 }
             }
         });
+    }
+
+    async fn tell_draining(&mut self, draining: bool) {
+        self.draining = draining;
+        tracing::info!(draining, "node draining mark changed");
+        self.send(service_message(ServiceMsg::Draining(pb::Draining {
+            draining,
+        })))
+        .await;
     }
 
     async fn on_message(&mut self, msg: pb::NodeMessage) -> Result<(), Status> {
@@ -536,6 +555,42 @@ impl Session {
                         revision,
                     })
                     .await;
+                }
+            }
+            Ok(ViewEvent::Forced {
+                broadcast,
+                fencing_token,
+                reason,
+            }) => {
+                let held = self
+                    .core
+                    .held()
+                    .find(|(b, c)| *b == broadcast && c.fencing_token == fencing_token)
+                    .map(|(_, c)| c.lease_id);
+                if let Some(lease_id) = held {
+                    self.ctx
+                        .metrics
+                        .claims_lost
+                        .with_label_values(&["force_released"])
+                        .inc();
+                    tracing::warn!(%broadcast, %reason, "an operator force-released this claim");
+                    self.apply(Event::LeaseLost {
+                        lease_id,
+                        reason: format!("force-released by an operator: {reason}"),
+                    })
+                    .await;
+                }
+            }
+            Ok(ViewEvent::Node {
+                node_id,
+                session_id,
+                draining,
+            }) => {
+                if node_id == self.node_id
+                    && session_id == self.session_id
+                    && draining != self.draining
+                {
+                    self.tell_draining(draining).await;
                 }
             }
             Err(broadcast::error::RecvError::Lagged(_)) => {

@@ -21,7 +21,22 @@ use crate::store::{NodeRecord, Store};
 /// What a subscriber hears.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ViewEvent {
-    Released { broadcast: String, revision: i64 },
+    Released {
+        broadcast: String,
+        revision: i64,
+    },
+    /// An operator revoked the claim with this fencing token.
+    Forced {
+        broadcast: String,
+        fencing_token: i64,
+        reason: String,
+    },
+    /// A node's record was written (attached, or marked draining).
+    Node {
+        node_id: String,
+        session_id: String,
+        draining: bool,
+    },
 }
 
 #[derive(Default)]
@@ -194,7 +209,19 @@ impl View {
                     });
                 }
                 Change::Node { node_id, record } => {
+                    let _ = self.events.send(ViewEvent::Node {
+                        node_id: node_id.clone(),
+                        session_id: record.session_id.clone(),
+                        draining: record.draining,
+                    });
                     state.nodes.insert(node_id, record);
+                }
+                Change::Forced { broadcast, record } => {
+                    let _ = self.events.send(ViewEvent::Forced {
+                        broadcast,
+                        fencing_token: record.fencing_token,
+                        reason: record.reason,
+                    });
                 }
                 Change::NodeGone { node_id } => {
                     state.nodes.remove(&node_id);

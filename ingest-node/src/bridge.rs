@@ -92,6 +92,8 @@ pub struct BridgeView {
     pub states: BTreeMap<String, ClaimState>,
     /// Which claim service the session is on.
     pub service: Option<String>,
+    /// An operator asked this node to take no new publishers.
+    pub draining: bool,
 }
 
 /// The answer a publish waits for.
@@ -423,6 +425,14 @@ impl Bridge {
                 (r.broadcast, Some(ClaimState::Rejected { reason: r.reason }))
             }
             ServiceMsg::Welcome(_) => return,
+            ServiceMsg::Draining(d) => {
+                tracing::warn!(
+                    draining = d.draining,
+                    "an operator changed this node's draining mark"
+                );
+                self.view.send_modify(|v| v.draining = d.draining);
+                return;
+            }
         };
         // Answers about broadcasts no longer live here are history.
         if !live_tracks.contains_key(&broadcast) {

@@ -13,8 +13,16 @@ fn duration(s: &str) -> Result<Duration, String> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
-    Human,
+    #[value(alias = "human")]
+    Text,
     Json,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Ask the running node on --http-listen for /healthz: exit 0 when it
+    /// answers, 1 otherwise (for container health checks).
+    Healthcheck,
 }
 
 /// Broadcast Claims ingest node: accepts RTMP publishers, claims each
@@ -22,8 +30,11 @@ pub enum LogFormat {
 /// broadcasts over HTTP-FLV and sends viewers of other broadcasts to their
 /// owner.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "ingest-node", version, about, long_about = None)]
+#[command(name = "ingest-node", version)]
 pub struct Config {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// This node's id ([a-z0-9-], 1-63 characters), unique in the cluster.
     #[arg(long, env = "INGEST_NODE_ID")]
     pub node_id: String,
@@ -77,8 +88,8 @@ pub struct Config {
     #[arg(long, env = "INGEST_LEASE_TTL", value_parser = duration)]
     pub lease_ttl: Option<Duration>,
 
-    /// Log format.
-    #[arg(long, env = "INGEST_LOG_FORMAT", value_enum, default_value = "human")]
+    /// Log format: human-readable text, or JSON lines.
+    #[arg(long, env = "INGEST_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 }
 

@@ -70,12 +70,15 @@ impl HttpState {
 pub fn router(state: Arc<HttpState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/broadcasts", get(broadcasts))
         .fallback(get(play))
         .with_state(state)
 }
 
+/// Liveness: the process answers. Claim-service trouble does not make a
+/// node unhealthy: it keeps serving its publishers.
 async fn healthz(State(s): State<Arc<HttpState>>) -> impl IntoResponse {
     let view = s.bridge.view();
     axum::Json(serde_json::json!({
@@ -83,7 +86,20 @@ async fn healthz(State(s): State<Arc<HttpState>>) -> impl IntoResponse {
         "node_id": s.node_id,
         "claim_service_connected": view.connected,
         "claim_service": view.service,
+        "draining": view.draining,
     }))
+}
+
+/// Readiness for new publishers: 503 while draining.
+async fn readyz(State(s): State<Arc<HttpState>>) -> Response {
+    if s.bridge.view().draining {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining: no new publishers",
+        )
+    } else {
+        text(StatusCode::OK, "ready")
+    }
 }
 
 async fn metrics(State(s): State<Arc<HttpState>>) -> impl IntoResponse {

@@ -330,6 +330,14 @@ impl Connection {
         if let Err(why) = claims_proto::names::check_broadcast(&broadcast) {
             return refuse(self, "NetStream.Publish.BadName", "bad_name", why);
         }
+        if self.ingest.bridge.view().draining {
+            return refuse(
+                self,
+                "NetStream.Publish.Failed",
+                "draining",
+                "this node is draining and takes no new publishers; publish to another node".into(),
+            );
+        }
         let Some(media) = self.ingest.hub.publish(&broadcast) else {
             return refuse(
                 self,

@@ -4,6 +4,7 @@
 //! | --- | --- | --- |
 //! | `{prefix}broadcasts/{broadcast}` | [`ClaimRecord`] | the claim's own |
 //! | `{prefix}nodes/{node_id}` | [`NodeRecord`] | the session's |
+//! | `{prefix}forced/{broadcast}` | [`ForcedRecord`]: why an operator revoked a claim | a short one of its own |
 //!
 //! Values are JSON so that `etcdctl get --prefix` is readable by an operator.
 
@@ -16,6 +17,7 @@ use crate::claims::Claim;
 
 const BROADCASTS: &str = "broadcasts/";
 const NODES: &str = "nodes/";
+const FORCED: &str = "forced/";
 
 /// Where this deployment's keys live.
 #[derive(Debug, Clone)]
@@ -28,6 +30,7 @@ pub struct Layout {
 pub enum Key<'a> {
     Broadcast(&'a str),
     Node(&'a str),
+    Forced(&'a str),
 }
 
 impl Layout {
@@ -61,9 +64,15 @@ impl Layout {
             .strip_prefix(self.prefix.as_str())?;
         if let Some(b) = rest.strip_prefix(BROADCASTS) {
             Some(Key::Broadcast(b))
+        } else if let Some(n) = rest.strip_prefix(NODES) {
+            Some(Key::Node(n))
         } else {
-            rest.strip_prefix(NODES).map(Key::Node)
+            rest.strip_prefix(FORCED).map(Key::Forced)
         }
+    }
+
+    pub fn forced(&self, broadcast: &str) -> String {
+        format!("{}{FORCED}{broadcast}", self.prefix)
     }
 }
 
@@ -120,11 +129,34 @@ pub struct NodeRecord {
     pub service_id: String,
     #[serde(default)]
     pub attached_at_unix_ms: i64,
+    /// An operator asked the node to take no new publishers.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 impl NodeRecord {
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a NodeRecord always serializes")
+    }
+
+    pub fn from_kv(kv: &KeyValue) -> Option<Self> {
+        serde_json::from_slice(kv.value()).ok()
+    }
+}
+
+/// Why an operator revoked a claim, so its owner can be told.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ForcedRecord {
+    pub node_id: String,
+    pub fencing_token: i64,
+    pub reason: String,
+    #[serde(default)]
+    pub at_unix_ms: i64,
+}
+
+impl ForcedRecord {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a ForcedRecord always serializes")
     }
 
     pub fn from_kv(kv: &KeyValue) -> Option<Self> {
@@ -149,6 +181,10 @@ mod tests {
             Some(Key::Broadcast("live/cam1"))
         );
         assert_eq!(layout.parse(b"/claims/v1/nodes/a"), Some(Key::Node("a")));
+        assert_eq!(
+            layout.parse(layout.forced("live/x").as_bytes()),
+            Some(Key::Forced("live/x"))
+        );
         assert_eq!(layout.parse(b"/other/broadcasts/x"), None);
         assert_eq!(layout.parse(b"/claims/v1/junk"), None);
     }

@@ -30,7 +30,7 @@ use crate::claims::{Claim, ClaimOutcome};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 pub use keepalive::{KeepAlive, LeaseLoss, LossKind};
-pub use layout::{ClaimRecord, Key, Layout, NodeRecord};
+pub use layout::{ClaimRecord, ForcedRecord, Key, Layout, NodeRecord};
 
 /// Claims and revokes one replica runs against etcd at once.
 const WORKERS: usize = 64;
@@ -431,15 +431,25 @@ impl Store {
     }
 
     /// Records that a node is attached through this session, on the
-    /// session's own lease (returned). A newer record supersedes an older one.
+    /// session's own lease. A newer record supersedes an older one, keeping
+    /// its `draining` mark. Returns the lease and whether the node is draining.
     pub async fn register_node(
         &self,
         node_id: &str,
         record: &NodeRecord,
         ttl: Duration,
-    ) -> Result<i64> {
-        let lease_id = self.grant(ttl).await?;
+    ) -> Result<(i64, bool)> {
         let key = self.inner.layout.node(node_id);
+        let mut record = record.clone();
+        let mut c = self.client();
+        let k = key.clone();
+        let mut earlier = self
+            .call("get", async move { c.get(k, None).await })
+            .await?;
+        if let Some(old) = earlier.take_kvs().first().and_then(NodeRecord::from_kv) {
+            record.draining = old.draining;
+        }
+        let lease_id = self.grant(ttl).await?;
         let value = record.to_json();
         let mut c = self.client();
         let put = self
@@ -452,7 +462,81 @@ impl Store {
             let _ = self.revoke(lease_id).await;
             return Err(e);
         }
-        Ok(lease_id)
+        Ok((lease_id, record.draining))
+    }
+
+    /// Revokes a broadcast's claim for an operator, first recording why so
+    /// that its owner can be told. `None` when nobody owns it.
+    pub async fn force_release(&self, broadcast: &str, reason: &str) -> Result<Option<Claim>> {
+        let Some((claim, _)) = self.get_claim(broadcast).await? else {
+            return Ok(None);
+        };
+        let record = ForcedRecord {
+            node_id: claim.node_id.clone(),
+            fencing_token: claim.fencing_token,
+            reason: reason.to_string(),
+            at_unix_ms: unix_ms(),
+        };
+        // The record outlives the revoke long enough for every replica's
+        // view to see it, then goes by itself.
+        let lease_id = self.grant(Duration::from_secs(60)).await?;
+        let key = self.inner.layout.forced(broadcast);
+        let mut c = self.client();
+        self.call("put", async move {
+            c.put(
+                key,
+                record.to_json(),
+                Some(PutOptions::new().with_lease(lease_id)),
+            )
+            .await
+        })
+        .await?;
+        self.revoke(claim.lease_id).await?;
+        Ok(Some(claim))
+    }
+
+    /// Sets a node's `draining` mark, keeping its record's lease. `None`
+    /// when the node has no record (not attached anywhere).
+    pub async fn set_draining(&self, node_id: &str, draining: bool) -> Result<Option<NodeRecord>> {
+        let key = self.inner.layout.node(node_id);
+        for _ in 0..5 {
+            let mut c = self.client();
+            let k = key.clone();
+            let mut resp = self
+                .call("get", async move { c.get(k, None).await })
+                .await?;
+            let Some(kv) = resp.take_kvs().into_iter().next() else {
+                return Ok(None);
+            };
+            let Some(mut record) = NodeRecord::from_kv(&kv) else {
+                return Err(Error::Unavailable(format!(
+                    "node record of {node_id:?} is not readable"
+                )));
+            };
+            record.draining = draining;
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    kv.mod_revision(),
+                )])
+                .and_then([TxnOp::put(
+                    key.clone(),
+                    record.to_json(),
+                    Some(PutOptions::new().with_ignore_lease()),
+                )]);
+            let mut c = self.client();
+            if self
+                .call("drain_txn", async move { c.txn(txn).await })
+                .await?
+                .succeeded()
+            {
+                return Ok(Some(record));
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "node record of {node_id:?} kept changing; try again"
+        )))
     }
 
     /// The whole prefix (claims and nodes) at one revision.
@@ -494,7 +578,7 @@ impl Store {
                         snapshot.nodes.push((id.to_string(), record));
                     }
                 }
-                None => {}
+                Some(Key::Forced(_)) | None => {}
             }
         }
         Ok(snapshot)

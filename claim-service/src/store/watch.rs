@@ -11,7 +11,7 @@ use std::time::Duration;
 use etcd_client::{EventType, WatchOptions};
 use tokio::sync::mpsc;
 
-use super::{ClaimRecord, Key, NodeRecord, Store};
+use super::{ClaimRecord, ForcedRecord, Key, NodeRecord, Store};
 use crate::claims::Claim;
 use crate::error::Error;
 
@@ -36,6 +36,11 @@ pub enum Change {
     },
     NodeGone {
         node_id: String,
+    },
+    /// An operator revoked this claim, for this reason.
+    Forced {
+        broadcast: String,
+        record: ForcedRecord,
     },
 }
 
@@ -165,6 +170,14 @@ impl Store {
                         (Some(Key::Node(id)), EventType::Delete) => Change::NodeGone {
                             node_id: id.to_string(),
                         },
+                        (Some(Key::Forced(b)), EventType::Put) => match ForcedRecord::from_kv(kv) {
+                            Some(record) => Change::Forced {
+                                broadcast: b.to_string(),
+                                record,
+                            },
+                            None => continue,
+                        },
+                        (Some(Key::Forced(_)), EventType::Delete) => continue,
                         (None, _) => continue,
                     };
                     batch.changes.push((change, revision));

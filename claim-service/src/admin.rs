@@ -1,0 +1,126 @@
+//! The `Admin` API for operators, behind a bearer token.
+//!
+//! Without `--admin-token-file` the API is off and says so. The token is
+//! compared in constant time.
+
+use claims_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use crate::error::Error;
+use crate::names;
+use crate::store::Store;
+use crate::view::View;
+
+pub struct AdminService {
+    store: Store,
+    view: std::sync::Arc<View>,
+    token: Option<String>,
+}
+
+impl AdminService {
+    pub fn new(store: Store, view: std::sync::Arc<View>, token: Option<String>) -> Self {
+        Self { store, view, token }
+    }
+
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(token) = &self.token else {
+            return Err(Status::permission_denied(
+                "admin RPCs are disabled on this claim-service; start it with --admin-token-file",
+            ));
+        };
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            return Err(Status::unauthenticated(
+                "missing or wrong admin token; send metadata \"authorization: Bearer TOKEN\"",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn force_release(
+        &self,
+        request: Request<pb::ForceReleaseRequest>,
+    ) -> Result<Response<pb::ForceReleaseResponse>, Status> {
+        self.authorize(&request)?;
+        let req = request.into_inner();
+        names::check_broadcast(&req.broadcast).map_err(Error::InvalidArgument)?;
+        let reason = req.reason.trim();
+        if reason.is_empty() || reason.len() > 1024 {
+            return Err(Error::InvalidArgument(
+                "reason is required (1-1024 bytes): the owner is told it".into(),
+            )
+            .into());
+        }
+        match self.store.force_release(&req.broadcast, reason).await? {
+            Some(claim) => {
+                tracing::warn!(broadcast = %req.broadcast, owner = %claim.node_id, fencing_token = claim.fencing_token, %reason, "force-released by an operator");
+                Ok(Response::new(pb::ForceReleaseResponse {
+                    released: Some(claim.into()),
+                }))
+            }
+            None => {
+                Err(Error::NotFound(format!("broadcast {:?} has no owner", req.broadcast)).into())
+            }
+        }
+    }
+
+    async fn drain_node(
+        &self,
+        request: Request<pb::DrainNodeRequest>,
+    ) -> Result<Response<pb::DrainNodeResponse>, Status> {
+        self.authorize(&request)?;
+        let req = request.into_inner();
+        names::check_node_id(&req.node_id).map_err(Error::InvalidArgument)?;
+        match self.store.set_draining(&req.node_id, req.draining).await? {
+            Some(record) => {
+                tracing::warn!(node_id = %req.node_id, draining = req.draining, "node draining mark set by an operator");
+                let claims = self
+                    .view
+                    .list("", &req.node_id, None, usize::MAX)
+                    .map(|(c, _, _)| c.len() as u32)
+                    .unwrap_or(0);
+                Ok(Response::new(pb::DrainNodeResponse {
+                    node: Some(pb::Node {
+                        node_id: req.node_id,
+                        endpoints: record.endpoints,
+                        session_id: record.session_id,
+                        service_id: record.service_id,
+                        attached_at_unix_ms: record.attached_at_unix_ms,
+                        claims,
+                        draining: record.draining,
+                    }),
+                }))
+            }
+            None => Err(Error::NotFound(format!(
+                "node {:?} is not attached to any claim-service",
+                req.node_id
+            ))
+            .into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn constant_time_eq_compares() {
+        assert!(super::constant_time_eq(b"abc", b"abc"));
+        assert!(!super::constant_time_eq(b"abc", b"abd"));
+        assert!(!super::constant_time_eq(b"abc", b"ab"));
+    }
+}

@@ -1,0 +1,393 @@
+//! `claimctl`: who owns what, for people (tables) and scripts (`--json`).
+//!
+//! Exit codes a shell can branch on: 0 done (or owned), 1 any other failure,
+//! 2 bad usage or a name the service refused, 3 not found, 4 not allowed
+//! (admin credential missing or wrong), 5 claim-service unavailable.
+
+use std::time::Duration;
+
+use claims_proto::v1 as pb;
+use clap::{Parser, Subcommand};
+use pb::admin_client::AdminClient;
+use pb::ownership_client::OwnershipClient;
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// Ask a Broadcast Claims service who owns what, watch ownership change,
+/// and (with an admin token) force-release claims or drain nodes.
+#[derive(Parser)]
+#[command(name = "claimctl", version)]
+struct Cli {
+    /// Claim-service gRPC URL.
+    #[arg(
+        long,
+        env = "CLAIMS_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    server: String,
+
+    /// Print JSON (one object, or one per line for watch) instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// Admin bearer token (for release and drain).
+    #[arg(
+        long,
+        env = "CLAIMS_ADMIN_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    admin_token: Option<String>,
+
+    /// File holding the admin bearer token.
+    #[arg(long, env = "CLAIMS_ADMIN_TOKEN_FILE", global = true)]
+    admin_token_file: Option<std::path::PathBuf>,
+
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Who owns BROADCAST (exit 3 when nobody does).
+    Owner {
+        broadcast: String,
+        /// Read etcd linearizably instead of the service's view.
+        #[arg(long)]
+        consistent: bool,
+    },
+    /// Every claim, in name order.
+    List {
+        /// Only claims of this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Only broadcasts whose name starts with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// Claims and releases as they happen (Ctrl-C stops).
+    Watch {
+        /// Replay from this etcd revision (0 = from now on).
+        #[arg(long, default_value_t = 0)]
+        from: i64,
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// Attached ingest nodes.
+    Nodes,
+    /// Revoke BROADCAST's claim (admin); the owner is told the reason.
+    Release {
+        broadcast: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Mark NODE draining (admin): it takes no new publishers.
+    Drain {
+        node: String,
+        /// Clear the mark instead.
+        #[arg(long)]
+        undo: bool,
+    },
+}
+
+fn exit_code(status: &Status) -> i32 {
+    match status.code() {
+        Code::NotFound => 3,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => 2,
+        Code::PermissionDenied | Code::Unauthenticated => 4,
+        Code::Unavailable | Code::DeadlineExceeded => 5,
+        _ => 1,
+    }
+}
+
+fn claim_json(c: &pb::Claim) -> Value {
+    json!({
+        "broadcast": c.broadcast,
+        "node_id": c.node_id,
+        "endpoints": c.endpoints,
+        "lease_id": c.lease_id,
+        "fencing_token": c.fencing_token,
+        "claimed_at_unix_ms": c.claimed_at_unix_ms,
+        "lease_ttl_ms": c.lease_ttl_ms,
+        "session_id": c.session_id,
+        "service_id": c.service_id,
+    })
+}
+
+fn node_json(n: &pb::Node) -> Value {
+    json!({
+        "node_id": n.node_id,
+        "endpoints": n.endpoints,
+        "session_id": n.session_id,
+        "service_id": n.service_id,
+        "attached_at_unix_ms": n.attached_at_unix_ms,
+        "claims": n.claims,
+        "draining": n.draining,
+    })
+}
+
+/// Left-aligned columns.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+fn endpoints(e: &std::collections::HashMap<String, String>) -> String {
+    let mut v: Vec<String> = e.iter().map(|(k, u)| format!("{k}={u}")).collect();
+    v.sort();
+    v.join(",")
+}
+
+fn when(unix_ms: i64) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + Duration::from_millis(unix_ms.max(0) as u64),
+    )
+    .to_string()
+}
+
+impl Cli {
+    fn token(&self) -> Result<String, Status> {
+        if let Some(t) = &self.admin_token {
+            return Ok(t.trim().to_string());
+        }
+        if let Some(path) = &self.admin_token_file {
+            return std::fs::read_to_string(path)
+                .map(|t| t.trim().to_string())
+                .map_err(|e| {
+                    Status::invalid_argument(format!("--admin-token-file {}: {e}", path.display()))
+                });
+        }
+        Err(Status::unauthenticated(
+            "this command needs an admin token: --admin-token, CLAIMS_ADMIN_TOKEN or --admin-token-file",
+        ))
+    }
+
+    fn admin_request<T>(&self, msg: T) -> Result<tonic::Request<T>, Status> {
+        let mut req = tonic::Request::new(msg);
+        let value = format!("Bearer {}", self.token()?).parse().map_err(|_| {
+            Status::invalid_argument("the admin token holds characters not allowed in a header")
+        })?;
+        req.metadata_mut().insert("authorization", value);
+        Ok(req)
+    }
+
+    async fn run(&self, channel: Channel) -> Result<(), Status> {
+        let mut read = OwnershipClient::new(channel.clone());
+        match &self.command {
+            Cmd::Owner {
+                broadcast,
+                consistent,
+            } => {
+                let c = read
+                    .get_owner(pb::GetOwnerRequest {
+                        broadcast: broadcast.clone(),
+                        consistent: *consistent,
+                    })
+                    .await?
+                    .into_inner();
+                if self.json {
+                    println!("{}", claim_json(&c));
+                } else {
+                    table(
+                        &[
+                            "BROADCAST",
+                            "NODE",
+                            "FENCING",
+                            "LEASE",
+                            "CLAIMED AT",
+                            "ENDPOINTS",
+                        ],
+                        &[vec![
+                            c.broadcast.clone(),
+                            c.node_id.clone(),
+                            c.fencing_token.to_string(),
+                            format!("{:x}", c.lease_id),
+                            when(c.claimed_at_unix_ms),
+                            endpoints(&c.endpoints),
+                        ]],
+                    );
+                }
+            }
+            Cmd::List { node, prefix } => {
+                let mut claims = Vec::new();
+                let mut token = String::new();
+                loop {
+                    let page = read
+                        .list_claims(pb::ListClaimsRequest {
+                            prefix: prefix.clone(),
+                            node_id: node.clone().unwrap_or_default(),
+                            page_size: 1000,
+                            page_token: token,
+                        })
+                        .await?
+                        .into_inner();
+                    claims.extend(page.claims);
+                    if page.next_page_token.is_empty() {
+                        break;
+                    }
+                    token = page.next_page_token;
+                }
+                if self.json {
+                    println!("{}", Value::Array(claims.iter().map(claim_json).collect()));
+                } else {
+                    let rows: Vec<Vec<String>> = claims
+                        .iter()
+                        .map(|c| {
+                            vec![
+                                c.broadcast.clone(),
+                                c.node_id.clone(),
+                                c.fencing_token.to_string(),
+                                when(c.claimed_at_unix_ms),
+                            ]
+                        })
+                        .collect();
+                    table(&["BROADCAST", "NODE", "FENCING", "CLAIMED AT"], &rows);
+                }
+            }
+            Cmd::Watch { from, prefix } => {
+                let mut stream = read
+                    .watch_claims(pb::WatchClaimsRequest {
+                        prefix: prefix.clone(),
+                        start_revision: *from,
+                    })
+                    .await?
+                    .into_inner();
+                while let Some(e) = stream.message().await? {
+                    let kind = pb::claim_event::Kind::try_from(e.kind)
+                        .map(|k| k.as_str_name())
+                        .unwrap_or("UNKNOWN");
+                    let c = e.claim.unwrap_or_default();
+                    if self.json {
+                        println!(
+                            "{}",
+                            json!({"kind": kind, "revision": e.revision, "claim": claim_json(&c)})
+                        );
+                    } else {
+                        println!(
+                            "{:<9} {:<40} node={} fencing={} revision={}",
+                            kind, c.broadcast, c.node_id, c.fencing_token, e.revision
+                        );
+                    }
+                }
+            }
+            Cmd::Nodes => {
+                let nodes = read
+                    .list_nodes(pb::ListNodesRequest {})
+                    .await?
+                    .into_inner()
+                    .nodes;
+                if self.json {
+                    println!("{}", Value::Array(nodes.iter().map(node_json).collect()));
+                } else {
+                    let rows: Vec<Vec<String>> = nodes
+                        .iter()
+                        .map(|n| {
+                            vec![
+                                n.node_id.clone(),
+                                n.claims.to_string(),
+                                if n.draining { "yes" } else { "no" }.into(),
+                                n.service_id.clone(),
+                                endpoints(&n.endpoints),
+                            ]
+                        })
+                        .collect();
+                    table(
+                        &["NODE", "CLAIMS", "DRAINING", "SERVICE", "ENDPOINTS"],
+                        &rows,
+                    );
+                }
+            }
+            Cmd::Release { broadcast, reason } => {
+                let mut admin = AdminClient::new(channel);
+                let req = self.admin_request(pb::ForceReleaseRequest {
+                    broadcast: broadcast.clone(),
+                    reason: reason.clone(),
+                })?;
+                let released = admin
+                    .force_release(req)
+                    .await?
+                    .into_inner()
+                    .released
+                    .unwrap_or_default();
+                if self.json {
+                    println!("{}", json!({"released": claim_json(&released)}));
+                } else {
+                    println!(
+                        "released {} (node {}, fencing token {})",
+                        released.broadcast, released.node_id, released.fencing_token
+                    );
+                }
+            }
+            Cmd::Drain { node, undo } => {
+                let mut admin = AdminClient::new(channel);
+                let req = self.admin_request(pb::DrainNodeRequest {
+                    node_id: node.clone(),
+                    draining: !undo,
+                })?;
+                let n = admin
+                    .drain_node(req)
+                    .await?
+                    .into_inner()
+                    .node
+                    .unwrap_or_default();
+                if self.json {
+                    println!("{}", node_json(&n));
+                } else {
+                    println!(
+                        "node {} is {} ({} claims)",
+                        n.node_id,
+                        if n.draining {
+                            "draining"
+                        } else {
+                            "not draining"
+                        },
+                        n.claims
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let channel = match tonic::transport::Endpoint::from_shared(cli.server.clone()) {
+        Ok(e) => e.connect_timeout(Duration::from_secs(3)).connect_lazy(),
+        Err(e) => {
+            eprintln!("claimctl: --server {:?} is not a URL: {e}", cli.server);
+            std::process::exit(2);
+        }
+    };
+    if let Err(status) = cli.run(channel).await {
+        let what = match status.code() {
+            Code::Unavailable => format!(
+                "cannot reach the claim-service at {}: {}",
+                cli.server,
+                status.message()
+            ),
+            _ => status.message().to_string(),
+        };
+        eprintln!("claimctl: {what}");
+        std::process::exit(exit_code(&status));
+    }
+}

@@ -1,0 +1,295 @@
+//! What operators use: claimctl (tables, JSON, exit codes), the Admin RPCs
+//! behind their token, and the container health-check subcommands.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Result;
+use system_tests::v1 as pb;
+use system_tests::*;
+
+const TOKEN: &str = "test-admin-token-0123456789";
+
+struct Ctl<'a> {
+    svc: &'a ClaimService,
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ctl<'_> {
+    async fn run(&self, args: &[&str]) -> Result<Out> {
+        let mut cmd = Command::new(binary("claimctl"));
+        cmd.env_remove("CLAIMS_ADMIN_TOKEN")
+            .arg("--server")
+            .arg(self.svc.addr())
+            .args(args);
+        let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
+        Ok(Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+}
+
+async fn admin_stack(name: &str) -> Result<(Stack, std::path::PathBuf)> {
+    let token_file =
+        std::env::temp_dir().join(format!("claims-token-{}-{name}", std::process::id()));
+    std::fs::write(&token_file, format!("{TOKEN}\n"))?;
+    let stack = Stack::start(name, &["--admin-token-file", &token_file.to_string_lossy()]).await?;
+    Ok((stack, token_file))
+}
+
+#[tokio::test]
+async fn claimctl_reads_with_tables_json_and_exit_codes() -> Result<()> {
+    let (stack, _) = admin_stack("ctl-read").await?;
+    let ctl = Ctl { svc: &stack.svc };
+    let mut a = Node::attach(&stack.svc.addr(), hello("node-a")).await?;
+    a.created("live/cam1", "video").await?;
+    let claim = a.expect_claimed("live/cam1").await?.claim.unwrap();
+    stack.eventually_owner("live/cam1", |o| o.is_some()).await?;
+
+    let out = ctl.run(&["owner", "live/cam1"]).await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.starts_with("BROADCAST"), "{}", out.stdout);
+    assert!(out.stdout.contains("node-a"), "{}", out.stdout);
+
+    let out = ctl
+        .run(&["--json", "owner", "live/cam1", "--consistent"])
+        .await?;
+    assert_eq!(out.code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout)?;
+    assert_eq!(v["fencing_token"], claim.fencing_token);
+    assert_eq!(v["node_id"], "node-a");
+
+    let out = ctl.run(&["owner", "live/nobody"]).await?;
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(out.stderr.contains("no owner"), "{}", out.stderr);
+    let out = ctl.run(&["owner", "bad//name"]).await?;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("empty segment"), "{}", out.stderr);
+
+    let out = ctl
+        .run(&["--json", "list", "--node", "node-a", "--prefix", "live/"])
+        .await?;
+    let list: serde_json::Value = serde_json::from_str(&out.stdout)?;
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    let out = ctl.run(&["nodes"]).await?;
+    assert!(
+        out.stdout
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("node-a")),
+        "{}",
+        out.stdout
+    );
+
+    // watch --from replays, one JSON object per line.
+    let mut cmd = tokio::process::Command::new(binary("claimctl"));
+    cmd.args([
+        "--server",
+        &stack.svc.addr(),
+        "--json",
+        "watch",
+        "--from",
+        "1",
+    ])
+    .stdout(std::process::Stdio::piped())
+    .kill_on_drop(true);
+    let mut child = cmd.spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(WAIT, lines.next_line())
+        .await??
+        .expect("a line");
+    let event: serde_json::Value = serde_json::from_str(&first)?;
+    assert_eq!(event["kind"], "CLAIMED");
+    assert_eq!(event["claim"]["broadcast"], "live/cam1");
+
+    // Unreachable service: exit 5.
+    let mut cmd = Command::new(binary("claimctl"));
+    cmd.args([
+        "--server",
+        &format!("http://127.0.0.1:{}", free_port()),
+        "nodes",
+    ]);
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
+    assert_eq!(out.status.code(), Some(5));
+    Ok(())
+}
+
+#[tokio::test]
+async fn force_release_tells_the_owner_why_and_needs_the_token() -> Result<()> {
+    let (stack, token_file) = admin_stack("ctl-release").await?;
+    let ctl = Ctl { svc: &stack.svc };
+    let mut a = Node::attach(&stack.svc.addr(), hello("node-a")).await?;
+    a.created("live/x", "video").await?;
+    let claim = a.expect_claimed("live/x").await?.claim.unwrap();
+
+    // No token, a wrong token: refused, nothing changed.
+    let out = ctl.run(&["release", "live/x", "--reason", "stuck"]).await?;
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    let out = ctl
+        .run(&[
+            "--admin-token",
+            "wrong-token-wrong-token",
+            "release",
+            "live/x",
+            "--reason",
+            "stuck",
+        ])
+        .await?;
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(out.stderr.contains("wrong admin token"), "{}", out.stderr);
+    let owner = stack.owner("live/x", true).await?.expect("still owned");
+    assert_eq!(owner.lease_id, claim.lease_id);
+
+    let out = ctl
+        .run(&[
+            "--admin-token-file",
+            &token_file.to_string_lossy(),
+            "release",
+            "live/x",
+            "--reason",
+            "encoder stuck",
+        ])
+        .await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("released live/x"), "{}", out.stdout);
+    let reason = a.expect_lost("live/x").await?;
+    assert!(
+        reason.contains("force-released by an operator: encoder stuck"),
+        "{reason}"
+    );
+    // Still live on the node, so it claims again, with a new token.
+    let again = a.expect_claimed("live/x").await?.claim.unwrap();
+    assert!(again.fencing_token > claim.fencing_token);
+    let out = ctl
+        .run(&[
+            "--admin-token",
+            TOKEN,
+            "release",
+            "live/none",
+            "--reason",
+            "x",
+        ])
+        .await?;
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let metrics = stack.svc.metrics().await?;
+    assert!(
+        metrics.contains("claims_lost_total{reason=\"force_released\"} 1"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_drained_node_takes_no_new_publishers_and_keeps_its_claims() -> Result<()> {
+    let (stack, _) = admin_stack("ctl-drain").await?;
+    let ctl = Ctl { svc: &stack.svc };
+    let node = IngestNode::start("node-a", &[stack.svc.addr()], &[]).await?;
+    let _first = Publisher::start(&node.rtmp_url("live/kept"))?;
+    let kept = node
+        .wait_broadcast("live/kept", |e| e["claim"]["state"] == "claimed")
+        .await?;
+    assert_eq!(http_get(node.http_port, "/readyz").await?.status, 200);
+
+    let out = ctl
+        .run(&["--admin-token", TOKEN, "--json", "drain", "node-a"])
+        .await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let drained: serde_json::Value = serde_json::from_str(&out.stdout)?;
+    assert_eq!(drained["draining"], true);
+    let deadline = std::time::Instant::now() + WAIT;
+    while node.healthz().await?["draining"] != true {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "node never heard it is draining"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(http_get(node.http_port, "/readyz").await?.status, 503);
+    let mut client = stack.svc.ownership().await?;
+    let nodes = client
+        .list_nodes(pb::ListNodesRequest {})
+        .await?
+        .into_inner()
+        .nodes;
+    assert!(nodes.iter().any(|n| n.node_id == "node-a" && n.draining));
+
+    // A new publisher is refused; the existing claim stays.
+    let mut refused = Publisher::start(&node.rtmp_url("live/new"))?;
+    assert!(!refused.wait_exit().await?.success());
+    assert!(
+        refused.log_text().contains("draining"),
+        "{}",
+        refused.log_text()
+    );
+    let still = node
+        .wait_broadcast("live/kept", |e| e["claim"]["state"] == "claimed")
+        .await?;
+    assert_eq!(still["fencing_token"], kept["fencing_token"]);
+
+    let out = ctl
+        .run(&["--admin-token", TOKEN, "drain", "node-a", "--undo"])
+        .await?;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let deadline = std::time::Instant::now() + WAIT;
+    while http_get(node.http_port, "/readyz").await?.status != 200 {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "node never heard the undo"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn healthcheck_subcommands_report_what_containers_need() -> Result<()> {
+    let stack = Stack::start("healthcheck", &[]).await?;
+    let run = |bin: &str, env: Vec<(&str, String)>| {
+        let mut cmd = Command::new(binary(bin));
+        cmd.arg("healthcheck");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output()
+    };
+    let ok = run(
+        "claim-service",
+        vec![("CLAIMS_LISTEN", format!("127.0.0.1:{}", stack.svc.port))],
+    )?;
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    let down = run(
+        "claim-service",
+        vec![("CLAIMS_LISTEN", format!("127.0.0.1:{}", free_port()))],
+    )?;
+    assert_eq!(down.status.code(), Some(1));
+    let node = IngestNode::start("node-h", &[stack.svc.addr()], &[]).await?;
+    let ok = run(
+        "ingest-node",
+        vec![
+            ("INGEST_NODE_ID", "node-h".into()),
+            (
+                "INGEST_HTTP_LISTEN",
+                format!("127.0.0.1:{}", node.http_port),
+            ),
+        ],
+    )?;
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    Ok(())
+}
