@@ -168,8 +168,16 @@ async fn watch_health(
     token: CancellationToken,
 ) {
     let mut serving = None;
+    let mut failures = 0;
     loop {
-        let ok = store.ping().await.is_ok();
+        // One failed ping can be a dead member of a cluster that still
+        // answers through the others: only two in a row count.
+        failures = if store.ping().await.is_ok() {
+            0
+        } else {
+            failures + 1
+        };
+        let ok = failures < 2;
         if token.is_cancelled() {
             return;
         }

@@ -1,0 +1,30 @@
+# Images of the Broadcast Claims services, one file with a target each:
+#   docker build --target claim-service -t claims/claim-service .
+#   docker build --target ingest-node   -t claims/ingest-node .
+# (docker-compose.yml builds both.) Where no registry can be reached, use
+# scripts/images.sh and docker-compose.offline.yml instead.
+
+FROM rust:1-bookworm AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked -p claim-service -p ingest-node
+
+FROM debian:bookworm-slim AS runtime
+RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent claims
+
+FROM runtime AS claim-service
+COPY --from=build /src/target/release/claim-service /src/target/release/claimctl /usr/local/bin/
+USER claims
+EXPOSE 50051 9464
+HEALTHCHECK --interval=3s --timeout=4s --start-period=3s --retries=5 CMD ["claim-service", "healthcheck"]
+ENTRYPOINT ["claim-service"]
+
+FROM runtime AS ingest-node
+COPY --from=build /src/target/release/ingest-node /usr/local/bin/
+USER claims
+EXPOSE 1935 8080
+HEALTHCHECK --interval=3s --timeout=4s --start-period=3s --retries=5 CMD ["ingest-node", "healthcheck"]
+ENTRYPOINT ["ingest-node"]
