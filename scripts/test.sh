@@ -5,5 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 need_build_and_test_tools
+need_grpcurl
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked -- "$@"

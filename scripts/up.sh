@@ -60,7 +60,11 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
+# The Admin API's bearer token (claimctl --admin-token-file .run/admin-token).
+[[ -s $RUN/admin-token ]] || (umask 077; head -c 24 /dev/urandom | base64 | tr -d '/+=\n' >"$RUN/admin-token")
+
 echo ">> starting claim-service on 127.0.0.1:$CLAIMS_PORT (log: $RUN/claim-service.log)"
+CLAIMS_ADMIN_TOKEN_FILE="$RUN/admin-token" \
 CLAIMS_LISTEN="127.0.0.1:$CLAIMS_PORT" \
 CLAIMS_METRICS_LISTEN="127.0.0.1:$METRICS_PORT" \
 CLAIMS_ETCD_ENDPOINTS="http://127.0.0.1:$ETCD_PORT" \
@@ -120,6 +124,8 @@ Query the claim-service:
   grpcurl -plaintext -d '{}' 127.0.0.1:$CLAIMS_PORT claims.v1.Ownership/WatchClaims
   ETCDCTL_API=3 etcdctl --endpoints http://127.0.0.1:$ETCD_PORT get --prefix /claims/v1/
   curl -s http://127.0.0.1:$METRICS_PORT/metrics | grep ^claims_
+  target/release/claimctl nodes
+  target/release/claimctl --admin-token-file $RUN/admin-token release live/cam1 --reason test
 
 Ctrl-C stops everything.
 TXT
