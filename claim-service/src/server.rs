@@ -28,7 +28,7 @@ const MAX_SESSION_MESSAGE: usize = 8 * 1024 * 1024;
 /// Largest read-side request.
 const MAX_QUERY_MESSAGE: usize = 64 * 1024;
 const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(1);
-const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(5);
 
 const SERVICES: [&str; 4] = [
     "",

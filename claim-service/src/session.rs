@@ -175,7 +175,12 @@ impl pb::claim_sessions_server::ClaimSessions for ClaimSessionsService {
         let (in_tx, in_rx) = mpsc::channel(256);
         tokio::spawn(async move {
             loop {
-                let item = inbound.message().await;
+                // Once the session is over, let go of the request stream so
+                // its connection can close (a client need not half-close).
+                let item = tokio::select! {
+                    item = inbound.message() => item,
+                    _ = in_tx.closed() => return,
+                };
                 let end = !matches!(item, Ok(Some(_)));
                 if in_tx.send(item).await.is_err() || end {
                     return;
@@ -695,8 +700,9 @@ impl Session {
         }
     }
 
-    /// Replica shutdown: stop renewing and end the stream, leaving every
-    /// claim in etcd for the node to re-attach elsewhere and adopt.
+    /// Replica shutdown: end the stream, leaving every claim in etcd for the
+    /// node to re-attach elsewhere and adopt. The leases are still renewed
+    /// until the process exits, so adoption has the whole TTL after that.
     async fn leave_for_adoption(&mut self) {
         let _ = self
             .out
@@ -704,15 +710,14 @@ impl Session {
                 "claim-service replica is shutting down; attach to another replica (claims are kept for adoption)",
             )))
             .await;
-        for lease_id in self.kept.drain() {
-            self.ctx.store.keepalive().forget(lease_id);
-            self.ctx.metrics.claims_held.dec();
-        }
         if !self.core.is_detached() {
             self.ctx.metrics.sessions_attached.dec();
         }
         self.ctx.sessions.detach(&self.node_id, &self.session_id);
-        tracing::info!("session ended by shutdown; claims left for adoption");
+        tracing::info!(
+            held = self.kept.len(),
+            "session ended by shutdown; claims left for adoption"
+        );
     }
 }
 
