@@ -24,11 +24,12 @@ use tokio_util::time::DelayQueue;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use crate::claims::ClaimOutcome;
 use crate::claims::{Action, Event, NodeClaims};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::names;
-use crate::store::{unix_ms, ClaimRequest, LeaseLoss, NodeRecord, Store};
+use crate::store::{unix_ms, Attempt, ClaimRequest, LeaseLoss, NodeRecord, Registration, Store};
 use crate::view::{View, ViewEvent};
 use crate::wire::service_message;
 
@@ -226,7 +227,16 @@ fn check_track(t: &pb::Track) -> Result<(), String> {
 /// Results of work the session started, coming back to its loop.
 enum Internal {
     Core(Event),
-    NodeRegistered { lease_id: i64, draining: bool },
+    NodeRegistered(Registration),
+    NodeRecordFailed(String),
+    /// The node's record was written by another session while this one's
+    /// lease was lost: this session is superseded.
+    RecordTaken(String),
+    /// A claim found the node's record on another lease.
+    Fenced {
+        broadcast: String,
+        session_id: String,
+    },
 }
 
 struct Session {
@@ -244,7 +254,14 @@ struct Session {
     timers: DelayQueue<Event>,
     /// Leases this session asked the keep-alive to renew.
     kept: HashSet<i64>,
+    /// The lease of this session's node record: the fence every claim
+    /// checks. Claims wait in `unfenced` until the record is written.
     node_lease: Option<i64>,
+    registered_revision: i64,
+    unfenced: Vec<String>,
+    /// Still reading the node's messages (not after goodbye, a protocol
+    /// error, a half-close or a detach).
+    reading: bool,
     /// What the node was last told about draining.
     draining: bool,
     live: pb::Hello,
@@ -271,6 +288,9 @@ impl Session {
             timers: DelayQueue::new(),
             kept: HashSet::new(),
             node_lease: None,
+            registered_revision: 0,
+            unfenced: Vec::new(),
+            reading: true,
             draining: false,
             live: hello,
             finished: false,
@@ -310,45 +330,69 @@ impl Session {
 
         // Reading stops at goodbye, a protocol error, or the node's
         // half-close; the session itself lasts until the node goes away.
-        let mut reading = true;
         let out = self.out.clone();
         while !self.finished {
             let attached = !self.core.is_detached() && !self.core.is_closing();
             tokio::select! {
-                item = inbound.recv(), if reading => {
+                item = inbound.recv(), if self.reading => {
                     match item {
                         Some(Ok(Some(msg))) => {
                             if let Err(status) = self.on_message(msg).await {
                                 let _ = self.out.send(Err(status)).await;
-                                reading = false;
+                                self.reading = false;
                                 self.detach().await;
                             } else if self.core.is_closing() {
-                                reading = false;
+                                self.reading = false;
                             }
                         }
                         Some(Ok(None)) | None => {
                             tracing::debug!("node closed its sending side; the session lasts until the stream ends");
-                            reading = false;
+                            self.reading = false;
                         }
                         Some(Err(status)) => {
                             tracing::info!(error = %status, "session stream broke");
-                            reading = false;
+                            self.reading = false;
                             self.detach().await;
                         }
                     }
                 }
                 _ = out.closed(), if attached => {
-                    reading = false;
+                    self.reading = false;
                     self.detach().await;
                 }
                 Some(internal) = self.internal_rx.recv() => match internal {
                     Internal::Core(event) => self.apply(event).await,
-                    Internal::NodeRegistered { lease_id, draining } => {
-                        self.node_lease = Some(lease_id);
-                        if draining {
-                            self.tell_draining(true).await;
+                    Internal::NodeRegistered(registration) => self.registered(registration).await,
+                    Internal::RecordTaken(by) => {
+                        for broadcast in std::mem::take(&mut self.unfenced) {
+                            let outcome = ClaimOutcome::Unavailable { reason: format!("session {by} of this node took over") };
+                            self.apply(Event::ClaimAnswered { broadcast, outcome }).await;
                         }
-                        self.ctx.store.keepalive().keep(lease_id, self.ttl, self.ctx.config.renew_for(self.ttl), self.loss_tx.clone());
+                        if attached {
+                            self.supersede(&format!("session {by}")).await;
+                        }
+                    }
+                    Internal::NodeRecordFailed(reason) => {
+                        for broadcast in std::mem::take(&mut self.unfenced) {
+                            let outcome = ClaimOutcome::Unavailable { reason: reason.clone() };
+                            self.apply(Event::ClaimAnswered { broadcast, outcome }).await;
+                        }
+                    }
+                    Internal::Fenced { broadcast, session_id } => {
+                        // Another session's record supersedes this one; our
+                        // own renewed record, or none (lost in an outage and
+                        // being written again), only means: try again.
+                        let taken = !session_id.is_empty() && session_id != self.session_id;
+                        let reason = if taken {
+                            format!("session {session_id} of this node took over")
+                        } else {
+                            "this session's node record is being renewed; retrying".to_string()
+                        };
+                        let outcome = ClaimOutcome::Unavailable { reason };
+                        self.apply(Event::ClaimAnswered { broadcast, outcome }).await;
+                        if taken && attached {
+                            self.supersede(&session_id).await;
+                        }
                     }
                 },
                 Some(loss) = self.loss_rx.recv() => self.on_loss(loss).await,
@@ -357,12 +401,7 @@ impl Session {
                 }
                 event = view_events.recv() => self.on_view(event).await,
                 _ = superseded.notified(), if attached => {
-                    tracing::info!("superseded by a newer session of the same node");
-                    let _ = self.out.send(Err(Error::Superseded(format!(
-                        "a newer session of node {:?} attached; this one is closed", self.node_id
-                    )).into())).await;
-                    reading = false;
-                    self.detach().await;
+                    self.supersede("on this replica").await;
                 }
                 _ = ctx.shutdown.cancelled() => {
                     self.leave_for_adoption().await;
@@ -402,12 +441,13 @@ impl Session {
                 let _ = tx.send(Internal::Core(Event::Existing { claims }));
             }
         });
-        self.record_node();
+        self.record_node(None);
     }
 
     /// Writes the node's record on a lease of its own, retrying until etcd
-    /// answers.
-    fn record_node(&self) {
+    /// answers; each failure is reported, so waiting claims can say why.
+    /// `fence` is the record's previous lease when it is written again.
+    fn record_node(&self, fence: Option<i64>) {
         let store = self.ctx.store.clone();
         let tx = self.internal_tx.clone();
         let node_id = self.node_id.clone();
@@ -420,19 +460,92 @@ impl Session {
         };
         let ttl = self.ttl;
         tokio::spawn(async move {
-            let registered = until_done("cannot record the node in etcd", &tx, || {
-                store.register_node(&node_id, &record, ttl)
-            })
-            .await;
-            if let Some((lease_id, draining)) = registered {
-                if tx
-                    .send(Internal::NodeRegistered { lease_id, draining })
-                    .is_err()
-                {
-                    // The session ended meanwhile.
-                    let _ = store.revoke(lease_id).await;
+            let mut failures = 0;
+            while !tx.is_closed() {
+                match store.register_node(&node_id, &record, ttl, fence).await {
+                    Ok(registration) => {
+                        if tx.send(Internal::NodeRegistered(registration)).is_err() {
+                            // The session ended meanwhile.
+                            let _ = store.revoke(registration.lease_id).await;
+                        }
+                        return;
+                    }
+                    Err(Error::Superseded(by)) => {
+                        let _ = tx.send(Internal::RecordTaken(by));
+                        return;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        tracing::warn!(error = %e, "cannot record the node in etcd; retrying");
+                        let _ = tx.send(Internal::NodeRecordFailed(e.to_string()));
+                        tokio::time::sleep(crate::claims::backoff(failures)).await;
+                    }
                 }
             }
+        });
+    }
+
+    /// The node's record is written: claims can be made under its fence.
+    async fn registered(&mut self, registration: Registration) {
+        self.node_lease = Some(registration.lease_id);
+        self.registered_revision = registration.revision;
+        let renew = self.ctx.config.renew_for(self.ttl);
+        self.ctx.store.keepalive().keep(
+            registration.lease_id,
+            self.ttl,
+            renew,
+            self.loss_tx.clone(),
+        );
+        if registration.draining {
+            self.tell_draining(true).await;
+        }
+        for broadcast in std::mem::take(&mut self.unfenced) {
+            self.start_claim(broadcast);
+        }
+    }
+
+    /// Another session of this node took over: end this one with `ABORTED`
+    /// and keep its claims for the grace (the newer session adopts them).
+    async fn supersede(&mut self, by: &str) {
+        tracing::info!(by, "superseded by a newer session of the same node");
+        let _ = self
+            .out
+            .send(Err(Error::Superseded(format!(
+                "a newer session of node {:?} attached ({by}); this one is closed",
+                self.node_id
+            ))
+            .into()))
+            .await;
+        self.reading = false;
+        self.detach().await;
+    }
+
+    fn start_claim(&self, broadcast: String) {
+        let Some(guard_lease) = self.node_lease else {
+            unreachable!("claims start only once the node record is written");
+        };
+        let req = ClaimRequest {
+            broadcast: broadcast.clone(),
+            node_id: self.node_id.clone(),
+            endpoints: self.endpoints.clone(),
+            session_id: self.session_id.clone(),
+            service_id: self.ctx.config.service_id.clone(),
+            ttl: self.ttl,
+            guard_lease,
+        };
+        let tx = self.internal_tx.clone();
+        self.ctx.store.submit_claim(req, move |attempt| {
+            // If the session is gone (replica shutting down), the lease is
+            // left to expire or be adopted.
+            let _ = match attempt {
+                Attempt::Outcome(outcome) => {
+                    tx.send(Internal::Core(Event::ClaimAnswered { broadcast, outcome }))
+                }
+                Attempt::Fenced { session_id } => tx.send(Internal::Fenced {
+                    broadcast,
+                    session_id,
+                }),
+            };
         });
     }
 
@@ -529,9 +642,10 @@ impl Session {
 
     async fn on_loss(&mut self, loss: LeaseLoss) {
         if Some(loss.lease_id) == self.node_lease {
-            // The node record's lease: write the record again.
+            // The node record's lease: write the record again, unless a
+            // newer session of the node wrote it meanwhile.
             self.node_lease = None;
-            self.record_node();
+            self.record_node(Some(loss.lease_id));
             return;
         }
         if self.kept.contains(&loss.lease_id) {
@@ -590,12 +704,22 @@ impl Session {
                 node_id,
                 session_id,
                 draining,
+                revision,
             }) => {
-                if node_id == self.node_id
-                    && session_id == self.session_id
-                    && draining != self.draining
+                if node_id != self.node_id {
+                    return;
+                }
+                if session_id == self.session_id {
+                    if draining != self.draining {
+                        self.tell_draining(draining).await;
+                    }
+                } else if revision > self.registered_revision
+                    && self.registered_revision > 0
+                    && !self.core.is_detached()
+                    && !self.core.is_closing()
                 {
-                    self.tell_draining(draining).await;
+                    // A newer session of this node, on any replica.
+                    self.supersede(&format!("session {session_id}")).await;
                 }
             }
             Err(broadcast::error::RecvError::Lagged(_)) => {
@@ -623,20 +747,11 @@ impl Session {
         let ctx = self.ctx.clone();
         match action {
             Action::Claim { broadcast } => {
-                let req = ClaimRequest {
-                    broadcast: broadcast.clone(),
-                    node_id: self.node_id.clone(),
-                    endpoints: self.endpoints.clone(),
-                    session_id: self.session_id.clone(),
-                    service_id: ctx.config.service_id.clone(),
-                    ttl: self.ttl,
-                };
-                let tx = self.internal_tx.clone();
-                ctx.store.submit_claim(req, move |outcome| {
-                    // If the session is gone (replica shutting down), the
-                    // lease is left to expire or be adopted.
-                    let _ = tx.send(Internal::Core(Event::ClaimAnswered { broadcast, outcome }));
-                });
+                if self.node_lease.is_some() {
+                    self.start_claim(broadcast);
+                } else {
+                    self.unfenced.push(broadcast);
+                }
             }
             Action::KeepAlive {
                 lease_id,

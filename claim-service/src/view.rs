@@ -36,6 +36,7 @@ pub enum ViewEvent {
         node_id: String,
         session_id: String,
         draining: bool,
+        revision: i64,
     },
 }
 
@@ -213,6 +214,7 @@ impl View {
                         node_id: node_id.clone(),
                         session_id: record.session_id.clone(),
                         draining: record.draining,
+                        revision: rev,
                     });
                     state.nodes.insert(node_id, record);
                 }

@@ -39,7 +39,7 @@ enum Job {
     Claim {
         req: ClaimRequest,
         queued: Instant,
-        done: Box<dyn FnOnce(ClaimOutcome) + Send>,
+        done: Box<dyn FnOnce(Attempt) + Send>,
     },
     Revoke {
         lease_id: i64,
@@ -71,6 +71,32 @@ pub struct ClaimRequest {
     pub session_id: String,
     pub service_id: String,
     pub ttl: Duration,
+    /// The lease of this session's `nodes/{node_id}` record. Every claim and
+    /// adoption checks, in the same transaction, that the record is still on
+    /// it: a session superseded by a newer one of its node (on any replica)
+    /// can change no claim, even if it was paused and wakes up late.
+    pub guard_lease: i64,
+}
+
+/// What a claim attempt came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attempt {
+    Outcome(ClaimOutcome),
+    /// The node's record is no longer on this session's lease: written by
+    /// the session `session_id` (possibly this one again, after renewing it).
+    Fenced {
+        session_id: String,
+    },
+}
+
+/// A session's record of its node, written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registration {
+    /// The record's lease: the session's fence (see [`ClaimRequest::guard_lease`]).
+    pub lease_id: i64,
+    pub draining: bool,
+    /// The etcd revision of the write: a record written later supersedes it.
+    pub revision: i64,
 }
 
 /// The whole prefix at one revision.
@@ -160,11 +186,7 @@ impl Store {
 
     /// Queues a claim; `done` gets the outcome (never an error: a store that
     /// cannot be reached is `Unavailable`).
-    pub fn submit_claim(
-        &self,
-        req: ClaimRequest,
-        done: impl FnOnce(ClaimOutcome) + Send + 'static,
-    ) {
+    pub fn submit_claim(&self, req: ClaimRequest, done: impl FnOnce(Attempt) + Send + 'static) {
         let job = Job::Claim {
             req,
             queued: Instant::now(),
@@ -290,9 +312,10 @@ impl Store {
     /// adopting a key that already names this node. Never fails: a store
     /// that cannot be reached is the `Unavailable` outcome. Latency counts
     /// from `started`, when the claim was queued.
-    async fn claim(&self, req: &ClaimRequest, started: Instant) -> ClaimOutcome {
+    async fn claim(&self, req: &ClaimRequest, started: Instant) -> Attempt {
         let outcome = match self.try_claim(req).await {
-            Ok(outcome) => outcome,
+            Ok(Attempt::Outcome(outcome)) => outcome,
+            Ok(fenced) => return fenced,
             Err(e) => ClaimOutcome::Unavailable {
                 reason: e.to_string(),
             },
@@ -307,13 +330,13 @@ impl Store {
             ClaimOutcome::Conflict { .. } => m.claims_conflicted.inc(),
             ClaimOutcome::Unavailable { .. } => {}
         }
-        outcome
+        Attempt::Outcome(outcome)
     }
 
-    async fn try_claim(&self, req: &ClaimRequest) -> Result<ClaimOutcome> {
+    async fn try_claim(&self, req: &ClaimRequest) -> Result<Attempt> {
         let lease_id = self.grant(req.ttl).await?;
         let result = self.claim_with_lease(req, lease_id).await;
-        let keep_lease = matches!(result, Ok(ClaimOutcome::Claimed { .. }));
+        let keep_lease = matches!(result, Ok(Attempt::Outcome(ClaimOutcome::Claimed { .. })));
         if !keep_lease {
             // On error the transaction may still have landed: revoking the
             // lease removes such a key rather than leaving an orphan claim.
@@ -322,8 +345,10 @@ impl Store {
         result
     }
 
-    async fn claim_with_lease(&self, req: &ClaimRequest, lease_id: i64) -> Result<ClaimOutcome> {
+    async fn claim_with_lease(&self, req: &ClaimRequest, lease_id: i64) -> Result<Attempt> {
         let key = self.inner.layout.broadcast(&req.broadcast);
+        let node_key = self.inner.layout.node(&req.node_id);
+        let guard = Compare::lease(node_key.clone(), CompareOp::Equal, req.guard_lease);
         let ttl_ms = ttl_seconds(req.ttl) as u64 * 1000;
         let mut record = ClaimRecord {
             node_id: req.node_id.clone(),
@@ -333,34 +358,53 @@ impl Store {
             claimed_at_unix_ms: unix_ms(),
             lease_ttl_ms: ttl_ms,
         };
+        let put = |record: &ClaimRecord| {
+            TxnOp::put(
+                key.clone(),
+                record.to_json(),
+                Some(PutOptions::new().with_lease(lease_id)),
+            )
+        };
         // A key that names this node can change under us (another replica
         // adopting it too); a few rounds settle it.
         for _ in 0..5 {
             let txn = Txn::new()
-                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(
-                    key.clone(),
-                    record.to_json(),
-                    Some(PutOptions::new().with_lease(lease_id)),
-                )])
-                .or_else([TxnOp::get(key.clone(), None)]);
+                .when([
+                    Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                    guard.clone(),
+                ])
+                .and_then([put(&record)])
+                .or_else([
+                    TxnOp::get(key.clone(), None),
+                    TxnOp::get(node_key.clone(), None),
+                ]);
             let mut c = self.client();
             let resp = self
                 .call("claim_txn", async move { c.txn(txn).await })
                 .await?;
             let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
             if resp.succeeded() {
-                return Ok(ClaimOutcome::Claimed {
+                return Ok(Attempt::Outcome(ClaimOutcome::Claimed {
                     claim: record.into_claim(&req.broadcast, lease_id, revision),
                     adopted: false,
+                }));
+            }
+            let mut reads = resp.op_responses().into_iter().filter_map(|op| match op {
+                TxnOpResponse::Get(mut g) => Some(g.take_kvs().into_iter().next()),
+                _ => None,
+            });
+            let (claim_kv, node_kv) = (reads.next().flatten(), reads.next().flatten());
+            if node_kv.as_ref().map(|kv| kv.lease()) != Some(req.guard_lease) {
+                return Ok(Attempt::Fenced {
+                    session_id: node_kv
+                        .as_ref()
+                        .and_then(NodeRecord::from_kv)
+                        .map(|r| r.session_id)
+                        .unwrap_or_default(),
                 });
             }
-            let Some(kv) = resp.op_responses().into_iter().find_map(|op| match op {
-                TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
-                _ => None,
-            }) else {
-                // Deleted between the compare and the read cannot happen in
-                // one transaction; try again rather than guess.
+            let Some(kv) = claim_kv else {
+                // Gone between rounds: try to create it again.
                 continue;
             };
             let owner = ClaimRecord::claim_from(&req.broadcast, &kv).unwrap_or_else(|| Claim {
@@ -371,31 +415,27 @@ impl Store {
                 ..Claim::default()
             });
             if owner.node_id != req.node_id {
-                return Ok(ClaimOutcome::Conflict { owner, revision });
+                return Ok(Attempt::Outcome(ClaimOutcome::Conflict { owner, revision }));
             }
             // Ours from an earlier session: move it onto the new lease if it
-            // is still exactly what we read.
+            // is still exactly what we read and this session still speaks
+            // for the node.
             record.claimed_at_unix_ms = owner.claimed_at_unix_ms;
             let adopt = Txn::new()
-                .when([Compare::mod_revision(
-                    key.clone(),
-                    CompareOp::Equal,
-                    kv.mod_revision(),
-                )])
-                .and_then([TxnOp::put(
-                    key.clone(),
-                    record.to_json(),
-                    Some(PutOptions::new().with_lease(lease_id)),
-                )]);
+                .when([
+                    Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision()),
+                    guard.clone(),
+                ])
+                .and_then([put(&record)]);
             let mut c = self.client();
             let resp = self
                 .call("adopt_txn", async move { c.txn(adopt).await })
                 .await?;
             if resp.succeeded() {
-                return Ok(ClaimOutcome::Claimed {
+                return Ok(Attempt::Outcome(ClaimOutcome::Claimed {
                     claim: record.into_claim(&req.broadcast, lease_id, kv.create_revision()),
                     adopted: true,
-                });
+                }));
             }
         }
         Err(Error::Unavailable(format!(
@@ -431,14 +471,21 @@ impl Store {
     }
 
     /// Records that a node is attached through this session, on the
-    /// session's own lease. A newer record supersedes an older one, keeping
-    /// its `draining` mark. Returns the lease and whether the node is draining.
+    /// session's own lease, keeping the record's `draining` mark.
+    ///
+    /// A first registration (`fence: None`) overwrites whatever is there: a
+    /// newer session supersedes an older one. Writing the record again after
+    /// its lease was lost (`fence: Some(old lease)`) only succeeds while the
+    /// record is still this session's (on `old lease`) or gone; if another
+    /// session wrote it meanwhile, this one is superseded
+    /// ([`Error::Superseded`]) and must not take the node back.
     pub async fn register_node(
         &self,
         node_id: &str,
         record: &NodeRecord,
         ttl: Duration,
-    ) -> Result<(i64, bool)> {
+        fence: Option<i64>,
+    ) -> Result<Registration> {
         let key = self.inner.layout.node(node_id);
         let mut record = record.clone();
         let mut c = self.client();
@@ -446,23 +493,51 @@ impl Store {
         let mut earlier = self
             .call("get", async move { c.get(k, None).await })
             .await?;
-        if let Some(old) = earlier.take_kvs().first().and_then(NodeRecord::from_kv) {
+        let earlier = earlier.take_kvs().into_iter().next();
+        if let Some(old) = earlier.as_ref().and_then(NodeRecord::from_kv) {
             record.draining = old.draining;
         }
+        let condition = match (fence, &earlier) {
+            (None, _) => None,
+            (Some(_), None) => Some(Compare::create_revision(key.clone(), CompareOp::Equal, 0)),
+            (Some(old), Some(kv)) if kv.lease() == old => {
+                Some(Compare::lease(key.clone(), CompareOp::Equal, old))
+            }
+            (Some(_), Some(kv)) => {
+                let by = NodeRecord::from_kv(kv)
+                    .map(|r| r.session_id)
+                    .unwrap_or_default();
+                return Err(Error::Superseded(by));
+            }
+        };
         let lease_id = self.grant(ttl).await?;
-        let value = record.to_json();
+        let put = TxnOp::put(
+            key.clone(),
+            record.to_json(),
+            Some(PutOptions::new().with_lease(lease_id)),
+        );
+        let txn = Txn::new()
+            .when(condition.into_iter().collect::<Vec<_>>())
+            .and_then([put]);
         let mut c = self.client();
-        let put = self
-            .call("put", async move {
-                c.put(key, value, Some(PutOptions::new().with_lease(lease_id)))
-                    .await
-            })
+        let written = self
+            .call("register_txn", async move { c.txn(txn).await })
             .await;
-        if let Err(e) = put {
-            let _ = self.revoke(lease_id).await;
-            return Err(e);
+        match written {
+            Ok(resp) if resp.succeeded() => Ok(Registration {
+                lease_id,
+                draining: record.draining,
+                revision: resp.header().map(|h| h.revision()).unwrap_or(0),
+            }),
+            Ok(_) => {
+                let _ = self.revoke(lease_id).await;
+                Err(Error::Superseded(String::new()))
+            }
+            Err(e) => {
+                let _ = self.revoke(lease_id).await;
+                Err(e)
+            }
         }
-        Ok((lease_id, record.draining))
     }
 
     /// Revokes a broadcast's claim for an operator, first recording why so

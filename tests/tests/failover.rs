@@ -1,0 +1,114 @@
+//! Several claim-service replicas on one etcd: a node moving between them,
+//! a replica that is paused and wakes up late. What users see: who owns what,
+//! what a watcher saw, what a node was told.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use system_tests::v1 as pb;
+use system_tests::*;
+
+use pb::claim_event::Kind;
+
+const SHORT: [&str; 6] = [
+    "--lease-ttl",
+    "5s",
+    "--min-lease-ttl",
+    "5s",
+    "--detach-grace",
+    "2s",
+];
+
+#[tokio::test]
+async fn a_newer_session_on_another_replica_supersedes_the_older() -> Result<()> {
+    let etcd = Etcd::start().await?;
+    let prefix = test_prefix("cross-supersede");
+    let one = ClaimService::start(&etcd.endpoint(), &prefix, &[]).await?;
+    let two = ClaimService::start(&etcd.endpoint(), &prefix, &[]).await?;
+    let mut watcher = Watcher::open(&two, "", 0).await?;
+    let mut old = Node::attach(&one.addr(), hello("node-a")).await?;
+    old.created("live/x", "video").await?;
+    let x = old.expect_claimed("live/x").await?.claim.unwrap();
+    watcher.expect(Kind::Claimed, "live/x").await?;
+
+    // The same node id shows up on replica two (its old connection half-open).
+    let mut again = hello("node-a");
+    again.live.push(track("live/x", "video"));
+    let mut new = Node::attach(&two.addr(), again).await?;
+    let adopted = new.expect_claimed("live/x").await?;
+    assert!(adopted.adopted);
+    assert_eq!(
+        adopted.claim.as_ref().unwrap().fencing_token,
+        x.fencing_token
+    );
+    let status = old.expect_status().await?;
+    assert_eq!(status.code(), tonic::Code::Aborted, "{status}");
+
+    // The old session's grace runs out on replica one without touching it.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut client = two.ownership().await?;
+    let owner = client
+        .get_owner(pb::GetOwnerRequest {
+            broadcast: "live/x".into(),
+            consistent: true,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(owner.lease_id, adopted.claim.unwrap().lease_id);
+    while let Some(e) = watcher.quiet_for(Duration::from_millis(200)).await {
+        assert_ne!(e.kind, Kind::Released as i32, "{e:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replica_paused_past_the_lease_cannot_take_back_what_moved() -> Result<()> {
+    let etcd = Etcd::start().await?;
+    let prefix = test_prefix("paused");
+    let mut one = ClaimService::start(&etcd.endpoint(), &prefix, &SHORT).await?;
+    let two = ClaimService::start(&etcd.endpoint(), &prefix, &SHORT).await?;
+    let mut watcher = Watcher::open(&two, "", 0).await?;
+    let mut a = Node::attach(&one.addr(), hello("node-a")).await?;
+    a.created("live/p", "video").await?;
+    let first = a.expect_claimed("live/p").await?.claim.unwrap();
+    watcher.expect(Kind::Claimed, "live/p").await?;
+
+    // Replica one freezes. The node gives up on it and moves to replica two
+    // within the lease, adopting its claim.
+    let pid = one.pid().expect("running").to_string();
+    std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()?;
+    a.vanish();
+    let mut again = hello("node-a");
+    again.live.push(track("live/p", "video"));
+    let mut moved = Node::attach(&two.addr(), again).await?;
+    let adopted = moved.expect_claimed("live/p").await?;
+    assert!(adopted.adopted);
+    let adopted = adopted.claim.unwrap();
+    assert_eq!(adopted.fencing_token, first.fencing_token);
+
+    // Replica one wakes up long after its leases' TTL: whatever it tries,
+    // the claim stays where it moved.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut client = two.ownership().await?;
+    let owner = client
+        .get_owner(pb::GetOwnerRequest {
+            broadcast: "live/p".into(),
+            consistent: true,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(owner.lease_id, adopted.lease_id, "{}", one.log_text());
+    assert_eq!(owner.fencing_token, first.fencing_token);
+    while let Some(e) = watcher.quiet_for(Duration::from_millis(200)).await {
+        assert_ne!(e.kind, Kind::Released as i32, "{e:?}\n{}", one.log_text());
+    }
+    assert!(moved.silent_for(Duration::from_millis(200)).await.is_none());
+    one.kill();
+    Ok(())
+}
