@@ -19,6 +19,8 @@ pub struct Metrics {
     /// From `created` (or a retry) to the store's answer.
     pub claim_latency: Histogram,
     pub keepalive_failures: IntCounter,
+    /// Renewals sent to etcd.
+    pub keepalive_renewals: IntCounter,
     /// Open keep-alive streams to etcd.
     pub keepalive_streams: IntGauge,
     /// etcd unary round trips, by `op`.
@@ -77,6 +79,10 @@ impl Metrics {
                 "keepalive_failures_total",
                 "keep-alive streams that broke or could not be opened",
             )),
+            keepalive_renewals: must(IntCounter::new(
+                "keepalive_renewals_total",
+                "lease renewals sent to etcd",
+            )),
             keepalive_streams: must(IntGauge::new(
                 "keepalive_streams",
                 "open keep-alive streams to etcd",
@@ -105,6 +111,7 @@ impl Metrics {
             Box::new(m.claim_latency.clone()),
             Box::new(m.keepalive_failures.clone()),
             Box::new(m.keepalive_streams.clone()),
+            Box::new(m.keepalive_renewals.clone()),
             Box::new(m.etcd_rtt.clone()),
             Box::new(m.rejected_messages.clone()),
         ] {

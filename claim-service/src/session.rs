@@ -495,6 +495,7 @@ impl Session {
             self.ttl,
             renew,
             self.loss_tx.clone(),
+            tokio::time::Instant::now(),
         );
         if registration.draining {
             self.tell_draining(true).await;
@@ -759,7 +760,7 @@ impl Session {
                 ttl_ms,
             } => {
                 let ttl = Duration::from_millis(ttl_ms);
-                ctx.store.keepalive().keep(
+                ctx.store.keep_claim(
                     lease_id,
                     ttl,
                     ctx.config.renew_for(ttl),

@@ -62,6 +62,7 @@ enum Cmd {
         ttl: Duration,
         renew: Duration,
         notify: mpsc::UnboundedSender<LeaseLoss>,
+        valid_from: Instant,
     },
     Forget {
         lease_id: i64,
@@ -94,19 +95,23 @@ impl KeepAlive {
     }
 
     /// Renew `lease_id` every `renew` until forgotten; a loss is sent to
-    /// `notify` once, after which the lease is forgotten.
+    /// `notify` once, after which the lease is forgotten. `valid_from` is
+    /// when the lease was granted (or last known renewed): its TTL counts
+    /// from there.
     pub fn keep(
         &self,
         lease_id: i64,
         ttl: Duration,
         renew: Duration,
         notify: mpsc::UnboundedSender<LeaseLoss>,
+        valid_from: Instant,
     ) {
         let _ = self.shard(lease_id).send(Cmd::Keep {
             lease_id,
             ttl,
             renew,
             notify,
+            valid_from,
         });
     }
 
@@ -182,8 +187,8 @@ impl Shard {
             let reopen = self.keeper.is_none() && self.wants_stream();
             tokio::select! {
                 cmd = cmds.recv() => match cmd {
-                    Some(Cmd::Keep { lease_id, ttl, renew, notify }) => {
-                        self.insert(lease_id, ttl, renew, Some(notify));
+                    Some(Cmd::Keep { lease_id, ttl, renew, notify, valid_from }) => {
+                        self.insert(lease_id, ttl, renew, Some(notify), valid_from);
                     }
                     Some(Cmd::Forget { lease_id }) => { self.remove(lease_id); }
                     None => break,
@@ -208,18 +213,20 @@ impl Shard {
         ttl: Duration,
         renew: Duration,
         notify: Option<mpsc::UnboundedSender<LeaseLoss>>,
+        valid_from: Instant,
     ) {
         self.remove(lease_id);
-        let timer = self.renewals.insert(lease_id, renew);
+        // The first renewal comes early enough for a lease that waited in
+        // the pool before it was used.
+        let first = renew.min((valid_from + ttl / 4).saturating_duration_since(Instant::now()));
+        let timer = self.renewals.insert(lease_id, first);
         self.leases.insert(
             lease_id,
             Lease {
                 ttl,
                 renew,
                 notify,
-                // Granted moments ago: counting from now errs on the safe side
-                // only by the grant's round trip.
-                valid_from: Instant::now(),
+                valid_from,
                 sent_at: None,
                 timer,
             },
@@ -263,6 +270,7 @@ impl Shard {
             return;
         };
         keeper.id = lease_id;
+        self.metrics.keepalive_renewals.inc();
         let sent = tokio::time::timeout(SEND_TIMEOUT, keeper.keep_alive()).await;
         if !matches!(sent, Ok(Ok(()))) {
             self.stream_broke("sending a renewal failed".to_string());
@@ -363,7 +371,7 @@ impl Shard {
                     .await?
                     .id();
                 self.anchor = Some(id);
-                self.insert(id, ANCHOR_TTL, ANCHOR_TTL / 4, None);
+                self.insert(id, ANCHOR_TTL, ANCHOR_TTL / 4, None, Instant::now());
                 id
             }
         };

@@ -14,8 +14,10 @@
 
 pub mod keepalive;
 pub mod layout;
+mod lease_pool;
 pub mod watch;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -118,6 +120,10 @@ struct Inner {
     /// of live tracks (or a goodbye releasing them) queues small jobs instead
     /// of flooding etcd past its time-outs or holding thousands of tasks.
     jobs: mpsc::UnboundedSender<Job>,
+    pool: lease_pool::LeasePool,
+    /// Grant times of leases that claims were made with, until kept alive.
+    granted: std::sync::Mutex<HashMap<i64, tokio::time::Instant>>,
+    refilling: std::sync::atomic::AtomicBool,
     layout: Layout,
     op_timeout: Duration,
     metrics: Arc<Metrics>,
@@ -152,6 +158,9 @@ impl Store {
             inner: Arc::new(Inner {
                 client,
                 jobs: jobs_tx,
+                pool: lease_pool::LeasePool::default(),
+                granted: Default::default(),
+                refilling: Default::default(),
                 layout: Layout::new(config.prefix.clone()),
                 op_timeout: config.op_timeout,
                 metrics,
@@ -334,15 +343,89 @@ impl Store {
     }
 
     async fn try_claim(&self, req: &ClaimRequest) -> Result<Attempt> {
-        let lease_id = self.grant(req.ttl).await?;
+        let (lease_id, granted_at) = self.lease_for(req.ttl).await?;
         let result = self.claim_with_lease(req, lease_id).await;
-        let keep_lease = matches!(result, Ok(Attempt::Outcome(ClaimOutcome::Claimed { .. })));
-        if !keep_lease {
+        match &result {
+            Ok(Attempt::Outcome(ClaimOutcome::Claimed { .. })) => {
+                self.inner
+                    .granted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(lease_id, granted_at);
+            }
+            // A definite "no": the lease is unused and can serve again.
+            Ok(_)
+                if self
+                    .inner
+                    .pool
+                    .put(ttl_seconds(req.ttl), lease_id, granted_at) => {}
             // On error the transaction may still have landed: revoking the
             // lease removes such a key rather than leaving an orphan claim.
-            self.submit_revoke(lease_id, req.ttl, || {});
+            _ => self.submit_revoke(lease_id, req.ttl, || {}),
         }
         result
+    }
+
+    /// A lease for a claim: from the pool when a fresh one is there (no
+    /// round trip), else granted now. Takes trigger a refill.
+    async fn lease_for(&self, ttl: Duration) -> Result<(i64, tokio::time::Instant)> {
+        let ttl_s = ttl_seconds(ttl);
+        let taken = self.inner.pool.take(ttl_s);
+        for stale in taken.stale {
+            self.submit_revoke(stale, ttl, || {});
+        }
+        if taken.short > 0
+            && !self
+                .inner
+                .refilling
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            let store = self.clone();
+            tokio::spawn(async move {
+                for _ in 0..taken.short {
+                    let granted_at = tokio::time::Instant::now();
+                    match store.grant(ttl).await {
+                        Ok(id) if store.inner.pool.put(ttl_s, id, granted_at) => {}
+                        Ok(id) => {
+                            let _ = store.revoke(id).await;
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                store
+                    .inner
+                    .refilling
+                    .store(false, std::sync::atomic::Ordering::Release);
+            });
+        }
+        match taken.lease {
+            Some(lease) => Ok(lease),
+            None => {
+                let granted_at = tokio::time::Instant::now();
+                Ok((self.grant(ttl).await?, granted_at))
+            }
+        }
+    }
+
+    /// Keeps a claim's lease alive, its TTL counted from its grant.
+    pub fn keep_claim(
+        &self,
+        lease_id: i64,
+        ttl: Duration,
+        renew: Duration,
+        notify: mpsc::UnboundedSender<LeaseLoss>,
+    ) {
+        let granted_at = self
+            .inner
+            .granted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&lease_id)
+            .unwrap_or_else(tokio::time::Instant::now);
+        self.inner
+            .keepalive
+            .keep(lease_id, ttl, renew, notify, granted_at);
     }
 
     async fn claim_with_lease(&self, req: &ClaimRequest, lease_id: i64) -> Result<Attempt> {

@@ -1,16 +1,20 @@
-//! Benchmark: the claim-service side by side with raw etcd-client doing the
-//! same work against the same etcd, in the same run.
+//! Benchmark of the claim plane, every figure beside a baseline measured in
+//! the same run: raw etcd-client doing exactly the etcd work the claim needs.
+//! See docs/PERFORMANCE.md for what each part means.
 //!
-//! 1. Claim latency: a node's `created` → `claimed`, against raw
-//!    lease-grant + the same create-if-absent transaction.
-//! 2. Release → watch event: a node's last `closed` → a `WatchClaims`
-//!    watcher's RELEASED, against raw lease-revoke → an etcd watch's DELETE.
-//! 3. Holding many claims: the service's memory and CPU, and the keep-alive
-//!    streams etcd sees open, against raw etcd-client with one
-//!    `lease_keep_alive` per lease.
-//!
-//! Run with `scripts/bench.sh`; prints a Markdown report.
+//! 1. claim latency: `created` → `claimed` vs lease-grant + create-if-absent txn;
+//! 2. release propagation: last `closed` → a watcher's RELEASED vs revoke →
+//!    an etcd watch's DELETE;
+//! 3. throughput: claim + release cycles/s at several concurrencies vs raw
+//!    grant + txn + revoke at the same concurrency;
+//! 4. ownership reads: GetOwner from the cache and `consistent`, vs raw get;
+//! 5. held claims at scale: memory, CPU, renewals/s and keep-alive streams,
+//!    vs raw etcd-client with one keep-alive per lease;
+//! 6. failover: re-adopting every claim of a node on another replica after
+//!    kill -9 of the one holding them.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -19,47 +23,52 @@ use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOp
 use system_tests::v1 as pb;
 use system_tests::*;
 
+use pb::ownership_client::OwnershipClient;
+use pb::service_message::Msg;
+
 #[derive(Parser)]
 struct Args {
-    /// Sequential claims (and releases) measured on each side.
+    /// Sequential claims (and releases) timed on each side.
     #[arg(long, default_value_t = 500)]
     claims: usize,
-    /// Claims held at once for the memory / stream measurement.
+    /// Concurrencies for the throughput part.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    concurrency: Vec<usize>,
+    /// Seconds each throughput / read measurement runs.
+    #[arg(long, default_value_t = 3)]
+    seconds: u64,
+    /// Claims held at the default 10 s lease (and re-adopted in part 6).
     #[arg(long, default_value_t = 10_000)]
     held: usize,
-    /// How long the held claims are kept alive while CPU is sampled.
-    #[arg(long, default_value = "15")]
+    /// Claims held at a 60 s lease (0 skips).
+    #[arg(long, default_value_t = 100_000)]
+    big_held: usize,
+    /// How long held claims are kept alive while measured.
+    #[arg(long, default_value_t = 30)]
     hold_seconds: u64,
+    /// Keep etcd's data in memory (/dev/shm) instead of on disk.
+    #[arg(long)]
+    tmpfs: bool,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-struct Summary {
-    p50: Duration,
-    p99: Duration,
-}
-
-fn summarize(mut v: Vec<Duration>) -> Summary {
+fn pct(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
-    Summary {
-        p50: percentile(&v, 0.5),
-        p99: percentile(&v, 0.99),
-    }
+    v[(((v.len() - 1) as f64) * p).round() as usize]
 }
 
 fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn ratio(a: Duration, b: Duration) -> String {
-    format!("{:.2}x", a.as_secs_f64() / b.as_secs_f64())
+fn ratio(a: f64, b: f64) -> String {
+    format!("{:.2}x", a / b)
 }
 
-/// Keep-alive streams etcd has open: started minus finished LeaseKeepAlive
-/// calls, from etcd's own metrics.
+fn row(what: &str, ours: String, raw: String, r: String) {
+    println!("| {what} | {ours} | {raw} | {r} |");
+}
+
+/// Keep-alive streams etcd has open, from its own metrics.
 async fn etcd_keepalive_streams(etcd: &Etcd) -> Result<i64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", etcd.client_port)).await?;
@@ -76,6 +85,13 @@ async fn etcd_keepalive_streams(etcd: &Etcd) -> Result<i64> {
     Ok(sum("grpc_server_started_total") - sum("grpc_server_handled_total"))
 }
 
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 async fn raw_claim(client: &mut etcd_client::Client, key: &str) -> Result<i64> {
     let lease = client.lease_grant(10, None).await?.id();
     let txn = Txn::new()
@@ -86,54 +102,108 @@ async fn raw_claim(client: &mut etcd_client::Client, key: &str) -> Result<i64> {
             Some(PutOptions::new().with_lease(lease)),
         )])
         .or_else([TxnOp::get(key, None)]);
-    let resp = client.txn(txn).await?;
-    if !resp.succeeded() {
+    if !client.txn(txn).await?.succeeded() {
         bail!("raw claim of {key} conflicted");
     }
     Ok(lease)
 }
 
+/// Reads a raw watch until an event of `kind`.
+async fn skip_to(w: &mut etcd_client::WatchStream, kind: EventType) -> Result<()> {
+    loop {
+        let m = w.message().await?.context("raw watch ended")?;
+        if m.events().iter().any(|e| e.event_type() == kind) {
+            return Ok(());
+        }
+    }
+}
+
+/// Claims `names` on a node session, pipelined; returns when all are claimed.
+async fn claim_all(node: &mut Node, names: &[String]) -> Result<Duration> {
+    let t = Instant::now();
+    for n in names {
+        node.created(n, "video").await?;
+    }
+    let mut got = 0;
+    while got < names.len() {
+        match node.next().await? {
+            Ok(Msg::Claimed(_)) => got += 1,
+            Ok(Msg::Conflict(c)) => bail!("conflict on {}", c.broadcast),
+            Ok(_) => {}
+            Err(s) => bail!("session ended: {s}"),
+        }
+    }
+    Ok(t.elapsed())
+}
+
+async fn release_all(node: &mut Node, names: &[String]) -> Result<()> {
+    for n in names {
+        node.closed(n, "video").await?;
+    }
+    let mut got = 0;
+    while got < names.len() {
+        if let Ok(Msg::Released(_)) = node.next().await? {
+            got += 1;
+        }
+    }
+    Ok(())
+}
+
+struct Setup {
+    etcd: Etcd,
+    svc: ClaimService,
+    prefix: String,
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if args.tmpfs {
+        std::env::set_var("TMPDIR", "/dev/shm");
+    }
     let etcd = Etcd::start().await?;
     let prefix = test_prefix("bench");
     let svc = ClaimService::start(&etcd.endpoint(), &prefix, &[]).await?;
-    let pid = svc.pid().context("service pid")?;
-    let mut raw = etcd.client().await?;
+    let setup = Setup { etcd, svc, prefix };
+    let mut raw = setup.etcd.client().await?;
     let raw_prefix = format!("/bench-raw-{:x}/", rand_u64());
 
-    // --- 1 and 2: latency, interleaved so drift hits both sides alike.
-    let mut node = Node::attach(&svc.addr(), hello("bench-node")).await?;
-    let mut watcher = Watcher::open(&svc, "lat/", 0).await?;
+    println!("# Broadcast Claims benchmark\n");
+    println!(
+        "etcd 3.4 (Debian), one member on loopback, data {}; claim-service release build; 2 shared cores. Baseline: raw etcd-client against the same etcd in the same run.\n",
+        if args.tmpfs { "in /dev/shm" } else { "on disk" }
+    );
+    println!("| measure | claim-service | raw etcd-client | ratio |");
+    println!("| --- | --- | --- | --- |");
+
+    // 1 + 2: latency, interleaved so drift hits both sides alike.
+    eprintln!("latency: {} claims per side", args.claims);
+    let mut node = Node::attach(&setup.svc.addr(), hello("bench-node")).await?;
+    let mut watcher = Watcher::open(&setup.svc, "lat/", 0).await?;
     let mut raw_watch = raw
         .watch(raw_prefix.as_str(), Some(WatchOptions::new().with_prefix()))
         .await?;
-    let _ = raw_watch.message().await?; // the "created" response
-
-    // Warm up both paths.
+    let _ = raw_watch.message().await?;
     for i in 0..20 {
         let name = format!("warm/{i}");
         node.created(&name, "video").await?;
         node.expect_claimed(&name).await?;
-        raw_claim(&mut raw, &format!("{raw_prefix}warm{i}")).await?;
+        node.closed(&name, "video").await?;
+        node.expect_released(&name).await?;
+        let lease = raw_claim(&mut raw, &format!("{raw_prefix}warm{i}")).await?;
+        raw.lease_revoke(lease).await?;
     }
-
-    let (mut svc_claim, mut raw_claim_t, mut svc_rel, mut raw_rel) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut sc, mut rc, mut sr, mut rr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..args.claims {
         let name = format!("lat/b{i:05}");
         let t = Instant::now();
         node.created(&name, "video").await?;
         node.expect_claimed(&name).await?;
-        svc_claim.push(t.elapsed());
-
+        sc.push(t.elapsed());
         let key = format!("{raw_prefix}b{i:05}");
         let t = Instant::now();
         let lease = raw_claim(&mut raw, &key).await?;
-        raw_claim_t.push(t.elapsed());
-
-        // Skip the CLAIMED event so the next wait sees only the release.
+        rc.push(t.elapsed());
         watcher
             .expect(pb::claim_event::Kind::Claimed, &name)
             .await?;
@@ -142,158 +212,333 @@ async fn main() -> Result<()> {
         watcher
             .expect(pb::claim_event::Kind::Released, &name)
             .await?;
-        svc_rel.push(t.elapsed());
+        sr.push(t.elapsed());
         node.expect_released(&name).await?;
-
-        // Skip the PUT event on the raw watch.
-        loop {
-            let m = raw_watch.message().await?.context("raw watch ended")?;
-            if m.events().iter().any(|e| e.event_type() == EventType::Put) {
-                break;
-            }
-        }
+        skip_to(&mut raw_watch, EventType::Put).await?;
         let t = Instant::now();
         raw.lease_revoke(lease).await?;
+        skip_to(&mut raw_watch, EventType::Delete).await?;
+        rr.push(t.elapsed());
+    }
+    let (sc50, sc99, rc50, rc99) = (
+        pct(&mut sc, 0.5),
+        pct(&mut sc, 0.99),
+        pct(&mut rc, 0.5),
+        pct(&mut rc, 0.99),
+    );
+    let (sr50, sr99, rr50, rr99) = (
+        pct(&mut sr, 0.5),
+        pct(&mut sr, 0.99),
+        pct(&mut rr, 0.5),
+        pct(&mut rr, 0.99),
+    );
+    row(
+        "1. claim latency p50 (`created` → `claimed` / grant + txn)",
+        ms(sc50),
+        ms(rc50),
+        ratio(sc50.as_secs_f64(), rc50.as_secs_f64()),
+    );
+    row(
+        "1. claim latency p99",
+        ms(sc99),
+        ms(rc99),
+        ratio(sc99.as_secs_f64(), rc99.as_secs_f64()),
+    );
+    row(
+        "2. release → watch event p50 (`closed` → RELEASED / revoke → DELETE)",
+        ms(sr50),
+        ms(rr50),
+        ratio(sr50.as_secs_f64(), rr50.as_secs_f64()),
+    );
+    row(
+        "2. release → watch event p99",
+        ms(sr99),
+        ms(rr99),
+        ratio(sr99.as_secs_f64(), rr99.as_secs_f64()),
+    );
+
+    // 3: throughput.
+    for &c in &args.concurrency {
+        eprintln!("throughput at {c}");
+        let window = Duration::from_secs(args.seconds);
+        // Ours: c broadcasts in flight on one session, each cycling claim → release.
+        let names: Vec<String> = (0..c).map(|i| format!("tp{c}/b{i:04}")).collect();
+        for n in &names {
+            node.created(n, "video").await?;
+        }
+        let t = Instant::now();
+        let mut cycles = 0u64;
+        let mut closing = 0usize;
         loop {
-            let m = raw_watch.message().await?.context("raw watch ended")?;
-            if m.events()
-                .iter()
-                .any(|e| e.event_type() == EventType::Delete)
-            {
-                break;
+            match node.next().await? {
+                Ok(Msg::Claimed(cl)) => {
+                    let b = cl.claim.map(|c| c.broadcast).unwrap_or_default();
+                    node.closed(&b, "video").await?;
+                }
+                Ok(Msg::Released(r)) => {
+                    cycles += 1;
+                    if t.elapsed() < window {
+                        node.created(&r.broadcast, "video").await?;
+                    } else {
+                        closing += 1;
+                        if closing == c {
+                            break;
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(s) => bail!("session ended: {s}"),
             }
         }
-        raw_rel.push(t.elapsed());
+        let ours = cycles as f64 / t.elapsed().as_secs_f64();
+        // Raw: c tasks each cycling grant + txn + revoke.
+        let count = Arc::new(AtomicU64::new(0));
+        let t = Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..c {
+            let mut client = raw.clone();
+            let count = count.clone();
+            let key = format!("{raw_prefix}tp{c}/{i}");
+            tasks.push(tokio::spawn(async move {
+                while t.elapsed() < window {
+                    let lease = raw_claim(&mut client, &key).await?;
+                    client.lease_revoke(lease).await?;
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        let theirs = count.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64();
+        row(
+            &format!("3. claim + release cycles/s, {c} concurrent"),
+            format!("{ours:.0}"),
+            format!("{theirs:.0}"),
+            ratio(ours, theirs),
+        );
     }
-    let (sc, rc, sr, rr) = (
-        summarize(svc_claim),
-        summarize(raw_claim_t),
-        summarize(svc_rel),
-        summarize(raw_rel),
-    );
 
-    eprintln!("latency done; holding {} claims", args.held);
-    // --- 3: many claims held at once.
-    let rss_before = proc_status_kib(pid, "VmRSS:")?;
-    let mut holder = Node::attach(&svc.addr(), hello("bench-holder")).await?;
+    // 4: reads.
+    node.created("read/x", "video").await?;
+    node.expect_claimed("read/x").await?;
+    let key = format!("{}broadcasts/read/x", setup.prefix);
+    let channel = setup.svc.channel().await?;
+    for c in [1usize, 64] {
+        let mut results = Vec::new();
+        for mode in ["cache", "consistent", "raw"] {
+            eprintln!("reads: {mode} at {c}");
+            let window = Duration::from_secs(args.seconds);
+            let t = Instant::now();
+            let mut tasks = Vec::new();
+            for _ in 0..c {
+                let mut client = OwnershipClient::new(channel.clone());
+                let mut etcd = raw.clone();
+                let key = key.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    while t.elapsed() < window {
+                        let s = Instant::now();
+                        match mode {
+                            "raw" => {
+                                etcd.get(key.as_str(), None).await?;
+                            }
+                            _ => {
+                                client
+                                    .get_owner(pb::GetOwnerRequest {
+                                        broadcast: "read/x".into(),
+                                        consistent: mode == "consistent",
+                                    })
+                                    .await?;
+                            }
+                        }
+                        lat.push(s.elapsed());
+                    }
+                    anyhow::Ok(lat)
+                }));
+            }
+            let mut all = Vec::new();
+            for task in tasks {
+                all.extend(task.await??);
+            }
+            let rate = all.len() as f64 / t.elapsed().as_secs_f64();
+            results.push((mode, rate, pct(&mut all, 0.99)));
+        }
+        let (cache, consistent, rawr) = (results[0], results[1], results[2]);
+        row(
+            &format!("4. GetOwner/s from the cache vs raw get, {c} callers (p99)"),
+            format!("{:.0} ({})", cache.1, ms(cache.2)),
+            format!("{:.0} ({})", rawr.1, ms(rawr.2)),
+            ratio(cache.1, rawr.1),
+        );
+        row(
+            &format!("4. GetOwner/s `consistent` vs raw get, {c} callers (p99)"),
+            format!("{:.0} ({})", consistent.1, ms(consistent.2)),
+            format!("{:.0} ({})", rawr.1, ms(rawr.2)),
+            ratio(consistent.1, rawr.1),
+        );
+        row(
+            &format!("4. cache vs `consistent`, {c} callers"),
+            format!("{:.0}", cache.1),
+            format!("{:.0} (consistent)", consistent.1),
+            ratio(cache.1, consistent.1),
+        );
+    }
+
+    // 5: held claims, 10 s lease, beside raw with one keep-alive per lease.
+    let pid = setup.svc.pid().context("service pid")?;
+    let idle_rss = proc_status_kib(pid, "VmRSS:")?;
+    eprintln!("holding {} claims at 10 s", args.held);
+    let mut holder = Node::attach(&setup.svc.addr(), hello("bench-holder")).await?;
+    let names: Vec<String> = (0..args.held).map(|i| format!("held/h{i:06}")).collect();
+    claim_all(&mut holder, &names).await?;
+    let svc_ref = &setup.svc;
+    let hold = |secs: u64| async move {
+        let m0 = svc_ref.metrics().await?;
+        let t0 = cpu_ticks(pid)?;
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        let m1 = svc_ref.metrics().await?;
+        let cpu = (cpu_ticks(pid)? - t0) as f64 / secs as f64; // % of a core (ticks are 1/100 s)
+        let renewals = (metric(&m1, "claims_keepalive_renewals_total")
+            - metric(&m0, "claims_keepalive_renewals_total"))
+            / secs as f64;
+        let lost = metric(&m1, "claims_lost_total{reason=\"unrenewed\"}").max(0.0)
+            + metric(&m1, "claims_lost_total{reason=\"expired\"}").max(0.0);
+        anyhow::Ok((cpu, renewals, lost, proc_status_kib(pid, "VmRSS:")?))
+    };
+    let (cpu, renewals, lost, rss) = hold(args.hold_seconds).await?;
+    let streams = etcd_keepalive_streams(&setup.etcd).await?;
+    let per_claim = (rss.saturating_sub(idle_rss) as f64 * 1024.0) / args.held as f64;
+
+    // 6: failover of those claims to another replica.
+    eprintln!("failover of {} claims", args.held);
+    let other = ClaimService::start(&setup.etcd.endpoint(), &setup.prefix, &[]).await?;
+    let mut svc = setup.svc;
+    svc.kill();
+    let mut again = hello("bench-holder");
+    again.live = names.iter().map(|n| track(n, "video")).collect();
     let t = Instant::now();
-    for i in 0..args.held {
-        holder.created(&format!("held/h{i:05}"), "video").await?;
-    }
-    let mut got = 0;
-    while got < args.held {
-        if let Ok(pb::service_message::Msg::Claimed(_)) = holder.next().await? {
-            got += 1;
+    let mut moved = Node::attach(&other.addr(), again).await?;
+    let mut adopted = 0;
+    while adopted < args.held {
+        match moved.next().await? {
+            Ok(Msg::Claimed(c)) if c.adopted => adopted += 1,
+            Ok(Msg::Claimed(c)) => bail!(
+                "{:?} claimed anew, not adopted",
+                c.claim.map(|c| c.broadcast)
+            ),
+            Ok(_) => {}
+            Err(s) => bail!("session ended: {s}"),
         }
     }
-    let claim_all = t.elapsed();
-    let ticks_before = cpu_ticks(pid)?;
-    let hold = Duration::from_secs(args.hold_seconds);
-    tokio::time::sleep(hold).await;
-    let ticks = cpu_ticks(pid)? - ticks_before;
-    let clk_tck = 100.0; // Linux USER_HZ
-    let cpu_pct = ticks as f64 / clk_tck / hold.as_secs_f64() * 100.0;
-    let rss_held = proc_status_kib(pid, "VmRSS:")?;
-    // Only the service renews leases so far: every open stream is its own.
-    let svc_streams = etcd_keepalive_streams(&etcd).await?;
-    let metrics = svc.metrics().await?;
-    let held_gauge = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("claims_held "))
-        .unwrap_or("?")
-        .trim()
-        .to_string();
-    let lost = metrics
-        .lines()
-        .filter(|l| l.starts_with("claims_lost_total"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    holder.goodbye().await?;
-    eprintln!("releasing the held claims");
-    let mut released = 0;
-    while released < args.held {
-        if let Ok(pb::service_message::Msg::Released(_)) = holder.next().await? {
-            released += 1;
-        }
-    }
+    let failover = t.elapsed();
+    drop(holder);
 
-    eprintln!(
-        "baseline: {} raw leases with one keep-alive stream each",
-        args.held
-    );
-    // Baseline: raw etcd-client, one keep-alive per lease.
+    // Raw baseline for part 5: one keep-alive stream per lease.
+    eprintln!("raw baseline: {} leases with a keep-alive each", args.held);
     let self_pid = std::process::id();
-    let self_rss_before = proc_status_kib(self_pid, "VmRSS:")?;
-    let streams_before = etcd_keepalive_streams(&etcd).await?;
+    let self_rss = proc_status_kib(self_pid, "VmRSS:")?;
+    let before = etcd_keepalive_streams(&setup.etcd).await?;
     let mut keepers = Vec::with_capacity(args.held);
-    let t = Instant::now();
     for i in 0..args.held {
-        let lease = raw_claim(&mut raw, &format!("{raw_prefix}held{i:05}")).await?;
+        let lease = raw_claim(&mut raw, &format!("{raw_prefix}held{i:06}")).await?;
         keepers.push(raw.lease_keep_alive(lease).await?);
     }
-    let raw_claim_all = t.elapsed();
-    let raw_streams = etcd_keepalive_streams(&etcd).await? - streams_before;
-    let self_rss_held = proc_status_kib(self_pid, "VmRSS:")?;
+    let raw_streams = etcd_keepalive_streams(&setup.etcd).await? - before;
+    let raw_rss = proc_status_kib(self_pid, "VmRSS:")?.saturating_sub(self_rss);
     drop(keepers);
 
-    println!("# Broadcast Claims benchmark\n");
-    println!(
-        "etcd 3.4 (Debian), single member on loopback; claim-service release build; {} sequential claims per side, interleaved; {} held claims.\n",
-        args.claims, args.held
+    row(
+        &format!(
+            "5. {} claims held at 10 s lease: memory per claim",
+            args.held
+        ),
+        format!(
+            "{per_claim:.0} B (RSS {} MiB, idle {} MiB)",
+            rss / 1024,
+            idle_rss / 1024
+        ),
+        format!(
+            "{:.0} B (client side)",
+            raw_rss as f64 * 1024.0 / args.held as f64
+        ),
+        String::new(),
     );
-    println!("| measure | claim-service | raw etcd-client | ratio |");
-    println!("| --- | --- | --- | --- |");
-    println!(
-        "| claim p50 (created → claimed / grant + txn) | {} | {} | {} |",
-        ms(sc.p50),
-        ms(rc.p50),
-        ratio(sc.p50, rc.p50)
+    row(
+        &format!(
+            "5. … keep-alive streams to etcd / renewals per s / lost over {} s",
+            args.hold_seconds
+        ),
+        format!("{streams} / {renewals:.0} / {lost}"),
+        format!("{raw_streams} / – / –"),
+        String::new(),
     );
-    println!(
-        "| claim p99 | {} | {} | {} |",
-        ms(sc.p99),
-        ms(rc.p99),
-        ratio(sc.p99, rc.p99)
+    row(
+        "5. … claim-service CPU",
+        format!("{cpu:.1} % of a core"),
+        String::new(),
+        String::new(),
     );
-    println!(
-        "| release → watch event p50 (closed → RELEASED / revoke → DELETE) | {} | {} | {} |",
-        ms(sr.p50),
-        ms(rr.p50),
-        ratio(sr.p50, rr.p50)
+    row(
+        &format!(
+            "6. re-adopting {} claims on another replica after kill -9",
+            args.held
+        ),
+        format!("{:.2} s", failover.as_secs_f64()),
+        String::new(),
+        String::new(),
     );
-    println!(
-        "| release → watch event p99 | {} | {} | {} |",
-        ms(sr.p99),
-        ms(rr.p99),
-        ratio(sr.p99, rr.p99)
-    );
-    println!(
-        "| {} claims made, pipelined | {:.2} s | {:.2} s (sequential, one keeper each) | {} |",
-        args.held,
-        claim_all.as_secs_f64(),
-        raw_claim_all.as_secs_f64(),
-        ratio(claim_all, raw_claim_all)
-    );
-    println!(
-        "| keep-alive streams open on etcd with {} leases | {} | {} | |",
-        args.held, svc_streams, raw_streams
-    );
-    println!(
-        "| memory with {} claims held | claim-service RSS {} MiB (was {} MiB idle) | client RSS grew {} MiB | |",
-        args.held,
-        rss_held / 1024,
-        rss_before / 1024,
-        self_rss_held.saturating_sub(self_rss_before) / 1024
-    );
-    println!(
-        "| claim-service CPU while renewing {} leases | {:.1} % of one core over {} s | | |",
-        args.held,
-        cpu_pct,
-        hold.as_secs()
-    );
-    println!(
-        "\nclaims_held gauge while holding: {held_gauge}; lost: {}",
-        if lost.is_empty() { "none".into() } else { lost }
-    );
+
+    // 5 at scale: many claims at a 60 s lease, on the surviving replica.
+    if args.big_held > 0 {
+        eprintln!("holding {} claims at 60 s", args.big_held);
+        let pid = other.pid().context("pid")?;
+        let idle = proc_status_kib(pid, "VmRSS:")?;
+        let mut big = hello("bench-big");
+        big.lease_ttl_ms = 60_000;
+        let mut node = Node::attach(&other.addr(), big).await?;
+        let names: Vec<String> = (0..args.big_held).map(|i| format!("big/b{i:06}")).collect();
+        let took = claim_all(&mut node, &names).await?;
+        let m0 = other.metrics().await?;
+        let t0 = cpu_ticks(pid)?;
+        tokio::time::sleep(Duration::from_secs(args.hold_seconds)).await;
+        let m1 = other.metrics().await?;
+        let cpu = (cpu_ticks(pid)? - t0) as f64 / args.hold_seconds as f64;
+        let renewals = (metric(&m1, "claims_keepalive_renewals_total")
+            - metric(&m0, "claims_keepalive_renewals_total"))
+            / args.hold_seconds as f64;
+        let lost = metric(&m1, "claims_lost_total{reason=\"unrenewed\"}").max(0.0)
+            + metric(&m1, "claims_lost_total{reason=\"expired\"}").max(0.0);
+        let rss = proc_status_kib(pid, "VmRSS:")?;
+        let streams = etcd_keepalive_streams(&setup.etcd).await?;
+        row(
+            &format!(
+                "5. {} claims held at 60 s lease: memory per claim",
+                args.big_held
+            ),
+            format!(
+                "{:.0} B (RSS {} MiB)",
+                rss.saturating_sub(idle) as f64 * 1024.0 / args.big_held as f64,
+                rss / 1024
+            ),
+            String::new(),
+            String::new(),
+        );
+        row(
+            &format!(
+                "5. … streams / renewals per s / lost over {} s / CPU / time to claim all",
+                args.hold_seconds
+            ),
+            format!(
+                "{streams} / {renewals:.0} / {lost} / {cpu:.1} % / {:.1} s",
+                took.as_secs_f64()
+            ),
+            String::new(),
+            String::new(),
+        );
+        release_all(&mut node, &names).await.ok();
+    }
+    drop(svc);
     Ok(())
 }
