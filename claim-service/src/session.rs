@@ -63,10 +63,42 @@ impl SessionConfig {
         Duration::from_secs(crate::store::ttl_seconds(ttl) as u64)
     }
 
-    /// Renewals come at the configured interval, and at least four times
-    /// per TTL.
+    /// A lease of another TTL than the default is renewed at the same
+    /// fraction of its TTL (a 60 s lease every 15 s with the defaults), and
+    /// never less than four times per TTL.
     pub fn renew_for(&self, ttl: Duration) -> Duration {
-        self.renew_interval.min(ttl / 4)
+        let fraction = self.renew_interval.as_secs_f64() / self.default_ttl.as_secs_f64();
+        ttl.mul_f64(fraction).min(ttl / 4)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewals_scale_with_the_ttl() {
+        let config = SessionConfig {
+            service_id: "s".into(),
+            default_ttl: Duration::from_secs(10),
+            min_ttl: Duration::from_secs(5),
+            max_ttl: Duration::from_secs(60),
+            renew_interval: Duration::from_millis(2500),
+            detach_grace: Duration::from_secs(5),
+            hello_timeout: Duration::from_secs(10),
+        };
+        assert_eq!(
+            config.renew_for(Duration::from_secs(10)),
+            Duration::from_millis(2500)
+        );
+        assert_eq!(
+            config.renew_for(Duration::from_secs(60)),
+            Duration::from_secs(15)
+        );
+        assert_eq!(config.lease_ttl(0), Duration::from_secs(10));
+        assert_eq!(config.lease_ttl(1), Duration::from_secs(5));
+        assert_eq!(config.lease_ttl(600_000), Duration::from_secs(60));
+        assert_eq!(config.lease_ttl(7_500), Duration::from_secs(8));
     }
 }
 
@@ -769,7 +801,7 @@ impl Session {
                 if self.kept.insert(lease_id) {
                     ctx.metrics.claims_held.inc();
                 }
-                tracing::info!(%broadcast, lease_id, "claim held");
+                tracing::debug!(%broadcast, lease_id, "keeping the claim's lease alive");
             }
             Action::Revoke {
                 broadcast,

@@ -296,7 +296,8 @@ async fn main() -> Result<()> {
         let t = Instant::now();
         let mut tasks = Vec::new();
         for i in 0..c {
-            let mut client = raw.clone();
+            // A connection of its own per task, as separate clients would have.
+            let mut client = setup.etcd.client().await?;
             let count = count.clone();
             let key = format!("{raw_prefix}tp{c}/{i}");
             tasks.push(tokio::spawn(async move {
@@ -323,6 +324,18 @@ async fn main() -> Result<()> {
     // 4: reads.
     node.created("read/x", "video").await?;
     node.expect_claimed("read/x").await?;
+    // The cache follows etcd's watch: wait until it has the claim.
+    let mut reader = setup.svc.ownership().await?;
+    while reader
+        .get_owner(pb::GetOwnerRequest {
+            broadcast: "read/x".into(),
+            consistent: false,
+        })
+        .await
+        .is_err()
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let key = format!("{}broadcasts/read/x", setup.prefix);
     let channel = setup.svc.channel().await?;
     for c in [1usize, 64] {
@@ -334,7 +347,7 @@ async fn main() -> Result<()> {
             let mut tasks = Vec::new();
             for _ in 0..c {
                 let mut client = OwnershipClient::new(channel.clone());
-                let mut etcd = raw.clone();
+                let mut etcd = setup.etcd.client().await?;
                 let key = key.clone();
                 tasks.push(tokio::spawn(async move {
                     let mut lat = Vec::new();
