@@ -107,18 +107,27 @@ pub struct Etcd {
     dir: PathBuf,
     pub client_port: u16,
     peer_port: u16,
+    name: String,
+    /// `--initial-cluster`; empty for a single member.
+    cluster: String,
 }
 
 impl Etcd {
     pub async fn start() -> Result<Self> {
-        let mut etcd = Self {
-            child: None,
-            dir: scratch_dir("etcd"),
-            client_port: free_port(),
-            peer_port: free_port(),
-        };
+        let mut etcd = Self::member("default", free_port(), free_port(), String::new());
         etcd.spawn().await?;
         Ok(etcd)
+    }
+
+    fn member(name: &str, client_port: u16, peer_port: u16, cluster: String) -> Self {
+        Self {
+            child: None,
+            dir: scratch_dir("etcd"),
+            client_port,
+            peer_port,
+            name: name.into(),
+            cluster,
+        }
     }
 
     pub fn endpoint(&self) -> String {
@@ -129,10 +138,15 @@ impl Etcd {
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::File::create(self.dir.join("etcd.log"))?;
+        let cluster = if self.cluster.is_empty() {
+            format!("{}={peer}", self.name)
+        } else {
+            self.cluster.clone()
+        };
         let child = Command::new("etcd")
             .args([
                 "--name",
-                "default",
+                &self.name,
                 "--data-dir",
                 &self.dir.join("data").to_string_lossy(),
                 "--listen-client-urls",
@@ -144,7 +158,7 @@ impl Etcd {
                 "--initial-advertise-peer-urls",
                 &peer,
                 "--initial-cluster",
-                &format!("default={peer}"),
+                &cluster,
             ])
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -153,6 +167,10 @@ impl Etcd {
                 "cannot start etcd: is etcd-server installed? (scripts/test.sh installs it)",
             )?;
         self.child = Some(child);
+        if !self.cluster.is_empty() {
+            // Members of a cluster are healthy together; the cluster waits.
+            return Ok(());
+        }
         let deadline = Instant::now() + WAIT;
         loop {
             if let Ok(mut c) = etcd_client::Client::connect([&client], None).await {
@@ -208,6 +226,67 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A three-member (or larger) etcd cluster on loopback.
+pub struct EtcdCluster {
+    pub members: Vec<Etcd>,
+}
+
+impl EtcdCluster {
+    pub async fn start(size: usize) -> Result<Self> {
+        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+        let cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let mut m = Etcd::member(&format!("m{i}"), *client, *peer, cluster.clone());
+            m.spawn().await?;
+            members.push(m);
+        }
+        let c = Self { members };
+        let deadline = Instant::now() + WAIT;
+        while c.leader().is_err() {
+            if Instant::now() > deadline {
+                bail!("the etcd cluster never elected a leader");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(c)
+    }
+
+    /// Every member's client URL, comma-separated.
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(Etcd::endpoint)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The index of the current leader, as the members say.
+    pub fn leader(&self) -> Result<usize> {
+        for (i, m) in self.members.iter().enumerate() {
+            if m.child.is_none() {
+                continue;
+            }
+            let Ok(out) = m.etcdctl(&["endpoint", "status", "-w", "json"]) else {
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_str(&out)?;
+            let status = &v[0]["Status"];
+            if status["leader"].as_u64().is_some()
+                && status["leader"] == status["header"]["member_id"]
+            {
+                return Ok(i);
+            }
+        }
+        bail!("no member says it leads")
     }
 }
 
@@ -376,6 +455,22 @@ impl ClaimService {
 
     pub async fn ownership(&self) -> Result<OwnershipClient<Channel>> {
         Ok(OwnershipClient::new(self.channel().await?))
+    }
+
+    /// GetOwner: `None` for NOT_FOUND.
+    pub async fn owner(&self, broadcast: &str, consistent: bool) -> Result<Option<pb::Claim>> {
+        let mut client = self.ownership().await?;
+        match client
+            .get_owner(pb::GetOwnerRequest {
+                broadcast: broadcast.into(),
+                consistent,
+            })
+            .await
+        {
+            Ok(r) => Ok(Some(r.into_inner())),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+            Err(s) => Err(anyhow!("GetOwner failed: {s}")),
+        }
     }
 
     /// Health of the whole server ("" service).
@@ -692,18 +787,7 @@ impl Stack {
     }
 
     pub async fn owner(&self, broadcast: &str, consistent: bool) -> Result<Option<pb::Claim>> {
-        let mut client = self.svc.ownership().await?;
-        match client
-            .get_owner(pb::GetOwnerRequest {
-                broadcast: broadcast.into(),
-                consistent,
-            })
-            .await
-        {
-            Ok(r) => Ok(Some(r.into_inner())),
-            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
-            Err(s) => Err(anyhow!("GetOwner failed: {s}")),
-        }
+        self.svc.owner(broadcast, consistent).await
     }
 
     /// Polls the (eventually consistent) view until `check` holds.

@@ -46,14 +46,7 @@ async fn a_newer_session_on_another_replica_supersedes_the_older() -> Result<()>
 
     // The old session's grace runs out on replica one without touching it.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let mut client = two.ownership().await?;
-    let owner = client
-        .get_owner(pb::GetOwnerRequest {
-            broadcast: "live/x".into(),
-            consistent: true,
-        })
-        .await?
-        .into_inner();
+    let owner = two.owner("live/x", true).await?.expect("owned");
     assert_eq!(owner.lease_id, adopted.claim.unwrap().lease_id);
     while let Some(e) = watcher.quiet_for(Duration::from_millis(200)).await {
         assert_ne!(e.kind, Kind::Released as i32, "{e:?}");
@@ -95,14 +88,7 @@ async fn a_replica_paused_past_the_lease_cannot_take_back_what_moved() -> Result
         .args(["-CONT", &pid])
         .status()?;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let mut client = two.ownership().await?;
-    let owner = client
-        .get_owner(pb::GetOwnerRequest {
-            broadcast: "live/p".into(),
-            consistent: true,
-        })
-        .await?
-        .into_inner();
+    let owner = two.owner("live/p", true).await?.expect("owned");
     assert_eq!(owner.lease_id, adopted.lease_id, "{}", one.log_text());
     assert_eq!(owner.fencing_token, first.fencing_token);
     while let Some(e) = watcher.quiet_for(Duration::from_millis(200)).await {
@@ -110,5 +96,39 @@ async fn a_replica_paused_past_the_lease_cannot_take_back_what_moved() -> Result
     }
     assert!(moved.silent_for(Duration::from_millis(200)).await.is_none());
     one.kill();
+    Ok(())
+}
+
+#[tokio::test]
+async fn losing_the_etcd_leader_of_three_loses_no_claim() -> Result<()> {
+    let mut cluster = EtcdCluster::start(3).await?;
+    let prefix = test_prefix("leader");
+    let svc = ClaimService::start(&cluster.endpoints(), &prefix, &[]).await?;
+    let mut watcher = Watcher::open(&svc, "", 0).await?;
+    let mut a = Node::attach(&svc.addr(), hello("node-a")).await?;
+    let names: Vec<String> = (0..50).map(|i| format!("live/l{i:02}")).collect();
+    for n in &names {
+        a.created(n, "video").await?;
+    }
+    let mut tokens = std::collections::BTreeMap::new();
+    for n in &names {
+        let c = a.expect_claimed(n).await?.claim.unwrap();
+        tokens.insert(n.clone(), c.fencing_token);
+    }
+    let leader = cluster.leader()?;
+    cluster.members[leader].kill();
+    // Longer than a lease TTL: renewals must have gone through the others.
+    let said = a.silent_for(Duration::from_secs(12)).await;
+    assert!(said.is_none(), "the node was told {said:?}");
+    for n in &names {
+        let owner = svc.owner(n, true).await?.expect("still owned");
+        assert_eq!(Some(&owner.fencing_token), tokens.get(n));
+    }
+    while let Some(e) = watcher.quiet_for(Duration::from_millis(300)).await {
+        assert_ne!(e.kind, Kind::Released as i32, "{e:?}");
+    }
+    // And the cluster of two still takes new claims.
+    a.created("live/after", "video").await?;
+    a.expect_claimed("live/after").await?;
     Ok(())
 }

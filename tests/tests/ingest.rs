@@ -174,14 +174,7 @@ async fn a_publisher_keeps_ingesting_when_the_claim_service_dies_and_is_claimed_
     let entry = a.wait_broadcast("live/f", claimed).await?;
     assert_eq!(entry["fencing_token"].as_i64(), Some(token));
     assert_eq!(entry["claim"]["adopted"], true);
-    let mut client = svc.ownership().await?;
-    let owner = client
-        .get_owner(pb::GetOwnerRequest {
-            broadcast: "live/f".into(),
-            consistent: true,
-        })
-        .await?
-        .into_inner();
+    let owner = svc.owner("live/f", true).await?.expect("owned");
     assert_eq!(owner.node_id, "node-a");
     Ok(())
 }
@@ -308,14 +301,7 @@ async fn without_a_claim_service_the_policy_decides() -> Result<()> {
     // ... and claimed as soon as a claim service is back.
     let svc = ClaimService::start_at(port, &etcd.endpoint(), &prefix, &[]).await?;
     let entry = lenient.wait_broadcast("live/p", claimed).await?;
-    let mut client = svc.ownership().await?;
-    let owner = client
-        .get_owner(pb::GetOwnerRequest {
-            broadcast: "live/p".into(),
-            consistent: true,
-        })
-        .await?
-        .into_inner();
+    let owner = svc.owner("live/p", true).await?.expect("owned");
     assert_eq!(owner.node_id, "node-l");
     assert_eq!(Some(owner.fencing_token), entry["fencing_token"].as_i64());
     Ok(())

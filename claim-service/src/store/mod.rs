@@ -130,6 +130,18 @@ struct Inner {
     keepalive: KeepAlive,
 }
 
+/// The call never reached a member: the connection itself failed.
+fn unreachable_member(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() == tonic::Code::Unavailable
+                && (s.message().contains("connect") || s.message().contains("transport"))
+        }
+        _ => false,
+    }
+}
+
 pub fn unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -237,37 +249,52 @@ impl Store {
     }
 
     /// Runs one etcd call under the time-out, timing it for the metrics.
-    async fn call<T, F>(&self, op: &'static str, f: F) -> Result<T>
+    /// `f` makes the call on a client; a call that could not reach a member
+    /// (a dead endpoint of a cluster: the connection was refused, nothing
+    /// was sent) is made again, up to three times, so the balancer moves on
+    /// to a live member. Every write here is a checked transaction, a grant
+    /// or a revoke, so a repeat is harmless even in doubt.
+    async fn call<T, F, Fut>(&self, op: &'static str, mut f: F) -> Result<T>
     where
-        F: Future<Output = std::result::Result<T, etcd_client::Error>>,
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        let started = Instant::now();
-        let result = tokio::time::timeout(self.inner.op_timeout, f).await;
-        self.inner
-            .metrics
-            .etcd_rtt
-            .with_label_values(&[op])
-            .observe(started.elapsed().as_secs_f64());
-        match result {
-            Ok(r) => r.map_err(Error::from),
-            Err(_) => Err(Error::EtcdTimeout {
-                op,
-                timeout: self.inner.op_timeout,
-            }),
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let started = Instant::now();
+            let result = tokio::time::timeout(self.inner.op_timeout, f(self.client())).await;
+            self.inner
+                .metrics
+                .etcd_rtt
+                .with_label_values(&[op])
+                .observe(started.elapsed().as_secs_f64());
+            match result {
+                Ok(Err(e)) if attempt < 3 && unreachable_member(&e) => {
+                    tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+                }
+                Ok(r) => return r.map_err(Error::from),
+                Err(_) => {
+                    return Err(Error::EtcdTimeout {
+                        op,
+                        timeout: self.inner.op_timeout,
+                    })
+                }
+            }
         }
     }
 
     /// A cheap round trip that succeeds only when etcd is reachable.
     pub async fn ping(&self) -> Result<i64> {
-        let mut c = self.client();
-        let resp = self.call("status", async move { c.status().await }).await?;
+        let resp = self
+            .call("status", |mut c| async move { c.status().await })
+            .await?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
     }
 
     pub async fn grant(&self, ttl: Duration) -> Result<i64> {
-        let mut c = self.client();
         let resp = self
-            .call("lease_grant", async move {
+            .call("lease_grant", move |mut c| async move {
                 c.lease_grant(ttl_seconds(ttl), None).await
             })
             .await?;
@@ -277,12 +304,10 @@ impl Store {
     /// Revokes a lease, deleting every key attached to it. A lease that is
     /// already gone counts as revoked.
     pub async fn revoke(&self, lease_id: i64) -> Result<()> {
-        let mut c = self.client();
         match self
-            .call(
-                "lease_revoke",
-                async move { c.lease_revoke(lease_id).await },
-            )
+            .call("lease_revoke", move |mut c| async move {
+                c.lease_revoke(lease_id).await
+            })
             .await
         {
             Ok(_) => Ok(()),
@@ -461,9 +486,11 @@ impl Store {
                     TxnOp::get(key.clone(), None),
                     TxnOp::get(node_key.clone(), None),
                 ]);
-            let mut c = self.client();
             let resp = self
-                .call("claim_txn", async move { c.txn(txn).await })
+                .call("claim_txn", |mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                })
                 .await?;
             let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
             if resp.succeeded() {
@@ -510,9 +537,11 @@ impl Store {
                     guard.clone(),
                 ])
                 .and_then([put(&record)]);
-            let mut c = self.client();
             let resp = self
-                .call("adopt_txn", async move { c.txn(adopt).await })
+                .call("adopt_txn", |mut c| {
+                    let adopt = adopt.clone();
+                    async move { c.txn(adopt).await }
+                })
                 .await?;
             if resp.succeeded() {
                 return Ok(Attempt::Outcome(ClaimOutcome::Claimed {
@@ -530,9 +559,11 @@ impl Store {
     /// The current claim of a broadcast, read linearizably from etcd.
     pub async fn get_claim(&self, broadcast: &str) -> Result<Option<(Claim, i64)>> {
         let key = self.inner.layout.broadcast(broadcast);
-        let mut c = self.client();
         let mut resp = self
-            .call("get", async move { c.get(key, None).await })
+            .call("get", |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
             .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         Ok(resp
@@ -571,10 +602,12 @@ impl Store {
     ) -> Result<Registration> {
         let key = self.inner.layout.node(node_id);
         let mut record = record.clone();
-        let mut c = self.client();
         let k = key.clone();
         let mut earlier = self
-            .call("get", async move { c.get(k, None).await })
+            .call("get", |mut c| {
+                let k = k.clone();
+                async move { c.get(k, None).await }
+            })
             .await?;
         let earlier = earlier.take_kvs().into_iter().next();
         if let Some(old) = earlier.as_ref().and_then(NodeRecord::from_kv) {
@@ -602,9 +635,11 @@ impl Store {
         let txn = Txn::new()
             .when(condition.into_iter().collect::<Vec<_>>())
             .and_then([put]);
-        let mut c = self.client();
         let written = self
-            .call("register_txn", async move { c.txn(txn).await })
+            .call("register_txn", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
             .await;
         match written {
             Ok(resp) if resp.succeeded() => Ok(Registration {
@@ -639,14 +674,12 @@ impl Store {
         // view to see it, then goes by itself.
         let lease_id = self.grant(Duration::from_secs(60)).await?;
         let key = self.inner.layout.forced(broadcast);
-        let mut c = self.client();
-        self.call("put", async move {
-            c.put(
-                key,
-                record.to_json(),
-                Some(PutOptions::new().with_lease(lease_id)),
-            )
-            .await
+        self.call("put", |mut c| {
+            let (key, value) = (key.clone(), record.to_json());
+            async move {
+                c.put(key, value, Some(PutOptions::new().with_lease(lease_id)))
+                    .await
+            }
         })
         .await?;
         self.revoke(claim.lease_id).await?;
@@ -658,10 +691,12 @@ impl Store {
     pub async fn set_draining(&self, node_id: &str, draining: bool) -> Result<Option<NodeRecord>> {
         let key = self.inner.layout.node(node_id);
         for _ in 0..5 {
-            let mut c = self.client();
             let k = key.clone();
             let mut resp = self
-                .call("get", async move { c.get(k, None).await })
+                .call("get", |mut c| {
+                    let k = k.clone();
+                    async move { c.get(k, None).await }
+                })
                 .await?;
             let Some(kv) = resp.take_kvs().into_iter().next() else {
                 return Ok(None);
@@ -683,9 +718,11 @@ impl Store {
                     record.to_json(),
                     Some(PutOptions::new().with_ignore_lease()),
                 )]);
-            let mut c = self.client();
             if self
-                .call("drain_txn", async move { c.txn(txn).await })
+                .call("drain_txn", |mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                })
                 .await?
                 .succeeded()
             {
@@ -704,18 +741,20 @@ impl Store {
 
     async fn snapshot_of(&self, key_prefix: &str) -> Result<Snapshot> {
         let key = key_prefix.to_string();
-        let mut c = self.client();
         let mut resp = self
-            .call("range", async move {
-                c.get(
-                    key,
-                    Some(
-                        GetOptions::new()
-                            .with_prefix()
-                            .with_sort(SortTarget::Key, SortOrder::Ascend),
-                    ),
-                )
-                .await
+            .call("range", |mut c| {
+                let key = key.clone();
+                async move {
+                    c.get(
+                        key,
+                        Some(
+                            GetOptions::new()
+                                .with_prefix()
+                                .with_sort(SortTarget::Key, SortOrder::Ascend),
+                        ),
+                    )
+                    .await
+                }
             })
             .await?;
         let mut snapshot = Snapshot {
@@ -745,11 +784,13 @@ impl Store {
     /// The current revision of the store.
     pub async fn revision(&self) -> Result<i64> {
         let key = self.inner.layout.prefix().to_string();
-        let mut c = self.client();
         let resp = self
-            .call("range", async move {
-                c.get(key, Some(GetOptions::new().with_prefix().with_count_only()))
-                    .await
+            .call("range", |mut c| {
+                let key = key.clone();
+                async move {
+                    c.get(key, Some(GetOptions::new().with_prefix().with_count_only()))
+                        .await
+                }
             })
             .await?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
