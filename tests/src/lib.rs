@@ -22,6 +22,9 @@ use tonic::Streaming;
 
 pub use claims_proto::v1;
 
+pub mod netns;
+use netns::Host;
+
 /// How long any single expectation may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(15);
 
@@ -110,6 +113,8 @@ pub struct Etcd {
     name: String,
     /// `--initial-cluster`; empty for a single member.
     cluster: String,
+    /// The network namespace it runs in; loopback when `None`.
+    host: Option<Host>,
 }
 
 impl Etcd {
@@ -127,23 +132,43 @@ impl Etcd {
             peer_port,
             name: name.into(),
             cluster,
+            host: None,
         }
     }
 
+    /// A single-member etcd inside `host`.
+    pub async fn start_in(host: &Host) -> Result<Self> {
+        let mut etcd = Self::member("default", 2379, 2380, String::new());
+        etcd.host = Some(host.clone());
+        etcd.spawn().await?;
+        Ok(etcd)
+    }
+
+    fn ip(&self) -> &str {
+        self.host
+            .as_ref()
+            .map(|h| h.ip.as_str())
+            .unwrap_or("127.0.0.1")
+    }
+
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("http://{}:{}", self.ip(), self.client_port)
     }
 
     async fn spawn(&mut self) -> Result<()> {
         let client = self.endpoint();
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let peer = format!("http://{}:{}", self.ip(), self.peer_port);
         let log = std::fs::File::create(self.dir.join("etcd.log"))?;
         let cluster = if self.cluster.is_empty() {
             format!("{}={peer}", self.name)
         } else {
             self.cluster.clone()
         };
-        let child = Command::new("etcd")
+        let mut cmd = match &self.host {
+            Some(h) => h.command("etcd"),
+            None => Command::new("etcd"),
+        };
+        let child = cmd
             .args([
                 "--name",
                 &self.name,
@@ -390,6 +415,8 @@ pub struct ClaimService {
     daemon: Daemon,
     pub port: u16,
     pub metrics_port: u16,
+    /// Where it is reached: 127.0.0.1, or its host's address.
+    pub ip: String,
 }
 
 impl std::ops::Deref for ClaimService {
@@ -431,13 +458,38 @@ impl ClaimService {
             daemon: Daemon::spawn("claim-service", cmd)?,
             port,
             metrics_port,
+            ip: "127.0.0.1".into(),
+        };
+        svc.wait_serving(true).await?;
+        Ok(svc)
+    }
+
+    /// A claim-service inside `host`, on its address.
+    pub async fn start_in(
+        host: &Host,
+        etcd_endpoints: &str,
+        prefix: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let mut cmd = host.command(binary("claim-service"));
+        cmd.env("CLAIMS_LISTEN", "0.0.0.0:50051")
+            .env("CLAIMS_METRICS_LISTEN", "0.0.0.0:9464")
+            .env("CLAIMS_ETCD_ENDPOINTS", etcd_endpoints)
+            .env("CLAIMS_KEY_PREFIX", prefix)
+            .env("RUST_LOG", "info")
+            .args(extra);
+        let svc = Self {
+            daemon: Daemon::spawn("claim-service", cmd)?,
+            port: 50051,
+            metrics_port: 9464,
+            ip: host.ip.clone(),
         };
         svc.wait_serving(true).await?;
         Ok(svc)
     }
 
     pub fn addr(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.ip, self.port)
     }
 
     pub async fn channel(&self) -> Result<Channel> {
@@ -503,7 +555,7 @@ impl ClaimService {
     }
 
     pub async fn metrics(&self) -> Result<String> {
-        let url = format!("127.0.0.1:{}", self.metrics_port);
+        let url = format!("{}:{}", self.ip, self.metrics_port);
         let mut stream = tokio::net::TcpStream::connect(&url).await?;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         stream
@@ -827,10 +879,15 @@ impl HttpAnswer {
     }
 }
 
-/// A plain GET that does not follow redirects.
+/// A plain GET to 127.0.0.1 that does not follow redirects.
 pub async fn http_get(port: u16, path_and_query: &str) -> Result<HttpAnswer> {
+    http_get_at("127.0.0.1", port, path_and_query).await
+}
+
+/// A plain GET that does not follow redirects.
+pub async fn http_get_at(ip: &str, port: u16, path_and_query: &str) -> Result<HttpAnswer> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut s = tokio::net::TcpStream::connect((ip, port)).await?;
     s.write_all(format!("GET {path_and_query} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
         .await?;
     let mut raw = Vec::new();
@@ -862,6 +919,8 @@ pub struct IngestNode {
     pub node_id: String,
     pub rtmp_port: u16,
     pub http_port: u16,
+    /// Where it is reached: 127.0.0.1, or its host's address.
+    pub ip: String,
 }
 
 impl std::ops::Deref for IngestNode {
@@ -903,18 +962,54 @@ impl IngestNode {
             node_id: node_id.into(),
             rtmp_port,
             http_port,
+            ip: "127.0.0.1".into(),
         };
+        node.wait_http().await?;
+        Ok(node)
+    }
+
+    /// An ingest node inside `host`, advertising its address.
+    pub async fn start_in(
+        host: &Host,
+        node_id: &str,
+        claim_services: &[String],
+        extra: &[&str],
+    ) -> Result<Self> {
+        let mut cmd = host.command(binary("ingest-node"));
+        cmd.env("INGEST_NODE_ID", node_id)
+            .env("INGEST_CLAIM_SERVICE", claim_services.join(","))
+            .env("INGEST_RTMP_LISTEN", "0.0.0.0:1935")
+            .env("INGEST_HTTP_LISTEN", "0.0.0.0:8080")
+            .env("INGEST_ADVERTISE_RTMP", format!("rtmp://{}:1935", host.ip))
+            .env("INGEST_ADVERTISE_HTTP", format!("http://{}:8080", host.ip))
+            .env("RUST_LOG", "info")
+            .args(extra);
+        let node = Self {
+            daemon: Daemon::spawn("ingest-node", cmd)?,
+            node_id: node_id.into(),
+            rtmp_port: 1935,
+            http_port: 8080,
+            ip: host.ip.clone(),
+        };
+        node.wait_http().await?;
+        Ok(node)
+    }
+
+    async fn wait_http(&self) -> Result<()> {
         let deadline = Instant::now() + WAIT;
-        while http_get(http_port, "/healthz").await.is_err() {
+        while http_get_at(&self.ip, self.http_port, "/healthz")
+            .await
+            .is_err()
+        {
             if Instant::now() > deadline {
                 bail!(
                     "ingest-node never answered /healthz; log:\n{}",
-                    node.log_text()
+                    self.log_text()
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(node)
+        Ok(())
     }
 
     pub fn rtmp_url(&self, broadcast: &str) -> String {
@@ -926,12 +1021,12 @@ impl IngestNode {
     }
 
     pub async fn healthz(&self) -> Result<serde_json::Value> {
-        let answer = http_get(self.http_port, "/healthz").await?;
+        let answer = http_get_at(&self.ip, self.http_port, "/healthz").await?;
         Ok(serde_json::from_str(&answer.body)?)
     }
 
     pub async fn broadcasts(&self) -> Result<serde_json::Value> {
-        let answer = http_get(self.http_port, "/api/broadcasts").await?;
+        let answer = http_get_at(&self.ip, self.http_port, "/api/broadcasts").await?;
         Ok(serde_json::from_str(&answer.body)?)
     }
 
@@ -964,7 +1059,7 @@ impl IngestNode {
     }
 
     pub async fn metric(&self, name: &str) -> Result<f64> {
-        let answer = http_get(self.http_port, "/metrics").await?;
+        let answer = http_get_at(&self.ip, self.http_port, "/metrics").await?;
         answer
             .body
             .lines()
@@ -994,6 +1089,42 @@ impl std::ops::DerefMut for Publisher {
 impl Publisher {
     pub fn start(url: &str) -> Result<Self> {
         let mut cmd = Command::new("ffmpeg");
+        cmd.args([
+            "-hide_banner",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=25",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=44100",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            "25",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "64k",
+            "-f",
+            "flv",
+            url,
+        ]);
+        Ok(Self(Daemon::spawn("ffmpeg", cmd)?))
+    }
+
+    /// The same, run inside `host` (publishing to its own loopback).
+    pub fn start_in(host: &Host, url: &str) -> Result<Self> {
+        let mut cmd = host.command("ffmpeg");
         cmd.args([
             "-hide_banner",
             "-nostdin",

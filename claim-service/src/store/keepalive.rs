@@ -11,9 +11,12 @@
 //! reopened with backoff.
 //!
 //! A lease is reported lost when etcd answers a renewal with TTL 0, or when a
-//! whole TTL has passed since the last renewal that etcd confirmed, measured
-//! from when that renewal was *sent*: the lease cannot have been renewed
-//! later than that, so we report the loss no later than etcd expires it.
+//! whole TTL (less a small margin) has passed since the last renewal that
+//! etcd confirmed, measured from when that renewal was *sent*: the lease
+//! cannot have been renewed later than that, so the loss is reported before
+//! etcd can expire it and give the broadcast to someone else. The shard never
+//! waits on the network (streams open in their own task, sends give up at
+//! once), so these deadlines are checked on time even while etcd hangs.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,8 +32,14 @@ use crate::metrics::Metrics;
 
 const ANCHOR_TTL: Duration = Duration::from_secs(60);
 const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
-const SEND_TIMEOUT: Duration = Duration::from_secs(1);
-const DEADLINE_SCAN: Duration = Duration::from_millis(250);
+/// A renewal that cannot even be queued this fast means the stream is
+/// stuck (its connection blackholed): treat it as broken.
+const SEND_TIMEOUT: Duration = Duration::from_millis(100);
+const DEADLINE_SCAN: Duration = Duration::from_millis(50);
+/// Losses are reported this much before the TTL runs out (at most), so the
+/// holder hears it before etcd expires the lease and someone else is told
+/// `claimed`.
+const LOSS_MARGIN: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LossKind {
@@ -132,7 +141,37 @@ struct Lease {
     timer: delay_queue::Key,
 }
 
+/// Opens a keep-alive stream on the shard's anchor lease, granting one when
+/// there is none (or it is gone).
+async fn open_stream(
+    mut client: Client,
+    anchor: Option<i64>,
+) -> Result<(LeaseKeeper, etcd_client::LeaseKeepAliveStream, i64, bool), etcd_client::Error> {
+    let (anchor, granted) = match anchor {
+        Some(id) => (id, false),
+        None => (
+            client
+                .lease_grant(ANCHOR_TTL.as_secs() as i64, None)
+                .await?
+                .id(),
+            true,
+        ),
+    };
+    let (keeper, stream) = client.lease_keep_alive(anchor).await?;
+    Ok((keeper, stream, anchor, granted))
+}
+
 enum StreamMsg {
+    /// A stream was opened on `anchor` (granted anew when `granted`).
+    Opened {
+        keeper: LeaseKeeper,
+        stream: etcd_client::LeaseKeepAliveStream,
+        anchor: i64,
+        granted: bool,
+    },
+    OpenFailed {
+        error: String,
+    },
     Renewed {
         generation: u64,
         lease_id: i64,
@@ -152,6 +191,9 @@ struct Shard {
     keeper: Option<LeaseKeeper>,
     generation: u64,
     anchor: Option<i64>,
+    /// An open is in flight (in its own task: the shard never waits on
+    /// the network, so deadlines are checked on time even when etcd hangs).
+    opening: bool,
     failures: u32,
     reopen_at: Instant,
     events_tx: mpsc::UnboundedSender<StreamMsg>,
@@ -169,6 +211,7 @@ impl Shard {
             keeper: None,
             generation: 0,
             anchor: None,
+            opening: false,
             failures: 0,
             reopen_at: Instant::now(),
             events_tx,
@@ -184,7 +227,7 @@ impl Shard {
         let mut scan = tokio::time::interval(DEADLINE_SCAN);
         scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let reopen = self.keeper.is_none() && self.wants_stream();
+            let reopen = self.keeper.is_none() && !self.opening && self.wants_stream();
             tokio::select! {
                 cmd = cmds.recv() => match cmd {
                     Some(Cmd::Keep { lease_id, ttl, renew, notify, valid_from }) => {
@@ -198,7 +241,7 @@ impl Shard {
                     self.renew(lease_id).await;
                 }
                 Some(msg) = self.events_rx.recv() => self.on_stream(msg),
-                _ = tokio::time::sleep_until(self.reopen_at), if reopen => self.open().await,
+                _ = tokio::time::sleep_until(self.reopen_at), if reopen => self.open(),
                 _ = scan.tick() => self.check_deadlines(),
             }
         }
@@ -279,6 +322,16 @@ impl Shard {
 
     fn on_stream(&mut self, msg: StreamMsg) {
         match msg {
+            StreamMsg::Opened {
+                keeper,
+                stream,
+                anchor,
+                granted,
+            } => self.opened(keeper, stream, anchor, granted),
+            StreamMsg::OpenFailed { error } => {
+                self.opening = false;
+                self.open_failed(error);
+            }
             StreamMsg::Renewed {
                 generation,
                 lease_id,
@@ -324,7 +377,7 @@ impl Shard {
         let overdue: Vec<(i64, Duration)> = self
             .leases
             .iter()
-            .filter(|(_, l)| now >= l.valid_from + l.ttl)
+            .filter(|(_, l)| now + LOSS_MARGIN.min(l.ttl / 10) >= l.valid_from + l.ttl)
             .map(|(id, l)| (*id, l.ttl))
             .collect();
         for (lease_id, ttl) in overdue {
@@ -336,15 +389,28 @@ impl Shard {
         }
     }
 
-    async fn open(&mut self) {
-        match tokio::time::timeout(OPEN_TIMEOUT, self.try_open()).await {
-            Ok(Ok(())) => {
-                self.failures = 0;
-                self.metrics.keepalive_streams.inc();
-            }
-            Ok(Err(e)) => self.open_failed(e.to_string()),
-            Err(_) => self.open_failed(format!("no answer within {OPEN_TIMEOUT:?}")),
-        }
+    fn open(&mut self) {
+        self.opening = true;
+        let client = self.client.clone();
+        let anchor = self.anchor;
+        let events = self.events_tx.clone();
+        tokio::spawn(async move {
+            let msg = match tokio::time::timeout(OPEN_TIMEOUT, open_stream(client, anchor)).await {
+                Ok(Ok((keeper, stream, anchor, granted))) => StreamMsg::Opened {
+                    keeper,
+                    stream,
+                    anchor,
+                    granted,
+                },
+                Ok(Err(e)) => StreamMsg::OpenFailed {
+                    error: e.to_string(),
+                },
+                Err(_) => StreamMsg::OpenFailed {
+                    error: format!("no answer within {OPEN_TIMEOUT:?}"),
+                },
+            };
+            let _ = events.send(msg);
+        });
     }
 
     fn open_failed(&mut self, error: String) {
@@ -361,21 +427,20 @@ impl Shard {
         self.reopen_at = Instant::now() + delay;
     }
 
-    async fn try_open(&mut self) -> Result<(), etcd_client::Error> {
-        let anchor = match self.anchor {
-            Some(id) => id,
-            None => {
-                let id = self
-                    .client
-                    .lease_grant(ANCHOR_TTL.as_secs() as i64, None)
-                    .await?
-                    .id();
-                self.anchor = Some(id);
-                self.insert(id, ANCHOR_TTL, ANCHOR_TTL / 4, None, Instant::now());
-                id
-            }
-        };
-        let (keeper, mut stream) = self.client.lease_keep_alive(anchor).await?;
+    fn opened(
+        &mut self,
+        keeper: LeaseKeeper,
+        mut stream: etcd_client::LeaseKeepAliveStream,
+        anchor: i64,
+        granted: bool,
+    ) {
+        self.opening = false;
+        self.failures = 0;
+        self.metrics.keepalive_streams.inc();
+        if granted {
+            self.anchor = Some(anchor);
+            self.insert(anchor, ANCHOR_TTL, ANCHOR_TTL / 4, None, Instant::now());
+        }
         self.generation += 1;
         let generation = self.generation;
         self.keeper = Some(keeper);
@@ -401,6 +466,5 @@ impl Shard {
             };
             let _ = events.send(StreamMsg::Closed { generation, error });
         });
-        Ok(())
     }
 }
