@@ -22,6 +22,7 @@ use tonic::Streaming;
 
 pub use claims_proto::v1;
 
+pub mod checker;
 pub mod netns;
 use netns::Host;
 

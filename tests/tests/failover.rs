@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
+use system_tests::checker::Report;
 use system_tests::v1 as pb;
 use system_tests::*;
 
@@ -69,6 +70,7 @@ async fn a_replica_paused_past_the_lease_cannot_take_back_what_moved() -> Result
     // Replica one freezes. The node gives up on it and moves to replica two
     // within the lease, adopting its claim.
     let pid = one.pid().expect("running").to_string();
+    let stopped = std::time::Instant::now();
     std::process::Command::new("kill")
         .args(["-STOP", &pid])
         .status()?;
@@ -80,6 +82,7 @@ async fn a_replica_paused_past_the_lease_cannot_take_back_what_moved() -> Result
     assert!(adopted.adopted);
     let adopted = adopted.claim.unwrap();
     assert_eq!(adopted.fencing_token, first.fencing_token);
+    let moved_in = stopped.elapsed();
 
     // Replica one wakes up long after its leases' TTL: whatever it tries,
     // the claim stays where it moved.
@@ -96,6 +99,11 @@ async fn a_replica_paused_past_the_lease_cannot_take_back_what_moved() -> Result
     }
     assert!(moved.silent_for(Duration::from_millis(200)).await.is_none());
     one.kill();
+    let mut report = Report::new(
+        "SIGSTOP a replica past the lease (TTL 5 s): node moves, woken replica changes nothing",
+    );
+    report.run(moved_in, 0, 0);
+    report.write();
     Ok(())
 }
 
@@ -116,6 +124,7 @@ async fn losing_the_etcd_leader_of_three_loses_no_claim() -> Result<()> {
         tokens.insert(n.clone(), c.fencing_token);
     }
     let leader = cluster.leader()?;
+    let killed = std::time::Instant::now();
     cluster.members[leader].kill();
     // Longer than a lease TTL: renewals must have gone through the others.
     let said = a.silent_for(Duration::from_secs(12)).await;
@@ -130,5 +139,10 @@ async fn losing_the_etcd_leader_of_three_loses_no_claim() -> Result<()> {
     // And the cluster of two still takes new claims.
     a.created("live/after", "video").await?;
     a.expect_claimed("live/after").await?;
+    let mut report = Report::new(
+        "kill the leader of a 3-member etcd cluster: no claim lost (time: until checked)",
+    );
+    report.run(killed.elapsed(), 0, 0);
+    report.write();
     Ok(())
 }

@@ -251,7 +251,7 @@ impl Store {
     /// Runs one etcd call under the time-out, timing it for the metrics.
     /// `f` makes the call on a client; a call that could not reach a member
     /// (a dead endpoint of a cluster: the connection was refused, nothing
-    /// was sent) is made again, up to three times, so the balancer moves on
+    /// was sent) is made again, up to six times, so the balancer moves on
     /// to a live member. Every write here is a checked transaction, a grant
     /// or a revoke, so a repeat is harmless even in doubt.
     async fn call<T, F, Fut>(&self, op: &'static str, mut f: F) -> Result<T>
@@ -270,8 +270,8 @@ impl Store {
                 .with_label_values(&[op])
                 .observe(started.elapsed().as_secs_f64());
             match result {
-                Ok(Err(e)) if attempt < 3 && unreachable_member(&e) => {
-                    tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+                Ok(Err(e)) if attempt < 6 && unreachable_member(&e) => {
+                    tokio::time::sleep(Duration::from_millis(25 * attempt)).await;
                 }
                 Ok(r) => return r.map_err(Error::from),
                 Err(_) => {
