@@ -11,6 +11,10 @@ use system_tests::*;
 
 use pb::claim_event::Kind;
 
+/// These scenarios load both cores (several etcd members, replicas, nodes);
+/// run one at a time so a timing bound is about the system, not the crowd.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const SHORT: [&str; 6] = [
     "--lease-ttl",
     "5s",
@@ -22,6 +26,7 @@ const SHORT: [&str; 6] = [
 
 #[tokio::test]
 async fn a_newer_session_on_another_replica_supersedes_the_older() -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
     let etcd = Etcd::start().await?;
     let prefix = test_prefix("cross-supersede");
     let one = ClaimService::start(&etcd.endpoint(), &prefix, &[]).await?;
@@ -57,6 +62,7 @@ async fn a_newer_session_on_another_replica_supersedes_the_older() -> Result<()>
 
 #[tokio::test]
 async fn a_replica_paused_past_the_lease_cannot_take_back_what_moved() -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
     let etcd = Etcd::start().await?;
     let prefix = test_prefix("paused");
     let mut one = ClaimService::start(&etcd.endpoint(), &prefix, &SHORT).await?;
@@ -109,6 +115,7 @@ async fn a_replica_paused_past_the_lease_cannot_take_back_what_moved() -> Result
 
 #[tokio::test]
 async fn losing_the_etcd_leader_of_three_loses_no_claim() -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut cluster = EtcdCluster::start(3).await?;
     let prefix = test_prefix("leader");
     let svc = ClaimService::start(&cluster.endpoints(), &prefix, &[]).await?;

@@ -17,6 +17,10 @@ use system_tests::*;
 use pb::claim_event::Kind;
 use pb::service_message::Msg;
 
+/// These scenarios load both cores (several etcd members, replicas, nodes);
+/// run one at a time so a timing bound is about the system, not the crowd.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Reads a node's messages into the checker until `want` claimed answers
 /// (adopted or not) arrived; returns the fencing tokens by broadcast.
 async fn collect_claims(
@@ -49,6 +53,7 @@ async fn drain_watch(watcher: &mut Watcher, checker: &mut Checker) {
 
 #[tokio::test]
 async fn killing_a_node_releases_its_claims_after_the_grace() -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut report =
         Report::new("kill -9 an ingest node with 200 claims (grace 2 s): all RELEASED");
     for run in 0..runs() {
@@ -101,6 +106,7 @@ async fn killing_a_node_releases_its_claims_after_the_grace() -> Result<()> {
 
 #[tokio::test]
 async fn killing_a_replica_moves_every_claim_without_a_release() -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut report = Report::new("kill -9 a replica with 3 nodes and 1,002 claims: all adopted");
     for run in 0..runs() {
         let etcd = Etcd::start().await?;
@@ -172,6 +178,7 @@ async fn killing_a_replica_moves_every_claim_without_a_release() -> Result<()> {
 
 #[tokio::test]
 async fn a_rolling_restart_of_every_replica_releases_nothing() -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
     let etcd = Etcd::start().await?;
     let prefix = test_prefix("rolling");
     let ports = [free_port(), free_port()];

@@ -14,6 +14,10 @@ use system_tests::*;
 use pb::claim_event::Kind;
 use pb::service_message::Msg;
 
+/// These scenarios load both cores (several etcd members, replicas, nodes);
+/// run one at a time so a timing bound is about the system, not the crowd.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn lab() -> Option<Lab> {
     match Lab::start() {
         Ok(lab) => Some(lab),
@@ -26,6 +30,7 @@ fn lab() -> Option<Lab> {
 
 #[tokio::test]
 async fn a_node_cut_off_from_the_claim_service_is_released_then_claims_again() -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut report = Report::new(
         "partition an ingest node from the claim service: released after the grace, claimed after heal",
     );
@@ -94,6 +99,7 @@ async fn node_cut(lab: &mut Lab, report: &mut Report) -> Result<()> {
 #[tokio::test]
 async fn a_replica_cut_off_from_etcd_tells_its_nodes_lost_before_anyone_else_claims() -> Result<()>
 {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut report = Report::new(
         "partition a replica from etcd, not its nodes (TTL 5 s): lost, then a standby claims",
     );
