@@ -1087,75 +1087,54 @@ impl std::ops::DerefMut for Publisher {
     }
 }
 
+/// ffmpeg's arguments for a real-time test pattern (H.264 + AAC) to `url`.
+const PUBLISH_ARGS: [&str; 28] = [
+    "-hide_banner",
+    "-nostdin",
+    "-loglevel",
+    "error",
+    "-re",
+    "-f",
+    "lavfi",
+    "-i",
+    "testsrc=size=320x240:rate=25",
+    "-f",
+    "lavfi",
+    "-i",
+    "sine=frequency=440:sample_rate=44100",
+    "-c:v",
+    "libx264",
+    "-preset",
+    "ultrafast",
+    "-tune",
+    "zerolatency",
+    "-g",
+    "25",
+    "-c:a",
+    "aac",
+    "-b:a",
+    "64k",
+    "-f",
+    "flv",
+    "URL",
+];
+
 impl Publisher {
     pub fn start(url: &str) -> Result<Self> {
-        let mut cmd = Command::new("ffmpeg");
-        cmd.args([
-            "-hide_banner",
-            "-nostdin",
-            "-loglevel",
-            "error",
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=320x240:rate=25",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=44100",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-            "-g",
-            "25",
-            "-c:a",
-            "aac",
-            "-b:a",
-            "64k",
-            "-f",
-            "flv",
-            url,
-        ]);
-        Ok(Self(Daemon::spawn("ffmpeg", cmd)?))
+        Self::spawn(Command::new("ffmpeg"), url)
     }
 
     /// The same, run inside `host` (publishing to its own loopback).
     pub fn start_in(host: &Host, url: &str) -> Result<Self> {
-        let mut cmd = host.command("ffmpeg");
-        cmd.args([
-            "-hide_banner",
-            "-nostdin",
-            "-loglevel",
-            "error",
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=320x240:rate=25",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=44100",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-            "-g",
-            "25",
-            "-c:a",
-            "aac",
-            "-b:a",
-            "64k",
-            "-f",
-            "flv",
-            url,
-        ]);
+        Self::spawn(host.command("ffmpeg"), url)
+    }
+
+    fn spawn(mut cmd: Command, url: &str) -> Result<Self> {
+        cmd.args(
+            PUBLISH_ARGS
+                .iter()
+                .map(|a| if *a == "URL" { url } else { a }),
+        );
         Ok(Self(Daemon::spawn("ffmpeg", cmd)?))
     }
 }
