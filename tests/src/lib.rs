@@ -26,6 +26,28 @@ pub mod checker;
 pub mod netns;
 use netns::Host;
 
+/// Claim-service flags for tests that wait out a lease: the shortest TTL etcd
+/// keeps reliably, and a grace below it.
+pub const SHORT_LEASE: [&str; 6] = [
+    "--lease-ttl",
+    "5s",
+    "--min-lease-ttl",
+    "5s",
+    "--detach-grace",
+    "2s",
+];
+
+/// The `p` quantile (0..=1) of `samples`, sorted in place.
+pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    samples[(((samples.len() - 1) as f64) * p).round() as usize]
+}
+
+/// A duration in milliseconds, for reports.
+pub fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
 /// How long any single expectation may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(15);
 
@@ -316,6 +338,24 @@ impl EtcdCluster {
     }
 }
 
+/// Gives a process handle the [`Daemon`] methods (log, pid, kill, ...).
+macro_rules! daemon_handle {
+    ($ty:ty, $field:tt) => {
+        impl std::ops::Deref for $ty {
+            type Target = Daemon;
+            fn deref(&self) -> &Daemon {
+                &self.$field
+            }
+        }
+
+        impl std::ops::DerefMut for $ty {
+            fn deref_mut(&mut self) -> &mut Daemon {
+                &mut self.$field
+            }
+        }
+    };
+}
+
 /// A process a test started, logging to a file in its own scratch folder;
 /// killed by its PID when dropped.
 pub struct Daemon {
@@ -420,18 +460,7 @@ pub struct ClaimService {
     pub ip: String,
 }
 
-impl std::ops::Deref for ClaimService {
-    type Target = Daemon;
-    fn deref(&self) -> &Daemon {
-        &self.daemon
-    }
-}
-
-impl std::ops::DerefMut for ClaimService {
-    fn deref_mut(&mut self) -> &mut Daemon {
-        &mut self.daemon
-    }
-}
+daemon_handle!(ClaimService, daemon);
 
 impl ClaimService {
     /// Starts the binary against `etcd_endpoints` with `prefix` and extra
@@ -447,22 +476,18 @@ impl ClaimService {
         prefix: &str,
         extra: &[&str],
     ) -> Result<Self> {
-        let metrics_port = free_port();
-        let mut cmd = Command::new(binary("claim-service"));
-        cmd.env("CLAIMS_LISTEN", format!("127.0.0.1:{port}"))
-            .env("CLAIMS_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
-            .env("CLAIMS_ETCD_ENDPOINTS", etcd_endpoints)
-            .env("CLAIMS_KEY_PREFIX", prefix)
-            .env("RUST_LOG", "info")
-            .args(extra);
-        let svc = Self {
-            daemon: Daemon::spawn("claim-service", cmd)?,
+        let cmd = Command::new(binary("claim-service"));
+        Self::launch(
+            cmd,
+            "127.0.0.1",
+            "127.0.0.1",
             port,
-            metrics_port,
-            ip: "127.0.0.1".into(),
-        };
-        svc.wait_serving(true).await?;
-        Ok(svc)
+            free_port(),
+            etcd_endpoints,
+            prefix,
+            extra,
+        )
+        .await
     }
 
     /// A claim-service inside `host`, on its address.
@@ -472,18 +497,44 @@ impl ClaimService {
         prefix: &str,
         extra: &[&str],
     ) -> Result<Self> {
-        let mut cmd = host.command(binary("claim-service"));
-        cmd.env("CLAIMS_LISTEN", "0.0.0.0:50051")
-            .env("CLAIMS_METRICS_LISTEN", "0.0.0.0:9464")
+        let cmd = host.command(binary("claim-service"));
+        Self::launch(
+            cmd,
+            "0.0.0.0",
+            &host.ip,
+            50051,
+            9464,
+            etcd_endpoints,
+            prefix,
+            extra,
+        )
+        .await
+    }
+
+    /// Spawns `cmd` listening on `bind`, reached at `ip`, and waits until it
+    /// says SERVING.
+    #[allow(clippy::too_many_arguments)]
+    async fn launch(
+        mut cmd: Command,
+        bind: &str,
+        ip: &str,
+        port: u16,
+        metrics_port: u16,
+        etcd_endpoints: &str,
+        prefix: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
+        cmd.env("CLAIMS_LISTEN", format!("{bind}:{port}"))
+            .env("CLAIMS_METRICS_LISTEN", format!("{bind}:{metrics_port}"))
             .env("CLAIMS_ETCD_ENDPOINTS", etcd_endpoints)
             .env("CLAIMS_KEY_PREFIX", prefix)
             .env("RUST_LOG", "info")
             .args(extra);
         let svc = Self {
             daemon: Daemon::spawn("claim-service", cmd)?,
-            port: 50051,
-            metrics_port: 9464,
-            ip: host.ip.clone(),
+            port,
+            metrics_port,
+            ip: ip.into(),
         };
         svc.wait_serving(true).await?;
         Ok(svc)
@@ -924,49 +975,24 @@ pub struct IngestNode {
     pub ip: String,
 }
 
-impl std::ops::Deref for IngestNode {
-    type Target = Daemon;
-    fn deref(&self) -> &Daemon {
-        &self.daemon
-    }
-}
-
-impl std::ops::DerefMut for IngestNode {
-    fn deref_mut(&mut self) -> &mut Daemon {
-        &mut self.daemon
-    }
-}
+daemon_handle!(IngestNode, daemon);
 
 impl IngestNode {
     /// Starts a node attached to `claim_services` and waits until its HTTP
     /// side answers.
     pub async fn start(node_id: &str, claim_services: &[String], extra: &[&str]) -> Result<Self> {
-        let rtmp_port = free_port();
-        let http_port = free_port();
-        let mut cmd = Command::new(binary("ingest-node"));
-        cmd.env("INGEST_NODE_ID", node_id)
-            .env("INGEST_CLAIM_SERVICE", claim_services.join(","))
-            .env("INGEST_RTMP_LISTEN", format!("127.0.0.1:{rtmp_port}"))
-            .env("INGEST_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
-            .env(
-                "INGEST_ADVERTISE_RTMP",
-                format!("rtmp://127.0.0.1:{rtmp_port}"),
-            )
-            .env(
-                "INGEST_ADVERTISE_HTTP",
-                format!("http://127.0.0.1:{http_port}"),
-            )
-            .env("RUST_LOG", "info")
-            .args(extra);
-        let node = Self {
-            daemon: Daemon::spawn("ingest-node", cmd)?,
-            node_id: node_id.into(),
-            rtmp_port,
-            http_port,
-            ip: "127.0.0.1".into(),
-        };
-        node.wait_http().await?;
-        Ok(node)
+        let cmd = Command::new(binary("ingest-node"));
+        Self::launch(
+            cmd,
+            "127.0.0.1",
+            "127.0.0.1",
+            free_port(),
+            free_port(),
+            node_id,
+            claim_services,
+            extra,
+        )
+        .await
     }
 
     /// An ingest node inside `host`, advertising its address.
@@ -976,21 +1002,46 @@ impl IngestNode {
         claim_services: &[String],
         extra: &[&str],
     ) -> Result<Self> {
-        let mut cmd = host.command(binary("ingest-node"));
+        let cmd = host.command(binary("ingest-node"));
+        Self::launch(
+            cmd,
+            "0.0.0.0",
+            &host.ip,
+            1935,
+            8080,
+            node_id,
+            claim_services,
+            extra,
+        )
+        .await
+    }
+
+    /// Spawns `cmd` listening on `bind`, advertising and reached at `ip`.
+    #[allow(clippy::too_many_arguments)]
+    async fn launch(
+        mut cmd: Command,
+        bind: &str,
+        ip: &str,
+        rtmp_port: u16,
+        http_port: u16,
+        node_id: &str,
+        claim_services: &[String],
+        extra: &[&str],
+    ) -> Result<Self> {
         cmd.env("INGEST_NODE_ID", node_id)
             .env("INGEST_CLAIM_SERVICE", claim_services.join(","))
-            .env("INGEST_RTMP_LISTEN", "0.0.0.0:1935")
-            .env("INGEST_HTTP_LISTEN", "0.0.0.0:8080")
-            .env("INGEST_ADVERTISE_RTMP", format!("rtmp://{}:1935", host.ip))
-            .env("INGEST_ADVERTISE_HTTP", format!("http://{}:8080", host.ip))
+            .env("INGEST_RTMP_LISTEN", format!("{bind}:{rtmp_port}"))
+            .env("INGEST_HTTP_LISTEN", format!("{bind}:{http_port}"))
+            .env("INGEST_ADVERTISE_RTMP", format!("rtmp://{ip}:{rtmp_port}"))
+            .env("INGEST_ADVERTISE_HTTP", format!("http://{ip}:{http_port}"))
             .env("RUST_LOG", "info")
             .args(extra);
         let node = Self {
             daemon: Daemon::spawn("ingest-node", cmd)?,
             node_id: node_id.into(),
-            rtmp_port: 1935,
-            http_port: 8080,
-            ip: host.ip.clone(),
+            rtmp_port,
+            http_port,
+            ip: ip.into(),
         };
         node.wait_http().await?;
         Ok(node)
@@ -1074,18 +1125,7 @@ impl IngestNode {
 /// time; its log is its stderr.
 pub struct Publisher(Daemon);
 
-impl std::ops::Deref for Publisher {
-    type Target = Daemon;
-    fn deref(&self) -> &Daemon {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Publisher {
-    fn deref_mut(&mut self) -> &mut Daemon {
-        &mut self.0
-    }
-}
+daemon_handle!(Publisher, 0);
 
 /// ffmpeg's arguments for a real-time test pattern (H.264 + AAC) to `url`.
 const PUBLISH_ARGS: [&str; 28] = [

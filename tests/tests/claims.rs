@@ -567,18 +567,7 @@ async fn thousands_of_claims_share_a_handful_of_keepalive_streams() -> Result<()
 
 #[tokio::test]
 async fn etcd_gone_longer_than_the_ttl_is_lost_then_claimed_again() -> Result<()> {
-    let mut stack = Stack::start(
-        "outage",
-        &[
-            "--lease-ttl",
-            "5s",
-            "--min-lease-ttl",
-            "5s",
-            "--detach-grace",
-            "2s",
-        ],
-    )
-    .await?;
+    let mut stack = Stack::start("outage", &SHORT_LEASE).await?;
     let mut a = Node::attach(&stack.svc.addr(), hello("node-a")).await?;
     a.created("live/x", "video").await?;
     let before = a.expect_claimed("live/x").await?.claim.unwrap();

@@ -15,15 +15,6 @@ use pb::claim_event::Kind;
 /// run one at a time so a timing bound is about the system, not the crowd.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-const SHORT: [&str; 6] = [
-    "--lease-ttl",
-    "5s",
-    "--min-lease-ttl",
-    "5s",
-    "--detach-grace",
-    "2s",
-];
-
 #[tokio::test]
 async fn a_newer_session_on_another_replica_supersedes_the_older() -> Result<()> {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -65,8 +56,8 @@ async fn a_replica_paused_past_the_lease_cannot_take_back_what_moved() -> Result
     let _one = ONE_AT_A_TIME.lock().await;
     let etcd = Etcd::start().await?;
     let prefix = test_prefix("paused");
-    let mut one = ClaimService::start(&etcd.endpoint(), &prefix, &SHORT).await?;
-    let two = ClaimService::start(&etcd.endpoint(), &prefix, &SHORT).await?;
+    let mut one = ClaimService::start(&etcd.endpoint(), &prefix, &SHORT_LEASE).await?;
+    let two = ClaimService::start(&etcd.endpoint(), &prefix, &SHORT_LEASE).await?;
     let mut watcher = Watcher::open(&two, "", 0).await?;
     let mut a = Node::attach(&one.addr(), hello("node-a")).await?;
     a.created("live/p", "video").await?;

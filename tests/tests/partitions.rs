@@ -115,16 +115,8 @@ async fn replica_cut(lab: &mut Lab, report: &mut Report) -> Result<()> {
     let (e, c1, c2) = (lab.host("etcd")?, lab.host("c1")?, lab.host("c2")?);
     let etcd = Etcd::start_in(&e).await?;
     let prefix = test_prefix("cut-replica");
-    let short = [
-        "--lease-ttl",
-        "5s",
-        "--min-lease-ttl",
-        "5s",
-        "--detach-grace",
-        "2s",
-    ];
-    let one = ClaimService::start_in(&c1, &etcd.endpoint(), &prefix, &short).await?;
-    let two = ClaimService::start_in(&c2, &etcd.endpoint(), &prefix, &short).await?;
+    let one = ClaimService::start_in(&c1, &etcd.endpoint(), &prefix, &SHORT_LEASE).await?;
+    let two = ClaimService::start_in(&c2, &etcd.endpoint(), &prefix, &SHORT_LEASE).await?;
     let mut a = Node::attach(&one.addr(), hello("node-a")).await?;
     let mut b = Node::attach(&two.addr(), hello("node-b")).await?;
     let mut checker = Checker::default();

@@ -51,15 +51,6 @@ struct Args {
     tmpfs: bool,
 }
 
-fn pct(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    v[(((v.len() - 1) as f64) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
-}
-
 fn ratio(a: f64, b: f64) -> String {
     format!("{:.2}x", a / b)
 }
@@ -221,16 +212,16 @@ async fn main() -> Result<()> {
         rr.push(t.elapsed());
     }
     let (sc50, sc99, rc50, rc99) = (
-        pct(&mut sc, 0.5),
-        pct(&mut sc, 0.99),
-        pct(&mut rc, 0.5),
-        pct(&mut rc, 0.99),
+        percentile(&mut sc, 0.5),
+        percentile(&mut sc, 0.99),
+        percentile(&mut rc, 0.5),
+        percentile(&mut rc, 0.99),
     );
     let (sr50, sr99, rr50, rr99) = (
-        pct(&mut sr, 0.5),
-        pct(&mut sr, 0.99),
-        pct(&mut rr, 0.5),
-        pct(&mut rr, 0.99),
+        percentile(&mut sr, 0.5),
+        percentile(&mut sr, 0.99),
+        percentile(&mut rr, 0.5),
+        percentile(&mut rr, 0.99),
     );
     row(
         "1. claim latency p50 (`created` → `claimed` / grant + txn)",
@@ -376,7 +367,7 @@ async fn main() -> Result<()> {
                 all.extend(task.await??);
             }
             let rate = all.len() as f64 / t.elapsed().as_secs_f64();
-            results.push((mode, rate, pct(&mut all, 0.99)));
+            results.push((mode, rate, percentile(&mut all, 0.99)));
         }
         let (cache, consistent, rawr) = (results[0], results[1], results[2]);
         row(

@@ -36,15 +36,6 @@ struct Args {
     seconds: u64,
 }
 
-fn pct(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    v[(((v.len() - 1) as f64) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
-}
-
 async fn send(
     s: &mut TcpStream,
     results: Vec<ClientSessionResult>,
@@ -207,10 +198,10 @@ async fn main() -> Result<()> {
         }
     }
     let (n50, n99, r50, r99) = (
-        pct(&mut node_t, 0.5),
-        pct(&mut node_t, 0.99),
-        pct(&mut raw_t, 0.5),
-        pct(&mut raw_t, 0.99),
+        percentile(&mut node_t, 0.5),
+        percentile(&mut node_t, 0.99),
+        percentile(&mut raw_t, 0.5),
+        percentile(&mut raw_t, 0.99),
     );
 
     // 2. Fan-out.
