@@ -1,11 +1,10 @@
-//! The `Admin` API for operators, behind a bearer token.
-//!
-//! Without `--admin-token-file` the API is off and says so. The token is
-//! compared in constant time.
+//! The `Admin` API for operators, behind an admin credential (see
+//! [`crate::access`]): without one configured the API is off and says so.
 
 use claims_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
+use crate::access::Access;
 use crate::error::Error;
 use crate::names;
 use crate::store::Store;
@@ -14,40 +13,17 @@ use crate::view::View;
 pub struct AdminService {
     store: Store,
     view: std::sync::Arc<View>,
-    token: Option<String>,
+    access: Access,
 }
 
 impl AdminService {
-    pub fn new(store: Store, view: std::sync::Arc<View>, token: Option<String>) -> Self {
-        Self { store, view, token }
-    }
-
-    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let Some(token) = &self.token else {
-            return Err(Status::permission_denied(
-                "admin RPCs are disabled on this claim-service; start it with --admin-token-file",
-            ));
-        };
-        let given = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
-            return Err(Status::unauthenticated(
-                "missing or wrong admin token; send metadata \"authorization: Bearer TOKEN\"",
-            ));
+    pub fn new(store: Store, view: std::sync::Arc<View>, access: Access) -> Self {
+        Self {
+            store,
+            view,
+            access,
         }
-        Ok(())
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[tonic::async_trait]
@@ -56,7 +32,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ForceReleaseRequest>,
     ) -> Result<Response<pb::ForceReleaseResponse>, Status> {
-        self.authorize(&request)?;
+        self.access.check_admin(&request)?;
         let req = request.into_inner();
         names::check_broadcast(&req.broadcast).map_err(Error::InvalidArgument)?;
         let reason = req.reason.trim();
@@ -83,7 +59,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::DrainNodeRequest>,
     ) -> Result<Response<pb::DrainNodeResponse>, Status> {
-        self.authorize(&request)?;
+        self.access.check_admin(&request)?;
         let req = request.into_inner();
         names::check_node_id(&req.node_id).map_err(Error::InvalidArgument)?;
         match self.store.set_draining(&req.node_id, req.draining).await? {
@@ -112,15 +88,5 @@ impl pb::admin_server::Admin for AdminService {
             ))
             .into()),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn constant_time_eq_compares() {
-        assert!(super::constant_time_eq(b"abc", b"abc"));
-        assert!(!super::constant_time_eq(b"abc", b"abd"));
-        assert!(!super::constant_time_eq(b"abc", b"ab"));
     }
 }

@@ -111,6 +111,32 @@ pub enum Reply {
         reason: String,
         retry_in: Duration,
     },
+    /// A `created` over one of the node's [`Limits`]: nothing was claimed
+    /// for it; the reason names the limit.
+    Refused {
+        broadcast: String,
+        track: String,
+        reason: String,
+    },
+}
+
+/// Bounds on what one node's session may hold, so that one node cannot
+/// take the whole service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Broadcasts claimed, being claimed or waited for at once.
+    pub max_claims: usize,
+    /// Live tracks of one broadcast.
+    pub max_tracks_per_broadcast: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_claims: usize::MAX,
+            max_tracks_per_broadcast: usize::MAX,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -201,6 +227,7 @@ pub fn backoff(failures: u32) -> Duration {
 #[derive(Debug)]
 pub struct NodeClaims {
     broadcasts: BTreeMap<String, Entry>,
+    limits: Limits,
     mode: Mode,
     next_timer: u64,
     finished: bool,
@@ -214,8 +241,13 @@ impl Default for NodeClaims {
 
 impl NodeClaims {
     pub fn new() -> Self {
+        Self::with_limits(Limits::default())
+    }
+
+    pub fn with_limits(limits: Limits) -> Self {
         Self {
             broadcasts: BTreeMap::new(),
+            limits,
             mode: Mode::Attached,
             next_timer: 0,
             finished: false,
@@ -335,11 +367,47 @@ impl NodeClaims {
         if self.mode != Mode::Attached {
             return;
         }
+        let limits = self.limits;
+        let claims = self.broadcasts.len();
+        let mode = self.mode;
         match self.broadcasts.get_mut(&broadcast) {
             Some(entry) => {
+                if !entry.tracks.contains(&track)
+                    && entry.tracks.len() >= limits.max_tracks_per_broadcast
+                {
+                    let reason = format!(
+                        "limit max-tracks-per-broadcast ({}) reached: {broadcast} already has {} live tracks on this node",
+                        limits.max_tracks_per_broadcast,
+                        entry.tracks.len()
+                    );
+                    Self::tell_in(
+                        mode,
+                        Reply::Refused {
+                            broadcast,
+                            track,
+                            reason,
+                        },
+                        out,
+                    );
+                    return;
+                }
                 // A duplicate `created` changes nothing. A track coming back
                 // while a revoke is in flight is claimed anew once it lands.
                 entry.tracks.insert(track);
+            }
+            None if claims >= limits.max_claims => {
+                let reason = format!(
+                    "limit max-claims-per-node ({}) reached: this node already claims or waits for {claims} broadcasts",
+                    limits.max_claims,
+                );
+                self.tell(
+                    Reply::Refused {
+                        broadcast,
+                        track,
+                        reason,
+                    },
+                    out,
+                );
             }
             None => {
                 self.broadcasts.insert(

@@ -5,10 +5,13 @@
 //! before anything starts, with one line that says what to change.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::access::Access;
+use crate::claims::Limits;
 use crate::session::SessionConfig;
 use crate::store::StoreConfig;
 
@@ -18,8 +21,9 @@ fn duration(s: &str) -> Result<Duration, String> {
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
-    /// Ask the running service on --listen for its health: exit 0 when
-    /// SERVING, 1 otherwise (for container health checks).
+    /// Ask the running service for its health (GET /healthz on
+    /// --metrics-listen): exit 0 when SERVING, 1 otherwise (for container
+    /// health checks).
     Healthcheck,
 }
 
@@ -114,6 +118,101 @@ pub struct Config {
     /// Log format: human-readable text, or JSON lines.
     #[arg(long, env = "CLAIMS_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// PEM certificate (chain) to serve gRPC over TLS, with --tls-key.
+    #[arg(long, env = "CLAIMS_TLS_CERT", help_heading = "Security")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "CLAIMS_TLS_KEY", help_heading = "Security")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA for client certificates (mutual TLS; needs --tls-cert). A
+    /// session must then come with a certificate naming its node_id (DNS
+    /// SAN or CN), or it is refused.
+    #[arg(long, env = "CLAIMS_CLIENT_CA", help_heading = "Security")]
+    pub client_ca: Option<PathBuf>,
+
+    /// Client-certificate identities allowed to call the Admin RPCs
+    /// (comma-separated; needs --client-ca).
+    #[arg(
+        long = "admin-identity",
+        env = "CLAIMS_ADMIN_IDENTITIES",
+        value_delimiter = ',',
+        help_heading = "Security"
+    )]
+    pub admin_identities: Vec<String>,
+
+    /// File holding a bearer token the read API (Ownership) requires. Without
+    /// it, reads are open. The admin token and any accepted client
+    /// certificate also allow reads.
+    #[arg(long, env = "CLAIMS_READ_TOKEN_FILE", help_heading = "Security")]
+    pub read_token_file: Option<PathBuf>,
+
+    /// PEM CA of etcd's server certificate: talk to etcd over TLS (https://
+    /// endpoints).
+    #[arg(long, env = "CLAIMS_ETCD_CA", help_heading = "Security")]
+    pub etcd_ca: Option<PathBuf>,
+
+    /// PEM client certificate for etcd (with --etcd-key), when etcd wants one.
+    #[arg(long, env = "CLAIMS_ETCD_CERT", help_heading = "Security")]
+    pub etcd_cert: Option<PathBuf>,
+
+    /// PEM private key of --etcd-cert.
+    #[arg(long, env = "CLAIMS_ETCD_KEY", help_heading = "Security")]
+    pub etcd_key: Option<PathBuf>,
+
+    /// etcd user (etcd auth enabled), with --etcd-password-file.
+    #[arg(long, env = "CLAIMS_ETCD_USER", help_heading = "Security")]
+    pub etcd_user: Option<String>,
+
+    /// File holding the etcd user's password.
+    #[arg(long, env = "CLAIMS_ETCD_PASSWORD_FILE", help_heading = "Security")]
+    pub etcd_password_file: Option<PathBuf>,
+
+    /// Most sessions attached to this replica at once (a node re-attaching
+    /// replaces its own session and is always let in).
+    #[arg(
+        long,
+        env = "CLAIMS_MAX_SESSIONS",
+        default_value_t = 10_000,
+        help_heading = "Limits"
+    )]
+    pub max_sessions: usize,
+
+    /// Most broadcasts one node may claim or wait for at once.
+    #[arg(
+        long,
+        env = "CLAIMS_MAX_CLAIMS_PER_NODE",
+        default_value_t = 100_000,
+        help_heading = "Limits"
+    )]
+    pub max_claims_per_node: usize,
+
+    /// Most live tracks one broadcast may have on a node.
+    #[arg(
+        long,
+        env = "CLAIMS_MAX_TRACKS_PER_BROADCAST",
+        default_value_t = 16,
+        help_heading = "Limits"
+    )]
+    pub max_tracks_per_broadcast: usize,
+
+    /// Largest gRPC message accepted, in bytes (a hello listing many live
+    /// tracks is the largest a node sends).
+    #[arg(long, env = "CLAIMS_MAX_MESSAGE_SIZE", default_value_t = 8 * 1024 * 1024, help_heading = "Limits")]
+    pub max_message_size: usize,
+
+    /// Lifecycle events (created, closed) one session may send per second,
+    /// with bursts of twice that; 0 turns the limit off. A `created` over
+    /// the limit is refused; a `closed` is always honoured.
+    #[arg(
+        long,
+        env = "CLAIMS_MAX_EVENTS_PER_SECOND",
+        default_value_t = 2_000,
+        help_heading = "Limits"
+    )]
+    pub max_events_per_second: u32,
 }
 
 impl Config {
@@ -185,6 +284,22 @@ impl Config {
                 "--etcd-timeout, --http2-keepalive and --hello-timeout must be above zero".into(),
             );
         }
+        self.validate_security()?;
+        if self.max_sessions == 0
+            || self.max_claims_per_node == 0
+            || self.max_tracks_per_broadcast == 0
+        {
+            return Err(
+                "--max-sessions, --max-claims-per-node and --max-tracks-per-broadcast must be above zero"
+                    .into(),
+            );
+        }
+        if self.max_message_size < 4096 {
+            return Err(format!(
+                "--max-message-size {} is below 4096 bytes; no session could say hello",
+                self.max_message_size
+            ));
+        }
         if let Some(id) = &self.service_id {
             if id.is_empty()
                 || id.len() > 128
@@ -198,21 +313,112 @@ impl Config {
         Ok(())
     }
 
-    /// The admin token, read from `--admin-token-file`.
-    pub fn admin_token(&self) -> Result<Option<String>, String> {
-        let Some(path) = &self.admin_token_file else {
+    /// Who may do what, with the tokens read from their files.
+    pub fn access(&self) -> Result<Access, String> {
+        Ok(Access {
+            node_identity: self.client_ca.is_some(),
+            admin_token: read_token(self.admin_token_file.as_deref(), "--admin-token-file")?,
+            admin_identities: self.admin_identities.clone(),
+            read_token: read_token(self.read_token_file.as_deref(), "--read-token-file")?,
+        })
+    }
+
+    /// TLS for the gRPC server, or `None` to serve plain HTTP/2. Client
+    /// certificates are optional at the TLS layer (probes and open reads
+    /// need none) and required by the session and admin checks.
+    pub fn server_tls(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, String> {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
             return Ok(None);
         };
-        let token = std::fs::read_to_string(path)
-            .map_err(|e| format!("--admin-token-file {}: {e}", path.display()))?;
-        let token = token.trim().to_string();
-        if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(format!(
-                "--admin-token-file {}: the token must be at least 16 printable characters without spaces",
-                path.display()
-            ));
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+            read_file(cert, "--tls-cert")?,
+            read_file(key, "--tls-key")?,
+        ));
+        if let Some(ca) = &self.client_ca {
+            tls = tls
+                .client_ca_root(Certificate::from_pem(read_file(ca, "--client-ca")?))
+                .client_auth_optional(true);
         }
-        Ok(Some(token))
+        Ok(Some(tls.timeout(Duration::from_secs(10))))
+    }
+
+    /// TLS and credentials for etcd.
+    fn etcd_security(&self) -> Result<crate::store::EtcdSecurity, String> {
+        use etcd_client::{Certificate, Identity, TlsOptions};
+        let tls = match &self.etcd_ca {
+            Some(ca) => {
+                let mut tls = TlsOptions::new()
+                    .ca_certificate(Certificate::from_pem(read_file(ca, "--etcd-ca")?));
+                if let (Some(cert), Some(key)) = (&self.etcd_cert, &self.etcd_key) {
+                    tls = tls.identity(Identity::from_pem(
+                        read_file(cert, "--etcd-cert")?,
+                        read_file(key, "--etcd-key")?,
+                    ));
+                }
+                Some(tls)
+            }
+            None => None,
+        };
+        let user = match (&self.etcd_user, &self.etcd_password_file) {
+            (Some(user), Some(file)) => {
+                let password = std::fs::read_to_string(file)
+                    .map_err(|e| format!("--etcd-password-file {}: {e}", file.display()))?;
+                Some((
+                    user.clone(),
+                    password.trim_end_matches(['\n', '\r']).to_string(),
+                ))
+            }
+            _ => None,
+        };
+        Ok(crate::store::EtcdSecurity { tls, user })
+    }
+
+    fn validate_security(&self) -> Result<(), String> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("--tls-cert and --tls-key go together".into());
+        }
+        if self.client_ca.is_some() && self.tls_cert.is_none() {
+            return Err("--client-ca (mutual TLS) needs --tls-cert and --tls-key".into());
+        }
+        if !self.admin_identities.is_empty() && self.client_ca.is_none() {
+            return Err(
+                "--admin-identity needs --client-ca: identities come from client certificates"
+                    .into(),
+            );
+        }
+        if self.etcd_cert.is_some() != self.etcd_key.is_some() {
+            return Err("--etcd-cert and --etcd-key go together".into());
+        }
+        if self.etcd_cert.is_some() && self.etcd_ca.is_none() {
+            return Err("--etcd-cert needs --etcd-ca (TLS to etcd)".into());
+        }
+        if self.etcd_user.is_some() != self.etcd_password_file.is_some() {
+            return Err("--etcd-user and --etcd-password-file go together".into());
+        }
+        let https = self
+            .etcd_endpoints
+            .iter()
+            .filter(|e| e.starts_with("https://"))
+            .count();
+        if self.etcd_ca.is_some() && https != self.etcd_endpoints.len() {
+            return Err("--etcd-ca is set: every --etcd-endpoints entry must be https://".into());
+        }
+        if self.etcd_ca.is_none() && https > 0 {
+            return Err(
+                "--etcd-endpoints has https:// entries: give etcd's CA with --etcd-ca".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Reads every file the configuration names, so that a missing or bad
+    /// one stops the start with one line.
+    pub fn load_files(&self) -> Result<(), String> {
+        self.access()?;
+        self.server_tls()?;
+        self.etcd_security()?;
+        Ok(())
     }
 
     pub fn service_id(&self) -> String {
@@ -224,14 +430,15 @@ impl Config {
         })
     }
 
-    pub fn store(&self) -> StoreConfig {
-        StoreConfig {
+    pub fn store(&self) -> Result<StoreConfig, String> {
+        Ok(StoreConfig {
+            security: self.etcd_security()?,
             endpoints: self.etcd_endpoints.clone(),
             prefix: self.key_prefix.clone(),
             op_timeout: self.etcd_timeout,
             http2_keepalive: self.http2_keepalive,
             keepalive_streams: self.keepalive_streams,
-        }
+        })
     }
 
     pub fn sessions(&self, service_id: String) -> SessionConfig {
@@ -243,8 +450,36 @@ impl Config {
             renew_interval: self.renew_interval(),
             detach_grace: self.detach_grace,
             hello_timeout: self.hello_timeout,
+            limits: Limits {
+                max_claims: self.max_claims_per_node,
+                max_tracks_per_broadcast: self.max_tracks_per_broadcast,
+            },
+            max_sessions: self.max_sessions,
+            max_events_per_second: self.max_events_per_second,
+            max_message_size: self.max_message_size,
         }
     }
+}
+
+fn read_file(path: &Path, flag: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+}
+
+/// A bearer token from a file: at least 16 printable characters.
+fn read_token(path: Option<&Path>, flag: &str) -> Result<Option<String>, String> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let token =
+        std::fs::read_to_string(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+    let token = token.trim().to_string();
+    if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{flag} {}: the token must be at least 16 printable characters without spaces",
+            path.display()
+        ));
+    }
+    Ok(Some(token))
 }
 
 #[cfg(test)]
@@ -286,6 +521,11 @@ mod tests {
                 "below 2s",
             ),
             (&["--metrics-listen", "0.0.0.0:50051"], "different ports"),
+            (&["--client-ca", "ca.pem"], "needs --tls-cert"),
+            (&["--tls-cert", "c.pem"], "go together"),
+            (&["--etcd-endpoints", "https://127.0.0.1:2379"], "--etcd-ca"),
+            (&["--etcd-user", "claims"], "go together"),
+            (&["--max-tracks-per-broadcast", "0"], "above zero"),
         ];
         for (args, want) in cases {
             let err = parse(args).validate().unwrap_err();

@@ -12,8 +12,11 @@
 //! - [`ownership`]: the read API, mostly over that view; [`admin`]: the
 //!   operators' API;
 //! - [`server`]: the gRPC server, health, reflection, metrics and shutdown;
+//! - [`access`]: who may do what (node identity from mTLS, admin and read
+//!   credentials);
 //! - [`config`], [`names`], [`metrics`], [`error`], [`wire`]: the edges.
 
+pub mod access;
 pub mod admin;
 pub mod claims;
 pub mod config;

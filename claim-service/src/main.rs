@@ -39,42 +39,30 @@ async fn shutdown_signal() {
     let _ = interrupt.await;
 }
 
-/// Exit 0 when the service on `--listen` reports SERVING.
+/// Exit 0 when the service reports SERVING on its metrics port's /healthz
+/// (plain HTTP, so the check needs no certificate when gRPC is on TLS).
 async fn healthcheck(config: &Config) -> i32 {
-    use tonic_health::pb::{
-        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
-    };
-    let mut addr = config.listen;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut addr = config.metrics_listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     let check = async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .connect()
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
             .await?;
-        let status = HealthClient::new(channel)
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await?
-            .into_inner()
-            .status;
-        anyhow::Ok(status)
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await?;
+        std::io::Result::Ok(answer)
     };
     match tokio::time::timeout(std::time::Duration::from_secs(3), check).await {
-        Ok(Ok(s)) if s == ServingStatus::Serving as i32 => {
-            println!("SERVING");
-            0
-        }
-        Ok(Ok(s)) => {
-            println!(
-                "{:?}",
-                ServingStatus::try_from(s).unwrap_or(ServingStatus::Unknown)
-            );
-            1
+        Ok(Ok(answer)) => {
+            let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").trim();
+            println!("{}", if body.is_empty() { "no answer" } else { body });
+            i32::from(body != "SERVING")
         }
         Ok(Err(e)) => {
-            println!("unhealthy: {e}");
+            println!("unhealthy: cannot ask {addr}: {e}");
             1
         }
         Err(_) => {
@@ -90,10 +78,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(Command::Healthcheck) = config.command {
         std::process::exit(healthcheck(&config).await);
     }
-    if let Err(problem) = config
-        .validate()
-        .and_then(|()| config.admin_token().map(|_| ()))
-    {
+    if let Err(problem) = config.validate().and_then(|()| config.load_files()) {
         eprintln!("claim-service: {problem}");
         std::process::exit(2);
     }

@@ -15,6 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::access::Access;
 use crate::error::Error;
 use crate::names;
 use crate::store::watch::Change;
@@ -28,15 +29,17 @@ const TOKEN_TAG: &str = "after:";
 pub struct OwnershipService {
     store: Store,
     view: Arc<View>,
+    access: Access,
     /// Ends open watches when the replica shuts down.
     shutdown: CancellationToken,
 }
 
 impl OwnershipService {
-    pub fn new(store: Store, view: Arc<View>, shutdown: CancellationToken) -> Self {
+    pub fn new(store: Store, view: Arc<View>, access: Access, shutdown: CancellationToken) -> Self {
         Self {
             store,
             view,
+            access,
             shutdown,
         }
     }
@@ -111,6 +114,7 @@ impl pb::ownership_server::Ownership for OwnershipService {
         &self,
         request: Request<pb::GetOwnerRequest>,
     ) -> Result<Response<pb::Claim>, Status> {
+        self.access.check_read(&request)?;
         let req = request.into_inner();
         names::check_broadcast(&req.broadcast).map_err(Error::InvalidArgument)?;
         let owner = if req.consistent {
@@ -133,6 +137,7 @@ impl pb::ownership_server::Ownership for OwnershipService {
         &self,
         request: Request<pb::ListClaimsRequest>,
     ) -> Result<Response<pb::ListClaimsResponse>, Status> {
+        self.access.check_read(&request)?;
         let req = request.into_inner();
         check_prefix(&req.prefix)?;
         if !req.node_id.is_empty() {
@@ -163,6 +168,7 @@ impl pb::ownership_server::Ownership for OwnershipService {
         &self,
         request: Request<pb::WatchClaimsRequest>,
     ) -> Result<Response<Self::WatchClaimsStream>, Status> {
+        self.access.check_read(&request)?;
         let req = request.into_inner();
         check_prefix(&req.prefix)?;
         if req.start_revision < 0 {
@@ -210,8 +216,9 @@ impl pb::ownership_server::Ownership for OwnershipService {
 
     async fn list_nodes(
         &self,
-        _request: Request<pb::ListNodesRequest>,
+        request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        self.access.check_read(&request)?;
         let (nodes, revision) = self.view.nodes()?;
         Ok(Response::new(pb::ListNodesResponse {
             nodes: nodes

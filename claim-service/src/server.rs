@@ -2,6 +2,7 @@
 //! health and reflection, the metrics endpoint, and graceful shutdown.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,8 +24,6 @@ use crate::session::{ClaimSessionsService, Context, Sessions};
 use crate::store::Store;
 use crate::view::View;
 
-/// Largest session message: a `hello` listing many live tracks.
-const MAX_SESSION_MESSAGE: usize = 8 * 1024 * 1024;
 /// Largest read-side request.
 const MAX_QUERY_MESSAGE: usize = 64 * 1024;
 const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -47,10 +46,12 @@ async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener> {
 /// (leaving their claims in etcd for adoption) and stops.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let admin_token = config.admin_token().map_err(Error::InvalidArgument)?;
+    let access = config.access().map_err(Error::InvalidArgument)?;
+    let server_tls = config.server_tls().map_err(Error::InvalidArgument)?;
+    let store_config = config.store().map_err(Error::InvalidArgument)?;
     let grpc_listener = bind(config.listen, "gRPC").await?;
     let metrics_listener = bind(config.metrics_listen, "metrics").await?;
-    let store = Store::connect(&config.store(), metrics.clone()).await?;
+    let store = Store::connect(&store_config, metrics.clone()).await?;
     let view = View::start(store.clone());
     let token = CancellationToken::new();
     let service_id = config.service_id();
@@ -63,6 +64,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         lease_ttl = ?config.lease_ttl,
         renew = ?config.renew_interval(),
         detach_grace = ?config.detach_grace,
+        tls = server_tls.is_some(),
+        mtls = access.node_identity,
+        admin_api = access.admin_token.is_some() || !access.admin_identities.is_empty(),
+        read_token = access.read_token.is_some(),
+        etcd_tls = store_config.security.tls.is_some(),
+        etcd_user = ?store_config.security.user.as_ref().map(|(u, _)| u),
         "claim-service starting"
     );
 
@@ -71,6 +78,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         view: view.clone(),
         metrics: metrics.clone(),
         config: config.sessions(service_id),
+        access: access.clone(),
         sessions: Sessions::default(),
         shutdown: token.clone(),
     });
@@ -81,7 +89,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .set_service_status(s, ServingStatus::NotServing)
             .await;
     }
-    tokio::spawn(watch_health(store.clone(), health.clone(), token.clone()));
+    let serving = Arc::new(AtomicBool::new(false));
+    tokio::spawn(watch_health(
+        store.clone(),
+        health.clone(),
+        serving.clone(),
+        token.clone(),
+    ));
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(claims_proto::FILE_DESCRIPTOR_SET)
@@ -94,13 +108,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .build_v1alpha()
         .map_err(|e| Error::Unavailable(format!("reflection: {e}")))?;
 
-    let metrics_app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get({
-            let metrics = metrics.clone();
-            move || async move { metrics.render() }
-        }),
-    );
+    let metrics_app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get({
+                let metrics = metrics.clone();
+                move || async move { metrics.render() }
+            }),
+        )
+        .route(
+            "/healthz",
+            axum::routing::get({
+                let serving = serving.clone();
+                move || async move {
+                    if serving.load(Ordering::Relaxed) {
+                        (axum::http::StatusCode::OK, "SERVING\n")
+                    } else {
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "NOT_SERVING\n")
+                    }
+                }
+            }),
+        );
     let metrics_token = token.clone();
     let metrics_server = tokio::spawn(async move {
         axum::serve(metrics_listener, metrics_app)
@@ -109,7 +137,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     });
 
     let grpc_token = token.clone();
-    let grpc = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = server_tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| Error::InvalidArgument(format!("TLS settings: {e}")))?;
+    }
+    let max_message = config.max_message_size;
+    let grpc = builder
         .http2_keepalive_interval(Some(config.http2_keepalive))
         .http2_keepalive_timeout(Some(config.http2_keepalive * 2))
         .tcp_nodelay(true)
@@ -120,16 +155,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .add_service(reflection_v1alpha)
         .add_service(
             ClaimSessionsServer::new(ClaimSessionsService::new(ctx.clone()))
-                .max_decoding_message_size(MAX_SESSION_MESSAGE),
+                .max_decoding_message_size(max_message),
         )
         .add_service(
-            AdminServer::new(AdminService::new(store.clone(), view.clone(), admin_token))
-                .max_decoding_message_size(MAX_QUERY_MESSAGE),
+            AdminServer::new(AdminService::new(
+                store.clone(),
+                view.clone(),
+                access.clone(),
+            ))
+            .max_decoding_message_size(MAX_QUERY_MESSAGE),
         )
         .add_service(
             OwnershipServer::new(OwnershipService::new(
                 store.clone(),
                 view.clone(),
+                access.clone(),
                 token.clone(),
             ))
             .max_decoding_message_size(MAX_QUERY_MESSAGE),
@@ -147,6 +187,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .set_service_status(s, ServingStatus::NotServing)
             .await;
     }
+    serving.store(false, Ordering::Relaxed);
     token.cancel();
     match tokio::time::timeout(SHUTDOWN_LIMIT, grpc).await {
         Ok(Ok(Ok(()))) => {}
@@ -165,6 +206,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 async fn watch_health(
     store: Store,
     health: tonic_health::server::HealthReporter,
+    serving_flag: Arc<AtomicBool>,
     token: CancellationToken,
 ) {
     let mut serving = None;
@@ -192,6 +234,7 @@ async fn watch_health(
             for s in SERVICES {
                 health.set_service_status(s, status).await;
             }
+            serving_flag.store(ok, Ordering::Relaxed);
             serving = Some(ok);
         }
         tokio::select! {

@@ -24,8 +24,9 @@ use tokio_util::time::DelayQueue;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use crate::access::{self, Access};
 use crate::claims::ClaimOutcome;
-use crate::claims::{Action, Event, NodeClaims};
+use crate::claims::{Action, Event, Limits, NodeClaims};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::names;
@@ -48,6 +49,13 @@ pub struct SessionConfig {
     pub detach_grace: Duration,
     /// How long a new stream may take to send `hello`.
     pub hello_timeout: Duration,
+    pub limits: Limits,
+    /// Most sessions attached to this replica at once.
+    pub max_sessions: usize,
+    /// Lifecycle events one session may send per second (0: no limit).
+    pub max_events_per_second: u32,
+    /// Largest message a node may send, in bytes.
+    pub max_message_size: usize,
 }
 
 impl SessionConfig {
@@ -86,6 +94,10 @@ mod tests {
             renew_interval: Duration::from_millis(2500),
             detach_grace: Duration::from_secs(5),
             hello_timeout: Duration::from_secs(10),
+            limits: Limits::default(),
+            max_sessions: 1,
+            max_events_per_second: 0,
+            max_message_size: 1 << 20,
         };
         assert_eq!(
             config.renew_for(Duration::from_secs(10)),
@@ -109,21 +121,25 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// Registers a session, superseding an older one of the same node.
-    fn attach(&self, node_id: &str, session_id: &str) -> Arc<Notify> {
+    /// Registers a session, superseding an older one of the same node; a
+    /// new node is let in only while fewer than `max` are attached.
+    fn attach(&self, node_id: &str, session_id: &str, max: usize) -> Result<Arc<Notify>, Status> {
         let notify = Arc::new(Notify::new());
-        let older = self
-            .by_node
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                node_id.to_string(),
-                (session_id.to_string(), notify.clone()),
-            );
+        let mut map = self.by_node.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= max && !map.contains_key(node_id) {
+            return Err(Status::resource_exhausted(format!(
+                "limit max-sessions ({max}) reached: this replica has {} sessions; attach to another replica",
+                map.len()
+            )));
+        }
+        let older = map.insert(
+            node_id.to_string(),
+            (session_id.to_string(), notify.clone()),
+        );
         if let Some((_, older)) = older {
             older.notify_one();
         }
-        notify
+        Ok(notify)
     }
 
     fn detach(&self, node_id: &str, session_id: &str) {
@@ -140,6 +156,7 @@ pub struct Context {
     pub view: Arc<View>,
     pub metrics: Arc<Metrics>,
     pub config: SessionConfig,
+    pub access: Access,
     pub sessions: Sessions,
     /// Cancelled when the replica shuts down: sessions end at once and leave
     /// their claims in etcd for another replica to adopt.
@@ -166,6 +183,8 @@ impl pb::claim_sessions_server::ClaimSessions for ClaimSessionsService {
         &self,
         request: Request<Streaming<pb::NodeMessage>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
+        let identities = access::identities(&request);
+        let max_message = self.ctx.config.max_message_size;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(self.ctx.config.hello_timeout, inbound.message())
             .await
@@ -174,7 +193,8 @@ impl pb::claim_sessions_server::ClaimSessions for ClaimSessionsService {
                     "no hello within {:?}; a session starts with hello",
                     self.ctx.config.hello_timeout
                 ))
-            })??;
+            })?
+            .map_err(|s| message_limit(s, max_message))?;
         let hello = match first.and_then(|m| m.msg) {
             Some(NodeMsg::Hello(hello)) => hello,
             Some(other) => {
@@ -204,6 +224,28 @@ impl pb::claim_sessions_server::ClaimSessions for ClaimSessionsService {
                 .inc();
             return Err(e.into());
         }
+        if let Err(status) = self.ctx.access.check_node(&identities, &hello.node_id) {
+            tracing::warn!(node_id = %hello.node_id, certificate = ?identities, error = %status.message(), "session refused: node identity");
+            self.ctx
+                .metrics
+                .rejected_messages
+                .with_label_values(&["permission_denied"])
+                .inc();
+            return Err(status);
+        }
+        let session_id = format!("{:016x}", rand::rng().random::<u64>());
+        let superseded = self
+            .ctx
+            .sessions
+            .attach(&hello.node_id, &session_id, self.ctx.config.max_sessions)
+            .inspect_err(|status| {
+                tracing::warn!(node_id = %hello.node_id, error = %status.message(), "session refused");
+                self.ctx
+                    .metrics
+                    .rejected_messages
+                    .with_label_values(&["resource_exhausted"])
+                    .inc();
+            })?;
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
         let (in_tx, in_rx) = mpsc::channel(256);
         tokio::spawn(async move {
@@ -215,15 +257,29 @@ impl pb::claim_sessions_server::ClaimSessions for ClaimSessionsService {
                     _ = in_tx.closed() => return,
                 };
                 let end = !matches!(item, Ok(Some(_)));
+                let item = item.map_err(|s| message_limit(s, max_message));
                 if in_tx.send(item).await.is_err() || end {
                     return;
                 }
             }
         });
-        let session = Session::new(self.ctx.clone(), hello, out_tx);
+        let session = Session::new(self.ctx.clone(), hello, session_id, out_tx);
         let span = tracing::info_span!("session", node_id = %session.node_id, session_id = %session.session_id);
-        tokio::spawn(session.run(in_rx).instrument(span));
+        tokio::spawn(session.run(in_rx, superseded).instrument(span));
         Ok(Response::new(ReceiverStream::new(out_rx).boxed()))
+    }
+}
+
+/// tonic refuses an over-long message with `OUT_OF_RANGE`; a node is told
+/// `RESOURCE_EXHAUSTED` naming the limit, as for every other limit.
+fn message_limit(status: Status, max: usize) -> Status {
+    if status.code() == tonic::Code::OutOfRange && status.message().contains("too large") {
+        Status::resource_exhausted(format!(
+            "limit max-message-size ({max} bytes) exceeded: {}",
+            status.message()
+        ))
+    } else {
+        status
     }
 }
 
@@ -298,20 +354,32 @@ struct Session {
     draining: bool,
     live: pb::Hello,
     finished: bool,
+    /// Lifecycle events per second this session may send.
+    events: Option<EventLimiter>,
+}
+
+type EventLimiter = governor::DefaultDirectRateLimiter;
+
+fn event_limiter(per_second: u32) -> Option<EventLimiter> {
+    let rate = std::num::NonZeroU32::new(per_second)?;
+    let burst = rate.saturating_mul(std::num::NonZeroU32::new(2).expect("2 is not zero"));
+    Some(governor::RateLimiter::direct(
+        governor::Quota::per_second(rate).allow_burst(burst),
+    ))
 }
 
 impl Session {
-    fn new(ctx: Arc<Context>, hello: pb::Hello, out: Outbound) -> Self {
+    fn new(ctx: Arc<Context>, hello: pb::Hello, session_id: String, out: Outbound) -> Self {
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         let (loss_tx, loss_rx) = mpsc::unbounded_channel();
-        let session_id = format!("{:016x}", rand::rng().random::<u64>());
         Self {
+            events: event_limiter(ctx.config.max_events_per_second),
+            core: NodeClaims::with_limits(ctx.config.limits),
             ttl: ctx.config.lease_ttl(hello.lease_ttl_ms),
             ctx,
             node_id: hello.node_id.clone(),
             session_id,
             endpoints: hello.endpoints.clone(),
-            core: NodeClaims::new(),
             out,
             internal_tx,
             internal_rx,
@@ -334,9 +402,12 @@ impl Session {
         let _ = self.out.send(Ok(msg)).await;
     }
 
-    async fn run(mut self, mut inbound: mpsc::Receiver<Result<Option<pb::NodeMessage>, Status>>) {
+    async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<Result<Option<pb::NodeMessage>, Status>>,
+        superseded: Arc<Notify>,
+    ) {
         let ctx = self.ctx.clone();
-        let superseded = ctx.sessions.attach(&self.node_id, &self.session_id);
         ctx.metrics.sessions_attached.inc();
         let mut view_events = ctx.view.subscribe();
         tracing::info!(
@@ -618,6 +689,25 @@ impl Session {
                     broadcast: track.broadcast,
                     track: track.track,
                     reason,
+                    code: tonic::Code::InvalidArgument as i32,
+                })))
+                .await;
+                Ok(())
+            }
+            Some(NodeMsg::Created(t)) if !self.within_event_rate() => {
+                metrics
+                    .rejected_messages
+                    .with_label_values(&["resource_exhausted"])
+                    .inc();
+                let per_second = self.ctx.config.max_events_per_second;
+                tracing::warn!(broadcast = %t.broadcast, track = %t.track, per_second, "created refused: event rate limit");
+                self.send(service_message(ServiceMsg::Rejected(pb::Rejected {
+                    broadcast: t.broadcast,
+                    track: t.track,
+                    reason: format!(
+                        "limit max-events-per-second ({per_second}) exceeded: slow down; nothing was claimed for this track"
+                    ),
+                    code: tonic::Code::ResourceExhausted as i32,
                 })))
                 .await;
                 Ok(())
@@ -631,6 +721,9 @@ impl Session {
                 Ok(())
             }
             Some(NodeMsg::Closed(t)) => {
+                // A release is never refused (refusing it would keep a claim
+                // its owner closed), but it spends the session's budget.
+                let _ = self.within_event_rate();
                 if !self.core.is_live(&t.broadcast, &t.track) {
                     tracing::debug!(broadcast = %t.broadcast, track = %t.track, "closed for a track that is not live; nothing to do");
                 }
@@ -653,12 +746,18 @@ impl Session {
                     .inc();
                 self.send(service_message(ServiceMsg::Rejected(pb::Rejected {
                     reason: "empty message: set one of hello, created, closed, goodbye".into(),
+                    code: tonic::Code::InvalidArgument as i32,
                     ..Default::default()
                 })))
                 .await;
                 Ok(())
             }
         }
+    }
+
+    /// Spends one lifecycle event of the session's rate; false when over it.
+    fn within_event_rate(&self) -> bool {
+        self.events.as_ref().is_none_or(|l| l.check().is_ok())
     }
 
     async fn detach(&mut self) {
@@ -913,6 +1012,11 @@ fn log_reply(reply: &crate::claims::Reply) {
             "conflict: standing by behind the owner"
         ),
         Reply::Released { broadcast } => tracing::info!(%broadcast, "released"),
+        Reply::Refused {
+            broadcast,
+            track,
+            reason,
+        } => tracing::warn!(%broadcast, %track, %reason, "refused over a limit"),
         Reply::Lost { broadcast, reason } => tracing::warn!(%broadcast, %reason, "claim lost"),
         Reply::Retrying {
             broadcast,

@@ -47,6 +47,16 @@ impl From<Reply> for pb::ServiceMessage {
                 reason,
                 retry_in_ms: retry_in.as_millis() as u64,
             }),
+            Reply::Refused {
+                broadcast,
+                track,
+                reason,
+            } => Msg::Rejected(pb::Rejected {
+                broadcast,
+                track,
+                reason,
+                code: tonic::Code::ResourceExhausted as i32,
+            }),
         })
     }
 }

@@ -26,7 +26,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 
 use crate::registry::{Lifecycle, Registry};
 
@@ -119,8 +119,7 @@ pub enum Decision {
 pub struct BridgeConfig {
     pub node_id: String,
     pub endpoints: HashMap<String, String>,
-    /// Claim-service URLs, tried in turn.
-    pub claim_services: Vec<String>,
+    pub claim_services: ClaimServices,
     /// Requested lease TTL; 0 for the service's default.
     pub lease_ttl_ms: u64,
 }
@@ -224,7 +223,8 @@ impl Bridge {
             if shutdown.is_cancelled() {
                 return;
             }
-            let addr = config.claim_services[next % config.claim_services.len()].clone();
+            let urls = &config.claim_services.urls;
+            let addr = urls[next % urls.len()].clone();
             next += 1;
             let started = tokio::time::Instant::now();
             match self.session(&config, &registry, &addr, &shutdown).await {
@@ -260,7 +260,7 @@ impl Bridge {
         addr: &str,
         shutdown: &CancellationToken,
     ) -> SessionEnd {
-        let channel = match connect(addr).await {
+        let channel = match config.claim_services.connect(addr).await {
             Ok(c) => c,
             Err(e) => return SessionEnd::Broken(e),
         };
@@ -421,7 +421,11 @@ impl Bridge {
                 (r.broadcast, Some(ClaimState::Retrying { reason: r.reason }))
             }
             ServiceMsg::Rejected(r) => {
-                tracing::warn!(broadcast = %r.broadcast, reason = %r.reason, "claim service rejected a track");
+                tracing::warn!(broadcast = %r.broadcast, track = %r.track, code = r.code, reason = %r.reason, "claim service rejected a track");
+                // One track over a limit does not undo the broadcast's claim.
+                if matches!(self.state(&r.broadcast), Some(ClaimState::Claimed { .. })) {
+                    return;
+                }
                 (r.broadcast, Some(ClaimState::Rejected { reason: r.reason }))
             }
             ServiceMsg::Welcome(_) => return,
@@ -446,28 +450,49 @@ impl Bridge {
     }
 }
 
-async fn connect(addr: &str) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(addr.to_string())
-        .map_err(|e| format!("bad claim-service URL {addr:?}: {e}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .http2_keep_alive_interval(Duration::from_secs(2))
-        .keep_alive_timeout(Duration::from_secs(4))
-        .keep_alive_while_idle(true)
-        .tcp_nodelay(true);
-    endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))
+/// Where the claim services are and how to reach them (plain, TLS or
+/// mutual TLS with this node's certificate).
+#[derive(Debug, Clone)]
+pub struct ClaimServices {
+    /// URLs, tried in turn.
+    pub urls: Vec<String>,
+    pub tls: Option<ClientTlsConfig>,
 }
 
-/// A channel to any claim service, for read-side queries (`Ownership`).
-pub async fn query_channel(addrs: &[String]) -> Result<Channel, String> {
-    let mut last = String::from("no claim-service address configured");
-    for addr in addrs {
-        match connect(addr).await {
-            Ok(c) => return Ok(c),
-            Err(e) => last = e,
-        }
+impl ClaimServices {
+    async fn connect(&self, addr: &str) -> Result<Channel, String> {
+        claims_proto::client::endpoint(addr, self.tls.as_ref())?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(Duration::from_secs(2))
+            .keep_alive_timeout(Duration::from_secs(4))
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {}", error_chain(&e)))
     }
-    Err(last)
+
+    /// A channel to any claim service, for read-side queries (`Ownership`).
+    pub async fn query_channel(&self) -> Result<Channel, String> {
+        let mut last = String::from("no claim-service address configured");
+        for addr in &self.urls {
+            match self.connect(addr).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+}
+
+/// An error and its causes on one line (a TLS failure hides in the causes).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cause = c.source();
+    }
+    line
 }

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::bridge::ClaimServices;
 use clap::{Parser, ValueEnum};
 
 use crate::rtmp::UnavailablePolicy;
@@ -91,6 +92,20 @@ pub struct Config {
     /// Log format: human-readable text, or JSON lines.
     #[arg(long, env = "INGEST_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// PEM CA of the claim service's certificate: talk to it over TLS
+    /// (https:// URLs).
+    #[arg(long, env = "INGEST_TLS_CA", help_heading = "Security")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
+    /// PEM certificate of this node (mutual TLS), naming --node-id as a DNS
+    /// SAN or CN; with --tls-key.
+    #[arg(long, env = "INGEST_TLS_CERT", help_heading = "Security")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "INGEST_TLS_KEY", help_heading = "Security")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 fn hostname() -> String {
@@ -112,6 +127,31 @@ impl Config {
         self.advertise_http
             .clone()
             .unwrap_or_else(|| format!("http://{}:{}", hostname(), self.http_listen.port()))
+    }
+
+    /// The claim services and how to reach them; reads the TLS files.
+    pub fn claim_services(&self) -> Result<ClaimServices, String> {
+        let tls = claims_proto::client::TlsFiles {
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+        }
+        .load()?;
+        let scheme = if tls.is_some() { "https://" } else { "http://" };
+        if let Some(url) = self.claim_service.iter().find(|u| !u.starts_with(scheme)) {
+            return Err(format!(
+                "--claim-service {url:?} must be an {scheme} URL {}",
+                if tls.is_some() {
+                    "when --tls-ca is set"
+                } else {
+                    "without --tls-ca"
+                }
+            ));
+        }
+        Ok(ClaimServices {
+            urls: self.claim_service.clone(),
+            tls,
+        })
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -148,7 +188,7 @@ impl Config {
         if self.claim_wait.is_zero() || self.idle_timeout.is_zero() {
             return Err("--claim-wait and --idle-timeout must be above zero".into());
         }
-        Ok(())
+        self.claim_services().map(|_| ())
     }
 }
 
@@ -176,6 +216,11 @@ mod tests {
             (vec!["--claim-service", "127.0.0.1:50051"], "http://"),
             (vec!["--advertise-rtmp", "http://x"], "rtmp://"),
             (vec!["--http-listen", "0.0.0.0:1935"], "both"),
+            (
+                vec!["--tls-ca", "/nonexistent/ca.pem"],
+                "--tls-ca /nonexistent",
+            ),
+            (vec!["--tls-cert", "c.pem"], "--tls-ca"),
         ] {
             let err = parse(&args).validate().unwrap_err();
             assert!(err.contains(want), "{args:?}: {err}");

@@ -26,7 +26,7 @@ use serde::Serialize;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-use crate::bridge::{query_channel, Bridge, ClaimState};
+use crate::bridge::{Bridge, ClaimServices, ClaimState};
 use crate::media::Hub;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -36,7 +36,7 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct HttpState {
     pub node_id: String,
     pub advertise_http: String,
-    pub claim_services: Vec<String>,
+    pub claim_services: ClaimServices,
     pub hub: Hub,
     pub registry: Registry,
     pub bridge: Arc<Bridge>,
@@ -48,7 +48,7 @@ impl HttpState {
     pub fn new(
         node_id: String,
         advertise_http: String,
-        claim_services: Vec<String>,
+        claim_services: ClaimServices,
         hub: Hub,
         registry: Registry,
         bridge: Arc<Bridge>,
@@ -212,7 +212,7 @@ async fn owner_of(s: &HttpState, broadcast: &str) -> Result<Option<pb::Claim>, S
     let channel = match cached.as_ref() {
         Some(c) => c.clone(),
         None => {
-            let c = query_channel(&s.claim_services).await?;
+            let c = s.claim_services.query_channel().await?;
             *cached = Some(c.clone());
             c
         }

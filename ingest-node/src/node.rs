@@ -25,6 +25,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let http_listener = TcpListener::bind(config.http_listen)
         .await
         .map_err(|e| format!("cannot listen for HTTP on {}: {e}", config.http_listen))?;
+    let claim_services = config.claim_services()?;
     let advertise_rtmp = config.advertise_rtmp();
     let advertise_http = config.advertise_http();
     let registry = Registry::new();
@@ -39,7 +40,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 ("http".to_string(), advertise_http.clone()),
             ]
             .into(),
-            claim_services: config.claim_service.clone(),
+            claim_services: claim_services.clone(),
             lease_ttl_ms: config.lease_ttl.map(|d| d.as_millis() as u64).unwrap_or(0),
         },
         registry.clone(),
@@ -52,6 +53,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         %advertise_rtmp,
         %advertise_http,
         claim_services = ?config.claim_service,
+        tls = claim_services.tls.is_some(),
+        mtls = config.tls_cert.is_some(),
         on_claim_unavailable = ?config.on_claim_unavailable,
         "ingest node starting"
     );
@@ -73,7 +76,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let state = Arc::new(HttpState::new(
         config.node_id.clone(),
         advertise_http,
-        config.claim_service.clone(),
+        claim_services.clone(),
         hub,
         registry,
         bridge,

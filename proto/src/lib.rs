@@ -10,4 +10,5 @@ pub mod v1 {
 /// The encoded `FileDescriptorSet` of `claims.v1`, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("claims_v1_descriptor");
 
+pub mod client;
 pub mod names;

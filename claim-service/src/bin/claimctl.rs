@@ -45,6 +45,24 @@ struct Cli {
     #[arg(long, env = "CLAIMS_ADMIN_TOKEN_FILE", global = true)]
     admin_token_file: Option<std::path::PathBuf>,
 
+    /// File holding the read token, when the service requires one for reads
+    /// (otherwise the admin token is sent, if given).
+    #[arg(long, env = "CLAIMS_READ_TOKEN_FILE", global = true)]
+    read_token_file: Option<std::path::PathBuf>,
+
+    /// PEM CA of the service's certificate: connect over TLS (https:// URL).
+    #[arg(long, env = "CLAIMCTL_TLS_CA", global = true)]
+    tls_ca: Option<std::path::PathBuf>,
+
+    /// PEM client certificate (mutual TLS; an admin identity may run
+    /// release and drain without a token), with --tls-key.
+    #[arg(long, env = "CLAIMCTL_TLS_CERT", global = true)]
+    tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "CLAIMCTL_TLS_KEY", global = true)]
+    tls_key: Option<std::path::PathBuf>,
+
     #[command(subcommand)]
     command: Cmd,
 }
@@ -163,34 +181,70 @@ fn when(unix_ms: i64) -> String {
     .to_string()
 }
 
+fn read_token_file(
+    path: Option<&std::path::PathBuf>,
+    flag: &str,
+) -> Result<Option<String>, Status> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    std::fs::read_to_string(path)
+        .map(|t| Some(t.trim().to_string()))
+        .map_err(|e| Status::invalid_argument(format!("{flag} {}: {e}", path.display())))
+}
+
+fn bearer(token: &str) -> Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>, Status> {
+    format!("Bearer {token}")
+        .parse()
+        .map_err(|_| Status::invalid_argument("the token holds characters not allowed in a header"))
+}
+
 impl Cli {
-    fn token(&self) -> Result<String, Status> {
+    /// The admin token, if one is given.
+    fn token(&self) -> Result<Option<String>, Status> {
         if let Some(t) = &self.admin_token {
-            return Ok(t.trim().to_string());
+            return Ok(Some(t.trim().to_string()));
         }
-        if let Some(path) = &self.admin_token_file {
-            return std::fs::read_to_string(path)
-                .map(|t| t.trim().to_string())
-                .map_err(|e| {
-                    Status::invalid_argument(format!("--admin-token-file {}: {e}", path.display()))
-                });
+        read_token_file(self.admin_token_file.as_ref(), "--admin-token-file")
+    }
+
+    /// The credential sent with reads: the read token, else the admin token.
+    fn read_token(&self) -> Result<Option<String>, Status> {
+        match read_token_file(self.read_token_file.as_ref(), "--read-token-file")? {
+            Some(t) => Ok(Some(t)),
+            None => self.token(),
         }
-        Err(Status::unauthenticated(
-            "this command needs an admin token: --admin-token, CLAIMS_ADMIN_TOKEN or --admin-token-file",
-        ))
     }
 
     fn admin_request<T>(&self, msg: T) -> Result<tonic::Request<T>, Status> {
         let mut req = tonic::Request::new(msg);
-        let value = format!("Bearer {}", self.token()?).parse().map_err(|_| {
-            Status::invalid_argument("the admin token holds characters not allowed in a header")
-        })?;
-        req.metadata_mut().insert("authorization", value);
+        match self.token()? {
+            Some(token) => req.metadata_mut().insert("authorization", bearer(&token)?),
+            // An admin certificate speaks for itself.
+            None if self.tls_cert.is_some() => None,
+            None => {
+                return Err(Status::unauthenticated(
+                    "this command needs an admin credential: --admin-token, CLAIMS_ADMIN_TOKEN, --admin-token-file, or an admin certificate (--tls-cert)",
+                ))
+            }
+        };
         Ok(req)
     }
 
     async fn run(&self, channel: Channel) -> Result<(), Status> {
-        let mut read = OwnershipClient::new(channel.clone());
+        let credential = match self.read_token()? {
+            Some(token) => Some(bearer(&token)?),
+            None => None,
+        };
+        let mut read = OwnershipClient::with_interceptor(
+            channel.clone(),
+            move |mut req: tonic::Request<()>| {
+                if let Some(value) = &credential {
+                    req.metadata_mut().insert("authorization", value.clone());
+                }
+                Ok(req)
+            },
+        );
         match &self.command {
             Cmd::Owner {
                 broadcast,
@@ -371,10 +425,18 @@ impl Cli {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    let channel = match tonic::transport::Endpoint::from_shared(cli.server.clone()) {
-        Ok(e) => e.connect_timeout(Duration::from_secs(3)).connect_lazy(),
+    let tls = claims_proto::client::TlsFiles {
+        ca: cli.tls_ca.clone(),
+        cert: cli.tls_cert.clone(),
+        key: cli.tls_key.clone(),
+    };
+    let channel = match tls
+        .load()
+        .and_then(|tls| claims_proto::client::endpoint(&cli.server, tls.as_ref()))
+    {
+        Ok(e) => e.connect_lazy(),
         Err(e) => {
-            eprintln!("claimctl: --server {:?} is not a URL: {e}", cli.server);
+            eprintln!("claimctl: --server: {e}");
             std::process::exit(2);
         }
     };

@@ -75,6 +75,54 @@ fn first_track_claims_and_second_shares_it() {
 }
 
 #[test]
+fn limits_refuse_a_new_broadcast_or_track_and_change_nothing_else() {
+    let mut core = NodeClaims::with_limits(Limits {
+        max_claims: 2,
+        max_tracks_per_broadcast: 2,
+    });
+    core.handle(created("a", "video"));
+    core.handle(claimed("a", 1, 10));
+    core.handle(created("b", "video"));
+    let acts = core.handle(created("c", "video"));
+    assert!(
+        matches!(&acts[..], [Action::Send(Reply::Refused { broadcast, reason, .. })]
+            if broadcast == "c" && reason.contains("max-claims-per-node (2)")),
+        "{acts:?}"
+    );
+    assert!(!core.is_live("c", "video"));
+    core.handle(created("a", "audio"));
+    let acts = core.handle(created("a", "data"));
+    assert!(
+        matches!(&acts[..], [Action::Send(Reply::Refused { broadcast, track, reason })]
+            if broadcast == "a" && track == "data" && reason.contains("max-tracks-per-broadcast (2)")),
+        "{acts:?}"
+    );
+    // A track already live is no new track; the claim is untouched.
+    assert_eq!(core.handle(created("a", "video")), vec![]);
+    assert_eq!(core.held().count(), 1);
+    // Closing the refused track is a no-op; closing the real ones releases.
+    assert_eq!(core.handle(closed("a", "data")), vec![]);
+    core.handle(closed("a", "audio"));
+    assert_eq!(
+        core.handle(closed("a", "video")),
+        vec![Action::Revoke {
+            broadcast: "a".into(),
+            lease_id: 1
+        }]
+    );
+    // Room again once a broadcast is gone.
+    core.handle(Event::Revoked {
+        broadcast: "a".into(),
+    });
+    assert_eq!(
+        core.handle(created("c", "video")),
+        vec![Action::Claim {
+            broadcast: "c".into()
+        }]
+    );
+}
+
+#[test]
 fn last_track_closing_revokes_then_reports_released() {
     let mut core = NodeClaims::new();
     core.handle(created("b", "video"));

@@ -62,6 +62,25 @@ pub struct StoreConfig {
     pub http2_keepalive: Duration,
     /// How many keep-alive streams the leases are spread over.
     pub keepalive_streams: usize,
+    pub security: EtcdSecurity,
+}
+
+/// TLS and credentials for etcd; both off by default.
+#[derive(Clone, Default)]
+pub struct EtcdSecurity {
+    pub tls: Option<etcd_client::TlsOptions>,
+    /// etcd user and password (etcd auth enabled).
+    pub user: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for EtcdSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the password.
+        f.debug_struct("EtcdSecurity")
+            .field("tls", &self.tls.is_some())
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .finish()
+    }
 }
 
 /// What a node asks for when it claims a broadcast.
@@ -159,10 +178,18 @@ impl Store {
     /// Connects lazily: this returns at once even when etcd is down; calls
     /// fail (and are retried by their callers) until it is up.
     pub async fn connect(config: &StoreConfig, metrics: Arc<Metrics>) -> Result<Self> {
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_keep_alive(config.http2_keepalive, config.http2_keepalive)
             .with_keep_alive_while_idle(true);
+        if let Some(tls) = &config.security.tls {
+            options = options.with_tls(tls.clone());
+        }
+        if let Some((user, password)) = &config.security.user {
+            options = options
+                .with_user(user.clone(), password.clone())
+                .with_auto_token_refresh(true);
+        }
         let client = Client::connect(&config.endpoints, Some(options)).await?;
         let keepalive = KeepAlive::start(client.clone(), config.keepalive_streams, metrics.clone());
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
