@@ -226,10 +226,15 @@ impl pb::claim_sessions_server::ClaimSessions for ClaimSessionsService {
         }
         if let Err(status) = self.ctx.access.check_node(&identities, &hello.node_id) {
             tracing::warn!(node_id = %hello.node_id, certificate = ?identities, error = %status.message(), "session refused: node identity");
+            let label = if status.code() == tonic::Code::Unauthenticated {
+                "unauthenticated"
+            } else {
+                "permission_denied"
+            };
             self.ctx
                 .metrics
                 .rejected_messages
-                .with_label_values(&["permission_denied"])
+                .with_label_values(&[label])
                 .inc();
             return Err(status);
         }

@@ -17,13 +17,14 @@ use pb::claim_sessions_client::ClaimSessionsClient;
 use pb::ownership_client::OwnershipClient;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::Streaming;
 
 pub use claims_proto::v1;
 
 pub mod checker;
 pub mod netns;
+pub mod pki;
 use netns::Host;
 
 /// Claim-service flags for tests that wait out a lease: the shortest TTL etcd
@@ -50,6 +51,18 @@ pub fn ms(d: Duration) -> String {
 
 /// How long any single expectation may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(15);
+
+/// An error and its causes on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cause = c.source();
+    }
+    line
+}
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -138,6 +151,8 @@ pub struct Etcd {
     cluster: String,
     /// The network namespace it runs in; loopback when `None`.
     host: Option<Host>,
+    /// Serve clients over TLS with the PKI folder's `etcd.pem`.
+    tls: Option<PathBuf>,
 }
 
 impl Etcd {
@@ -156,7 +171,17 @@ impl Etcd {
             name: name.into(),
             cluster,
             host: None,
+            tls: None,
         }
+    }
+
+    /// A single-member etcd serving clients over TLS with `pki`'s
+    /// `etcd.pem` (https:// endpoint).
+    pub async fn start_tls(pki: &pki::Pki) -> Result<Self> {
+        let mut etcd = Self::member("default", free_port(), free_port(), String::new());
+        etcd.tls = Some(pki.dir.clone());
+        etcd.spawn().await?;
+        Ok(etcd)
     }
 
     /// A single-member etcd inside `host`.
@@ -175,7 +200,18 @@ impl Etcd {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://{}:{}", self.ip(), self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{}", self.ip(), self.client_port)
+    }
+
+    fn connect_options(&self) -> Result<Option<etcd_client::ConnectOptions>> {
+        let Some(dir) = &self.tls else {
+            return Ok(None);
+        };
+        let ca = std::fs::read(dir.join("ca.pem"))?;
+        Ok(Some(etcd_client::ConnectOptions::new().with_tls(
+            etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(ca)),
+        )))
     }
 
     async fn spawn(&mut self) -> Result<()> {
@@ -191,6 +227,12 @@ impl Etcd {
             Some(h) => h.command("etcd"),
             None => Command::new("etcd"),
         };
+        if let Some(dir) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(dir.join("etcd.pem"))
+                .arg("--key-file")
+                .arg(dir.join("etcd.key"));
+        }
         let child = cmd
             .args([
                 "--name",
@@ -221,7 +263,9 @@ impl Etcd {
         }
         let deadline = Instant::now() + WAIT;
         loop {
-            if let Ok(mut c) = etcd_client::Client::connect([&client], None).await {
+            if let Ok(mut c) =
+                etcd_client::Client::connect([&client], self.connect_options()?).await
+            {
                 if c.status().await.is_ok() {
                     return Ok(());
                 }
@@ -234,7 +278,7 @@ impl Etcd {
     }
 
     pub async fn client(&self) -> Result<etcd_client::Client> {
-        Ok(etcd_client::Client::connect([self.endpoint()], None).await?)
+        Ok(etcd_client::Client::connect([self.endpoint()], self.connect_options()?).await?)
     }
 
     /// SIGKILL, keeping the data folder.
@@ -253,7 +297,11 @@ impl Etcd {
 
     /// Runs `etcdctl` against this etcd.
     pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new("etcdctl")
+        let mut cmd = Command::new("etcdctl");
+        if let Some(dir) = &self.tls {
+            cmd.arg("--cacert").arg(dir.join("ca.pem"));
+        }
+        let out = cmd
             .env("ETCDCTL_API", "3")
             .arg("--endpoints")
             .arg(self.endpoint())
@@ -458,6 +506,8 @@ pub struct ClaimService {
     pub metrics_port: u16,
     /// Where it is reached: 127.0.0.1, or its host's address.
     pub ip: String,
+    /// How the harness reaches it when it serves TLS.
+    pub tls: Option<ClientTlsConfig>,
 }
 
 daemon_handle!(ClaimService, daemon);
@@ -486,6 +536,30 @@ impl ClaimService {
             etcd_endpoints,
             prefix,
             extra,
+            None,
+        )
+        .await
+    }
+
+    /// As [`ClaimService::start`], for a service serving TLS (its flags in
+    /// `extra`); the harness's own calls (health, GetOwner) use `probe`.
+    pub async fn start_tls(
+        etcd_endpoints: &str,
+        prefix: &str,
+        extra: &[&str],
+        probe: ClientTlsConfig,
+    ) -> Result<Self> {
+        let cmd = Command::new(binary("claim-service"));
+        Self::launch(
+            cmd,
+            "127.0.0.1",
+            "127.0.0.1",
+            free_port(),
+            free_port(),
+            etcd_endpoints,
+            prefix,
+            extra,
+            Some(probe),
         )
         .await
     }
@@ -507,6 +581,7 @@ impl ClaimService {
             etcd_endpoints,
             prefix,
             extra,
+            None,
         )
         .await
     }
@@ -523,6 +598,7 @@ impl ClaimService {
         etcd_endpoints: &str,
         prefix: &str,
         extra: &[&str],
+        tls: Option<ClientTlsConfig>,
     ) -> Result<Self> {
         cmd.env("CLAIMS_LISTEN", format!("{bind}:{port}"))
             .env("CLAIMS_METRICS_LISTEN", format!("{bind}:{metrics_port}"))
@@ -535,19 +611,26 @@ impl ClaimService {
             port,
             metrics_port,
             ip: ip.into(),
+            tls,
         };
         svc.wait_serving(true).await?;
         Ok(svc)
     }
 
     pub fn addr(&self) -> String {
-        format!("http://{}:{}", self.ip, self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{}", self.ip, self.port)
+    }
+
+    /// The service's endpoint, over TLS with `tls` when it serves TLS.
+    pub fn endpoint_with(&self, tls: Option<&ClientTlsConfig>) -> Result<Endpoint> {
+        claims_proto::client::endpoint(&self.addr(), tls).map_err(|e| anyhow!(e))
     }
 
     pub async fn channel(&self) -> Result<Channel> {
         let deadline = Instant::now() + WAIT;
         loop {
-            match Channel::from_shared(self.addr())?.connect().await {
+            match self.endpoint_with(self.tls.as_ref())?.connect().await {
                 Ok(c) => return Ok(c),
                 Err(e) if Instant::now() > deadline => {
                     return Err(anyhow!("cannot connect to {}: {e}", self.addr()))
@@ -655,11 +738,22 @@ impl Node {
     /// Opens a session with `first` as its first message; the RPC's own
     /// error is returned as is.
     pub async fn open(addr: &str, first: NodeMsg) -> std::result::Result<Self, tonic::Status> {
-        let channel = Channel::from_shared(addr.to_string())
-            .map_err(|e| tonic::Status::internal(e.to_string()))?
+        let endpoint = Endpoint::from_shared(addr.to_string())
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        Self::open_on(endpoint, first).await
+    }
+
+    /// As [`Node::open`], on a prepared endpoint (TLS, a client certificate).
+    /// A connection that fails (a TLS handshake refused) is `UNAVAILABLE`
+    /// with the whole cause chain in the message.
+    pub async fn open_on(
+        endpoint: Endpoint,
+        first: NodeMsg,
+    ) -> std::result::Result<Self, tonic::Status> {
+        let channel = endpoint
             .connect()
             .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            .map_err(|e| tonic::Status::unavailable(error_chain(&e)))?;
         let mut client = ClaimSessionsClient::new(channel);
         let (tx, rx) = mpsc::channel(1024);
         tx.send(pb::NodeMessage { msg: Some(first) })

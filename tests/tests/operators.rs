@@ -263,7 +263,10 @@ async fn healthcheck_subcommands_report_what_containers_need() -> Result<()> {
     };
     let ok = run(
         "claim-service",
-        vec![("CLAIMS_LISTEN", format!("127.0.0.1:{}", stack.svc.port))],
+        vec![(
+            "CLAIMS_METRICS_LISTEN",
+            format!("127.0.0.1:{}", stack.svc.metrics_port),
+        )],
     )?;
     assert!(
         ok.status.success(),
@@ -272,7 +275,10 @@ async fn healthcheck_subcommands_report_what_containers_need() -> Result<()> {
     );
     let down = run(
         "claim-service",
-        vec![("CLAIMS_LISTEN", format!("127.0.0.1:{}", free_port()))],
+        vec![(
+            "CLAIMS_METRICS_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )],
     )?;
     assert_eq!(down.status.code(), Some(1));
     let node = IngestNode::start("node-h", &[stack.svc.addr()], &[]).await?;
