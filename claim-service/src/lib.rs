@@ -7,6 +7,8 @@
 //! - [`claims`]: the claim rules, a pure state machine per node session;
 //! - [`store`]: the one door to etcd (layout, claim transaction, revoke,
 //!   keep-alive, watch);
+//! - [`intake`]: what one node message means (event, refusal, or protocol
+//!   error), decided without I/O;
 //! - [`session`]: the async shell that drives a session's state machine;
 //! - [`view`]: the watch-fed in-memory view of every claim and node;
 //! - [`ownership`]: the read API, mostly over that view; [`admin`]: the
@@ -21,6 +23,7 @@ pub mod admin;
 pub mod claims;
 pub mod config;
 pub mod error;
+pub mod intake;
 pub mod metrics;
 pub use claims_proto::names;
 pub mod ownership;

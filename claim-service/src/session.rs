@@ -28,6 +28,7 @@ use crate::access::{self, Access};
 use crate::claims::ClaimOutcome;
 use crate::claims::{Action, Event, Limits, NodeClaims};
 use crate::error::Error;
+use crate::intake::{self, check_track, Intake};
 use crate::metrics::Metrics;
 use crate::names;
 use crate::store::{unix_ms, Attempt, ClaimRequest, LeaseLoss, NodeRecord, Registration, Store};
@@ -226,15 +227,10 @@ impl pb::claim_sessions_server::ClaimSessions for ClaimSessionsService {
         }
         if let Err(status) = self.ctx.access.check_node(&identities, &hello.node_id) {
             tracing::warn!(node_id = %hello.node_id, certificate = ?identities, error = %status.message(), "session refused: node identity");
-            let label = if status.code() == tonic::Code::Unauthenticated {
-                "unauthenticated"
-            } else {
-                "permission_denied"
-            };
             self.ctx
                 .metrics
                 .rejected_messages
-                .with_label_values(&[label])
+                .with_label_values(&[code_label(status.code())])
                 .inc();
             return Err(status);
         }
@@ -312,9 +308,15 @@ fn check_hello(hello: &pb::Hello) -> Result<(), Error> {
     Ok(())
 }
 
-fn check_track(t: &pb::Track) -> Result<(), String> {
-    names::check_broadcast(&t.broadcast)?;
-    names::check_track(&t.track)
+fn code_label(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::InvalidArgument => "invalid_argument",
+        tonic::Code::FailedPrecondition => "failed_precondition",
+        tonic::Code::ResourceExhausted => "resource_exhausted",
+        tonic::Code::PermissionDenied => "permission_denied",
+        tonic::Code::Unauthenticated => "unauthenticated",
+        _ => "other",
+    }
 }
 
 /// Results of work the session started, coming back to its loop.
@@ -668,94 +670,63 @@ impl Session {
     }
 
     async fn on_message(&mut self, msg: pb::NodeMessage) -> Result<(), Status> {
-        let metrics = &self.ctx.metrics;
-        match msg.msg {
-            Some(NodeMsg::Hello(_)) => {
-                metrics
-                    .rejected_messages
-                    .with_label_values(&["failed_precondition"])
-                    .inc();
-                Err(Error::FailedPrecondition(
-                    "hello sent twice; a session has one hello, at its start".into(),
-                )
-                .into())
-            }
-            Some(NodeMsg::Created(track)) | Some(NodeMsg::Closed(track))
-                if check_track(&track).is_err() =>
-            {
-                // Answered, not fatal: the node's other claims go on.
-                let reason = check_track(&track).unwrap_err();
-                metrics
-                    .rejected_messages
-                    .with_label_values(&["invalid_argument"])
-                    .inc();
-                tracing::info!(broadcast = %track.broadcast, track = %track.track, reason = %reason, "rejected a track");
-                self.send(service_message(ServiceMsg::Rejected(pb::Rejected {
-                    broadcast: track.broadcast,
-                    track: track.track,
-                    reason,
-                    code: tonic::Code::InvalidArgument as i32,
-                })))
-                .await;
-                Ok(())
-            }
-            Some(NodeMsg::Created(t)) if !self.within_event_rate() => {
-                metrics
-                    .rejected_messages
-                    .with_label_values(&["resource_exhausted"])
-                    .inc();
+        let verdict = match intake::admit(msg.msg) {
+            Intake::Event(Event::Created { broadcast, track }) if !self.within_event_rate() => {
                 let per_second = self.ctx.config.max_events_per_second;
-                tracing::warn!(broadcast = %t.broadcast, track = %t.track, per_second, "created refused: event rate limit");
-                self.send(service_message(ServiceMsg::Rejected(pb::Rejected {
-                    broadcast: t.broadcast,
-                    track: t.track,
+                Intake::Refused {
+                    broadcast,
+                    track,
                     reason: format!(
                         "limit max-events-per-second ({per_second}) exceeded: slow down; nothing was claimed for this track"
                     ),
-                    code: tonic::Code::ResourceExhausted as i32,
-                })))
-                .await;
-                Ok(())
+                    code: tonic::Code::ResourceExhausted,
+                }
             }
-            Some(NodeMsg::Created(t)) => {
-                self.apply(Event::Created {
-                    broadcast: t.broadcast,
-                    track: t.track,
-                })
-                .await;
-                Ok(())
-            }
-            Some(NodeMsg::Closed(t)) => {
+            Intake::Event(closed @ Event::Closed { .. }) => {
                 // A release is never refused (refusing it would keep a claim
                 // its owner closed), but it spends the session's budget.
                 let _ = self.within_event_rate();
-                if !self.core.is_live(&t.broadcast, &t.track) {
-                    tracing::debug!(broadcast = %t.broadcast, track = %t.track, "closed for a track that is not live; nothing to do");
+                Intake::Event(closed)
+            }
+            other => other,
+        };
+        match verdict {
+            Intake::Event(event) => {
+                if event == Event::Goodbye {
+                    tracing::info!("goodbye: releasing every claim");
                 }
-                self.apply(Event::Closed {
-                    broadcast: t.broadcast,
-                    track: t.track,
-                })
-                .await;
+                self.apply(event).await;
                 Ok(())
             }
-            Some(NodeMsg::Goodbye(_)) => {
-                tracing::info!("goodbye: releasing every claim");
-                self.apply(Event::Goodbye).await;
-                Ok(())
-            }
-            None => {
-                metrics
+            Intake::Refused {
+                broadcast,
+                track,
+                reason,
+                code,
+            } => {
+                // Answered, not fatal: the node's other claims go on.
+                self.ctx
+                    .metrics
                     .rejected_messages
-                    .with_label_values(&["invalid_argument"])
+                    .with_label_values(&[code_label(code)])
                     .inc();
+                tracing::info!(%broadcast, %track, %reason, "refused a message");
                 self.send(service_message(ServiceMsg::Rejected(pb::Rejected {
-                    reason: "empty message: set one of hello, created, closed, goodbye".into(),
-                    code: tonic::Code::InvalidArgument as i32,
-                    ..Default::default()
+                    broadcast,
+                    track,
+                    reason,
+                    code: code as i32,
                 })))
                 .await;
                 Ok(())
+            }
+            Intake::Fatal { code, message } => {
+                self.ctx
+                    .metrics
+                    .rejected_messages
+                    .with_label_values(&[code_label(code)])
+                    .inc();
+                Err(Status::new(code, message))
             }
         }
     }

@@ -15,8 +15,8 @@ use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{
     ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -78,28 +78,37 @@ pub async fn serve(listener: TcpListener, ingest: Arc<Ingest>, shutdown: Cancell
         tokio::spawn(
             async move {
                 ingest.metrics.rtmp_connections.inc();
-                let mut conn = Connection {
-                    ingest: ingest.clone(),
-                    socket,
-                    session: None,
-                    publishing: None,
-                    close_after_write: false,
-                };
                 let why = tokio::select! {
-                    r = conn.run() => r,
+                    r = serve_connection(ingest.clone(), socket) => r,
                     _ = shutdown.cancelled() => Err("node shutting down".into()),
                 };
                 match why {
                     Ok(()) => tracing::debug!("connection closed"),
                     Err(e) => tracing::info!(reason = %e, "connection ended"),
                 }
-                drop(conn);
                 ingest.metrics.rtmp_connections.dec();
                 drop(permit);
             }
             .instrument(span),
         );
     }
+}
+
+/// Serves one RTMP connection (any byte stream: TCP, or an in-memory pipe
+/// in the fuzz targets) until it ends; every track it opened is closed when
+/// this returns.
+pub async fn serve_connection<S>(ingest: Arc<Ingest>, socket: S) -> Outcome
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut conn = Connection {
+        ingest,
+        socket,
+        session: None,
+        publishing: None,
+        close_after_write: false,
+    };
+    conn.run().await
 }
 
 /// A publish in progress; dropping it closes every track and ends viewers.
@@ -123,17 +132,17 @@ impl Drop for Published {
     }
 }
 
-struct Connection {
+struct Connection<S> {
     ingest: Arc<Ingest>,
-    socket: TcpStream,
+    socket: S,
     session: Option<ServerSession>,
     publishing: Option<Published>,
     close_after_write: bool,
 }
 
-type Outcome = Result<(), String>;
+pub type Outcome = Result<(), String>;
 
-impl Connection {
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn run(&mut self) -> Outcome {
         let remaining = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake())
             .await
@@ -179,7 +188,11 @@ impl Connection {
             if n == 0 {
                 return Err("closed during the handshake".into());
             }
-            match handshake.process_bytes(&buf[..n]) {
+            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                handshake.process_bytes(&buf[..n])
+            }))
+            .map_err(|_| "bad RTMP handshake (the parser gave up on it)".to_string())?;
+            match step {
                 Ok(HandshakeProcessResult::InProgress { response_bytes }) => {
                     self.write(&response_bytes).await?;
                 }
@@ -210,10 +223,14 @@ impl Connection {
 
     async fn input(&mut self, bytes: &[u8]) -> Outcome {
         self.ingest.metrics.bytes_in.inc_by(bytes.len() as u64);
-        let results = self
-            .session()
-            .handle_input(bytes)
-            .map_err(|e| format!("malformed RTMP input: {e}"))?;
+        // rml_rtmp panics on some malformed messages (an AMF0 command with
+        // fewer than three values, found by the fuzzer): contain it, and
+        // close this connection as for any other protocol error.
+        let session = self.session();
+        let results =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle_input(bytes)))
+                .map_err(|_| "malformed RTMP input (the RTMP parser gave up on it)".to_string())?
+                .map_err(|e| format!("malformed RTMP input: {e}"))?;
         self.apply(results).await
     }
 

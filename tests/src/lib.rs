@@ -23,8 +23,10 @@ use tonic::Streaming;
 pub use claims_proto::v1;
 
 pub mod checker;
+pub mod fuzz;
 pub mod netns;
 pub mod pki;
+pub mod rtmp_client;
 use netns::Host;
 
 /// Claim-service flags for tests that wait out a lease: the shortest TTL etcd

@@ -12,13 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
-use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
-use rml_rtmp::sessions::{
-    ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult, PublishRequestType,
-};
+use system_tests::rtmp_client::RtmpClient;
 use system_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -34,102 +31,6 @@ struct Args {
     /// Seconds each fan-out phase is measured.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-}
-
-async fn send(
-    s: &mut TcpStream,
-    results: Vec<ClientSessionResult>,
-) -> Result<Vec<ClientSessionEvent>> {
-    let mut events = Vec::new();
-    for r in results {
-        match r {
-            ClientSessionResult::OutboundResponse(p) => s.write_all(&p.bytes).await?,
-            ClientSessionResult::RaisedEvent(e) => events.push(e),
-            _ => {}
-        }
-    }
-    Ok(events)
-}
-
-/// Connects and completes the handshake and `connect`; returns the session.
-async fn rtmp_connect(port: u16, app: &str) -> Result<(TcpStream, ClientSession)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
-    s.set_nodelay(true)?;
-    let mut hs = Handshake::new(PeerType::Client);
-    s.write_all(
-        &hs.generate_outbound_p0_and_p1()
-            .map_err(|e| anyhow!("{e:?}"))?,
-    )
-    .await?;
-    let mut buf = vec![0u8; 65536];
-    let remaining = loop {
-        let n = s.read(&mut buf).await?;
-        if n == 0 {
-            bail!("closed during handshake");
-        }
-        match hs.process_bytes(&buf[..n]).map_err(|e| anyhow!("{e:?}"))? {
-            HandshakeProcessResult::InProgress { response_bytes } => {
-                s.write_all(&response_bytes).await?
-            }
-            HandshakeProcessResult::Completed {
-                response_bytes,
-                remaining_bytes,
-            } => {
-                s.write_all(&response_bytes).await?;
-                break remaining_bytes;
-            }
-        }
-    };
-    let (mut session, results) =
-        ClientSession::new(ClientSessionConfig::new()).map_err(|e| anyhow!("{e:?}"))?;
-    send(&mut s, results).await?;
-    let mut events = send(
-        &mut s,
-        session
-            .handle_input(&remaining)
-            .map_err(|e| anyhow!("{e:?}"))?,
-    )
-    .await?;
-    let r = session
-        .request_connection(app.to_string())
-        .map_err(|e| anyhow!("{e:?}"))?;
-    events.extend(send(&mut s, vec![r]).await?);
-    wait_event(&mut s, &mut session, events, |e| {
-        matches!(e, ClientSessionEvent::ConnectionRequestAccepted)
-    })
-    .await?;
-    Ok((s, session))
-}
-
-async fn wait_event(
-    s: &mut TcpStream,
-    session: &mut ClientSession,
-    mut pending: Vec<ClientSessionEvent>,
-    want: impl Fn(&ClientSessionEvent) -> bool,
-) -> Result<()> {
-    let mut buf = vec![0u8; 65536];
-    loop {
-        if pending.iter().any(&want) {
-            return Ok(());
-        }
-        if let Some(e) = pending
-            .iter()
-            .find(|e| matches!(e, ClientSessionEvent::ConnectionRequestRejected { .. }))
-        {
-            bail!("refused: {e:?}");
-        }
-        let n = tokio::time::timeout(WAIT, s.read(&mut buf)).await??;
-        if n == 0 {
-            bail!("server closed the connection");
-        }
-        pending = send(
-            s,
-            session
-                .handle_input(&buf[..n])
-                .map_err(|e| anyhow!("{e:?}"))?,
-        )
-        .await?;
-    }
 }
 
 /// Lease-grant + the claim transaction, timed; the revoke after it is not.
@@ -179,18 +80,13 @@ async fn main() -> Result<()> {
     eprintln!("timing {} publishes", args.publishes);
     let (mut node_t, mut raw_t) = (Vec::new(), Vec::new());
     for i in 0..args.publishes + 10 {
-        let (mut s, mut session) = rtmp_connect(node.rtmp_port, "live").await?;
+        let socket = TcpStream::connect(("127.0.0.1", node.rtmp_port)).await?;
+        socket.set_nodelay(true)?;
+        let mut client = RtmpClient::connect(socket, "live", false).await?;
         let t = Instant::now();
-        let r = session
-            .request_publishing(format!("p{i}"), PublishRequestType::Live)
-            .map_err(|e| anyhow!("{e:?}"))?;
-        let events = send(&mut s, vec![r]).await?;
-        wait_event(&mut s, &mut session, events, |e| {
-            matches!(e, ClientSessionEvent::PublishRequestAccepted)
-        })
-        .await?;
+        client.publish(&format!("p{i}")).await?;
         let took = t.elapsed();
-        drop(s);
+        drop(client);
         let raw_took = raw_claim(&mut raw, &format!("/bench-raw/p{i}")).await?;
         if i >= 10 {
             node_t.push(took);

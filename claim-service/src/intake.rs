@@ -1,0 +1,112 @@
+//! What one message from a node means to its session, decided without I/O:
+//! an event for the claim rules, a refusal the node is told (the session
+//! goes on), or a protocol error that ends the session.
+//!
+//! The session shell and the fuzz targets both go through [`admit`], so the
+//! fuzzer exercises exactly the path hostile input takes.
+
+use claims_proto::v1 as pb;
+use pb::node_message::Msg as NodeMsg;
+use tonic::Code;
+
+use crate::claims::Event;
+use crate::names;
+
+/// A session's verdict on one message after `hello`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Intake {
+    /// Hand this to the claim rules.
+    Event(Event),
+    /// Tell the node (`rejected`) and go on; nothing changes.
+    Refused {
+        broadcast: String,
+        track: String,
+        reason: String,
+        code: Code,
+    },
+    /// End the session with this code and message.
+    Fatal { code: Code, message: String },
+}
+
+/// Checks a track's names against the contract.
+pub fn check_track(t: &pb::Track) -> Result<(), String> {
+    names::check_broadcast(&t.broadcast)?;
+    names::check_track(&t.track)
+}
+
+/// The verdict on `msg`, a message that arrived after `hello`. Rate limits
+/// are the shell's: they depend on time.
+pub fn admit(msg: Option<NodeMsg>) -> Intake {
+    match msg {
+        Some(NodeMsg::Hello(_)) => Intake::Fatal {
+            code: Code::FailedPrecondition,
+            message: "hello sent twice; a session has one hello, at its start".into(),
+        },
+        Some(NodeMsg::Created(t)) | Some(NodeMsg::Closed(t)) if check_track(&t).is_err() => {
+            let reason = check_track(&t).unwrap_err();
+            Intake::Refused {
+                broadcast: t.broadcast,
+                track: t.track,
+                reason,
+                code: Code::InvalidArgument,
+            }
+        }
+        Some(NodeMsg::Created(t)) => Intake::Event(Event::Created {
+            broadcast: t.broadcast,
+            track: t.track,
+        }),
+        Some(NodeMsg::Closed(t)) => Intake::Event(Event::Closed {
+            broadcast: t.broadcast,
+            track: t.track,
+        }),
+        Some(NodeMsg::Goodbye(_)) => Intake::Event(Event::Goodbye),
+        None => Intake::Refused {
+            broadcast: String::new(),
+            track: String::new(),
+            reason: "empty message: set one of hello, created, closed, goodbye".into(),
+            code: Code::InvalidArgument,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(b: &str, t: &str) -> pb::Track {
+        pb::Track {
+            broadcast: b.into(),
+            track: t.into(),
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        assert!(matches!(
+            admit(Some(NodeMsg::Hello(pb::Hello::default()))),
+            Intake::Fatal {
+                code: Code::FailedPrecondition,
+                ..
+            }
+        ));
+        assert!(matches!(
+            admit(Some(NodeMsg::Created(t("live/../x", "video")))),
+            Intake::Refused {
+                code: Code::InvalidArgument,
+                ..
+            }
+        ));
+        assert!(matches!(
+            admit(Some(NodeMsg::Closed(t("live/x", "")))),
+            Intake::Refused { .. }
+        ));
+        assert_eq!(
+            admit(Some(NodeMsg::Closed(t("live/x", "video")))),
+            Intake::Event(Event::Closed {
+                broadcast: "live/x".into(),
+                track: "video".into()
+            })
+        );
+        assert!(matches!(admit(None), Intake::Refused { .. }));
+    }
+}

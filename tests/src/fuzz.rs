@@ -1,0 +1,650 @@
+//! Fuzz targets: each takes arbitrary bytes and panics when an invariant
+//! breaks. `tests/tests/fuzz.rs` runs them under proptest and over the kept
+//! corpus (`fuzz/corpus/`) in every test run; `scripts/fuzz.sh` runs them
+//! under libFuzzer (cargo fuzz) for as long as you like.
+//!
+//! - [`session`]: arbitrary sequences of `NodeMessage`s from two nodes
+//!   (structured ones and raw protobuf bytes) through the session's intake
+//!   and claim rules, against a model of etcd's claim transaction;
+//! - [`names`]: arbitrary bytes through the name rules;
+//! - [`rtmp`]: arbitrary bytes after an RTMP handshake into the ingest
+//!   node's RTMP front end.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use claim_service::claims::{Action, Claim, ClaimOutcome, Event, Limits, NodeClaims, Reply};
+use claim_service::intake::{admit, Intake};
+use claims_proto::names;
+use claims_proto::v1 as pb;
+use pb::node_message::Msg as NodeMsg;
+use prost::Message;
+
+/// Reads fuzz input a byte at a time; zeros once it runs out.
+struct Input<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl Input<'_> {
+    fn byte(&mut self) -> u8 {
+        let b = self.data.get(self.pos).copied().unwrap_or(0);
+        self.pos += 1;
+        b
+    }
+    fn more(&self) -> bool {
+        self.pos < self.data.len()
+    }
+    fn take(&mut self, n: usize) -> &[u8] {
+        let start = self.pos.min(self.data.len());
+        let end = (start + n).min(self.data.len());
+        self.pos = end;
+        &self.data[start..end]
+    }
+}
+
+// Valid names, and hostile ones the intake must refuse.
+const BROADCASTS: [&str; 8] = [
+    "live/a",
+    "live/b",
+    "live/c",
+    "live/d",
+    "live/../a",
+    "",
+    "live/a b",
+    "live//a",
+];
+const TRACKS: [&str; 5] = ["video", "audio", "data", "", "vid eo"];
+
+/// What the model of etcd holds for a broadcast.
+#[derive(Debug, Clone)]
+struct Held {
+    node: usize,
+    lease: i64,
+    token: i64,
+}
+
+/// Work a node's session started, waiting for etcd's answer.
+#[derive(Debug, Clone)]
+enum Pending {
+    Claim(String),
+    Revoke(String, i64),
+}
+
+struct Sim {
+    id: String,
+    core: NodeClaims,
+    /// Tracks the node has live, as far as the claim rules were told:
+    /// admitted `created` minus `closed`; emptied at goodbye and detach.
+    live: BTreeMap<String, BTreeSet<String>>,
+    /// Stopped reading (goodbye, a fatal message, a detach).
+    gone: bool,
+    timers: BTreeMap<String, u64>,
+}
+
+impl Sim {
+    fn wants(&self, broadcast: &str) -> bool {
+        self.live.get(broadcast).is_some_and(|t| !t.is_empty())
+    }
+}
+
+struct World {
+    nodes: Vec<Sim>,
+    store: BTreeMap<String, Held>,
+    pending: Vec<(usize, Pending)>,
+    revision: i64,
+    next_lease: i64,
+}
+
+impl World {
+    fn apply(&mut self, n: usize, event: Event) {
+        let actions = self.nodes[n].core.handle(event);
+        for action in actions {
+            self.act(n, action);
+        }
+        self.check();
+    }
+
+    fn act(&mut self, n: usize, action: Action) {
+        let node = &self.nodes[n];
+        match action {
+            Action::Claim { broadcast } => {
+                // Only a node whose own track is live asks for a claim.
+                assert!(
+                    node.wants(&broadcast),
+                    "{} asked to claim {broadcast} without a live track of it: {:?}",
+                    node.id,
+                    node.live
+                );
+                self.pending.push((n, Pending::Claim(broadcast)));
+            }
+            Action::Revoke {
+                broadcast,
+                lease_id,
+            } => {
+                // Released only when its owner closed it (last track,
+                // goodbye, or the detach grace ran out).
+                assert!(
+                    !node.wants(&broadcast),
+                    "{} revokes {broadcast} while its tracks {:?} are live",
+                    node.id,
+                    node.live.get(&broadcast)
+                );
+                self.pending.push((n, Pending::Revoke(broadcast, lease_id)));
+            }
+            Action::Send(Reply::Claimed { claim, .. }) => {
+                let held = self.store.get(&claim.broadcast);
+                assert!(
+                    held.is_some_and(|h| h.node == n && h.lease == claim.lease_id),
+                    "{} told claimed for {} but etcd holds {held:?}",
+                    node.id,
+                    claim.broadcast
+                );
+            }
+            Action::RetryAfter {
+                broadcast, timer, ..
+            } => {
+                self.nodes[n].timers.insert(broadcast, timer);
+            }
+            Action::RevokeStale { .. }
+            | Action::KeepAlive { .. }
+            | Action::Forget { .. }
+            | Action::Send(_)
+            | Action::Finished => {}
+        }
+    }
+
+    /// No node's rules think they hold a claim that etcd gives to another,
+    /// and every claim in etcd belongs to a node that holds it or is
+    /// revoking it.
+    fn check(&self) {
+        for (n, node) in self.nodes.iter().enumerate() {
+            for (broadcast, claim) in node.core.held() {
+                let held = self.store.get(broadcast);
+                assert!(
+                    held.is_some_and(|h| h.node == n && h.lease == claim.lease_id),
+                    "{} holds {broadcast} (lease {}) but etcd has {held:?}",
+                    node.id,
+                    claim.lease_id
+                );
+            }
+        }
+        for (broadcast, held) in &self.store {
+            let node = &self.nodes[held.node];
+            let holds = node
+                .core
+                .held()
+                .any(|(b, c)| b == broadcast && c.lease_id == held.lease);
+            let revoking = self.pending.iter().any(|(p, w)| {
+                *p == held.node
+                    && matches!(w, Pending::Revoke(b, l) if b == broadcast && *l == held.lease)
+            });
+            assert!(
+                holds || revoking,
+                "etcd gives {broadcast} to {} which neither holds nor releases it",
+                node.id
+            );
+        }
+    }
+
+    fn claim(&self, broadcast: &str, n: usize, held: &Held) -> Claim {
+        Claim {
+            broadcast: broadcast.into(),
+            node_id: self.nodes[n].id.clone(),
+            lease_id: held.lease,
+            fencing_token: held.token,
+            lease_ttl_ms: 10_000,
+            ..Claim::default()
+        }
+    }
+
+    /// etcd answers one piece of pending work (`unavailable`: the call failed).
+    fn deliver(&mut self, index: usize, unavailable: bool) {
+        let (n, work) = self.pending.remove(index);
+        match work {
+            Pending::Claim(broadcast) => {
+                let outcome = if unavailable {
+                    ClaimOutcome::Unavailable {
+                        reason: "etcd unreachable".into(),
+                    }
+                } else {
+                    self.revision += 1;
+                    self.next_lease += 1;
+                    match self.store.get(&broadcast).cloned() {
+                        // Create-if-absent.
+                        None => {
+                            let held = Held {
+                                node: n,
+                                lease: self.next_lease,
+                                token: self.revision,
+                            };
+                            self.store.insert(broadcast.clone(), held.clone());
+                            ClaimOutcome::Claimed {
+                                claim: self.claim(&broadcast, n, &held),
+                                adopted: false,
+                            }
+                        }
+                        // The key names this node: adopted onto a new lease,
+                        // same fencing token.
+                        Some(old) if old.node == n => {
+                            let held = Held {
+                                lease: self.next_lease,
+                                ..old
+                            };
+                            self.store.insert(broadcast.clone(), held.clone());
+                            ClaimOutcome::Claimed {
+                                claim: self.claim(&broadcast, n, &held),
+                                adopted: true,
+                            }
+                        }
+                        Some(owner) => ClaimOutcome::Conflict {
+                            owner: self.claim(&broadcast, owner.node, &owner),
+                            revision: self.revision,
+                        },
+                    }
+                };
+                self.apply(n, Event::ClaimAnswered { broadcast, outcome });
+            }
+            Pending::Revoke(broadcast, lease) => {
+                if unavailable {
+                    // The shell retries a revoke until it lands.
+                    self.pending.push((n, Pending::Revoke(broadcast, lease)));
+                    return;
+                }
+                self.remove_key(&broadcast, lease);
+                self.apply(n, Event::Revoked { broadcast });
+            }
+        }
+    }
+
+    /// Deletes the key if it is still on `lease`; tells the standbys.
+    fn remove_key(&mut self, broadcast: &str, lease: i64) {
+        if self.delete_key(broadcast, lease) {
+            self.tell_standbys(broadcast);
+        }
+    }
+
+    fn delete_key(&mut self, broadcast: &str, lease: i64) -> bool {
+        let on_lease = self.store.get(broadcast).is_some_and(|h| h.lease == lease);
+        if on_lease {
+            self.store.remove(broadcast);
+            self.revision += 1;
+        }
+        on_lease
+    }
+
+    /// The watch tells every standby of `broadcast` that its key is gone.
+    fn tell_standbys(&mut self, broadcast: &str) {
+        let revision = self.revision;
+        for other in 0..self.nodes.len() {
+            if self.nodes[other].core.standby().any(|b| b == broadcast) {
+                self.apply(
+                    other,
+                    Event::OwnerReleased {
+                        broadcast: broadcast.into(),
+                        revision,
+                    },
+                );
+            }
+        }
+    }
+
+    /// A message from node `n`, as the session shell handles it.
+    fn message(&mut self, n: usize, msg: Option<NodeMsg>) {
+        if self.nodes[n].gone {
+            return;
+        }
+        match admit(msg) {
+            Intake::Event(event) => {
+                let node = &mut self.nodes[n];
+                match &event {
+                    Event::Created { broadcast, track } => {
+                        // The rules may refuse it over a limit; only what
+                        // they took counts as live.
+                        let before = node.core.is_live(broadcast, track);
+                        let actions = node.core.handle(event.clone());
+                        if node.core.is_live(broadcast, track) && !before {
+                            node.live
+                                .entry(broadcast.clone())
+                                .or_default()
+                                .insert(track.clone());
+                        }
+                        for a in actions {
+                            self.act(n, a);
+                        }
+                        self.check();
+                        return;
+                    }
+                    Event::Closed { broadcast, track } => {
+                        if let Some(t) = node.live.get_mut(broadcast) {
+                            t.remove(track);
+                        }
+                    }
+                    Event::Goodbye => {
+                        node.live.clear();
+                        node.gone = true;
+                    }
+                    _ => unreachable!("intake yields only created, closed, goodbye"),
+                }
+                self.apply(n, event);
+            }
+            Intake::Refused { .. } => {}
+            Intake::Fatal { .. } => self.detach(n),
+        }
+    }
+
+    fn detach(&mut self, n: usize) {
+        let node = &mut self.nodes[n];
+        if node.gone && node.core.is_detached() {
+            return;
+        }
+        node.gone = true;
+        node.live.clear();
+        self.apply(n, Event::Detached);
+    }
+}
+
+/// Two nodes' sessions under an arbitrary program of messages, etcd
+/// answers (in any order, some failing), lease losses, detaches, grace
+/// expiries and retries.
+pub fn session(data: &[u8]) {
+    let limits = Limits {
+        max_claims: 3,
+        max_tracks_per_broadcast: 2,
+    };
+    let mut world = World {
+        nodes: ["node-a", "node-b"]
+            .into_iter()
+            .map(|id| Sim {
+                id: id.into(),
+                core: NodeClaims::with_limits(limits),
+                live: BTreeMap::new(),
+                gone: false,
+                timers: BTreeMap::new(),
+            })
+            .collect(),
+        store: BTreeMap::new(),
+        pending: Vec::new(),
+        revision: 1,
+        next_lease: 100,
+    };
+    let mut input = Input { data, pos: 0 };
+    let mut steps = 0;
+    while input.more() && steps < 400 {
+        steps += 1;
+        let op = input.byte();
+        let n = usize::from(op >> 7);
+        match op & 0x0f {
+            0..=4 => {
+                let b = BROADCASTS[usize::from(input.byte()) % BROADCASTS.len()];
+                let t = TRACKS[usize::from(input.byte()) % TRACKS.len()];
+                let track = pb::Track {
+                    broadcast: b.into(),
+                    track: t.into(),
+                };
+                let msg = match op & 0x0f {
+                    0 | 1 => Some(NodeMsg::Created(track)),
+                    2 | 3 => Some(NodeMsg::Closed(track)),
+                    _ => match input.byte() % 8 {
+                        0 => Some(NodeMsg::Goodbye(pb::Goodbye {})),
+                        1 => Some(NodeMsg::Hello(pb::Hello::default())),
+                        2 => None,
+                        _ => Some(NodeMsg::Created(track)),
+                    },
+                };
+                world.message(n, msg);
+            }
+            5 => {
+                // Raw protobuf: whatever the bytes decode to.
+                let len = usize::from(input.byte() % 48);
+                if let Ok(msg) = pb::NodeMessage::decode(input.take(len)) {
+                    world.message(n, msg.msg);
+                }
+            }
+            6..=9 => {
+                if !world.pending.is_empty() {
+                    let i = usize::from(input.byte()) % world.pending.len();
+                    let unavailable = input.byte() % 5 == 0;
+                    world.deliver(i, unavailable);
+                }
+            }
+            10 => {
+                // A lease expires (etcd deletes the key), the node hears.
+                let held: Vec<(String, i64)> = world.nodes[n]
+                    .core
+                    .held()
+                    .map(|(b, c)| (b.to_string(), c.lease_id))
+                    .collect();
+                if !held.is_empty() {
+                    let (broadcast, lease_id) =
+                        held[usize::from(input.byte()) % held.len()].clone();
+                    // The holder hears of the loss before anyone else can
+                    // claim (the keep-alive reports it ahead of the TTL).
+                    world.delete_key(&broadcast, lease_id);
+                    world.apply(
+                        n,
+                        Event::LeaseLost {
+                            lease_id,
+                            reason: "expired".into(),
+                        },
+                    );
+                    world.tell_standbys(&broadcast);
+                }
+            }
+            11 => world.detach(n),
+            12 => {
+                if world.nodes[n].core.is_detached() {
+                    world.apply(n, Event::GraceExpired);
+                }
+            }
+            13 => {
+                let timers: Vec<(String, u64)> = world.nodes[n]
+                    .timers
+                    .iter()
+                    .map(|(b, t)| (b.clone(), *t))
+                    .collect();
+                if !timers.is_empty() {
+                    let (broadcast, timer) =
+                        timers[usize::from(input.byte()) % timers.len()].clone();
+                    world.nodes[n].timers.remove(&broadcast);
+                    world.apply(n, Event::RetryDue { broadcast, timer });
+                }
+            }
+            _ => {
+                // A view event for the other node's standby (a lagging
+                // view may repeat releases).
+                let b = BROADCASTS[usize::from(input.byte()) % 4];
+                if world.nodes[n].core.standby().any(|s| s == b) {
+                    world.revision += 1;
+                    let revision = world.revision;
+                    world.apply(
+                        n,
+                        Event::OwnerReleased {
+                            broadcast: b.into(),
+                            revision,
+                        },
+                    );
+                }
+            }
+        }
+    }
+    // Let etcd answer everything: no lease is left behind by a node that
+    // said goodbye or whose grace ran out.
+    for n in 0..world.nodes.len() {
+        if !world.nodes[n].gone {
+            world.message(n, Some(NodeMsg::Goodbye(pb::Goodbye {})));
+        } else if world.nodes[n].core.is_detached() {
+            world.apply(n, Event::GraceExpired);
+        }
+    }
+    let mut rounds = 0;
+    while !world.pending.is_empty() {
+        rounds += 1;
+        assert!(rounds < 10_000, "work never settles: {:?}", world.pending);
+        world.deliver(0, false);
+    }
+    assert!(
+        world.store.is_empty(),
+        "claims left in etcd after every node left: {:?}",
+        world.store
+    );
+}
+
+/// Arbitrary bytes through every name rule: never a panic, and what passes
+/// really follows the rule.
+pub fn names(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if names::check_broadcast(&text).is_ok() {
+        assert!(!text.is_empty() && text.len() <= names::MAX_BROADCAST_LEN);
+        for segment in text.split('/') {
+            assert!(
+                !segment.is_empty() && segment != "." && segment != "..",
+                "{text:?}"
+            );
+            assert!(
+                segment
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b)),
+                "{text:?}"
+            );
+        }
+    }
+    if names::check_track(&text).is_ok() {
+        assert!(!text.is_empty() && text.len() <= names::MAX_TRACK_LEN && !text.contains('/'));
+    }
+    if names::check_node_id(&text).is_ok() {
+        assert!(text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+    }
+    // The same bytes as an endpoint map, split at NUL: name, URL, ...
+    let parts: Vec<&str> = text.split('\0').collect();
+    let endpoints = parts
+        .chunks(2)
+        .map(|c| (c[0].to_string(), c.get(1).unwrap_or(&"").to_string()))
+        .collect();
+    let _ = names::check_endpoints(&endpoints);
+}
+
+/// One runtime and one ingest front end per thread, reused across inputs.
+struct Front {
+    runtime: tokio::runtime::Runtime,
+    ingest: Arc<ingest_node::rtmp::Ingest>,
+}
+
+fn front() -> &'static Front {
+    use ingest_node::bridge::{Bridge, BridgeConfig, ClaimServices};
+    thread_local! {
+        static FRONT: &'static Front = {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            let ingest = runtime.block_on(async {
+                let registry = ingest_node::registry::Registry::new();
+                // No claim service answers: publishes are let in after
+                // the claim wait, as with --on-claim-unavailable allow.
+                let (bridge, _) = Bridge::start(
+                    BridgeConfig {
+                        node_id: "fuzz".into(),
+                        endpoints: Default::default(),
+                        claim_services: ClaimServices {
+                            urls: vec!["http://127.0.0.1:9".into()],
+                            tls: None,
+                        },
+                        lease_ttl_ms: 0,
+                    },
+                    registry.clone(),
+                    tokio_util::sync::CancellationToken::new(),
+                );
+                Arc::new(ingest_node::rtmp::Ingest {
+                    registry,
+                    hub: Default::default(),
+                    bridge,
+                    metrics: Arc::new(ingest_node::metrics::Metrics::new()),
+                    on_unavailable: ingest_node::rtmp::UnavailablePolicy::Allow,
+                    claim_wait: Duration::from_millis(1),
+                    idle_timeout: Duration::from_millis(200),
+                    advertise_http: "http://fuzz:8080".into(),
+                })
+            });
+            Box::leak(Box::new(Front { runtime, ingest }))
+        };
+    }
+    FRONT.with(|f| *f)
+}
+
+/// Arbitrary bytes after a valid handshake into the RTMP front end: it
+/// never panics, always ends, and closes every track the bytes opened.
+pub fn rtmp(data: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let front = front();
+    front.runtime.block_on(async {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let serve = tokio::spawn(ingest_node::rtmp::serve_connection(
+            front.ingest.clone(),
+            server,
+        ));
+        let (mut rx, mut tx) = tokio::io::split(client);
+        // Drain whatever the server says, so it never blocks on writing.
+        let drain = tokio::spawn(async move {
+            let mut buf = vec![0u8; 1 << 16];
+            while matches!(rx.read(&mut buf).await, Ok(n) if n > 0) {}
+        });
+        let mut hs = rml_rtmp::handshake::Handshake::new(rml_rtmp::handshake::PeerType::Client);
+        let c0c1 = hs.generate_outbound_p0_and_p1().expect("client handshake");
+        // C0+C1, then C2 (the server's S1 echoed is not checked by
+        // rml_rtmp's server), then the fuzz bytes.
+        let _ = tx.write_all(&c0c1).await;
+        let _ = tx.write_all(&c0c1[1..]).await;
+        let _ = tx.write_all(data).await;
+        let _ = tx.shutdown().await;
+        let ended = tokio::time::timeout(Duration::from_secs(10), serve).await;
+        assert!(ended.is_ok(), "the RTMP connection did not end");
+        assert!(
+            !matches!(ended, Ok(Err(ref e)) if e.is_panic()),
+            "the RTMP front end panicked: {ended:?}"
+        );
+        drain.abort();
+        let live = front.ingest.registry.live();
+        assert!(
+            live.is_empty(),
+            "tracks left live after the connection ended: {live:?}"
+        );
+    });
+}
+
+/// Bytes a real publisher sends after the handshake: connect, publish
+/// `live/seed`, a video and an audio message. A seed for [`rtmp`].
+pub fn rtmp_seed() -> Vec<u8> {
+    let front = front();
+    front.runtime.block_on(async {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let serve = tokio::spawn(ingest_node::rtmp::serve_connection(
+            front.ingest.clone(),
+            server,
+        ));
+        let mut c = crate::rtmp_client::RtmpClient::connect(client, "live", true)
+            .await
+            .expect("connect");
+        c.publish("seed").await.expect("publish");
+        // An AVC sequence header and an AAC one, then a frame of each.
+        c.media(true, &[0x17, 0, 0, 0, 0, 1, 0x64, 0, 0x1f], 0)
+            .await
+            .expect("video");
+        c.media(false, &[0xaf, 0, 0x12, 0x10], 0)
+            .await
+            .expect("audio");
+        c.media(true, &[0x27, 1, 0, 0, 0, 0, 0, 0, 1, 0x41], 40)
+            .await
+            .expect("video");
+        c.media(false, &[0xaf, 1, 0x21, 0x10], 23)
+            .await
+            .expect("audio");
+        let sent = c.sent.take().unwrap_or_default();
+        drop(c);
+        let _ = tokio::time::timeout(Duration::from_secs(5), serve).await;
+        sent
+    })
+}
