@@ -3,11 +3,28 @@
 # which git ignores), the claim-service, and two ingest nodes, built in
 # release mode. Ctrl-C stops everything this script started.
 #
+#   scripts/up.sh          plaintext
+#   scripts/up.sh --tls    mutual TLS everywhere: a development CA and
+#                          certificates (scripts/certs.sh, in .run/certs);
+#                          etcd serves TLS and wants a client certificate;
+#                          the claim-service serves TLS and takes a session
+#                          only from the node its certificate names; the
+#                          ingest nodes attach with their own certificates;
+#                          "admin" is the admin identity.
+#
 # Ports (override with the environment): etcd 2379/2380, claim-service gRPC
 # 50051, metrics 9464; ingest node A RTMP 1935 / HTTP 8080, node B RTMP 1936 /
 # HTTP 8081.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+TLS=0
+for arg in "$@"; do
+  case $arg in
+    --tls) TLS=1 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown argument $arg (try --help)" >&2; exit 2 ;;
+  esac
+done
 source scripts/lib.sh
 need_build_and_test_tools
 need_grpcurl
@@ -21,8 +38,26 @@ A_RTMP=${A_RTMP:-1935}
 A_HTTP=${A_HTTP:-8080}
 B_RTMP=${B_RTMP:-1936}
 B_HTTP=${B_HTTP:-8081}
-RUN=.run
+RUN=${RUN_DIR:-.run}
 mkdir -p "$RUN"
+if [[ $TLS == 1 ]]; then
+  bash scripts/certs.sh "$RUN/certs" ingest-a ingest-b >/dev/null
+  CERTS=$RUN/certs
+  SCHEME=https
+  ETCD_DATA=$RUN/etcd-tls
+  ETCD_TLS=(--cert-file "$CERTS/etcd.pem" --key-file "$CERTS/etcd.key"
+            --client-cert-auth --trusted-ca-file "$CERTS/ca.pem")
+  ETCDCTL_TLS="--cacert $CERTS/ca.pem --cert $CERTS/etcd.pem --key $CERTS/etcd.key"
+  GRPCURL_TLS="-cacert $CERTS/ca.pem -cert $CERTS/admin.pem -key $CERTS/admin.key"
+  CLAIMCTL_TLS="--server https://127.0.0.1:$CLAIMS_PORT --tls-ca $CERTS/ca.pem --tls-cert $CERTS/admin.pem --tls-key $CERTS/admin.key"
+else
+  SCHEME=http
+  ETCD_DATA=$RUN/etcd
+  ETCD_TLS=()
+  ETCDCTL_TLS=""
+  GRPCURL_TLS="-plaintext"
+  CLAIMCTL_TLS=""
+fi
 
 echo ">> building (release)"
 cargo build --release --locked -p claim-service -p ingest-node
@@ -37,7 +72,7 @@ stop() {
     kill -TERM "${pids[$i]}" 2>/dev/null || true
     wait "${pids[$i]}" 2>/dev/null || true
   done
-  echo ">> stopped; etcd data kept in $RUN/etcd (delete it for a clean start)"
+  echo ">> stopped; etcd data kept in $ETCD_DATA (delete it for a clean start)"
   exit "${1:-0}"
 }
 trap stop INT TERM EXIT
@@ -47,27 +82,33 @@ for p in "$ETCD_PORT" "$ETCD_PEER_PORT" "$CLAIMS_PORT" "$METRICS_PORT" "$A_RTMP"
   port_free "$p" || { echo "port $p is in use: stop what holds it, or set ETCD_PORT / ETCD_PEER_PORT / CLAIMS_PORT / METRICS_PORT / A_RTMP / A_HTTP / B_RTMP / B_HTTP" >&2; exit 1; }
 done
 
-echo ">> starting etcd on 127.0.0.1:$ETCD_PORT (log: $RUN/etcd.log)"
-etcd --name up --data-dir "$RUN/etcd" \
-  --listen-client-urls "http://127.0.0.1:$ETCD_PORT" \
-  --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+echo ">> starting etcd on $SCHEME://127.0.0.1:$ETCD_PORT (log: $RUN/etcd.log)"
+etcd --name up --data-dir "$ETCD_DATA" "${ETCD_TLS[@]}" \
+  --listen-client-urls "$SCHEME://127.0.0.1:$ETCD_PORT" \
+  --advertise-client-urls "$SCHEME://127.0.0.1:$ETCD_PORT" \
   --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
   --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
   --initial-cluster "up=http://127.0.0.1:$ETCD_PEER_PORT" >"$RUN/etcd.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do
-  ETCDCTL_API=3 etcdctl --endpoints "http://127.0.0.1:$ETCD_PORT" endpoint health >/dev/null 2>&1 && break
+  # shellcheck disable=SC2086
+  ETCDCTL_API=3 etcdctl $ETCDCTL_TLS --endpoints "$SCHEME://127.0.0.1:$ETCD_PORT" endpoint health >/dev/null 2>&1 && break
   sleep 0.1
 done
 
 # The Admin API's bearer token (claimctl --admin-token-file .run/admin-token).
 [[ -s $RUN/admin-token ]] || (umask 077; head -c 24 /dev/urandom | base64 | tr -d '/+=\n' >"$RUN/admin-token")
 
-echo ">> starting claim-service on 127.0.0.1:$CLAIMS_PORT (log: $RUN/claim-service.log)"
+if [[ $TLS == 1 ]]; then
+  export CLAIMS_TLS_CERT=$CERTS/claim-service.pem CLAIMS_TLS_KEY=$CERTS/claim-service.key
+  export CLAIMS_CLIENT_CA=$CERTS/ca.pem CLAIMS_ADMIN_IDENTITIES=admin
+  export CLAIMS_ETCD_CA=$CERTS/ca.pem CLAIMS_ETCD_CERT=$CERTS/etcd.pem CLAIMS_ETCD_KEY=$CERTS/etcd.key
+fi
+echo ">> starting claim-service on $SCHEME://127.0.0.1:$CLAIMS_PORT (log: $RUN/claim-service.log)"
 CLAIMS_ADMIN_TOKEN_FILE="$RUN/admin-token" \
 CLAIMS_LISTEN="127.0.0.1:$CLAIMS_PORT" \
 CLAIMS_METRICS_LISTEN="127.0.0.1:$METRICS_PORT" \
-CLAIMS_ETCD_ENDPOINTS="http://127.0.0.1:$ETCD_PORT" \
+CLAIMS_ETCD_ENDPOINTS="$SCHEME://127.0.0.1:$ETCD_PORT" \
   target/release/claim-service >"$RUN/claim-service.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do
@@ -78,8 +119,11 @@ done
 
 start_node() { # id rtmp http
   echo ">> starting ingest node $1 on RTMP $2, HTTP $3 (log: $RUN/$1.log)"
+  if [[ $TLS == 1 ]]; then
+    export INGEST_TLS_CA=$CERTS/ca.pem INGEST_TLS_CERT=$CERTS/$1.pem INGEST_TLS_KEY=$CERTS/$1.key
+  fi
   INGEST_NODE_ID="$1" \
-  INGEST_CLAIM_SERVICE="http://127.0.0.1:$CLAIMS_PORT" \
+  INGEST_CLAIM_SERVICE="$SCHEME://127.0.0.1:$CLAIMS_PORT" \
   INGEST_RTMP_LISTEN="127.0.0.1:$2" INGEST_HTTP_LISTEN="127.0.0.1:$3" \
   INGEST_ADVERTISE_RTMP="rtmp://127.0.0.1:$2" INGEST_ADVERTISE_HTTP="http://127.0.0.1:$3" \
     target/release/ingest-node >"$RUN/$1.log" 2>&1 &
@@ -96,8 +140,8 @@ done
 cat <<TXT
 
 The stack is up.
-  etcd            http://127.0.0.1:$ETCD_PORT
-  claim-service   127.0.0.1:$CLAIMS_PORT (gRPC, plaintext)
+  etcd            $SCHEME://127.0.0.1:$ETCD_PORT
+  claim-service   127.0.0.1:$CLAIMS_PORT (gRPC, $([[ $TLS == 1 ]] && echo "mutual TLS, certificates in $CERTS" || echo plaintext))
   metrics         http://127.0.0.1:$METRICS_PORT/metrics
   ingest-a        rtmp://127.0.0.1:$A_RTMP   http://127.0.0.1:$A_HTTP
   ingest-b        rtmp://127.0.0.1:$B_RTMP   http://127.0.0.1:$B_HTTP
@@ -113,19 +157,19 @@ A second publisher of the same name on ingest-b is refused, naming the owner:
   ffmpeg -re -f lavfi -i testsrc -c:v libx264 -f flv rtmp://127.0.0.1:$B_RTMP/live/cam1
 
 Query the claim-service:
-  grpcurl -plaintext 127.0.0.1:$CLAIMS_PORT list
-  grpcurl -plaintext 127.0.0.1:$CLAIMS_PORT describe claims.v1.Ownership
-  grpcurl -plaintext -d @ 127.0.0.1:$CLAIMS_PORT claims.v1.ClaimSessions/Attach <<'EOF2'
-  {"hello":{"node_id":"demo","endpoints":{"rtmp":"rtmp://demo.example:1935","http":"http://demo.example:8080"}}}
+  grpcurl $GRPCURL_TLS 127.0.0.1:$CLAIMS_PORT list
+  grpcurl $GRPCURL_TLS 127.0.0.1:$CLAIMS_PORT describe claims.v1.Ownership
+  grpcurl $GRPCURL_TLS -d @ 127.0.0.1:$CLAIMS_PORT claims.v1.ClaimSessions/Attach <<'EOF2'
+  {"hello":{"node_id":"$([[ $TLS == 1 ]] && echo admin || echo demo)","endpoints":{"rtmp":"rtmp://demo.example:1935","http":"http://demo.example:8080"}}}
   {"created":{"broadcast":"live/demo","track":"video"}}
   EOF2
-  grpcurl -plaintext -d '{"broadcast":"live/cam1"}' 127.0.0.1:$CLAIMS_PORT claims.v1.Ownership/GetOwner
-  grpcurl -plaintext 127.0.0.1:$CLAIMS_PORT claims.v1.Ownership/ListNodes
-  grpcurl -plaintext -d '{}' 127.0.0.1:$CLAIMS_PORT claims.v1.Ownership/WatchClaims
-  ETCDCTL_API=3 etcdctl --endpoints http://127.0.0.1:$ETCD_PORT get --prefix /claims/v1/
+  grpcurl $GRPCURL_TLS -d '{"broadcast":"live/cam1"}' 127.0.0.1:$CLAIMS_PORT claims.v1.Ownership/GetOwner
+  grpcurl $GRPCURL_TLS 127.0.0.1:$CLAIMS_PORT claims.v1.Ownership/ListNodes
+  grpcurl $GRPCURL_TLS -d '{}' 127.0.0.1:$CLAIMS_PORT claims.v1.Ownership/WatchClaims
+  ETCDCTL_API=3 etcdctl $ETCDCTL_TLS --endpoints $SCHEME://127.0.0.1:$ETCD_PORT get --prefix /claims/v1/
   curl -s http://127.0.0.1:$METRICS_PORT/metrics | grep ^claims_
-  target/release/claimctl nodes
-  target/release/claimctl --admin-token-file $RUN/admin-token release live/cam1 --reason test
+  target/release/claimctl $CLAIMCTL_TLS nodes
+  target/release/claimctl $CLAIMCTL_TLS --admin-token-file $RUN/admin-token release live/cam1 --reason test
 
 Ctrl-C stops everything.
 TXT

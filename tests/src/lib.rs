@@ -73,7 +73,7 @@ pub fn free_port() -> u16 {
         .expect("the OS hands out a free loopback port")
 }
 
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ sits in the workspace")

@@ -1,0 +1,163 @@
+//! `scripts/up.sh --tls`, the documented way to run the whole stack with
+//! mutual TLS, run for real: a real ffmpeg publishes through an ingest node
+//! that attaches with its own certificate, grpcurl reads over mTLS, a
+//! client without a certificate is refused, and Ctrl-C stops everything.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use system_tests::*;
+
+/// The script's process group, interrupted (then killed) on drop.
+struct Up {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Up {
+    fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([signal, "--", &format!("-{}", self.child.id())])
+            .status();
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        self.signal("-KILL");
+        let _ = self.child.wait();
+    }
+}
+
+fn grpcurl(args: &[&str]) -> Result<(i32, String)> {
+    let out = Command::new("timeout")
+        .arg("10")
+        .arg("grpcurl")
+        .args(args)
+        .output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
+#[tokio::test]
+async fn up_tls_runs_the_whole_stack_with_mutual_tls() -> Result<()> {
+    let run = std::env::temp_dir().join(format!("claims-up-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&run)?;
+    let log = run.join("up.out");
+    let ports: Vec<u16> = (0..8).map(|_| free_port()).collect();
+    let mut cmd = Command::new("bash");
+    cmd.current_dir(workspace_root())
+        .args(["scripts/up.sh", "--tls"])
+        .env("RUN_DIR", &run)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log)?)
+        .stderr(std::fs::File::create(run.join("up.err"))?)
+        .process_group(0);
+    for (name, port) in [
+        "ETCD_PORT",
+        "ETCD_PEER_PORT",
+        "CLAIMS_PORT",
+        "METRICS_PORT",
+        "A_RTMP",
+        "A_HTTP",
+        "B_RTMP",
+        "B_HTTP",
+    ]
+    .iter()
+    .zip(&ports)
+    {
+        cmd.env(name, port.to_string());
+    }
+    let mut up = Up {
+        child: cmd.spawn()?,
+        log,
+    };
+    // The first run may build the release binaries.
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while !up.log().contains("The stack is up") {
+        if let Some(status) = up.child.try_wait()? {
+            bail!(
+                "up.sh --tls exited with {status}:\n{}\n{}",
+                up.log(),
+                std::fs::read_to_string(run.join("up.err")).unwrap_or_default()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("up.sh --tls never came up:\n{}", up.log());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let certs = run.join("certs");
+    let cert = |f: &str| certs.join(f).to_string_lossy().into_owned();
+    let addr = format!("127.0.0.1:{}", ports[2]);
+    let admin = [
+        "-cacert",
+        &cert("ca.pem"),
+        "-cert",
+        &cert("admin.pem"),
+        "-key",
+        &cert("admin.key"),
+    ];
+
+    let (code, out) = grpcurl(&[&admin[..], &[&addr, "list"]].concat())?;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("claims.v1.Ownership"), "{out}");
+
+    // ffmpeg publishes to ingest-a; the claim shows up over mTLS.
+    let publisher = Publisher::start(&format!("rtmp://127.0.0.1:{}/live/cam1", ports[4]))?;
+    let get = [
+        &admin[..],
+        &["-d", r#"{"broadcast":"live/cam1","consistent":true}"#, &addr, "claims.v1.Ownership/GetOwner"],
+    ]
+    .concat();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (code, out) = grpcurl(&get)?;
+        if code == 0 && out.contains("\"nodeId\": \"ingest-a\"") {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("live/cam1 never owned by ingest-a: {out}\n{}", up.log());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A client with no certificate cannot attach; plaintext does not connect.
+    let (code, out) = grpcurl(&[
+        "-cacert",
+        &cert("ca.pem"),
+        "-d",
+        r#"{"hello":{"node_id":"ingest-b"}}"#,
+        &addr,
+        "claims.v1.ClaimSessions/Attach",
+    ])?;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("Unauthenticated"), "{out}");
+    let (code, out) = grpcurl(&["-plaintext", &addr, "list"])?;
+    assert_ne!(code, 0, "{out}");
+    drop(publisher);
+
+    // Ctrl-C stops everything it started.
+    up.signal("-INT");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while up.child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            bail!("up.sh did not stop on Ctrl-C:\n{}", up.log());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up.log().contains("stopped"), "{}", up.log());
+    let _ = std::fs::remove_dir_all(&run);
+    Ok(())
+}
