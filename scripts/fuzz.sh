@@ -29,8 +29,8 @@ for t in "${targets[@]}"; do
   status=0
   (cd fuzz && cargo fuzz run --sanitizer address "$t" "$work" "corpus/$t" -- \
     -max_total_time="$seconds" -print_final_stats=1 -timeout=20 -rss_limit_mb=4096) >"$log" 2>&1 || status=$?
-  execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
-  cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*')
+  execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1 || true)
+  cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*' || true)
   if [[ $status -eq 0 ]]; then verdict="no crash"; else verdict="FAILED (exit $status): see fuzz/artifacts/$t/"; tail -40 "$log"; fi
   report+=("| $t | ${seconds} s | ${execs:-?} | ${cov:-?} | $verdict |")
   if [[ ${KEEP:-0} == 1 && $status -eq 0 ]]; then
