@@ -34,8 +34,10 @@ for t in "${targets[@]}"; do
   if [[ $status -eq 0 ]]; then verdict="no crash"; else verdict="FAILED (exit $status): see fuzz/artifacts/$t/"; tail -40 "$log"; fi
   report+=("| $t | ${seconds} s | ${execs:-?} | ${cov:-?} | $verdict |")
   if [[ ${KEEP:-0} == 1 && $status -eq 0 ]]; then
-    (cd fuzz && cargo fuzz cmin "$t" "corpus/$t" >/dev/null 2>&1 || true)
-    (cd fuzz && cargo fuzz run "$t" -- -merge=1 "corpus/$t" "$work" >/dev/null 2>&1 || true)
+    # Adds only inputs that reach new coverage; the seeds stay as they are.
+    before=$(ls "fuzz/corpus/$t" | wc -l)
+    (cd fuzz && cargo fuzz run "$t" "corpus/$t" "$work" -- -merge=1 >/dev/null 2>&1 || true)
+    echo "   kept $(( $(ls "fuzz/corpus/$t" | wc -l) - before )) new inputs in fuzz/corpus/$t"
   fi
   rm -rf "$work" "$log"
 done
