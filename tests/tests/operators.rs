@@ -145,7 +145,11 @@ async fn force_release_tells_the_owner_why_and_needs_the_token() -> Result<()> {
         ])
         .await?;
     assert_eq!(out.code, 4, "{}", out.stderr);
-    assert!(out.stderr.contains("wrong admin token"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("wrong admin credential"),
+        "{}",
+        out.stderr
+    );
     let owner = stack.owner("live/x", true).await?.expect("still owned");
     assert_eq!(owner.lease_id, claim.lease_id);
 

@@ -118,7 +118,12 @@ async fn up_tls_runs_the_whole_stack_with_mutual_tls() -> Result<()> {
     let publisher = Publisher::start(&format!("rtmp://127.0.0.1:{}/live/cam1", ports[4]))?;
     let get = [
         &admin[..],
-        &["-d", r#"{"broadcast":"live/cam1","consistent":true}"#, &addr, "claims.v1.Ownership/GetOwner"],
+        &[
+            "-d",
+            r#"{"broadcast":"live/cam1","consistent":true}"#,
+            &addr,
+            "claims.v1.Ownership/GetOwner",
+        ],
     ]
     .concat();
     let deadline = Instant::now() + WAIT;
