@@ -31,7 +31,9 @@ use crate::error::Error;
 use crate::intake::{self, check_track, Intake};
 use crate::metrics::Metrics;
 use crate::names;
-use crate::store::{unix_ms, Attempt, ClaimRequest, LeaseLoss, NodeRecord, Registration, Store};
+use crate::store::{
+    unix_ms, Attempt, ClaimRequest, Holder, LeaseLoss, NodeRecord, Registration, Store,
+};
 use crate::view::{View, ViewEvent};
 use crate::wire::service_message;
 
@@ -339,6 +341,8 @@ struct Session {
     node_id: String,
     session_id: String,
     endpoints: HashMap<String, String>,
+    /// What all of this session's claims share.
+    holder: Holder,
     ttl: Duration,
     core: NodeClaims,
     out: Outbound,
@@ -379,7 +383,14 @@ impl Session {
     fn new(ctx: Arc<Context>, hello: pb::Hello, session_id: String, out: Outbound) -> Self {
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         let (loss_tx, loss_rx) = mpsc::unbounded_channel();
+        let holder = Holder {
+            node_id: hello.node_id.as_str().into(),
+            endpoints: Arc::new(hello.endpoints.clone()),
+            session_id: session_id.as_str().into(),
+            service_id: ctx.config.service_id.as_str().into(),
+        };
         Self {
+            holder,
             events: event_limiter(ctx.config.max_events_per_second),
             core: NodeClaims::with_limits(ctx.config.limits),
             ttl: ctx.config.lease_ttl(hello.lease_ttl_ms),
@@ -637,10 +648,7 @@ impl Session {
         };
         let req = ClaimRequest {
             broadcast: broadcast.clone(),
-            node_id: self.node_id.clone(),
-            endpoints: self.endpoints.clone(),
-            session_id: self.session_id.clone(),
-            service_id: self.ctx.config.service_id.clone(),
+            holder: self.holder.clone(),
             ttl: self.ttl,
             guard_lease,
         };

@@ -7,7 +7,7 @@
 //! change is ever missed. Sessions subscribe to its events to learn when a
 //! broadcast they stand by for is released.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::{Arc, RwLock};
 
@@ -46,6 +46,52 @@ struct State {
     nodes: BTreeMap<String, NodeRecord>,
     revision: i64,
     synced: bool,
+    shared: Shared,
+}
+
+/// One copy of what many claims have in common (node id, endpoints, session
+/// and replica ids): each claim decoded from etcd would otherwise carry its
+/// own, and they are most of a claim's size.
+#[derive(Default)]
+struct Shared {
+    strings: HashSet<Arc<str>>,
+    /// Endpoints by session id (a session's endpoints never change).
+    endpoints: HashMap<Arc<str>, Arc<HashMap<String, String>>>,
+    /// Size after the last prune; the next one comes at twice that.
+    pruned_at: usize,
+}
+
+impl Shared {
+    fn string(&mut self, s: &Arc<str>) -> Arc<str> {
+        match self.strings.get(&**s) {
+            Some(known) => known.clone(),
+            None => {
+                self.strings.insert(s.clone());
+                s.clone()
+            }
+        }
+    }
+
+    fn intern(&mut self, mut claim: Claim) -> Claim {
+        claim.node_id = self.string(&claim.node_id);
+        claim.session_id = self.string(&claim.session_id);
+        claim.service_id = self.string(&claim.service_id);
+        match self.endpoints.get(&claim.session_id) {
+            Some(known) if **known == *claim.endpoints => claim.endpoints = known.clone(),
+            _ => {
+                self.endpoints
+                    .insert(claim.session_id.clone(), claim.endpoints.clone());
+            }
+        }
+        let size = self.strings.len() + self.endpoints.len();
+        if size > 2 * self.pruned_at + 64 {
+            // Forget what no claim holds any more (sessions come and go).
+            self.strings.retain(|s| Arc::strong_count(s) > 1);
+            self.endpoints.retain(|_, e| Arc::strong_count(e) > 1);
+            self.pruned_at = self.strings.len() + self.endpoints.len();
+        }
+        claim
+    }
 }
 
 pub struct View {
@@ -118,7 +164,7 @@ impl View {
             .claims
             .range((start, Bound::Unbounded))
             .take_while(|(name, _)| name.starts_with(prefix))
-            .filter(|(_, c)| node_id.is_empty() || c.node_id == node_id)
+            .filter(|(_, c)| node_id.is_empty() || &*c.node_id == node_id)
             .map(|(_, c)| c);
         let page: Vec<Claim> = matching.by_ref().take(limit).cloned().collect();
         let more = matching.next().is_some();
@@ -129,7 +175,7 @@ impl View {
         let state = self.read()?;
         let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
         for claim in state.claims.values() {
-            *counts.entry(claim.node_id.as_str()).or_default() += 1;
+            *counts.entry(&*claim.node_id).or_default() += 1;
         }
         let nodes = state
             .nodes
@@ -176,7 +222,7 @@ impl View {
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         let fresh: BTreeMap<String, Claim> = claims
             .into_iter()
-            .map(|c| (c.broadcast.clone(), c))
+            .map(|c| (c.broadcast.clone(), state.shared.intern(c)))
             .collect();
         for (name, old) in &state.claims {
             let gone = fresh
@@ -200,6 +246,7 @@ impl View {
         for (change, rev) in changes {
             match change {
                 Change::Claim { claim, .. } => {
+                    let claim = state.shared.intern(claim);
                     state.claims.insert(claim.broadcast.clone(), claim);
                 }
                 Change::Released { broadcast, .. } => {

@@ -8,14 +8,14 @@ impl From<Claim> for pb::Claim {
     fn from(c: Claim) -> Self {
         pb::Claim {
             broadcast: c.broadcast,
-            node_id: c.node_id,
-            endpoints: c.endpoints,
+            node_id: c.node_id.to_string(),
+            endpoints: (*c.endpoints).clone(),
             lease_id: c.lease_id,
             fencing_token: c.fencing_token,
             claimed_at_unix_ms: c.claimed_at_unix_ms,
             lease_ttl_ms: c.lease_ttl_ms,
-            session_id: c.session_id,
-            service_id: c.service_id,
+            session_id: c.session_id.to_string(),
+            service_id: c.service_id.to_string(),
         }
     }
 }

@@ -191,7 +191,7 @@ impl World {
     fn claim(&self, broadcast: &str, n: usize, held: &Held) -> Claim {
         Claim {
             broadcast: broadcast.into(),
-            node_id: self.nodes[n].id.clone(),
+            node_id: self.nodes[n].id.as_str().into(),
             lease_id: held.lease,
             fencing_token: held.token,
             lease_ttl_ms: 10_000,

@@ -1,5 +1,6 @@
 use super::*;
 use proptest::prelude::*;
+use std::collections::BTreeSet;
 
 fn claim(broadcast: &str, lease_id: i64, token: i64) -> Claim {
     Claim {

@@ -9,6 +9,7 @@
 //! Values are JSON so that `etcdctl get --prefix` is readable by an operator.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use etcd_client::KeyValue;
 use serde::{Deserialize, Serialize};
@@ -107,14 +108,14 @@ impl ClaimRecord {
     pub fn into_claim(self, broadcast: &str, lease_id: i64, fencing_token: i64) -> Claim {
         Claim {
             broadcast: broadcast.to_string(),
-            node_id: self.node_id,
-            endpoints: self.endpoints,
+            node_id: self.node_id.into(),
+            endpoints: Arc::new(self.endpoints),
             lease_id,
             fencing_token,
             claimed_at_unix_ms: self.claimed_at_unix_ms,
             lease_ttl_ms: self.lease_ttl_ms,
-            session_id: self.session_id,
-            service_id: self.service_id,
+            session_id: self.session_id.into(),
+            service_id: self.service_id.into(),
         }
     }
 }

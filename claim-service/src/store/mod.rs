@@ -83,14 +83,20 @@ impl std::fmt::Debug for EtcdSecurity {
     }
 }
 
+/// What every claim of one session has in common, shared by all of them.
+#[derive(Debug, Clone)]
+pub struct Holder {
+    pub node_id: Arc<str>,
+    pub endpoints: Arc<HashMap<String, String>>,
+    pub session_id: Arc<str>,
+    pub service_id: Arc<str>,
+}
+
 /// What a node asks for when it claims a broadcast.
 #[derive(Debug, Clone)]
 pub struct ClaimRequest {
     pub broadcast: String,
-    pub node_id: String,
-    pub endpoints: std::collections::HashMap<String, String>,
-    pub session_id: String,
-    pub service_id: String,
+    pub holder: Holder,
     pub ttl: Duration,
     /// The lease of this session's `nodes/{node_id}` record. Every claim and
     /// adoption checks, in the same transaction, that the record is still on
@@ -482,16 +488,28 @@ impl Store {
 
     async fn claim_with_lease(&self, req: &ClaimRequest, lease_id: i64) -> Result<Attempt> {
         let key = self.inner.layout.broadcast(&req.broadcast);
-        let node_key = self.inner.layout.node(&req.node_id);
+        let node_key = self.inner.layout.node(&req.holder.node_id);
         let guard = Compare::lease(node_key.clone(), CompareOp::Equal, req.guard_lease);
         let ttl_ms = ttl_seconds(req.ttl) as u64 * 1000;
         let mut record = ClaimRecord {
-            node_id: req.node_id.clone(),
-            endpoints: req.endpoints.clone(),
-            session_id: req.session_id.clone(),
-            service_id: req.service_id.clone(),
+            node_id: req.holder.node_id.to_string(),
+            endpoints: (*req.holder.endpoints).clone(),
+            session_id: req.holder.session_id.to_string(),
+            service_id: req.holder.service_id.to_string(),
             claimed_at_unix_ms: unix_ms(),
             lease_ttl_ms: ttl_ms,
+        };
+        // The claim shares the session's node, endpoints and ids.
+        let claim = |record: &ClaimRecord, fencing_token: i64| Claim {
+            broadcast: req.broadcast.clone(),
+            node_id: req.holder.node_id.clone(),
+            endpoints: req.holder.endpoints.clone(),
+            lease_id,
+            fencing_token,
+            claimed_at_unix_ms: record.claimed_at_unix_ms,
+            lease_ttl_ms: record.lease_ttl_ms,
+            session_id: req.holder.session_id.clone(),
+            service_id: req.holder.service_id.clone(),
         };
         let put = |record: &ClaimRecord| {
             TxnOp::put(
@@ -522,7 +540,7 @@ impl Store {
             let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
             if resp.succeeded() {
                 return Ok(Attempt::Outcome(ClaimOutcome::Claimed {
-                    claim: record.into_claim(&req.broadcast, lease_id, revision),
+                    claim: claim(&record, revision),
                     adopted: false,
                 }));
             }
@@ -546,12 +564,11 @@ impl Store {
             };
             let owner = ClaimRecord::claim_from(&req.broadcast, &kv).unwrap_or_else(|| Claim {
                 broadcast: req.broadcast.clone(),
-                node_id: String::new(),
                 lease_id: kv.lease(),
                 fencing_token: kv.create_revision(),
                 ..Claim::default()
             });
-            if owner.node_id != req.node_id {
+            if owner.node_id != req.holder.node_id {
                 return Ok(Attempt::Outcome(ClaimOutcome::Conflict { owner, revision }));
             }
             // Ours from an earlier session: move it onto the new lease if it
@@ -572,7 +589,7 @@ impl Store {
                 .await?;
             if resp.succeeded() {
                 return Ok(Attempt::Outcome(ClaimOutcome::Claimed {
-                    claim: record.into_claim(&req.broadcast, lease_id, kv.create_revision()),
+                    claim: claim(&record, kv.create_revision()),
                     adopted: true,
                 }));
             }
@@ -606,7 +623,7 @@ impl Store {
         Ok(snapshot
             .claims
             .into_iter()
-            .filter(|c| c.node_id == node_id)
+            .filter(|c| &*c.node_id == node_id)
             .map(|c| (c.broadcast, c.lease_id))
             .collect())
     }
@@ -692,7 +709,7 @@ impl Store {
             return Ok(None);
         };
         let record = ForcedRecord {
-            node_id: claim.node_id.clone(),
+            node_id: claim.node_id.to_string(),
             fencing_token: claim.fencing_token,
             reason: reason.to_string(),
             at_unix_ms: unix_ms(),
