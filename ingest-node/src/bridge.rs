@@ -469,7 +469,12 @@ impl ClaimServices {
             .tcp_nodelay(true)
             .connect()
             .await
-            .map_err(|e| format!("cannot connect to {addr}: {}", error_chain(&e)))
+            .map_err(|e| {
+                format!(
+                    "cannot connect to {addr}: {}",
+                    claims_proto::client::error_chain(&e)
+                )
+            })
     }
 
     /// A channel to any claim service, for read-side queries (`Ownership`).
@@ -483,16 +488,4 @@ impl ClaimServices {
         }
         Err(last)
     }
-}
-
-/// An error and its causes on one line (a TLS failure hides in the causes).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        line.push_str(": ");
-        line.push_str(&c.to_string());
-        cause = c.source();
-    }
-    line
 }

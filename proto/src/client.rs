@@ -70,3 +70,15 @@ pub fn endpoint(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, St
         )),
     }
 }
+
+/// An error and its causes on one line (a TLS failure hides in the causes).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cause = c.source();
+    }
+    line
+}

@@ -533,6 +533,24 @@ struct Front {
     ingest: Arc<ingest_node::rtmp::Ingest>,
 }
 
+impl Front {
+    /// An in-memory connection to the front end: the client's end, and the
+    /// task serving the other (call within the runtime).
+    fn connect(
+        &self,
+    ) -> (
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<ingest_node::rtmp::Outcome>,
+    ) {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let serve = tokio::spawn(ingest_node::rtmp::serve_connection(
+            self.ingest.clone(),
+            server,
+        ));
+        (client, serve)
+    }
+}
+
 fn front() -> &'static Front {
     use ingest_node::bridge::{Bridge, BridgeConfig, ClaimServices};
     thread_local! {
@@ -581,11 +599,7 @@ pub fn rtmp(data: &[u8]) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let front = front();
     front.runtime.block_on(async {
-        let (client, server) = tokio::io::duplex(1 << 16);
-        let serve = tokio::spawn(ingest_node::rtmp::serve_connection(
-            front.ingest.clone(),
-            server,
-        ));
+        let (client, serve) = front.connect();
         let (mut rx, mut tx) = tokio::io::split(client);
         // Drain whatever the server says, so it never blocks on writing.
         let drain = tokio::spawn(async move {
@@ -620,11 +634,7 @@ pub fn rtmp(data: &[u8]) {
 pub fn rtmp_seed() -> Vec<u8> {
     let front = front();
     front.runtime.block_on(async {
-        let (client, server) = tokio::io::duplex(1 << 16);
-        let serve = tokio::spawn(ingest_node::rtmp::serve_connection(
-            front.ingest.clone(),
-            server,
-        ));
+        let (client, serve) = front.connect();
         let mut c = crate::rtmp_client::RtmpClient::connect(client, "live", true)
             .await
             .expect("connect");

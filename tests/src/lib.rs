@@ -54,17 +54,7 @@ pub fn ms(d: Duration) -> String {
 /// How long any single expectation may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(15);
 
-/// An error and its causes on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        line.push_str(": ");
-        line.push_str(&c.to_string());
-        cause = c.source();
-    }
-    line
-}
+pub use claims_proto::client::error_chain;
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -42,6 +42,19 @@ impl Secure {
         })
     }
 
+    /// The attached nodes, from `ListNodes`.
+    async fn node_ids(&self) -> Result<Vec<String>> {
+        let nodes = self
+            .svc
+            .ownership()
+            .await?
+            .list_nodes(pb::ListNodesRequest {})
+            .await?
+            .into_inner()
+            .nodes;
+        Ok(nodes.into_iter().map(|n| n.node_id).collect())
+    }
+
     /// Attaches with the certificate files `{cert}.pem/.key` (none: CA only).
     async fn open(&self, cert: Option<&str>, hello: pb::Hello) -> Result<Node, tonic::Status> {
         let tls = self
@@ -148,16 +161,7 @@ async fn only_a_node_with_its_own_certificate_can_attach() -> Result<()> {
     );
     assert!(s.svc.owner("live/x", true).await?.is_none());
     assert_eq!(b.silent_for(Duration::from_millis(500)).await, None);
-    let nodes = s
-        .svc
-        .ownership()
-        .await?
-        .list_nodes(pb::ListNodesRequest {})
-        .await?
-        .into_inner()
-        .nodes;
-    let ids: Vec<&str> = nodes.iter().map(|n| n.node_id.as_str()).collect();
-    assert_eq!(ids, ["node-b"]);
+    assert_eq!(s.node_ids().await?, ["node-b"]);
     let metrics = s.svc.metrics().await?;
     for code in ["permission_denied", "unauthenticated"] {
         assert!(
@@ -191,15 +195,8 @@ async fn a_node_cannot_release_or_adopt_another_nodes_claim() -> Result<()> {
     // The goodbye is done once node-a's record is gone.
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let nodes = s
-            .svc
-            .ownership()
-            .await?
-            .list_nodes(pb::ListNodesRequest {})
-            .await?
-            .into_inner()
-            .nodes;
-        if nodes.iter().all(|n| n.node_id != "node-a") {
+        let nodes = s.node_ids().await?;
+        if !nodes.iter().any(|n| n == "node-a") {
             break;
         }
         ensure!(

@@ -15,8 +15,10 @@
 //! etcd confirmed, measured from when that renewal was *sent*: the lease
 //! cannot have been renewed later than that, so the loss is reported before
 //! etcd can expire it and give the broadcast to someone else. The shard never
-//! waits on the network (streams open in their own task, sends give up at
-//! once), so these deadlines are checked on time even while etcd hangs.
+//! waits on the network (streams open in their own task; a renewal the
+//! stream cannot take now is tried again shortly), so these deadlines are
+//! checked on time even while etcd hangs. A stream that takes renewals but
+//! answers nothing for a while is stuck, and is reopened.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,9 +34,12 @@ use crate::metrics::Metrics;
 
 const ANCHOR_TTL: Duration = Duration::from_secs(60);
 const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
-/// A renewal that cannot even be queued this fast means the stream is
-/// stuck (its connection blackholed): treat it as broken.
-const SEND_TIMEOUT: Duration = Duration::from_millis(100);
+/// Renewals sent, and no answer at all for this long: the stream is stuck
+/// (its connection blackholed); treat it as broken and reopen it.
+const STUCK_AFTER: Duration = Duration::from_secs(2);
+/// A renewal the stream cannot take right now (its queue is full: etcd is
+/// busy) is tried again this much later, instead of waiting or giving up.
+const BACKPRESSURE_RETRY: Duration = Duration::from_millis(20);
 const DEADLINE_SCAN: Duration = Duration::from_millis(50);
 /// Losses are reported this much before the TTL runs out (at most), so the
 /// holder hears it before etcd expires the lease and someone else is told
@@ -196,6 +201,9 @@ struct Shard {
     opening: bool,
     failures: u32,
     reopen_at: Instant,
+    /// When the oldest renewal still without any answer on this stream was
+    /// sent; `None` while every send has been followed by an answer.
+    unanswered_since: Option<Instant>,
     events_tx: mpsc::UnboundedSender<StreamMsg>,
     events_rx: mpsc::UnboundedReceiver<StreamMsg>,
 }
@@ -214,6 +222,7 @@ impl Shard {
             opening: false,
             failures: 0,
             reopen_at: Instant::now(),
+            unanswered_since: None,
             events_tx,
             events_rx,
         }
@@ -238,7 +247,7 @@ impl Shard {
                 },
                 Some(expired) = self.renewals.next(), if !self.renewals.is_empty() => {
                     let lease_id = expired.into_inner();
-                    self.renew(lease_id).await;
+                    self.renew(lease_id);
                 }
                 Some(msg) = self.events_rx.recv() => self.on_stream(msg),
                 _ = tokio::time::sleep_until(self.reopen_at), if reopen => self.open(),
@@ -300,23 +309,35 @@ impl Shard {
         }
     }
 
-    async fn renew(&mut self, lease_id: i64) {
+    fn renew(&mut self, lease_id: i64) {
+        use futures::FutureExt;
         let now = Instant::now();
         let Some(lease) = self.leases.get_mut(&lease_id) else {
             return;
         };
-        lease.timer = self.renewals.insert(lease_id, lease.renew);
-        if lease.sent_at.is_none() {
-            lease.sent_at = Some(now);
-        }
         let Some(keeper) = self.keeper.as_mut() else {
+            lease.timer = self.renewals.insert(lease_id, lease.renew);
+            lease.sent_at.get_or_insert(now);
             return;
         };
         keeper.id = lease_id;
-        self.metrics.keepalive_renewals.inc();
-        let sent = tokio::time::timeout(SEND_TIMEOUT, keeper.keep_alive()).await;
-        if !matches!(sent, Ok(Ok(()))) {
-            self.stream_broke("sending a renewal failed".to_string());
+        // Never wait: a full queue is tried again shortly (the send is
+        // cancel-safe: dropped unsent, nothing is half-queued).
+        match keeper.keep_alive().now_or_never() {
+            Some(Ok(())) => {
+                lease.timer = self.renewals.insert(lease_id, lease.renew);
+                lease.sent_at.get_or_insert(now);
+                self.unanswered_since.get_or_insert(now);
+                self.metrics.keepalive_renewals.inc();
+            }
+            Some(Err(e)) => {
+                lease.timer = self.renewals.insert(lease_id, lease.renew);
+                lease.sent_at.get_or_insert(now);
+                self.stream_broke(format!("sending a renewal failed: {e}"));
+            }
+            None => {
+                lease.timer = self.renewals.insert(lease_id, BACKPRESSURE_RETRY);
+            }
         }
     }
 
@@ -340,6 +361,7 @@ impl Shard {
                 if generation != self.generation {
                     return;
                 }
+                self.unanswered_since = None;
                 if ttl <= 0 {
                     self.lose(
                         lease_id,
@@ -364,6 +386,7 @@ impl Shard {
         if self.keeper.take().is_some() {
             self.metrics.keepalive_streams.dec();
         }
+        self.unanswered_since = None;
         self.generation += 1;
         self.failures += 1;
         self.metrics.keepalive_failures.inc();
@@ -374,6 +397,14 @@ impl Shard {
 
     fn check_deadlines(&mut self) {
         let now = Instant::now();
+        if self
+            .unanswered_since
+            .is_some_and(|since| now.duration_since(since) >= STUCK_AFTER)
+        {
+            self.stream_broke(format!(
+                "renewals sent and no answer for {STUCK_AFTER:?}: the stream is stuck"
+            ));
+        }
         let overdue: Vec<(i64, Duration)> = self
             .leases
             .iter()
