@@ -518,19 +518,7 @@ impl ClaimService {
         prefix: &str,
         extra: &[&str],
     ) -> Result<Self> {
-        let cmd = Command::new(binary("claim-service"));
-        Self::launch(
-            cmd,
-            "127.0.0.1",
-            "127.0.0.1",
-            port,
-            free_port(),
-            etcd_endpoints,
-            prefix,
-            extra,
-            None,
-        )
-        .await
+        Self::start_on_loopback(port, etcd_endpoints, prefix, extra, None).await
     }
 
     /// As [`ClaimService::start`], for a service serving TLS (its flags in
@@ -541,17 +529,27 @@ impl ClaimService {
         extra: &[&str],
         probe: ClientTlsConfig,
     ) -> Result<Self> {
+        Self::start_on_loopback(free_port(), etcd_endpoints, prefix, extra, Some(probe)).await
+    }
+
+    async fn start_on_loopback(
+        port: u16,
+        etcd_endpoints: &str,
+        prefix: &str,
+        extra: &[&str],
+        tls: Option<ClientTlsConfig>,
+    ) -> Result<Self> {
         let cmd = Command::new(binary("claim-service"));
         Self::launch(
             cmd,
             "127.0.0.1",
             "127.0.0.1",
-            free_port(),
+            port,
             free_port(),
             etcd_endpoints,
             prefix,
             extra,
-            Some(probe),
+            tls,
         )
         .await
     }
