@@ -34,6 +34,14 @@ pub enum LogFormat {
     Json,
 }
 
+/// What the files named by the configuration hold (tokens, certificates,
+/// the etcd password), read once at start-up.
+pub struct Loaded {
+    pub access: Access,
+    pub server_tls: Option<tonic::transport::ServerTlsConfig>,
+    pub store: StoreConfig,
+}
+
 /// Broadcast Claims coordinator: ingest nodes attach over gRPC and stream
 /// their broadcasters' lifecycle; each claimed broadcast is held with its own
 /// etcd lease, kept alive while any track of it is live and revoked the
@@ -412,13 +420,14 @@ impl Config {
         Ok(())
     }
 
-    /// Reads every file the configuration names, so that a missing or bad
-    /// one stops the start with one line.
-    pub fn load_files(&self) -> Result<(), String> {
-        self.access()?;
-        self.server_tls()?;
-        self.etcd_security()?;
-        Ok(())
+    /// Reads every file the configuration names, once, so that a missing
+    /// or bad one stops the start with one line.
+    pub fn load_files(&self) -> Result<Loaded, String> {
+        Ok(Loaded {
+            access: self.access()?,
+            server_tls: self.server_tls()?,
+            store: self.store()?,
+        })
     }
 
     pub fn service_id(&self) -> String {

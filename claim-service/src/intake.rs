@@ -34,6 +34,19 @@ pub fn check_track(t: &pb::Track) -> Result<(), String> {
     names::check_track(&t.track)
 }
 
+/// `event` for a track whose names follow the rules; refused otherwise.
+fn checked(t: pb::Track, event: fn(String, String) -> Event) -> Intake {
+    match check_track(&t) {
+        Ok(()) => Intake::Event(event(t.broadcast, t.track)),
+        Err(reason) => Intake::Refused {
+            broadcast: t.broadcast,
+            track: t.track,
+            reason,
+            code: Code::InvalidArgument,
+        },
+    }
+}
+
 /// The verdict on `msg`, a message that arrived after `hello`. Rate limits
 /// are the shell's: they depend on time.
 pub fn admit(msg: Option<NodeMsg>) -> Intake {
@@ -42,23 +55,12 @@ pub fn admit(msg: Option<NodeMsg>) -> Intake {
             code: Code::FailedPrecondition,
             message: "hello sent twice; a session has one hello, at its start".into(),
         },
-        Some(NodeMsg::Created(t)) | Some(NodeMsg::Closed(t)) if check_track(&t).is_err() => {
-            let reason = check_track(&t).unwrap_err();
-            Intake::Refused {
-                broadcast: t.broadcast,
-                track: t.track,
-                reason,
-                code: Code::InvalidArgument,
-            }
+        Some(NodeMsg::Created(t)) => {
+            checked(t, |broadcast, track| Event::Created { broadcast, track })
         }
-        Some(NodeMsg::Created(t)) => Intake::Event(Event::Created {
-            broadcast: t.broadcast,
-            track: t.track,
-        }),
-        Some(NodeMsg::Closed(t)) => Intake::Event(Event::Closed {
-            broadcast: t.broadcast,
-            track: t.track,
-        }),
+        Some(NodeMsg::Closed(t)) => {
+            checked(t, |broadcast, track| Event::Closed { broadcast, track })
+        }
         Some(NodeMsg::Goodbye(_)) => Intake::Event(Event::Goodbye),
         None => Intake::Refused {
             broadcast: String::new(),

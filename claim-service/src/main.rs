@@ -78,12 +78,15 @@ async fn main() -> anyhow::Result<()> {
     if let Some(Command::Healthcheck) = config.command {
         std::process::exit(healthcheck(&config).await);
     }
-    if let Err(problem) = config.validate().and_then(|()| config.load_files()) {
-        eprintln!("claim-service: {problem}");
-        std::process::exit(2);
-    }
+    let files = match config.validate().and_then(|()| config.load_files()) {
+        Ok(files) => files,
+        Err(problem) => {
+            eprintln!("claim-service: {problem}");
+            std::process::exit(2);
+        }
+    };
     init_logs(config.log_format);
-    if let Err(e) = claim_service::server::run(config, shutdown_signal()).await {
+    if let Err(e) = claim_service::server::run(config, files, shutdown_signal()).await {
         tracing::error!(error = %e, "claim-service failed");
         eprintln!("claim-service: {e}");
         std::process::exit(1);

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
 use crate::admin::AdminService;
-use crate::config::Config;
+use crate::config::{Config, Loaded};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::ownership::OwnershipService;
@@ -42,13 +42,16 @@ async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener> {
         .map_err(|e| Error::Unavailable(format!("cannot listen for {what} on {addr}: {e}")))
 }
 
-/// Runs the replica until `shutdown` resolves, then ends every session
+/// Runs the replica (with the files `config` names, as read by
+/// [`Config::load_files`]) until `shutdown` resolves, then ends every session
 /// (leaving their claims in etcd for adoption) and stops.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = ()>) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let access = config.access().map_err(Error::InvalidArgument)?;
-    let server_tls = config.server_tls().map_err(Error::InvalidArgument)?;
-    let store_config = config.store().map_err(Error::InvalidArgument)?;
+    let Loaded {
+        access,
+        server_tls,
+        store: store_config,
+    } = files;
     let grpc_listener = bind(config.listen, "gRPC").await?;
     let metrics_listener = bind(config.metrics_listen, "metrics").await?;
     let store = Store::connect(&store_config, metrics.clone()).await?;

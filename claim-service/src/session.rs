@@ -166,6 +166,22 @@ pub struct Context {
     pub shutdown: CancellationToken,
 }
 
+impl Context {
+    /// Counts a refused message or session by its code.
+    fn count_refusal(&self, code: tonic::Code) {
+        self.metrics
+            .rejected_messages
+            .with_label_values(&[code_label(code)])
+            .inc();
+    }
+
+    /// Counts `status` as a refusal and returns it.
+    fn refuse(&self, status: Status) -> Status {
+        self.count_refusal(status.code());
+        status
+    }
+}
+
 pub struct ClaimSessionsService {
     ctx: Arc<Context>,
 }
@@ -201,16 +217,13 @@ impl pb::claim_sessions_server::ClaimSessions for ClaimSessionsService {
         let hello = match first.and_then(|m| m.msg) {
             Some(NodeMsg::Hello(hello)) => hello,
             Some(other) => {
-                self.ctx
-                    .metrics
-                    .rejected_messages
-                    .with_label_values(&["failed_precondition"])
-                    .inc();
-                return Err(Error::FailedPrecondition(format!(
-                    "{} before hello; a session must start with hello",
-                    message_name(&other)
-                ))
-                .into());
+                return Err(self.ctx.refuse(
+                    Error::FailedPrecondition(format!(
+                        "{} before hello; a session must start with hello",
+                        message_name(&other)
+                    ))
+                    .into(),
+                ));
             }
             None => {
                 return Err(Error::FailedPrecondition(
@@ -219,35 +232,19 @@ impl pb::claim_sessions_server::ClaimSessions for ClaimSessionsService {
                 .into())
             }
         };
-        if let Err(e) = check_hello(&hello) {
-            self.ctx
-                .metrics
-                .rejected_messages
-                .with_label_values(&["invalid_argument"])
-                .inc();
-            return Err(e.into());
-        }
+        check_hello(&hello).map_err(|e| self.ctx.refuse(e.into()))?;
         if let Err(status) = self.ctx.access.check_node(&identities, &hello.node_id) {
             tracing::warn!(node_id = %hello.node_id, certificate = ?identities, error = %status.message(), "session refused: node identity");
-            self.ctx
-                .metrics
-                .rejected_messages
-                .with_label_values(&[code_label(status.code())])
-                .inc();
-            return Err(status);
+            return Err(self.ctx.refuse(status));
         }
         let session_id = format!("{:016x}", rand::rng().random::<u64>());
         let superseded = self
             .ctx
             .sessions
             .attach(&hello.node_id, &session_id, self.ctx.config.max_sessions)
-            .inspect_err(|status| {
+            .map_err(|status| {
                 tracing::warn!(node_id = %hello.node_id, error = %status.message(), "session refused");
-                self.ctx
-                    .metrics
-                    .rejected_messages
-                    .with_label_values(&["resource_exhausted"])
-                    .inc();
+                self.ctx.refuse(status)
             })?;
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
         let (in_tx, in_rx) = mpsc::channel(256);
@@ -267,7 +264,7 @@ impl pb::claim_sessions_server::ClaimSessions for ClaimSessionsService {
             }
         });
         let session = Session::new(self.ctx.clone(), hello, session_id, out_tx);
-        let span = tracing::info_span!("session", node_id = %session.node_id, session_id = %session.session_id);
+        let span = tracing::info_span!("session", node_id = %session.holder.node_id, session_id = %session.holder.session_id);
         tokio::spawn(session.run(in_rx, superseded).instrument(span));
         Ok(Response::new(ReceiverStream::new(out_rx).boxed()))
     }
@@ -338,10 +335,8 @@ enum Internal {
 
 struct Session {
     ctx: Arc<Context>,
-    node_id: String,
-    session_id: String,
-    endpoints: HashMap<String, String>,
-    /// What all of this session's claims share.
+    /// The node, its endpoints, this session's id: what all of this
+    /// session's claims share (and its node record).
     holder: Holder,
     ttl: Duration,
     core: NodeClaims,
@@ -395,9 +390,6 @@ impl Session {
             core: NodeClaims::with_limits(ctx.config.limits),
             ttl: ctx.config.lease_ttl(hello.lease_ttl_ms),
             ctx,
-            node_id: hello.node_id.clone(),
-            session_id,
-            endpoints: hello.endpoints.clone(),
             out,
             internal_tx,
             internal_rx,
@@ -429,13 +421,13 @@ impl Session {
         ctx.metrics.sessions_attached.inc();
         let mut view_events = ctx.view.subscribe();
         tracing::info!(
-            endpoints = ?self.endpoints,
+            endpoints = ?self.holder.endpoints,
             live = self.live.live.len(),
             lease_ttl = ?self.ttl,
             "node attached"
         );
         self.send(service_message(ServiceMsg::Welcome(pb::Welcome {
-            session_id: self.session_id.clone(),
+            session_id: self.holder.session_id.to_string(),
             service_id: ctx.config.service_id.clone(),
             lease_ttl_ms: self.ttl.as_millis() as u64,
         })))
@@ -503,7 +495,7 @@ impl Session {
                         // Another session's record supersedes this one; our
                         // own renewed record, or none (lost in an outage and
                         // being written again), only means: try again.
-                        let taken = !session_id.is_empty() && session_id != self.session_id;
+                        let taken = !session_id.is_empty() && *session_id != *self.holder.session_id;
                         let reason = if taken {
                             format!("session {session_id} of this node took over")
                         } else {
@@ -540,7 +532,8 @@ impl Session {
         } else {
             tracing::info!("detach grace over; claims released");
         }
-        ctx.sessions.detach(&self.node_id, &self.session_id);
+        ctx.sessions
+            .detach(&self.holder.node_id, &self.holder.session_id);
         if !self.core.is_detached() {
             ctx.metrics.sessions_attached.dec();
         }
@@ -552,7 +545,7 @@ impl Session {
     fn start_background_reads(&self) {
         let store = self.ctx.store.clone();
         let tx = self.internal_tx.clone();
-        let node_id = self.node_id.clone();
+        let node_id = self.holder.node_id.clone();
         tokio::spawn(async move {
             let found = until_done("cannot read this node's earlier claims", &tx, || {
                 store.claims_of_node(&node_id)
@@ -571,10 +564,10 @@ impl Session {
     fn record_node(&self, fence: Option<i64>) {
         let store = self.ctx.store.clone();
         let tx = self.internal_tx.clone();
-        let node_id = self.node_id.clone();
+        let node_id = self.holder.node_id.clone();
         let record = NodeRecord {
-            endpoints: self.endpoints.clone(),
-            session_id: self.session_id.clone(),
+            endpoints: (*self.holder.endpoints).clone(),
+            session_id: self.holder.session_id.to_string(),
             service_id: self.ctx.config.service_id.clone(),
             attached_at_unix_ms: unix_ms(),
             draining: false,
@@ -634,7 +627,7 @@ impl Session {
             .out
             .send(Err(Error::Superseded(format!(
                 "a newer session of node {:?} attached ({by}); this one is closed",
-                self.node_id
+                self.holder.node_id
             ))
             .into()))
             .await;
@@ -713,11 +706,7 @@ impl Session {
                 code,
             } => {
                 // Answered, not fatal: the node's other claims go on.
-                self.ctx
-                    .metrics
-                    .rejected_messages
-                    .with_label_values(&[code_label(code)])
-                    .inc();
+                self.ctx.count_refusal(code);
                 tracing::info!(%broadcast, %track, %reason, "refused a message");
                 self.send(service_message(ServiceMsg::Rejected(pb::Rejected {
                     broadcast,
@@ -728,14 +717,7 @@ impl Session {
                 .await;
                 Ok(())
             }
-            Intake::Fatal { code, message } => {
-                self.ctx
-                    .metrics
-                    .rejected_messages
-                    .with_label_values(&[code_label(code)])
-                    .inc();
-                Err(Status::new(code, message))
-            }
+            Intake::Fatal { code, message } => Err(self.ctx.refuse(Status::new(code, message))),
         }
     }
 
@@ -822,10 +804,10 @@ impl Session {
                 draining,
                 revision,
             }) => {
-                if node_id != self.node_id {
+                if *node_id != *self.holder.node_id {
                     return;
                 }
-                if session_id == self.session_id {
+                if *session_id == *self.holder.session_id {
                     if draining != self.draining {
                         self.tell_draining(draining).await;
                     }
@@ -944,7 +926,9 @@ impl Session {
         if !self.core.is_detached() {
             self.ctx.metrics.sessions_attached.dec();
         }
-        self.ctx.sessions.detach(&self.node_id, &self.session_id);
+        self.ctx
+            .sessions
+            .detach(&self.holder.node_id, &self.holder.session_id);
         tracing::info!(
             held = self.kept.len(),
             "session ended by shutdown; claims left for adoption"

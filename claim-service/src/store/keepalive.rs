@@ -315,29 +315,27 @@ impl Shard {
         let Some(lease) = self.leases.get_mut(&lease_id) else {
             return;
         };
-        let Some(keeper) = self.keeper.as_mut() else {
-            lease.timer = self.renewals.insert(lease_id, lease.renew);
-            lease.sent_at.get_or_insert(now);
-            return;
-        };
-        keeper.id = lease_id;
         // Never wait: a full queue is tried again shortly (the send is
         // cancel-safe: dropped unsent, nothing is half-queued).
-        match keeper.keep_alive().now_or_never() {
-            Some(Ok(())) => {
-                lease.timer = self.renewals.insert(lease_id, lease.renew);
-                lease.sent_at.get_or_insert(now);
+        let sent = self.keeper.as_mut().map(|keeper| {
+            keeper.id = lease_id;
+            keeper.keep_alive().now_or_never()
+        });
+        if matches!(sent, Some(None)) {
+            lease.timer = self.renewals.insert(lease_id, BACKPRESSURE_RETRY);
+            return;
+        }
+        // Sent, failed or no stream: the lease's deadline counts from now
+        // unless an earlier renewal is still unconfirmed.
+        lease.timer = self.renewals.insert(lease_id, lease.renew);
+        lease.sent_at.get_or_insert(now);
+        match sent {
+            Some(Some(Ok(()))) => {
                 self.unanswered_since.get_or_insert(now);
                 self.metrics.keepalive_renewals.inc();
             }
-            Some(Err(e)) => {
-                lease.timer = self.renewals.insert(lease_id, lease.renew);
-                lease.sent_at.get_or_insert(now);
-                self.stream_broke(format!("sending a renewal failed: {e}"));
-            }
-            None => {
-                lease.timer = self.renewals.insert(lease_id, BACKPRESSURE_RETRY);
-            }
+            Some(Some(Err(e))) => self.stream_broke(format!("sending a renewal failed: {e}")),
+            Some(None) | None => {}
         }
     }
 
