@@ -8,12 +8,19 @@ use std::path::PathBuf;
 use proptest::prelude::*;
 use system_tests::fuzz;
 
-fn cases(default: u32) -> u32 {
-    std::env::var("CLAIMS_FUZZ_CASES")
+/// `default` cases (times `CLAIMS_FUZZ_CASES` when set); failures are
+/// reported, not persisted (the corpus is where inputs are kept).
+fn bounded(default: u32) -> ProptestConfig {
+    let cases = std::env::var("CLAIMS_FUZZ_CASES")
         .ok()
         .and_then(|v| v.parse::<u32>().ok())
         .map(|scale| default.saturating_mul(scale).max(1))
-        .unwrap_or(default)
+        .unwrap_or(default);
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
 }
 
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
@@ -58,7 +65,7 @@ fn rtmp_corpus() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(3000), failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(bounded(3000))]
     #[test]
     fn session_under_random_programs(data in proptest::collection::vec(any::<u8>(), 0..800)) {
         fuzz::session(&data);
@@ -66,7 +73,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(5000), failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(bounded(5000))]
     #[test]
     fn names_under_random_bytes(data in proptest::collection::vec(any::<u8>(), 0..300)) {
         fuzz::names(&data);
@@ -79,7 +86,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(300), failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(bounded(300))]
     #[test]
     fn rtmp_under_random_bytes(data in proptest::collection::vec(any::<u8>(), 0..2000)) {
         fuzz::rtmp(&data);
