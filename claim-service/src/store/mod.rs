@@ -12,6 +12,7 @@
 //! transaction that checks the key is unchanged, which keeps the create
 //! revision and so the fencing token.
 
+mod claim_txn;
 pub mod keepalive;
 pub mod layout;
 mod lease_pool;
@@ -24,11 +25,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
-    TxnOp, TxnOpResponse,
+    TxnOp,
 };
+use futures::future::join_all;
 use tokio::sync::mpsc;
 
 use crate::claims::{Claim, ClaimOutcome};
+use claim_txn::{Pending, BATCH};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 pub use keepalive::{KeepAlive, LeaseLoss, LossKind};
@@ -38,11 +41,7 @@ pub use layout::{ClaimRecord, ForcedRecord, Key, Layout, NodeRecord};
 const WORKERS: usize = 64;
 
 enum Job {
-    Claim {
-        req: ClaimRequest,
-        queued: Instant,
-        done: Box<dyn FnOnce(Attempt) + Send>,
-    },
+    Claim(Pending),
     Revoke {
         lease_id: i64,
         ttl: Duration,
@@ -219,33 +218,59 @@ impl Store {
         Ok(store)
     }
 
+    /// A worker: takes what is queued (up to [`BATCH`] jobs at once), makes
+    /// each session's claims together and the revokes side by side.
     async fn work(self, jobs: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Job>>>) {
         loop {
-            let Some(job) = jobs.lock().await.recv().await else {
-                return;
+            let taken = {
+                let mut jobs = jobs.lock().await;
+                let Some(first) = jobs.recv().await else {
+                    return;
+                };
+                let mut taken = vec![first];
+                while taken.len() < BATCH {
+                    match jobs.try_recv() {
+                        Ok(job) => taken.push(job),
+                        Err(_) => break,
+                    }
+                }
+                taken
             };
-            match job {
-                Job::Claim { req, queued, done } => done(self.claim(&req, queued).await),
-                Job::Revoke {
-                    lease_id,
-                    ttl,
-                    done,
-                } => {
-                    self.revoke_until_gone(lease_id, ttl).await;
-                    done()
+            let store = &self;
+            let mut claims: Vec<Vec<Pending>> = Vec::new();
+            let mut revokes = Vec::new();
+            for job in taken {
+                match job {
+                    Job::Claim(p) => {
+                        let guard = p.req.guard_lease;
+                        match claims.iter_mut().find(|c| c[0].req.guard_lease == guard) {
+                            Some(same_session) => same_session.push(p),
+                            None => claims.push(vec![p]),
+                        }
+                    }
+                    Job::Revoke {
+                        lease_id,
+                        ttl,
+                        done,
+                    } => revokes.push(async move {
+                        store.revoke_until_gone(lease_id, ttl).await;
+                        done()
+                    }),
                 }
             }
+            let claims = join_all(claims.into_iter().map(|batch| self.claim_batch(batch)));
+            tokio::join!(claims, join_all(revokes));
         }
     }
 
     /// Queues a claim; `done` gets the outcome (never an error: a store that
     /// cannot be reached is `Unavailable`).
     pub fn submit_claim(&self, req: ClaimRequest, done: impl FnOnce(Attempt) + Send + 'static) {
-        let job = Job::Claim {
+        let job = Job::Claim(Pending {
             req,
             queued: Instant::now(),
             done: Box::new(done),
-        };
+        });
         if self.inner.jobs.send(job).is_err() {
             tracing::error!("store workers are gone; claim dropped");
         }
@@ -375,97 +400,6 @@ impl Store {
         }
     }
 
-    /// Claims a broadcast for a node: grant a lease, then create-if-absent,
-    /// adopting a key that already names this node. Never fails: a store
-    /// that cannot be reached is the `Unavailable` outcome. Latency counts
-    /// from `started`, when the claim was queued.
-    async fn claim(&self, req: &ClaimRequest, started: Instant) -> Attempt {
-        let outcome = match self.try_claim(req).await {
-            Ok(Attempt::Outcome(outcome)) => outcome,
-            Ok(fenced) => return fenced,
-            Err(e) => ClaimOutcome::Unavailable {
-                reason: e.to_string(),
-            },
-        };
-        let m = &self.inner.metrics;
-        m.claim_latency.observe(started.elapsed().as_secs_f64());
-        match &outcome {
-            ClaimOutcome::Claimed { adopted, .. } => m
-                .claims_granted
-                .with_label_values(&[if *adopted { "adopted" } else { "created" }])
-                .inc(),
-            ClaimOutcome::Conflict { .. } => m.claims_conflicted.inc(),
-            ClaimOutcome::Unavailable { .. } => {}
-        }
-        Attempt::Outcome(outcome)
-    }
-
-    async fn try_claim(&self, req: &ClaimRequest) -> Result<Attempt> {
-        let (lease_id, granted_at) = self.lease_for(req.ttl).await?;
-        let result = self.claim_with_lease(req, lease_id).await;
-        match &result {
-            Ok(Attempt::Outcome(ClaimOutcome::Claimed { .. })) => {
-                self.inner
-                    .granted
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(lease_id, granted_at);
-            }
-            // A definite "no": the lease is unused and can serve again.
-            Ok(_)
-                if self
-                    .inner
-                    .pool
-                    .put(ttl_seconds(req.ttl), lease_id, granted_at) => {}
-            // On error the transaction may still have landed: revoking the
-            // lease removes such a key rather than leaving an orphan claim.
-            _ => self.submit_revoke(lease_id, req.ttl, || {}),
-        }
-        result
-    }
-
-    /// A lease for a claim: from the pool when a fresh one is there (no
-    /// round trip), else granted now. Takes trigger a refill.
-    async fn lease_for(&self, ttl: Duration) -> Result<(i64, tokio::time::Instant)> {
-        let ttl_s = ttl_seconds(ttl);
-        let taken = self.inner.pool.take(ttl_s);
-        for stale in taken.stale {
-            self.submit_revoke(stale, ttl, || {});
-        }
-        if taken.short > 0
-            && !self
-                .inner
-                .refilling
-                .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
-            let store = self.clone();
-            tokio::spawn(async move {
-                for _ in 0..taken.short {
-                    let granted_at = tokio::time::Instant::now();
-                    match store.grant(ttl).await {
-                        Ok(id) if store.inner.pool.put(ttl_s, id, granted_at) => {}
-                        Ok(id) => {
-                            let _ = store.revoke(id).await;
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                store
-                    .inner
-                    .refilling
-                    .store(false, std::sync::atomic::Ordering::Release);
-            });
-        }
-        match taken.lease {
-            Some(lease) => Ok(lease),
-            None => {
-                let granted_at = tokio::time::Instant::now();
-                Ok((self.grant(ttl).await?, granted_at))
-            }
-        }
-    }
-
     /// Keeps a claim's lease alive, its TTL counted from its grant.
     pub fn keep_claim(
         &self,
@@ -484,120 +418,6 @@ impl Store {
         self.inner
             .keepalive
             .keep(lease_id, ttl, renew, notify, granted_at);
-    }
-
-    async fn claim_with_lease(&self, req: &ClaimRequest, lease_id: i64) -> Result<Attempt> {
-        let key = self.inner.layout.broadcast(&req.broadcast);
-        let node_key = self.inner.layout.node(&req.holder.node_id);
-        let guard = Compare::lease(node_key.clone(), CompareOp::Equal, req.guard_lease);
-        let ttl_ms = ttl_seconds(req.ttl) as u64 * 1000;
-        let mut record = ClaimRecord {
-            node_id: req.holder.node_id.to_string(),
-            endpoints: (*req.holder.endpoints).clone(),
-            session_id: req.holder.session_id.to_string(),
-            service_id: req.holder.service_id.to_string(),
-            claimed_at_unix_ms: unix_ms(),
-            lease_ttl_ms: ttl_ms,
-        };
-        // The claim shares the session's node, endpoints and ids.
-        let claim = |record: &ClaimRecord, fencing_token: i64| Claim {
-            broadcast: req.broadcast.clone(),
-            node_id: req.holder.node_id.clone(),
-            endpoints: req.holder.endpoints.clone(),
-            lease_id,
-            fencing_token,
-            claimed_at_unix_ms: record.claimed_at_unix_ms,
-            lease_ttl_ms: record.lease_ttl_ms,
-            session_id: req.holder.session_id.clone(),
-            service_id: req.holder.service_id.clone(),
-        };
-        let put = |record: &ClaimRecord| {
-            TxnOp::put(
-                key.clone(),
-                record.to_json(),
-                Some(PutOptions::new().with_lease(lease_id)),
-            )
-        };
-        // A key that names this node can change under us (another replica
-        // adopting it too); a few rounds settle it.
-        for _ in 0..5 {
-            let txn = Txn::new()
-                .when([
-                    Compare::create_revision(key.clone(), CompareOp::Equal, 0),
-                    guard.clone(),
-                ])
-                .and_then([put(&record)])
-                .or_else([
-                    TxnOp::get(key.clone(), None),
-                    TxnOp::get(node_key.clone(), None),
-                ]);
-            let resp = self
-                .call("claim_txn", |mut c| {
-                    let txn = txn.clone();
-                    async move { c.txn(txn).await }
-                })
-                .await?;
-            let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-            if resp.succeeded() {
-                return Ok(Attempt::Outcome(ClaimOutcome::Claimed {
-                    claim: claim(&record, revision),
-                    adopted: false,
-                }));
-            }
-            let mut reads = resp.op_responses().into_iter().filter_map(|op| match op {
-                TxnOpResponse::Get(mut g) => Some(g.take_kvs().into_iter().next()),
-                _ => None,
-            });
-            let (claim_kv, node_kv) = (reads.next().flatten(), reads.next().flatten());
-            if node_kv.as_ref().map(|kv| kv.lease()) != Some(req.guard_lease) {
-                return Ok(Attempt::Fenced {
-                    session_id: node_kv
-                        .as_ref()
-                        .and_then(NodeRecord::from_kv)
-                        .map(|r| r.session_id)
-                        .unwrap_or_default(),
-                });
-            }
-            let Some(kv) = claim_kv else {
-                // Gone between rounds: try to create it again.
-                continue;
-            };
-            let owner = ClaimRecord::claim_from(&req.broadcast, &kv).unwrap_or_else(|| Claim {
-                broadcast: req.broadcast.clone(),
-                lease_id: kv.lease(),
-                fencing_token: kv.create_revision(),
-                ..Claim::default()
-            });
-            if owner.node_id != req.holder.node_id {
-                return Ok(Attempt::Outcome(ClaimOutcome::Conflict { owner, revision }));
-            }
-            // Ours from an earlier session: move it onto the new lease if it
-            // is still exactly what we read and this session still speaks
-            // for the node.
-            record.claimed_at_unix_ms = owner.claimed_at_unix_ms;
-            let adopt = Txn::new()
-                .when([
-                    Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision()),
-                    guard.clone(),
-                ])
-                .and_then([put(&record)]);
-            let resp = self
-                .call("adopt_txn", |mut c| {
-                    let adopt = adopt.clone();
-                    async move { c.txn(adopt).await }
-                })
-                .await?;
-            if resp.succeeded() {
-                return Ok(Attempt::Outcome(ClaimOutcome::Claimed {
-                    claim: claim(&record, kv.create_revision()),
-                    adopted: true,
-                }));
-            }
-        }
-        Err(Error::Unavailable(format!(
-            "claim key for {:?} kept changing; will retry",
-            req.broadcast
-        )))
     }
 
     /// The current claim of a broadcast, read linearizably from etcd.

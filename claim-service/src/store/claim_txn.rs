@@ -1,0 +1,394 @@
+//! The claim transaction, for one claim or a batch of them.
+//!
+//! Claims queued together by one session (a hello listing thousands of live
+//! tracks, a burst of `created`) are made together: their leases are taken
+//! or granted side by side, then one transaction creates every key that is
+//! absent, and one moves every key that already names the node onto its new
+//! lease. Each key gets exactly the answer it would get alone — the same
+//! compares, only several at once — so 10,000 adoptions cost 10,000 lease
+//! grants and about 300 transactions instead of 10,000 grants and 20,000
+//! transactions.
+
+use std::time::Instant;
+
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+use futures::future::join_all;
+
+use super::{ttl_seconds, unix_ms, Attempt, ClaimRecord, ClaimRequest, NodeRecord, Store};
+use crate::claims::{Claim, ClaimOutcome};
+use crate::error::{Error, Result};
+
+/// Claims made in one transaction at most. etcd refuses a transaction with
+/// more than 128 compares (its `--max-txn-ops`); each claim is one compare,
+/// plus the session's guard.
+pub const BATCH: usize = 64;
+
+/// Rounds of create-then-adopt before a key that keeps changing is answered
+/// `Unavailable` (and retried later by the session).
+const ROUNDS: usize = 5;
+
+/// A claim's answer, or why etcd could not give one.
+type Answer = std::result::Result<Attempt, String>;
+
+/// A claim waiting for its answer.
+pub struct Pending {
+    pub req: ClaimRequest,
+    /// When it was queued: latency counts from here.
+    pub queued: Instant,
+    pub done: Box<dyn FnOnce(Attempt) + Send>,
+}
+
+/// One claim of a batch, with its lease.
+struct Item<'a> {
+    req: &'a ClaimRequest,
+    lease_id: i64,
+    record: ClaimRecord,
+}
+
+impl Item<'_> {
+    fn key(&self, store: &Store) -> String {
+        store.inner.layout.broadcast(&self.req.broadcast)
+    }
+
+    fn put(&self, store: &Store) -> TxnOp {
+        TxnOp::put(
+            self.key(store),
+            self.record.to_json(),
+            Some(PutOptions::new().with_lease(self.lease_id)),
+        )
+    }
+
+    /// The claim this item makes, sharing the session's node and ids.
+    fn claim(&self, fencing_token: i64) -> Claim {
+        let holder = &self.req.holder;
+        Claim {
+            broadcast: self.req.broadcast.clone(),
+            node_id: holder.node_id.clone(),
+            endpoints: holder.endpoints.clone(),
+            lease_id: self.lease_id,
+            fencing_token,
+            claimed_at_unix_ms: self.record.claimed_at_unix_ms,
+            lease_ttl_ms: self.record.lease_ttl_ms,
+            session_id: holder.session_id.clone(),
+            service_id: holder.service_id.clone(),
+        }
+    }
+}
+
+impl Store {
+    /// Makes claims of one session (all with the same guard lease), at most
+    /// [`BATCH`]; each `done` gets its own answer (never an error: a store
+    /// that cannot be reached is `Unavailable`).
+    pub(super) async fn claim_batch(&self, batch: Vec<Pending>) {
+        let leases = join_all(batch.iter().map(|p| self.lease_for(p.req.ttl))).await;
+        let mut items = Vec::new();
+        // Where each item's answer goes, and when its lease was granted.
+        let mut slots = Vec::new();
+        let mut answers: Vec<Option<Answer>> = Vec::new();
+        for (p, lease) in batch.iter().zip(leases) {
+            match lease {
+                Ok((lease_id, granted_at)) => {
+                    items.push(Item::new(&p.req, lease_id));
+                    slots.push((answers.len(), granted_at));
+                    answers.push(None);
+                }
+                Err(e) => answers.push(Some(Err(e.to_string()))),
+            }
+        }
+        let results = self.claim_with_leases(&items).await;
+        for ((item, (at, granted_at)), result) in items.iter().zip(slots).zip(results) {
+            self.settle_lease(item, granted_at, &result);
+            answers[at] = Some(result);
+        }
+        for (p, answer) in batch.into_iter().zip(finish(answers)) {
+            let attempt = match answer {
+                Ok(Attempt::Outcome(outcome)) => Attempt::Outcome(self.count(outcome, p.queued)),
+                Ok(fenced) => fenced,
+                Err(reason) => Attempt::Outcome(self.count(
+                    ClaimOutcome::Unavailable { reason },
+                    p.queued,
+                )),
+            };
+            (p.done)(attempt);
+        }
+    }
+
+    /// Counts a claim's outcome in the metrics.
+    fn count(&self, outcome: ClaimOutcome, queued: Instant) -> ClaimOutcome {
+        let m = &self.inner.metrics;
+        m.claim_latency.observe(queued.elapsed().as_secs_f64());
+        match &outcome {
+            ClaimOutcome::Claimed { adopted, .. } => m
+                .claims_granted
+                .with_label_values(&[if *adopted { "adopted" } else { "created" }])
+                .inc(),
+            ClaimOutcome::Conflict { .. } => m.claims_conflicted.inc(),
+            ClaimOutcome::Unavailable { .. } => {}
+        }
+        outcome
+    }
+
+    /// What becomes of a claim's lease once the claim is answered.
+    fn settle_lease(
+        &self,
+        item: &Item<'_>,
+        granted_at: tokio::time::Instant,
+        result: &Answer,
+    ) {
+        let ttl = item.req.ttl;
+        match result {
+            Ok(Attempt::Outcome(ClaimOutcome::Claimed { .. })) => {
+                self.inner
+                    .granted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(item.lease_id, granted_at);
+            }
+            // A definite "no": the lease is unused and can serve again.
+            Ok(_)
+                if self
+                    .inner
+                    .pool
+                    .put(ttl_seconds(ttl), item.lease_id, granted_at) => {}
+            // On error the transaction may still have landed: revoking the
+            // lease removes such a key rather than leaving an orphan claim.
+            _ => self.submit_revoke(item.lease_id, ttl, || {}),
+        }
+    }
+
+    /// A lease for a claim: from the pool when a fresh one is there (no
+    /// round trip), else granted now. Takes trigger a refill.
+    async fn lease_for(&self, ttl: std::time::Duration) -> Result<(i64, tokio::time::Instant)> {
+        let ttl_s = ttl_seconds(ttl);
+        let taken = self.inner.pool.take(ttl_s);
+        for stale in taken.stale {
+            self.submit_revoke(stale, ttl, || {});
+        }
+        if taken.short > 0
+            && !self
+                .inner
+                .refilling
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            let store = self.clone();
+            tokio::spawn(async move {
+                for _ in 0..taken.short {
+                    let granted_at = tokio::time::Instant::now();
+                    match store.grant(ttl).await {
+                        Ok(id) if store.inner.pool.put(ttl_s, id, granted_at) => {}
+                        Ok(id) => {
+                            let _ = store.revoke(id).await;
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                store
+                    .inner
+                    .refilling
+                    .store(false, std::sync::atomic::Ordering::Release);
+            });
+        }
+        match taken.lease {
+            Some(lease) => Ok(lease),
+            None => {
+                let granted_at = tokio::time::Instant::now();
+                Ok((self.grant(ttl).await?, granted_at))
+            }
+        }
+    }
+
+    /// The claim transactions for `items` (one session's, each with its own
+    /// lease): answers in the same order.
+    ///
+    /// Each round, one transaction creates every open key if all are absent
+    /// and the session's node record is still on its guard lease; else it
+    /// reads them all. A key naming another node is a conflict; one naming
+    /// this node (an earlier session's) is moved onto its new lease by a
+    /// second transaction that checks it is unchanged, keeping its fencing
+    /// token; an absent one is tried again next round.
+    async fn claim_with_leases(&self, items: &[Item<'_>]) -> Vec<Answer> {
+        let mut answers: Vec<Option<Answer>> = items.iter().map(|_| None).collect();
+        let Some(first) = items.first() else {
+            return Vec::new();
+        };
+        let node_key = self.inner.layout.node(&first.req.holder.node_id);
+        let guard_lease = first.req.guard_lease;
+        let guard = Compare::lease(node_key.clone(), CompareOp::Equal, guard_lease);
+        let mut open: Vec<usize> = (0..items.len()).collect();
+        for _ in 0..ROUNDS {
+            if open.is_empty() {
+                break;
+            }
+            let create = Txn::new()
+                .when(
+                    std::iter::once(guard.clone())
+                        .chain(open.iter().map(|&i| {
+                            Compare::create_revision(items[i].key(self), CompareOp::Equal, 0)
+                        }))
+                        .collect::<Vec<_>>(),
+                )
+                .and_then(open.iter().map(|&i| items[i].put(self)).collect::<Vec<_>>())
+                .or_else(
+                    std::iter::once(TxnOp::get(node_key.clone(), None))
+                        .chain(open.iter().map(|&i| TxnOp::get(items[i].key(self), None)))
+                        .collect::<Vec<_>>(),
+                );
+            let resp = match self.txn("claim_txn", create).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    settle(&mut answers, &open, |_| Err(e.to_string()));
+                    return finish(answers);
+                }
+            };
+            let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+            if resp.succeeded() {
+                settle(&mut answers, &open, |i| {
+                    Ok(Attempt::Outcome(ClaimOutcome::Claimed {
+                        claim: items[i].claim(revision),
+                        adopted: false,
+                    }))
+                });
+                return finish(answers);
+            }
+            let mut reads = resp.op_responses().into_iter().map(|op| match op {
+                TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
+                _ => None,
+            });
+            let node_kv = reads.next().flatten();
+            if node_kv.as_ref().map(|kv| kv.lease()) != Some(guard_lease) {
+                let session_id = node_kv
+                    .as_ref()
+                    .and_then(NodeRecord::from_kv)
+                    .map(|r| r.session_id)
+                    .unwrap_or_default();
+                settle(&mut answers, &open, |_| {
+                    Ok(Attempt::Fenced {
+                        session_id: session_id.clone(),
+                    })
+                });
+                return finish(answers);
+            }
+            // Ours from an earlier session: to be moved onto the new lease
+            // if still exactly what was read.
+            let mut adopt = Vec::new();
+            let mut absent = Vec::new();
+            for (&i, kv) in open.iter().zip(reads) {
+                let Some(kv) = kv else {
+                    // Gone (or never there): create it next round.
+                    absent.push(i);
+                    continue;
+                };
+                let broadcast = &items[i].req.broadcast;
+                let owner = ClaimRecord::claim_from(broadcast, &kv).unwrap_or_else(|| Claim {
+                    broadcast: broadcast.clone(),
+                    lease_id: kv.lease(),
+                    fencing_token: kv.create_revision(),
+                    ..Claim::default()
+                });
+                if owner.node_id != items[i].req.holder.node_id {
+                    answers[i] = Some(Ok(Attempt::Outcome(ClaimOutcome::Conflict {
+                        owner,
+                        revision,
+                    })));
+                } else {
+                    adopt.push((i, kv, owner.claimed_at_unix_ms));
+                }
+            }
+            open = absent;
+            if adopt.is_empty() {
+                continue;
+            }
+            // An adopted claim keeps the time it was first claimed.
+            let moved: Vec<Item<'_>> = adopt
+                .iter()
+                .map(|(i, _, claimed_at)| Item {
+                    record: ClaimRecord {
+                        claimed_at_unix_ms: *claimed_at,
+                        ..items[*i].record.clone()
+                    },
+                    ..items[*i]
+                })
+                .collect();
+            let txn = Txn::new()
+                .when(
+                    std::iter::once(guard.clone())
+                        .chain(adopt.iter().map(|(i, kv, _)| {
+                            Compare::mod_revision(
+                                items[*i].key(self),
+                                CompareOp::Equal,
+                                kv.mod_revision(),
+                            )
+                        }))
+                        .collect::<Vec<_>>(),
+                )
+                .and_then(moved.iter().map(|m| m.put(self)).collect::<Vec<_>>());
+            match self.txn("adopt_txn", txn).await {
+                Ok(resp) if resp.succeeded() => {
+                    for ((i, kv, _), m) in adopt.iter().zip(&moved) {
+                        answers[*i] = Some(Ok(Attempt::Outcome(ClaimOutcome::Claimed {
+                            claim: m.claim(kv.create_revision()),
+                            adopted: true,
+                        })));
+                    }
+                }
+                // One of them changed under us (another replica adopting it
+                // too, a release, the guard): read them again next round.
+                Ok(_) => open.extend(adopt.iter().map(|(i, _, _)| *i)),
+                Err(e) => {
+                    let at: Vec<usize> = adopt.iter().map(|(i, _, _)| *i).collect();
+                    settle(&mut answers, &at, |_| Err(e.to_string()));
+                }
+            }
+            open.sort_unstable();
+        }
+        settle(&mut answers, &open, |i| {
+            Err(Error::Unavailable(format!(
+                "claim key for {:?} kept changing; will retry",
+                items[i].req.broadcast
+            ))
+            .to_string())
+        });
+        finish(answers)
+    }
+
+    async fn txn(&self, op: &'static str, txn: Txn) -> Result<etcd_client::TxnResponse> {
+        self.call(op, |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+    }
+}
+
+impl<'a> Item<'a> {
+    fn new(req: &'a ClaimRequest, lease_id: i64) -> Self {
+        Item {
+            req,
+            lease_id,
+            record: ClaimRecord {
+                node_id: req.holder.node_id.to_string(),
+                endpoints: (*req.holder.endpoints).clone(),
+                session_id: req.holder.session_id.to_string(),
+                service_id: req.holder.service_id.to_string(),
+                claimed_at_unix_ms: unix_ms(),
+                lease_ttl_ms: ttl_seconds(req.ttl) as u64 * 1000,
+            },
+        }
+    }
+}
+
+fn settle<T>(answers: &mut [Option<T>], at: &[usize], mut answer: impl FnMut(usize) -> T) {
+    for &i in at {
+        answers[i] = Some(answer(i));
+    }
+}
+
+/// The answers, every one given by then (a gap would be a bug here: it is
+/// answered `Unavailable`, so the session retries, rather than a panic).
+fn finish(answers: Vec<Option<Answer>>) -> Vec<Answer> {
+    answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| Err("claim left unanswered; will retry".into())))
+        .collect()
+}
