@@ -1,7 +1,7 @@
 //! The claim rules as a user sees them: a real etcd, the real claim-service
 //! binary, nodes and watchers speaking gRPC.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -639,5 +639,125 @@ async fn oversized_names_are_refused_and_say_why() -> Result<()> {
         .await?
         .into_inner();
     assert!(all.claims.is_empty(), "{:?}", all.claims);
+    Ok(())
+}
+
+/// Reads `n` claim answers (claimed or conflict), by broadcast.
+async fn answers(node: &mut Node, n: usize) -> Result<HashMap<String, ServiceMsg>> {
+    let mut got = HashMap::new();
+    while got.len() < n {
+        match node.next().await? {
+            Ok(m @ ServiceMsg::Claimed(_)) | Ok(m @ ServiceMsg::Conflict(_)) => {
+                let broadcast = match &m {
+                    ServiceMsg::Claimed(c) => c.claim.as_ref().unwrap().broadcast.clone(),
+                    ServiceMsg::Conflict(c) => c.broadcast.clone(),
+                    _ => unreachable!(),
+                };
+                assert!(
+                    got.insert(broadcast.clone(), m).is_none(),
+                    "{broadcast} answered twice"
+                );
+            }
+            Ok(_) => {}
+            Err(status) => anyhow::bail!("session ended: {status}"),
+        }
+    }
+    Ok(got)
+}
+
+/// A hello listing hundreds of tracks is made in batches (one create and one
+/// adopt transaction for many keys); each broadcast still gets exactly the
+/// answer it would get alone: the node's earlier claims adopted with their
+/// fencing tokens, another node's a conflict naming it and left untouched,
+/// the rest claimed anew, every one on a lease of its own.
+#[tokio::test]
+async fn a_hello_of_hundreds_of_tracks_gets_each_broadcast_its_own_answer() -> Result<()> {
+    let stack = Stack::start("batched", &["--detach-grace", "8s"]).await?;
+    let names = |tag: &str, n: usize| -> Vec<String> {
+        (0..n).map(|i| format!("mix/{i:03}-{tag}")).collect()
+    };
+    let (ours, theirs, new) = (names("a", 150), names("b", 20), names("n", 50));
+
+    let mut b = Node::attach(&stack.svc.addr(), hello("node-b")).await?;
+    for name in &theirs {
+        b.created(name, "video").await?;
+    }
+    let b_claims = answers(&mut b, theirs.len()).await?;
+    let mut a = Node::attach(&stack.svc.addr(), hello("node-a")).await?;
+    for name in &ours {
+        a.created(name, "video").await?;
+    }
+    let a_claims = answers(&mut a, ours.len()).await?;
+    let claim_of = |m: &ServiceMsg| match m {
+        ServiceMsg::Claimed(c) => c.claim.clone().unwrap(),
+        other => panic!("expected claimed, got {other:?}"),
+    };
+    a.vanish();
+
+    // Back with all of them live, in name order so every batch mixes the
+    // three kinds.
+    let mut again = hello("node-a");
+    let mut all: Vec<&String> = ours.iter().chain(&theirs).chain(&new).collect();
+    all.sort();
+    again.live = all.iter().map(|n| track(n, "video")).collect();
+    let mut a2 = Node::attach(&stack.svc.addr(), again).await?;
+    let got = answers(&mut a2, all.len()).await?;
+    let mut leases = BTreeSet::new();
+    for name in &ours {
+        let ServiceMsg::Claimed(c) = &got[name] else {
+            panic!("{name}: {:?}", got[name]);
+        };
+        let (claim, before) = (c.claim.clone().unwrap(), claim_of(&a_claims[name]));
+        assert!(c.adopted, "{name} not adopted");
+        assert_eq!(claim.fencing_token, before.fencing_token, "{name}");
+        assert_ne!(claim.lease_id, before.lease_id, "{name}");
+        assert!(leases.insert(claim.lease_id), "{name} shares a lease");
+    }
+    for name in &theirs {
+        let ServiceMsg::Conflict(c) = &got[name] else {
+            panic!("{name}: {:?}", got[name]);
+        };
+        let (owner, b_claim) = (c.owner.clone().unwrap(), claim_of(&b_claims[name]));
+        assert_eq!(owner.node_id, "node-b");
+        assert_eq!(owner.fencing_token, b_claim.fencing_token);
+    }
+    for name in &new {
+        let ServiceMsg::Claimed(c) = &got[name] else {
+            panic!("{name}: {:?}", got[name]);
+        };
+        assert!(!c.adopted, "{name} adopted");
+        assert!(
+            leases.insert(c.claim.as_ref().unwrap().lease_id),
+            "{name} shares a lease"
+        );
+    }
+
+    // etcd holds exactly that: node-a's keys on the leases it was told,
+    // node-b's unchanged.
+    let mut etcd = stack.etcd.client().await?;
+    let kvs = etcd
+        .get(
+            format!("{}broadcasts/mix/", stack.prefix),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await?
+        .kvs()
+        .to_vec();
+    assert_eq!(kvs.len(), all.len());
+    for kv in kvs {
+        let name = kv
+            .key_str()?
+            .rsplit_once("broadcasts/")
+            .unwrap()
+            .1
+            .to_string();
+        let expected = match &got[&name] {
+            ServiceMsg::Claimed(c) => c.claim.clone().unwrap(),
+            ServiceMsg::Conflict(_) => claim_of(&b_claims[&name]),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(kv.lease(), expected.lease_id, "{name}");
+        assert_eq!(kv.create_revision(), expected.fencing_token, "{name}");
+    }
     Ok(())
 }

@@ -104,10 +104,9 @@ impl Store {
             let attempt = match answer {
                 Ok(Attempt::Outcome(outcome)) => Attempt::Outcome(self.count(outcome, p.queued)),
                 Ok(fenced) => fenced,
-                Err(reason) => Attempt::Outcome(self.count(
-                    ClaimOutcome::Unavailable { reason },
-                    p.queued,
-                )),
+                Err(reason) => {
+                    Attempt::Outcome(self.count(ClaimOutcome::Unavailable { reason }, p.queued))
+                }
             };
             (p.done)(attempt);
         }
@@ -129,12 +128,7 @@ impl Store {
     }
 
     /// What becomes of a claim's lease once the claim is answered.
-    fn settle_lease(
-        &self,
-        item: &Item<'_>,
-        granted_at: tokio::time::Instant,
-        result: &Answer,
-    ) {
+    fn settle_lease(&self, item: &Item<'_>, granted_at: tokio::time::Instant, result: &Answer) {
         let ttl = item.req.ttl;
         match result {
             Ok(Attempt::Outcome(ClaimOutcome::Claimed { .. })) => {

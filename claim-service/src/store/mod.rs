@@ -31,9 +31,9 @@ use futures::future::join_all;
 use tokio::sync::mpsc;
 
 use crate::claims::{Claim, ClaimOutcome};
-use claim_txn::{Pending, BATCH};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use claim_txn::{Pending, BATCH};
 pub use keepalive::{KeepAlive, LeaseLoss, LossKind};
 pub use layout::{ClaimRecord, ForcedRecord, Key, Layout, NodeRecord};
 
