@@ -39,6 +39,11 @@ pub use layout::{ClaimRecord, ForcedRecord, Key, Layout, NodeRecord};
 
 /// Claims and revokes one replica runs against etcd at once.
 const WORKERS: usize = 64;
+/// Lease grants in flight at once. Batched claims would otherwise ask for
+/// thousands together, which etcd takes no faster (measured: 10,000 grants
+/// at 256 in flight 1.45 s, at 4,096 1.65 s) while every batch waits for
+/// its slowest.
+const GRANTS_IN_FLIGHT: usize = 256;
 
 enum Job {
     Claim(Pending),
@@ -147,6 +152,7 @@ struct Inner {
     pool: lease_pool::LeasePool,
     /// Grant times of leases that claims were made with, until kept alive.
     granted: std::sync::Mutex<HashMap<i64, tokio::time::Instant>>,
+    granting: tokio::sync::Semaphore,
     refilling: std::sync::atomic::AtomicBool,
     layout: Layout,
     op_timeout: Duration,
@@ -204,6 +210,7 @@ impl Store {
                 jobs: jobs_tx,
                 pool: lease_pool::LeasePool::default(),
                 granted: Default::default(),
+                granting: tokio::sync::Semaphore::new(GRANTS_IN_FLIGHT),
                 refilling: Default::default(),
                 layout: Layout::new(config.prefix.clone()),
                 op_timeout: config.op_timeout,
@@ -351,6 +358,7 @@ impl Store {
     }
 
     pub async fn grant(&self, ttl: Duration) -> Result<i64> {
+        let _slot = self.inner.granting.acquire().await;
         let resp = self
             .call("lease_grant", move |mut c| async move {
                 c.lease_grant(ttl_seconds(ttl), None).await
