@@ -20,7 +20,8 @@
 //! checked on time even while etcd hangs. A stream that takes renewals but
 //! answers nothing for a while is stuck, and is reopened.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,8 +38,9 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
 /// Renewals sent, and no answer at all for this long: the stream is stuck
 /// (its connection blackholed); treat it as broken and reopen it.
 const STUCK_AFTER: Duration = Duration::from_secs(2);
-/// A renewal the stream cannot take right now (its queue is full: etcd is
-/// busy) is tried again this much later, instead of waiting or giving up.
+/// Renewals the stream cannot take right now (its queue is full: etcd is
+/// busy) wait in the backlog, tried again this much later, instead of
+/// waiting or giving up.
 const BACKPRESSURE_RETRY: Duration = Duration::from_millis(20);
 const DEADLINE_SCAN: Duration = Duration::from_millis(50);
 /// Losses are reported this much before the TTL runs out (at most), so the
@@ -143,7 +145,16 @@ struct Lease {
     valid_from: Instant,
     /// When the oldest unanswered renewal was sent.
     sent_at: Option<Instant>,
-    timer: delay_queue::Key,
+    /// The next renewal's timer; `None` while the renewal is due and waits
+    /// in the backlog.
+    timer: Option<delay_queue::Key>,
+}
+
+impl Lease {
+    /// When the lease runs out unless a renewal is confirmed first.
+    fn deadline(&self) -> Instant {
+        self.valid_from + self.ttl
+    }
 }
 
 /// Opens a keep-alive stream on the shard's anchor lease, granting one when
@@ -193,6 +204,12 @@ struct Shard {
     metrics: Arc<Metrics>,
     leases: HashMap<i64, Lease>,
     renewals: DelayQueue<i64>,
+    /// Renewals that are due and not yet sent, the one whose lease runs out
+    /// first on top: when etcd pushes back, a 10 s lease due now goes before
+    /// a 60 s lease that was due earlier.
+    backlog: BinaryHeap<Reverse<(Instant, i64)>>,
+    /// When to try the backlog again after the stream refused a renewal.
+    retry_at: Option<Instant>,
     keeper: Option<LeaseKeeper>,
     generation: u64,
     anchor: Option<i64>,
@@ -216,6 +233,8 @@ impl Shard {
             metrics,
             leases: HashMap::new(),
             renewals: DelayQueue::new(),
+            backlog: BinaryHeap::new(),
+            retry_at: None,
             keeper: None,
             generation: 0,
             anchor: None,
@@ -247,7 +266,11 @@ impl Shard {
                 },
                 Some(expired) = self.renewals.next(), if !self.renewals.is_empty() => {
                     let lease_id = expired.into_inner();
-                    self.renew(lease_id);
+                    self.due(lease_id);
+                }
+                _ = tokio::time::sleep_until(self.retry_at.unwrap_or_else(Instant::now)), if self.retry_at.is_some() => {
+                    self.retry_at = None;
+                    self.send_backlog();
                 }
                 Some(msg) = self.events_rx.recv() => self.on_stream(msg),
                 _ = tokio::time::sleep_until(self.reopen_at), if reopen => self.open(),
@@ -271,7 +294,7 @@ impl Shard {
         // The first renewal comes early enough for a lease that waited in
         // the pool before it was used.
         let first = renew.min((valid_from + ttl / 4).saturating_duration_since(Instant::now()));
-        let timer = self.renewals.insert(lease_id, first);
+        let timer = Some(self.renewals.insert(lease_id, first));
         self.leases.insert(
             lease_id,
             Lease {
@@ -287,7 +310,9 @@ impl Shard {
 
     fn remove(&mut self, lease_id: i64) -> Option<Lease> {
         let lease = self.leases.remove(&lease_id)?;
-        self.renewals.try_remove(&lease.timer);
+        if let Some(timer) = &lease.timer {
+            self.renewals.try_remove(timer);
+        }
         Some(lease)
     }
 
@@ -309,33 +334,57 @@ impl Shard {
         }
     }
 
-    fn renew(&mut self, lease_id: i64) {
-        use futures::FutureExt;
-        let now = Instant::now();
+    /// A lease's renewal is due: it joins the backlog, which is sent in
+    /// deadline order as far as the stream takes it.
+    fn due(&mut self, lease_id: i64) {
         let Some(lease) = self.leases.get_mut(&lease_id) else {
             return;
         };
-        // Never wait: a full queue is tried again shortly (the send is
-        // cancel-safe: dropped unsent, nothing is half-queued).
-        let sent = self.keeper.as_mut().map(|keeper| {
-            keeper.id = lease_id;
-            keeper.keep_alive().now_or_never()
-        });
-        if matches!(sent, Some(None)) {
-            lease.timer = self.renewals.insert(lease_id, BACKPRESSURE_RETRY);
-            return;
-        }
-        // Sent, failed or no stream: the lease's deadline counts from now
-        // unless an earlier renewal is still unconfirmed.
-        lease.timer = self.renewals.insert(lease_id, lease.renew);
-        lease.sent_at.get_or_insert(now);
-        match sent {
-            Some(Some(Ok(()))) => {
-                self.unanswered_since.get_or_insert(now);
-                self.metrics.keepalive_renewals.inc();
+        lease.timer = None;
+        self.backlog.push(Reverse((lease.deadline(), lease_id)));
+        self.send_backlog();
+    }
+
+    /// Sends due renewals, earliest deadline first, until the stream's
+    /// queue is full (then tries again shortly) or there is no stream (then
+    /// they wait for it to reopen, and are sent first thing). Never waits:
+    /// a send that cannot go now is dropped unsent (cancel-safe).
+    fn send_backlog(&mut self) {
+        use futures::FutureExt;
+        let now = Instant::now();
+        while let Some(&Reverse((_, lease_id))) = self.backlog.peek() {
+            let Some(keeper) = self.keeper.as_mut() else {
+                return;
+            };
+            let Some(lease) = self.leases.get_mut(&lease_id) else {
+                // Forgotten or lost while it waited.
+                self.backlog.pop();
+                continue;
+            };
+            if lease.timer.is_some() {
+                // Kept anew while it waited: its new timer stands.
+                self.backlog.pop();
+                continue;
             }
-            Some(Some(Err(e))) => self.stream_broke(format!("sending a renewal failed: {e}")),
-            Some(None) | None => {}
+            keeper.id = lease_id;
+            match keeper.keep_alive().now_or_never() {
+                None => {
+                    self.retry_at = Some(now + BACKPRESSURE_RETRY);
+                    return;
+                }
+                Some(Ok(())) => {
+                    self.backlog.pop();
+                    lease.timer = Some(self.renewals.insert(lease_id, lease.renew));
+                    // The deadline counts from the oldest unconfirmed send.
+                    lease.sent_at.get_or_insert(now);
+                    self.unanswered_since.get_or_insert(now);
+                    self.metrics.keepalive_renewals.inc();
+                }
+                Some(Err(e)) => {
+                    self.stream_broke(format!("sending a renewal failed: {e}"));
+                    return;
+                }
+            }
         }
     }
 
@@ -473,6 +522,7 @@ impl Shard {
         self.generation += 1;
         let generation = self.generation;
         self.keeper = Some(keeper);
+        self.send_backlog();
         let events = self.events_tx.clone();
         tokio::spawn(async move {
             // Always drain responses, so etcd never blocks on a full window
