@@ -530,6 +530,19 @@ async fn main() -> Result<()> {
     }
     let failover = t.elapsed();
     drop(holder);
+    let retried: Vec<String> = other
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("retrying"))
+        .map(str::to_string)
+        .collect();
+    if !retried.is_empty() {
+        eprintln!(
+            "re-adoption: {} claims had to be retried; first: {}",
+            retried.len(),
+            retried[0]
+        );
+    }
     // The adopted claims stay held (10 s lease) through the rest of the run;
     // count the `lost` their node is told, apart from the 60 s ones below.
     let short_lost = Arc::new(AtomicU64::new(0));
