@@ -254,8 +254,14 @@ impl Store {
             for job in taken {
                 match job {
                     Job::Claim(p) => {
-                        let guard = p.req.guard_lease;
-                        match claims.iter_mut().find(|c| c[0].req.guard_lease == guard) {
+                        // One batch per session; a broadcast twice (etcd
+                        // refuses a transaction naming a key twice) goes
+                        // to a batch of its own.
+                        let fits = |c: &Vec<Pending>| {
+                            c[0].req.guard_lease == p.req.guard_lease
+                                && c.iter().all(|q| q.req.broadcast != p.req.broadcast)
+                        };
+                        match claims.iter_mut().find(|c| fits(c)) {
                             Some(same_session) => same_session.push(p),
                             None => claims.push(vec![p]),
                         }
