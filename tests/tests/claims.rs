@@ -646,21 +646,19 @@ async fn oversized_names_are_refused_and_say_why() -> Result<()> {
 async fn answers(node: &mut Node, n: usize) -> Result<HashMap<String, ServiceMsg>> {
     let mut got = HashMap::new();
     while got.len() < n {
-        match node.next().await? {
-            Ok(m @ ServiceMsg::Claimed(_)) | Ok(m @ ServiceMsg::Conflict(_)) => {
-                let broadcast = match &m {
-                    ServiceMsg::Claimed(c) => c.claim.as_ref().unwrap().broadcast.clone(),
-                    ServiceMsg::Conflict(c) => c.broadcast.clone(),
-                    _ => unreachable!(),
-                };
-                assert!(
-                    got.insert(broadcast.clone(), m).is_none(),
-                    "{broadcast} answered twice"
-                );
-            }
-            Ok(_) => {}
+        let m = match node.next().await? {
+            Ok(m) => m,
             Err(status) => anyhow::bail!("session ended: {status}"),
-        }
+        };
+        let broadcast = match &m {
+            ServiceMsg::Claimed(c) => c.claim.as_ref().unwrap().broadcast.clone(),
+            ServiceMsg::Conflict(c) => c.broadcast.clone(),
+            _ => continue,
+        };
+        assert!(
+            got.insert(broadcast.clone(), m).is_none(),
+            "{broadcast} answered twice"
+        );
     }
     Ok(got)
 }

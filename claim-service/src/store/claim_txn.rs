@@ -41,18 +41,32 @@ pub struct Pending {
 /// One claim of a batch, with its lease.
 struct Item<'a> {
     req: &'a ClaimRequest,
+    /// The broadcast's etcd key.
+    key: String,
     lease_id: i64,
     record: ClaimRecord,
 }
 
-impl Item<'_> {
-    fn key(&self, store: &Store) -> String {
-        store.inner.layout.broadcast(&self.req.broadcast)
+impl<'a> Item<'a> {
+    fn new(store: &Store, req: &'a ClaimRequest, lease_id: i64) -> Self {
+        Item {
+            req,
+            key: store.inner.layout.broadcast(&req.broadcast),
+            lease_id,
+            record: ClaimRecord {
+                node_id: req.holder.node_id.to_string(),
+                endpoints: (*req.holder.endpoints).clone(),
+                session_id: req.holder.session_id.to_string(),
+                service_id: req.holder.service_id.to_string(),
+                claimed_at_unix_ms: unix_ms(),
+                lease_ttl_ms: ttl_seconds(req.ttl) as u64 * 1000,
+            },
+        }
     }
 
-    fn put(&self, store: &Store) -> TxnOp {
+    fn put(&self) -> TxnOp {
         TxnOp::put(
-            self.key(store),
+            self.key.clone(),
             self.record.to_json(),
             Some(PutOptions::new().with_lease(self.lease_id)),
         )
@@ -88,7 +102,7 @@ impl Store {
         for (p, lease) in batch.iter().zip(leases) {
             match lease {
                 Ok((lease_id, granted_at)) => {
-                    items.push(Item::new(&p.req, lease_id));
+                    items.push(Item::new(self, &p.req, lease_id));
                     slots.push((answers.len(), granted_at));
                     answers.push(None);
                 }
@@ -218,14 +232,14 @@ impl Store {
                 .when(
                     std::iter::once(guard.clone())
                         .chain(open.iter().map(|&i| {
-                            Compare::create_revision(items[i].key(self), CompareOp::Equal, 0)
+                            Compare::create_revision(items[i].key.clone(), CompareOp::Equal, 0)
                         }))
                         .collect::<Vec<_>>(),
                 )
-                .and_then(open.iter().map(|&i| items[i].put(self)).collect::<Vec<_>>())
+                .and_then(open.iter().map(|&i| items[i].put()).collect::<Vec<_>>())
                 .or_else(
                     std::iter::once(TxnOp::get(node_key.clone(), None))
-                        .chain(open.iter().map(|&i| TxnOp::get(items[i].key(self), None)))
+                        .chain(open.iter().map(|&i| TxnOp::get(items[i].key.clone(), None)))
                         .collect::<Vec<_>>(),
                 );
             let resp = match self.txn("claim_txn", create).await {
@@ -301,6 +315,7 @@ impl Store {
                         claimed_at_unix_ms: *claimed_at,
                         ..items[*i].record.clone()
                     },
+                    key: items[*i].key.clone(),
                     ..items[*i]
                 })
                 .collect();
@@ -309,14 +324,14 @@ impl Store {
                     std::iter::once(guard.clone())
                         .chain(adopt.iter().map(|(i, kv, _)| {
                             Compare::mod_revision(
-                                items[*i].key(self),
+                                items[*i].key.clone(),
                                 CompareOp::Equal,
                                 kv.mod_revision(),
                             )
                         }))
                         .collect::<Vec<_>>(),
                 )
-                .and_then(moved.iter().map(|m| m.put(self)).collect::<Vec<_>>());
+                .and_then(moved.iter().map(Item::put).collect::<Vec<_>>());
             match self.txn("adopt_txn", txn).await {
                 Ok(resp) if resp.succeeded() => {
                     for ((i, kv, _), m) in adopt.iter().zip(&moved) {
@@ -344,31 +359,6 @@ impl Store {
             .to_string())
         });
         finish(answers)
-    }
-
-    async fn txn(&self, op: &'static str, txn: Txn) -> Result<etcd_client::TxnResponse> {
-        self.call(op, |mut c| {
-            let txn = txn.clone();
-            async move { c.txn(txn).await }
-        })
-        .await
-    }
-}
-
-impl<'a> Item<'a> {
-    fn new(req: &'a ClaimRequest, lease_id: i64) -> Self {
-        Item {
-            req,
-            lease_id,
-            record: ClaimRecord {
-                node_id: req.holder.node_id.to_string(),
-                endpoints: (*req.holder.endpoints).clone(),
-                session_id: req.holder.session_id.to_string(),
-                service_id: req.holder.service_id.to_string(),
-                claimed_at_unix_ms: unix_ms(),
-                lease_ttl_ms: ttl_seconds(req.ttl) as u64 * 1000,
-            },
-        }
     }
 }
 

@@ -455,7 +455,7 @@ impl Shard {
         let overdue: Vec<(i64, Duration)> = self
             .leases
             .iter()
-            .filter(|(_, l)| now + LOSS_MARGIN.min(l.ttl / 10) >= l.valid_from + l.ttl)
+            .filter(|(_, l)| now + LOSS_MARGIN.min(l.ttl / 10) >= l.deadline())
             .map(|(id, l)| (*id, l.ttl))
             .collect();
         for (lease_id, ttl) in overdue {

@@ -360,6 +360,15 @@ impl Store {
         }
     }
 
+    /// Runs one transaction (see [`Store::call`]).
+    async fn txn(&self, op: &'static str, txn: Txn) -> Result<etcd_client::TxnResponse> {
+        self.call(op, |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+    }
+
     /// A cheap round trip that succeeds only when etcd is reachable.
     pub async fn ping(&self) -> Result<i64> {
         let resp = self
@@ -518,12 +527,7 @@ impl Store {
         let txn = Txn::new()
             .when(condition.into_iter().collect::<Vec<_>>())
             .and_then([put]);
-        let written = self
-            .call("register_txn", |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await;
+        let written = self.txn("register_txn", txn).await;
         match written {
             Ok(resp) if resp.succeeded() => Ok(Registration {
                 lease_id,
@@ -601,14 +605,7 @@ impl Store {
                     record.to_json(),
                     Some(PutOptions::new().with_ignore_lease()),
                 )]);
-            if self
-                .call("drain_txn", |mut c| {
-                    let txn = txn.clone();
-                    async move { c.txn(txn).await }
-                })
-                .await?
-                .succeeded()
-            {
+            if self.txn("drain_txn", txn).await?.succeeded() {
                 return Ok(Some(record));
             }
         }

@@ -77,6 +77,37 @@ async fn etcd_keepalive_streams(etcd: &Etcd) -> Result<i64> {
     Ok(sum("grpc_server_started_total") - sum("grpc_server_handled_total"))
 }
 
+/// Claims the replica reported lost (lease expired or not renewed in time).
+fn lost_total(metrics: &str) -> f64 {
+    ["unrenewed", "expired"]
+        .iter()
+        .map(|reason| {
+            metric(
+                metrics,
+                &format!("claims_lost_total{{reason=\"{reason}\"}}"),
+            )
+            .max(0.0)
+        })
+        .sum()
+}
+
+/// Prints (to stderr) how many of the replica's log lines contain any of
+/// `needles`, and the first `show` of them, under `heading`.
+fn print_log_lines(svc: &ClaimService, heading: &str, needles: &[&str], show: usize) {
+    let log = svc.log_text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| needles.iter().any(|n| l.contains(n)))
+        .collect();
+    if lines.is_empty() {
+        return;
+    }
+    eprintln!("{heading} ({} lines):", lines.len());
+    for line in lines.iter().take(show) {
+        eprintln!("  {line}");
+    }
+}
+
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
@@ -499,8 +530,7 @@ async fn main() -> Result<()> {
         let renewals = (metric(&m1, "claims_keepalive_renewals_total")
             - metric(&m0, "claims_keepalive_renewals_total"))
             / secs as f64;
-        let lost = metric(&m1, "claims_lost_total{reason=\"unrenewed\"}").max(0.0)
-            + metric(&m1, "claims_lost_total{reason=\"expired\"}").max(0.0);
+        let lost = lost_total(&m1);
         anyhow::Ok((cpu, renewals, lost, proc_status_kib(pid, "VmRSS:")?))
     };
     let (cpu, renewals, lost, rss) = hold(args.hold_seconds).await?;
@@ -530,19 +560,7 @@ async fn main() -> Result<()> {
     }
     let failover = t.elapsed();
     drop(holder);
-    let retried: Vec<String> = other
-        .log_text()
-        .lines()
-        .filter(|l| l.contains("retrying"))
-        .map(str::to_string)
-        .collect();
-    if !retried.is_empty() {
-        eprintln!(
-            "re-adoption: {} claims had to be retried; first: {}",
-            retried.len(),
-            retried[0]
-        );
-    }
+    print_log_lines(&other, "re-adoption: claims retried", &["retrying"], 1);
     // The adopted claims stay held (10 s lease) through the rest of the run;
     // count the `lost` their node is told, apart from the 60 s ones below.
     let short_lost = Arc::new(AtomicU64::new(0));
@@ -636,22 +654,16 @@ async fn main() -> Result<()> {
         let renewals = (metric(&m1, "claims_keepalive_renewals_total")
             - metric(&m0, "claims_keepalive_renewals_total"))
             / args.hold_seconds as f64;
-        let lost = metric(&m1, "claims_lost_total{reason=\"unrenewed\"}").max(0.0)
-            + metric(&m1, "claims_lost_total{reason=\"expired\"}").max(0.0);
+        let lost = lost_total(&m1);
         let short = short_lost.load(Ordering::Relaxed);
         if lost > 0.0 {
-            let log = other.log_text();
-            let trouble: Vec<&str> = log
-                .lines()
-                .filter(|l| l.contains("keep-alive stream") || l.contains("no answer"))
-                .collect();
-            eprintln!(
-                "{lost} claims lost on the replica; its keep-alive trouble ({} lines):",
-                trouble.len()
+            eprintln!("{lost} claims lost on the replica");
+            print_log_lines(
+                &other,
+                "its keep-alive trouble",
+                &["keep-alive stream", "no answer"],
+                20,
             );
-            for line in trouble.iter().take(20) {
-                eprintln!("  {line}");
-            }
         }
         let rss = proc_status_kib(pid, "VmRSS:")?;
         let streams = etcd_keepalive_streams(&setup.etcd).await?;
