@@ -11,8 +11,8 @@ use claims_proto::v1::{
     claim_sessions_server::ClaimSessionsServer, ownership_server::OwnershipServer,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::admin::AdminService;
@@ -40,6 +40,15 @@ async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| Error::Unavailable(format!("cannot listen for {what} on {addr}: {e}")))
+}
+
+/// The gRPC listener's connections, with Nagle's algorithm off. The
+/// builder's `tcp_nodelay` applies only to listeners tonic binds itself;
+/// without it here, the kernel held each small answer back until the
+/// previous one was acknowledged (GetOwner at 64 in flight: 14,000/s with
+/// a 45 ms tail, against 60,000/s with it off).
+fn grpc_incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// Runs the replica (with the files `config` names, as read by
@@ -150,7 +159,6 @@ pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = (
     let grpc = builder
         .http2_keepalive_interval(Some(config.http2_keepalive))
         .http2_keepalive_timeout(Some(config.http2_keepalive * 2))
-        .tcp_nodelay(true)
         .concurrency_limit_per_connection(1024)
         .trace_fn(|req| tracing::debug_span!("grpc", path = %req.uri().path()))
         .add_service(health_service)
@@ -177,10 +185,7 @@ pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = (
             ))
             .max_decoding_message_size(MAX_QUERY_MESSAGE),
         )
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(grpc_listener),
-            grpc_token.cancelled_owned(),
-        );
+        .serve_with_incoming_shutdown(grpc_incoming(grpc_listener), grpc_token.cancelled_owned());
     let grpc = tokio::spawn(grpc);
 
     shutdown.await;
@@ -244,5 +249,21 @@ async fn watch_health(
             _ = tokio::time::sleep(HEALTH_CHECK_EVERY) => {}
             _ = token.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    #[tokio::test]
+    async fn grpc_connections_send_small_answers_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = grpc_incoming(listener);
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let accepted = incoming.next().await.unwrap().unwrap();
+        assert!(accepted.nodelay().unwrap(), "TCP_NODELAY is off");
     }
 }
