@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 need_build_and_test_tools
+# h2load: a load generator in C for the read figures (part 4).
+need_packages h2load:nghttp2-client
 # Many keep-alive streams and sockets: lift the open-file limit if allowed.
 ulimit -n 65536 2>/dev/null || true
 export CLAIMS_TEST_PROFILE=release

@@ -266,6 +266,109 @@ const UNLIMITED: [&str; 4] = [
     "1000000",
 ];
 
+/// A gRPC request body as it goes on the wire: a flag (not compressed), the
+/// message's length (big-endian), the message.
+fn grpc_frame(msg: &impl prost::Message) -> Vec<u8> {
+    let message = msg.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend((message.len() as u32).to_be_bytes());
+    frame.extend(message);
+    frame
+}
+
+/// etcd's RangeRequest with the one field a get of one key sets.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RangeRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    key: Vec<u8>,
+}
+
+/// Requests per second and p99 of one h2load run.
+struct H2loadRun {
+    rate: f64,
+    p99: Duration,
+}
+
+impl std::fmt::Display for H2loadRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.0} ({})", self.rate, ms(self.p99))
+    }
+}
+
+async fn h2load_installed() -> bool {
+    tokio::process::Command::new("h2load")
+        .arg("--version")
+        .output()
+        .await
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Sends the gRPC request `body` to `url` with h2load for `seconds`: one
+/// connection, `in_flight` requests at a time. Fails unless every answer
+/// carried a message: a gRPC error is an HTTP 200 with trailers only, so
+/// h2load alone would count it a success.
+async fn h2load(url: &str, body: &[u8], in_flight: usize, seconds: u64) -> Result<H2loadRun> {
+    let dir = std::env::temp_dir().join(format!("claims-bench-h2load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (body_file, log_file) = (dir.join("body"), dir.join("log"));
+    std::fs::write(&body_file, body)?;
+    let out = tokio::process::Command::new("h2load")
+        .args(["-D", &seconds.to_string(), "-c", "1", "-t", "1"])
+        .args(["-m", &in_flight.to_string()])
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .arg("-d")
+        .arg(&body_file)
+        .arg("--log-file")
+        .arg(&log_file)
+        .arg(url)
+        .output()
+        .await
+        .context("running h2load")?;
+    let report = String::from_utf8_lossy(&out.stdout);
+    let line = |start: &str| {
+        report
+            .lines()
+            .find(|l| l.starts_with(start))
+            .with_context(|| format!("h2load printed no `{start}` line:\n{report}"))
+    };
+    // "requests: N total, N started, N done, N succeeded, 0 failed, ..."
+    let counts: Vec<u64> = line("requests:")?
+        .split(',')
+        .filter_map(|part| part.split_whitespace().find_map(|w| w.parse().ok()))
+        .collect();
+    let (done, succeeded) = (counts[2], counts[3]);
+    // "traffic: ... total, ... headers (...), 1.59MB (1670658) data"
+    let data: u64 = line("traffic:")?
+        .rsplit('(')
+        .next()
+        .and_then(|t| t.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .context("h2load's data bytes")?;
+    if !out.status.success() || done == 0 || succeeded != done || data < 6 * done {
+        bail!("h2load against {url}: {done} done, {succeeded} succeeded, {data} bytes of messages:\n{report}");
+    }
+    // The log: start (us since the epoch), HTTP status, duration (us).
+    let mut durations: Vec<Duration> = std::fs::read_to_string(&log_file)?
+        .lines()
+        .filter_map(|l| l.split('\t').nth(2)?.parse().ok())
+        .map(Duration::from_micros)
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    if durations.is_empty() {
+        bail!("h2load against {url} logged no request:\n{report}");
+    }
+    let seconds_run: f64 = line("finished in")?
+        .trim_start_matches("finished in ")
+        .split('s')
+        .next()
+        .and_then(|t| t.parse().ok())
+        .context("h2load's run time")?;
+    Ok(H2loadRun {
+        rate: done as f64 / seconds_run,
+        p99: percentile(&mut durations, 0.99),
+    })
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -510,6 +613,53 @@ async fn main() -> Result<()> {
             format!("{:.0}", cache.1),
             format!("{:.0} (consistent)", consistent.1),
             ratio(cache.1, consistent.1),
+        );
+    }
+
+    // 4, again with a load generator in C (h2load), which leaves the shared
+    // cores to the servers: what the service itself can answer.
+    let service_url = format!("{}/claims.v1.Ownership/GetOwner", setup.svc.addr());
+    let etcd_url = format!("{}/etcdserverpb.KV/Range", setup.etcd.endpoint());
+    let request = |consistent| {
+        grpc_frame(&pb::GetOwnerRequest {
+            broadcast: "read/x".into(),
+            consistent,
+        })
+    };
+    let get = grpc_frame(&RangeRequest {
+        key: key.clone().into_bytes(),
+    });
+    for c in [1usize, 64] {
+        if !h2load_installed().await {
+            row(
+                "4. GetOwner by h2load",
+                "h2load not installed (Debian nghttp2-client)".into(),
+                "–".into(),
+                "–".into(),
+            );
+            break;
+        }
+        eprintln!("reads by h2load at {c}");
+        let cache = h2load(&service_url, &request(false), c, args.seconds).await?;
+        let consistent = h2load(&service_url, &request(true), c, args.seconds).await?;
+        let raw = h2load(&etcd_url, &get, c, args.seconds).await?;
+        row(
+            &format!("4. h2load: GetOwner/s from the cache vs raw Range, {c} in flight (p99)"),
+            cache.to_string(),
+            raw.to_string(),
+            ratio(cache.rate, raw.rate),
+        );
+        row(
+            &format!("4. h2load: GetOwner/s `consistent` vs raw Range, {c} in flight (p99)"),
+            consistent.to_string(),
+            raw.to_string(),
+            ratio(consistent.rate, raw.rate),
+        );
+        row(
+            &format!("4. h2load: cache vs `consistent`, {c} in flight"),
+            format!("{:.0}", cache.rate),
+            format!("{:.0} (consistent)", consistent.rate),
+            ratio(cache.rate, consistent.rate),
         );
     }
 
