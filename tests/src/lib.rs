@@ -191,6 +191,11 @@ impl Etcd {
             .unwrap_or("127.0.0.1")
     }
 
+    /// What this member has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default()
+    }
+
     pub fn endpoint(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         format!("{scheme}://{}:{}", self.ip(), self.client_port)

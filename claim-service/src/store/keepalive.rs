@@ -22,6 +22,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +43,13 @@ const STUCK_AFTER: Duration = Duration::from_secs(2);
 /// busy) wait in the backlog, tried again this much later, instead of
 /// waiting or giving up.
 const BACKPRESSURE_RETRY: Duration = Duration::from_millis(20);
+/// Renewals sent on a stream and not answered yet, at most. Beyond this
+/// they wait in the backlog, where the one whose lease runs out first goes
+/// first. Without a bound, a busy etcd let tens of thousands queue in the
+/// connection in the order sent: a 10 s lease's renewal waited behind 60 s
+/// leases' renewals until it expired (every 10 s lease of a replica was
+/// lost while it took 100,000 new claims).
+const MAX_IN_FLIGHT: usize = 512;
 const DEADLINE_SCAN: Duration = Duration::from_millis(50);
 /// Losses are reported this much before the TTL runs out (at most), so the
 /// holder hears it before etcd expires the lease and someone else is told
@@ -89,21 +97,31 @@ enum Cmd {
 #[derive(Clone)]
 pub struct KeepAlive {
     shards: Arc<Vec<mpsc::UnboundedSender<Cmd>>>,
+    /// Per shard: renewals are due that etcd cannot take yet.
+    behind: Arc<Vec<Arc<AtomicBool>>>,
 }
 
 impl KeepAlive {
     pub fn start(client: Client, streams: usize, metrics: Arc<Metrics>) -> Self {
-        let shards = (0..streams.max(1))
+        let (shards, behind) = (0..streams.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::unbounded_channel();
                 let shard = Shard::new(client.clone(), metrics.clone());
+                let behind = shard.behind.clone();
                 tokio::spawn(shard.run(rx));
-                tx
+                (tx, behind)
             })
-            .collect();
+            .unzip();
         Self {
             shards: Arc::new(shards),
+            behind: Arc::new(behind),
         }
+    }
+
+    /// Renewals are due that etcd cannot take yet (or a stream is down):
+    /// new leases should wait, since granting them is what keeps etcd busy.
+    pub fn behind(&self) -> bool {
+        self.behind.iter().any(|b| b.load(Ordering::Relaxed))
     }
 
     fn shard(&self, lease_id: i64) -> &mpsc::UnboundedSender<Cmd> {
@@ -210,6 +228,11 @@ struct Shard {
     backlog: BinaryHeap<Reverse<(Instant, i64)>>,
     /// When to try the backlog again after the stream refused a renewal.
     retry_at: Option<Instant>,
+    /// Renewals sent on the current stream and not answered yet (etcd
+    /// answers each one, in order).
+    in_flight: usize,
+    /// Shared with [`KeepAlive::behind`]: the backlog is not empty.
+    behind: Arc<AtomicBool>,
     keeper: Option<LeaseKeeper>,
     generation: u64,
     anchor: Option<i64>,
@@ -235,6 +258,8 @@ impl Shard {
             renewals: DelayQueue::new(),
             backlog: BinaryHeap::new(),
             retry_at: None,
+            in_flight: 0,
+            behind: Default::default(),
             keeper: None,
             generation: 0,
             anchor: None,
@@ -350,12 +375,22 @@ impl Shard {
     /// they wait for it to reopen, and are sent first thing). Never waits:
     /// a send that cannot go now is dropped unsent (cancel-safe).
     fn send_backlog(&mut self) {
+        self.send_due();
+        self.behind
+            .store(!self.backlog.is_empty(), Ordering::Relaxed);
+    }
+
+    fn send_due(&mut self) {
         use futures::FutureExt;
         let now = Instant::now();
         while let Some(&Reverse((_, lease_id))) = self.backlog.peek() {
             let Some(keeper) = self.keeper.as_mut() else {
                 return;
             };
+            if self.in_flight >= MAX_IN_FLIGHT {
+                // Each answer sends the next.
+                return;
+            }
             let Some(lease) = self.leases.get_mut(&lease_id) else {
                 // Forgotten or lost while it waited.
                 self.backlog.pop();
@@ -374,6 +409,7 @@ impl Shard {
                 }
                 Some(Ok(())) => {
                     self.backlog.pop();
+                    self.in_flight += 1;
                     lease.timer = Some(self.renewals.insert(lease_id, lease.renew));
                     // The deadline counts from the oldest unconfirmed send.
                     lease.sent_at.get_or_insert(now);
@@ -409,6 +445,7 @@ impl Shard {
                     return;
                 }
                 self.unanswered_since = None;
+                self.in_flight = self.in_flight.saturating_sub(1);
                 if ttl <= 0 {
                     self.lose(
                         lease_id,
@@ -419,6 +456,9 @@ impl Shard {
                     if let Some(sent_at) = lease.sent_at.take() {
                         lease.valid_from = sent_at;
                     }
+                }
+                if !self.backlog.is_empty() {
+                    self.send_backlog();
                 }
             }
             StreamMsg::Closed { generation, error } => {
@@ -434,6 +474,7 @@ impl Shard {
             self.metrics.keepalive_streams.dec();
         }
         self.unanswered_since = None;
+        self.in_flight = 0;
         self.generation += 1;
         self.failures += 1;
         self.metrics.keepalive_failures.inc();
@@ -443,6 +484,11 @@ impl Shard {
     }
 
     fn check_deadlines(&mut self) {
+        // Answers that have arrived count first: a shard that fell behind
+        // must not call a lease lost whose renewal etcd already confirmed.
+        while let Ok(msg) = self.events_rx.try_recv() {
+            self.on_stream(msg);
+        }
         let now = Instant::now();
         if self
             .unanswered_since
@@ -520,6 +566,7 @@ impl Shard {
             self.insert(anchor, ANCHOR_TTL, ANCHOR_TTL / 4, None, Instant::now());
         }
         self.generation += 1;
+        self.in_flight = 0;
         let generation = self.generation;
         self.keeper = Some(keeper);
         self.send_backlog();

@@ -190,6 +190,9 @@ pub fn ttl_seconds(ttl: Duration) -> i64 {
     (ttl.as_millis().div_ceil(1000)).max(1) as i64
 }
 
+/// Longest a grant waits for the renewals that are due to go out first.
+const RENEWALS_FIRST: Duration = Duration::from_secs(1);
+
 impl Store {
     /// Connects lazily: this returns at once even when etcd is down; calls
     /// fail (and are retried by their callers) until it is up.
@@ -206,8 +209,13 @@ impl Store {
                 .with_user(user.clone(), password.clone())
                 .with_auto_token_refresh(true);
         }
-        let client = Client::connect(&config.endpoints, Some(options)).await?;
-        let keepalive = KeepAlive::start(client.clone(), config.keepalive_streams, metrics.clone());
+        let client = Client::connect(&config.endpoints, Some(options.clone())).await?;
+        // Renewals get a connection of their own. On the shared one, a burst
+        // of claims (and the watch events it brings back, which share the
+        // connection's flow-control window) held answers to renewals back
+        // for seconds, and leases were lost while etcd itself was idle.
+        let renewals = Client::connect(&config.endpoints, Some(options)).await?;
+        let keepalive = KeepAlive::start(renewals, config.keepalive_streams, metrics.clone());
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         let store = Self {
             inner: Arc::new(Inner {
@@ -379,6 +387,13 @@ impl Store {
 
     pub async fn grant(&self, ttl: Duration) -> Result<i64> {
         let _slot = self.inner.granting.acquire().await;
+        // Renewals first: while etcd cannot take the renewals that are due,
+        // a new lease waits (a while at most), so that a burst of new claims
+        // does not starve the claims already held.
+        let since = tokio::time::Instant::now();
+        while self.inner.keepalive.behind() && since.elapsed() < RENEWALS_FIRST {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let resp = self
             .call("lease_grant", move |mut c| async move {
                 c.lease_grant(ttl_seconds(ttl), None).await

@@ -369,6 +369,25 @@ async fn h2load(url: &str, body: &[u8], in_flight: usize, seconds: u64) -> Resul
     })
 }
 
+/// etcd's own account of its slow work (requests that took too long, slow
+/// fsyncs and commits), for when the replica lost claims.
+fn print_etcd_stalls(etcd: &Etcd) {
+    let log = etcd.log_text();
+    let slow: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("took too long") || l.contains("slow fdatasync") || l.contains("slow")
+        })
+        .collect();
+    eprintln!(
+        "etcd logged {} slow operations; the last of them:",
+        slow.len()
+    );
+    for line in slow.iter().rev().take(12).rev() {
+        eprintln!("  {line}");
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -814,6 +833,13 @@ async fn main() -> Result<()> {
                 &["keep-alive stream", "no answer"],
                 20,
             );
+            eprintln!(
+                "  of them: {} expired (etcd answered a renewal with TTL 0), {} unrenewed (no renewal confirmed within the TTL)",
+                metric(&m1, "claims_lost_total{reason=\"expired\"}"),
+                metric(&m1, "claims_lost_total{reason=\"unrenewed\"}"),
+            );
+            print_log_lines(&other, "the losses", &["lease lost"], 3);
+            print_etcd_stalls(&setup.etcd);
         }
         let rss = proc_status_kib(pid, "VmRSS:")?;
         let streams = etcd_keepalive_streams(&setup.etcd).await?;
