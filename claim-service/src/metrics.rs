@@ -23,6 +23,8 @@ pub struct Metrics {
     pub keepalive_renewals: IntCounter,
     /// Open keep-alive streams to etcd.
     pub keepalive_streams: IntGauge,
+    /// Lease grants that waited for due renewals to go out first.
+    pub grants_held: IntCounter,
     /// etcd unary round trips, by `op`.
     pub etcd_rtt: HistogramVec,
     /// Session messages refused, by `code`.
@@ -87,6 +89,10 @@ impl Metrics {
                 "keepalive_streams",
                 "open keep-alive streams to etcd",
             )),
+            grants_held: must(IntCounter::new(
+                "grants_held_total",
+                "lease grants that waited because renewals were behind",
+            )),
             etcd_rtt: must(HistogramVec::new(
                 HistogramOpts::new("etcd_rtt_seconds", "etcd unary round-trip time, by op")
                     .buckets(latency_buckets),
@@ -112,6 +118,7 @@ impl Metrics {
             Box::new(m.keepalive_failures.clone()),
             Box::new(m.keepalive_streams.clone()),
             Box::new(m.keepalive_renewals.clone()),
+            Box::new(m.grants_held.clone()),
             Box::new(m.etcd_rtt.clone()),
             Box::new(m.rejected_messages.clone()),
         ] {

@@ -390,9 +390,12 @@ impl Store {
         // Renewals first: while etcd cannot take the renewals that are due,
         // a new lease waits (a while at most), so that a burst of new claims
         // does not starve the claims already held.
-        let since = tokio::time::Instant::now();
-        while self.inner.keepalive.behind() && since.elapsed() < RENEWALS_FIRST {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        if self.inner.keepalive.behind() {
+            self.inner.metrics.grants_held.inc();
+            let since = tokio::time::Instant::now();
+            while self.inner.keepalive.behind() && since.elapsed() < RENEWALS_FIRST {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
         let resp = self
             .call("lease_grant", move |mut c| async move {
