@@ -22,13 +22,12 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, LeaseKeeper};
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::time::{delay_queue, DelayQueue};
 
@@ -45,10 +44,8 @@ const STUCK_AFTER: Duration = Duration::from_secs(2);
 const BACKPRESSURE_RETRY: Duration = Duration::from_millis(20);
 /// Renewals sent on a stream and not answered yet, at most. Beyond this
 /// they wait in the backlog, where the one whose lease runs out first goes
-/// first. Without a bound, a busy etcd let tens of thousands queue in the
-/// connection in the order sent: a 10 s lease's renewal waited behind 60 s
-/// leases' renewals until it expired (every 10 s lease of a replica was
-/// lost while it took 100,000 new claims).
+/// first; without a bound, while etcd is slow, thousands queue in the
+/// connection in the order sent, out of the backlog's reach.
 const MAX_IN_FLIGHT: usize = 512;
 const DEADLINE_SCAN: Duration = Duration::from_millis(50);
 /// Losses are reported this much before the TTL runs out (at most), so the
@@ -97,31 +94,37 @@ enum Cmd {
 #[derive(Clone)]
 pub struct KeepAlive {
     shards: Arc<Vec<mpsc::UnboundedSender<Cmd>>>,
-    /// Per shard: renewals are due that etcd cannot take yet.
-    behind: Arc<Vec<Arc<AtomicBool>>>,
+    /// How many shards have renewals due that etcd cannot take yet.
+    behind: watch::Receiver<usize>,
 }
 
 impl KeepAlive {
     pub fn start(client: Client, streams: usize, metrics: Arc<Metrics>) -> Self {
-        let (shards, behind) = (0..streams.max(1))
+        let (behind_tx, behind) = watch::channel(0);
+        let shards = (0..streams.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::unbounded_channel();
-                let shard = Shard::new(client.clone(), metrics.clone());
-                let behind = shard.behind.clone();
+                let shard = Shard::new(client.clone(), metrics.clone(), behind_tx.clone());
                 tokio::spawn(shard.run(rx));
-                (tx, behind)
+                tx
             })
-            .unzip();
+            .collect();
         Self {
             shards: Arc::new(shards),
-            behind: Arc::new(behind),
+            behind,
         }
     }
 
     /// Renewals are due that etcd cannot take yet (or a stream is down):
     /// new leases should wait, since granting them is what keeps etcd busy.
     pub fn behind(&self) -> bool {
-        self.behind.iter().any(|b| b.load(Ordering::Relaxed))
+        *self.behind.borrow() > 0
+    }
+
+    /// Waits until no renewal is left waiting, or `limit` has passed.
+    pub async fn caught_up(&self, limit: Duration) {
+        let mut behind = self.behind.clone();
+        let _ = tokio::time::timeout(limit, behind.wait_for(|n| *n == 0)).await;
     }
 
     fn shard(&self, lease_id: i64) -> &mpsc::UnboundedSender<Cmd> {
@@ -231,8 +234,10 @@ struct Shard {
     /// Renewals sent on the current stream and not answered yet (etcd
     /// answers each one, in order).
     in_flight: usize,
-    /// Shared with [`KeepAlive::behind`]: the backlog is not empty.
-    behind: Arc<AtomicBool>,
+    /// Whether this shard counts in [`KeepAlive::behind`]: its backlog
+    /// was not empty after the last send.
+    behind: bool,
+    behind_tx: watch::Sender<usize>,
     keeper: Option<LeaseKeeper>,
     generation: u64,
     anchor: Option<i64>,
@@ -249,7 +254,7 @@ struct Shard {
 }
 
 impl Shard {
-    fn new(client: Client, metrics: Arc<Metrics>) -> Self {
+    fn new(client: Client, metrics: Arc<Metrics>, behind_tx: watch::Sender<usize>) -> Self {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         Self {
             client,
@@ -259,7 +264,8 @@ impl Shard {
             backlog: BinaryHeap::new(),
             retry_at: None,
             in_flight: 0,
-            behind: Default::default(),
+            behind: false,
+            behind_tx,
             keeper: None,
             generation: 0,
             anchor: None,
@@ -376,8 +382,12 @@ impl Shard {
     /// a send that cannot go now is dropped unsent (cancel-safe).
     fn send_backlog(&mut self) {
         self.send_due();
-        self.behind
-            .store(!self.backlog.is_empty(), Ordering::Relaxed);
+        let behind = !self.backlog.is_empty();
+        if behind != self.behind {
+            self.behind = behind;
+            self.behind_tx
+                .send_modify(|n| if behind { *n += 1 } else { *n -= 1 });
+        }
     }
 
     fn send_due(&mut self) {
@@ -457,9 +467,7 @@ impl Shard {
                         lease.valid_from = sent_at;
                     }
                 }
-                if !self.backlog.is_empty() {
-                    self.send_backlog();
-                }
+                self.send_backlog();
             }
             StreamMsg::Closed { generation, error } => {
                 if generation == self.generation {

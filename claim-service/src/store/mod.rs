@@ -210,10 +210,9 @@ impl Store {
                 .with_auto_token_refresh(true);
         }
         let client = Client::connect(&config.endpoints, Some(options.clone())).await?;
-        // Renewals get a connection of their own. On the shared one, a burst
-        // of claims (and the watch events it brings back, which share the
-        // connection's flow-control window) held answers to renewals back
-        // for seconds, and leases were lost while etcd itself was idle.
+        // Renewals get a connection of their own, so they never wait in
+        // HTTP/2 flow control behind a burst of claims or the watch events
+        // it brings back.
         let renewals = Client::connect(&config.endpoints, Some(options)).await?;
         let keepalive = KeepAlive::start(renewals, config.keepalive_streams, metrics.clone());
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
@@ -392,10 +391,7 @@ impl Store {
         // does not starve the claims already held.
         if self.inner.keepalive.behind() {
             self.inner.metrics.grants_held.inc();
-            let since = tokio::time::Instant::now();
-            while self.inner.keepalive.behind() && since.elapsed() < RENEWALS_FIRST {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            self.inner.keepalive.caught_up(RENEWALS_FIRST).await;
         }
         let resp = self
             .call("lease_grant", move |mut c| async move {
