@@ -4,13 +4,6 @@ use claim_service::config::{Command, Config, LogFormat};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc instead of the system allocator: a cache `GetOwner` costs about
-/// 10 % fewer instructions (callgrind: 66,000 → 59,000 per read; glibc's
-/// malloc and free were 16 % of them), at about 15 MiB more resident memory
-/// when idle. See docs/PERFORMANCE.md.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn init_logs(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

@@ -118,9 +118,8 @@ impl pb::ownership_server::Ownership for OwnershipService {
         let req = request.into_inner();
         names::check_broadcast(&req.broadcast).map_err(Error::InvalidArgument)?;
         let owner = if req.consistent {
-            // Boxed: the etcd read's state is large, and a cache read
-            // should not move it around (each call copies its future).
-            Box::pin(self.store.get_claim(&req.broadcast))
+            self.store
+                .get_claim(&req.broadcast)
                 .await?
                 .map(|(claim, _)| claim)
         } else {
