@@ -14,6 +14,7 @@ need_packages h2load:nghttp2-client
 ulimit -n 65536 2>/dev/null || true
 export CLAIMS_TEST_PROFILE=release
 cargo build --release --locked -p claim-service -p ingest-node -p system-tests
+export CLAIMS_TEST_BUILT=1
 # shellcheck disable=SC2086
 target/release/claims-bench ${CLAIMS_BENCH_ARGS:-}
 echo

@@ -70,12 +70,19 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Path to a workspace binary, built once per test run.
+/// Path to a workspace binary, built once per test run — unless
+/// `CLAIMS_TEST_BUILT` is set: the scripts build the workspace first, and a
+/// build of `claim-service` alone unifies features differently, so it would
+/// compile it (and the crates it shares) again.
 pub fn binary(name: &str) -> PathBuf {
     static BUILT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     let root = workspace_root();
     let profile = std::env::var("CLAIMS_TEST_PROFILE").unwrap_or_else(|_| "debug".into());
+    let prebuilt = std::env::var_os("CLAIMS_TEST_BUILT").is_some_and(|v| !v.is_empty());
     let built = BUILT.get_or_init(|| {
+        if prebuilt {
+            return Ok(());
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.current_dir(&root)
@@ -95,7 +102,14 @@ pub fn binary(name: &str) -> PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.join("target"));
-    target.join(profile).join(name)
+    let path = target.join(profile).join(name);
+    if prebuilt && !path.exists() {
+        panic!(
+            "CLAIMS_TEST_BUILT is set but {} is missing: build it first",
+            path.display()
+        );
+    }
+    path
 }
 
 fn scratch_dir(tag: &str) -> PathBuf {
