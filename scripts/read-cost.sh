@@ -31,22 +31,13 @@ grpc_port=$(free_port)
 metrics_port=$(free_port)
 pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do { kill -9 "$pid" && wait "$pid"; } 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-etcd --name read-cost --data-dir "$work/etcd" \
-  --listen-client-urls "http://127.0.0.1:$etcd_port" \
-  --advertise-client-urls "http://127.0.0.1:$etcd_port" \
-  --listen-peer-urls "http://127.0.0.1:$peer_port" \
-  --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
-  --initial-cluster "read-cost=http://127.0.0.1:$peer_port" >"$work/etcd.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do
-  ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$etcd_port" endpoint health >/dev/null 2>&1 && break
-  sleep 0.1
-done
+start_etcd read-cost "$work/etcd" "http://127.0.0.1:$etcd_port" "$peer_port" "$work/etcd.log"
+pids+=("$ETCD_PID")
 # One claim, as a claim-service would write it (no lease: nothing expires it
 # while the reads run).
 ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$etcd_port" put /claims/v1/broadcasts/read/cost \
@@ -79,13 +70,14 @@ echo "| GetOwner ($IN_FLIGHT in flight, $READS reads) | claim-service instructio
 echo "| --- | --- |"
 for mode in cache consistent; do
   reads "$mode" 2000 >/dev/null
-  callgrind_control --zero "$service" >/dev/null
+  callgrind_control --zero "$service" >/dev/null 2>&1
   done_reads=$(reads "$mode" "$READS")
   [[ $done_reads == "$READS" ]] || { echo "$mode: only ${done_reads:-0} of $READS reads succeeded" >&2; exit 1; }
   rm -f "$work"/callgrind.*
-  callgrind_control --dump "$service" >/dev/null
+  callgrind_control --dump "$service" >/dev/null 2>&1
   for _ in $(seq 50); do compgen -G "$work/callgrind.*" >/dev/null && break; sleep 0.1; done
   sleep 0.5
-  total=$(awk '/^(summary|totals):/ {print $2; exit}' "$work"/callgrind.*)
+  total=$(awk '/^(summary|totals):/ {print $2; exit}' "$work"/callgrind.* 2>/dev/null || true)
+  [[ -n $total ]] || { echo "$mode: callgrind wrote no counts" >&2; exit 1; }
   echo "| $mode | $((total / READS)) |"
 done

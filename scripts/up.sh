@@ -83,18 +83,9 @@ for p in "$ETCD_PORT" "$ETCD_PEER_PORT" "$CLAIMS_PORT" "$METRICS_PORT" "$A_RTMP"
 done
 
 echo ">> starting etcd on $SCHEME://127.0.0.1:$ETCD_PORT (log: $RUN/etcd.log)"
-etcd --name up --data-dir "$ETCD_DATA" "${ETCD_TLS[@]}" \
-  --listen-client-urls "$SCHEME://127.0.0.1:$ETCD_PORT" \
-  --advertise-client-urls "$SCHEME://127.0.0.1:$ETCD_PORT" \
-  --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
-  --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
-  --initial-cluster "up=http://127.0.0.1:$ETCD_PEER_PORT" >"$RUN/etcd.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do
-  # shellcheck disable=SC2086
-  ETCDCTL_API=3 etcdctl $ETCDCTL_TLS --endpoints "$SCHEME://127.0.0.1:$ETCD_PORT" endpoint health >/dev/null 2>&1 && break
-  sleep 0.1
-done
+ETCDCTL_FLAGS=$ETCDCTL_TLS start_etcd up "$ETCD_DATA" "$SCHEME://127.0.0.1:$ETCD_PORT" \
+  "$ETCD_PEER_PORT" "$RUN/etcd.log" "${ETCD_TLS[@]}"
+pids+=("$ETCD_PID")
 
 # The Admin API's bearer token (claimctl --admin-token-file .run/admin-token).
 [[ -s $RUN/admin-token ]] || (umask 077; head -c 24 /dev/urandom | base64 | tr -d '/+=\n' >"$RUN/admin-token")
