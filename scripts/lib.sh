@@ -83,3 +83,16 @@ start_etcd() {
     sleep 0.1
   done
 }
+
+# port_free PORT — true when nothing listens on 127.0.0.1:PORT.
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# free_port — prints a loopback port nothing listens on (picked at random
+# from 20000-59999; one of a script's ports, not reserved).
+free_port() {
+  local port
+  while :; do
+    port=$((20000 + RANDOM % 40000))
+    port_free "$port" && { echo "$port"; return; }
+  done
+}

@@ -21,9 +21,6 @@ READS=${READS:-20000}
 IN_FLIGHT=${IN_FLIGHT:-64}
 cargo build --release --locked -p claim-service
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 work=$(mktemp -d /tmp/claims-read-cost.XXXXXX)
 etcd_port=$(free_port)
 peer_port=$(free_port)

@@ -77,7 +77,6 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for p in "$ETCD_PORT" "$ETCD_PEER_PORT" "$CLAIMS_PORT" "$METRICS_PORT" "$A_RTMP" "$A_HTTP" "$B_RTMP" "$B_HTTP"; do
   port_free "$p" || { echo "port $p is in use: stop what holds it, or set ETCD_PORT / ETCD_PEER_PORT / CLAIMS_PORT / METRICS_PORT / A_RTMP / A_HTTP / B_RTMP / B_HTTP" >&2; exit 1; }
 done

@@ -75,17 +75,32 @@ pub fn workspace_root() -> PathBuf {
 /// build of `claim-service` alone unifies features differently, so it would
 /// compile it (and the crates it shares) again.
 pub fn binary(name: &str) -> PathBuf {
-    static BUILT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     let root = workspace_root();
     let profile = std::env::var("CLAIMS_TEST_PROFILE").unwrap_or_else(|_| "debug".into());
     let prebuilt = std::env::var_os("CLAIMS_TEST_BUILT").is_some_and(|v| !v.is_empty());
+    if !prebuilt {
+        build_once(&root, &profile);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    let path = target.join(profile).join(name);
+    if prebuilt && !path.exists() {
+        panic!(
+            "CLAIMS_TEST_BUILT is set but {} is missing: build it first",
+            path.display()
+        );
+    }
+    path
+}
+
+/// Builds the binaries for `profile`, the first time it is called.
+fn build_once(root: &Path, profile: &str) {
+    static BUILT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     let built = BUILT.get_or_init(|| {
-        if prebuilt {
-            return Ok(());
-        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.current_dir(&root)
+        cmd.current_dir(root)
             .args(["build", "--quiet", "-p", "claim-service"]);
         if profile == "release" {
             cmd.arg("--release");
@@ -99,17 +114,6 @@ pub fn binary(name: &str) -> PathBuf {
     if let Err(e) = built {
         panic!("{e}");
     }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"));
-    let path = target.join(profile).join(name);
-    if prebuilt && !path.exists() {
-        panic!(
-            "CLAIMS_TEST_BUILT is set but {} is missing: build it first",
-            path.display()
-        );
-    }
-    path
 }
 
 fn scratch_dir(tag: &str) -> PathBuf {

@@ -91,14 +91,18 @@ fn lost_total(metrics: &str) -> f64 {
     lost_for(metrics, "unrenewed") + lost_for(metrics, "expired")
 }
 
+/// The lines of `log` that contain any of `needles`.
+fn matching_lines<'a>(log: &'a str, needles: &[&str]) -> Vec<&'a str> {
+    log.lines()
+        .filter(|l| needles.iter().any(|n| l.contains(n)))
+        .collect()
+}
+
 /// Prints (to stderr) how many of the replica's log lines contain any of
 /// `needles`, and the first `show` of them, under `heading`.
 fn print_log_lines(svc: &ClaimService, heading: &str, needles: &[&str], show: usize) {
     let log = svc.log_text();
-    let lines: Vec<&str> = log
-        .lines()
-        .filter(|l| needles.iter().any(|n| l.contains(n)))
-        .collect();
+    let lines = matching_lines(&log, needles);
     if lines.is_empty() {
         return;
     }
@@ -375,10 +379,7 @@ async fn h2load(url: &str, body: &[u8], in_flight: usize, seconds: u64) -> Resul
 /// fsyncs and commits), for when the replica lost claims.
 fn print_etcd_stalls(etcd: &Etcd) {
     let log = etcd.log_text();
-    let slow: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("took too long") || l.contains("slow"))
-        .collect();
+    let slow = matching_lines(&log, &["took too long", "slow"]);
     eprintln!(
         "etcd logged {} slow operations; the last of them:",
         slow.len()
