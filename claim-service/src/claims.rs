@@ -3,14 +3,14 @@
 //! [`NodeClaims`] takes events (a track was created or closed, the store
 //! answered, a lease was lost, a timer fired, the session detached) and
 //! returns [`Action`]s for the async shell to carry out (claim in etcd, keep a
-//! lease alive, revoke, tell the node). It does no I/O, so every rule of the
+//! lease alive, release, tell the node). It does no I/O, so every rule of the
 //! design can be tested here without etcd or a network.
 //!
 //! Invariants it keeps:
 //! - one claim per broadcast, however many tracks it has;
-//! - at most one store operation (claim or revoke) in flight per broadcast,
+//! - at most one store operation (claim or release) in flight per broadcast,
 //!   so an answer always belongs to the entry's current state;
-//! - a lease this session acquired is either kept alive, or revoked, or
+//! - a lease this session acquired is either kept alive, or released, or
 //!   reported lost: never silently dropped;
 //! - after `goodbye` or a detach, the node is told nothing it did not ask for.
 
@@ -32,6 +32,11 @@ pub struct Claim {
     pub lease_id: i64,
     /// The etcd create revision of the claim key.
     pub fencing_token: i64,
+    /// The etcd revision of the claim key's last write (its mod revision):
+    /// a session releases a claim only while the key is still its own write,
+    /// so a claim adopted since by a newer session of the node, even on the
+    /// same lease, is never touched by the older one.
+    pub revision: i64,
     pub claimed_at_unix_ms: i64,
     pub lease_ttl_ms: u64,
     pub session_id: Arc<str>,
@@ -60,10 +65,10 @@ pub enum Event {
         broadcast: String,
         track: String,
     },
-    /// Claims of this node found in etcd when the session began, as
-    /// `(broadcast, lease_id)`; those not live now are released.
+    /// Claims of this node found in etcd when the session began; those not
+    /// live now are released.
     Existing {
-        claims: Vec<(String, i64)>,
+        claims: Vec<Claim>,
     },
     /// Clean shutdown of the node: release everything now.
     Goodbye,
@@ -76,7 +81,8 @@ pub enum Event {
         broadcast: String,
         outcome: ClaimOutcome,
     },
-    Revoked {
+    /// A release (see [`Action::Release`]) is done.
+    Released {
         broadcast: String,
     },
     LeaseLost {
@@ -158,15 +164,20 @@ pub enum Action {
         broadcast: String,
         ttl_ms: u64,
     },
-    /// Stop keeping the lease alive and revoke it; answer with `Revoked`.
-    Revoke {
+    /// Stop keeping the lease alive and release the claim: delete its key if
+    /// it is still the write at `revision`, and let the lease go; answer
+    /// with `Released`.
+    Release {
         broadcast: String,
         lease_id: i64,
+        revision: i64,
     },
-    /// Revoke a lease left by an earlier session (no answer needed).
-    RevokeStale {
+    /// Release a claim left by an earlier session the same way (no answer
+    /// needed).
+    ReleaseStale {
         broadcast: String,
         lease_id: i64,
+        revision: i64,
     },
     /// Stop keeping a lease alive that is already gone.
     Forget {
@@ -183,6 +194,17 @@ pub enum Action {
     Finished,
 }
 
+impl Action {
+    /// Releases `claim`, as this session wrote it.
+    fn release(broadcast: String, claim: &Claim) -> Self {
+        Action::Release {
+            broadcast,
+            lease_id: claim.lease_id,
+            revision: claim.revision,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 enum State {
     /// A claim attempt is in flight.
@@ -196,7 +218,7 @@ enum State {
     Waiting {
         timer: u64,
     },
-    /// A revoke is in flight.
+    /// A release is in flight.
     Releasing,
 }
 
@@ -331,11 +353,12 @@ impl NodeClaims {
             Event::Closed { broadcast, track } => self.closed(&broadcast, &track, &mut out),
             Event::Existing { claims } => {
                 if self.mode == Mode::Attached {
-                    for (broadcast, lease_id) in claims {
-                        if !self.broadcasts.contains_key(&broadcast) {
-                            out.push(Action::RevokeStale {
-                                broadcast,
-                                lease_id,
+                    for claim in claims {
+                        if !self.broadcasts.contains_key(&claim.broadcast) {
+                            out.push(Action::ReleaseStale {
+                                lease_id: claim.lease_id,
+                                revision: claim.revision,
+                                broadcast: claim.broadcast,
                             });
                         }
                     }
@@ -362,7 +385,7 @@ impl NodeClaims {
             Event::ClaimAnswered { broadcast, outcome } => {
                 self.answered(broadcast, outcome, &mut out)
             }
-            Event::Revoked { broadcast } => self.revoked(broadcast, &mut out),
+            Event::Released { broadcast } => self.revoked(broadcast, &mut out),
             Event::LeaseLost { lease_id, reason } => self.lease_lost(lease_id, reason, &mut out),
             Event::OwnerReleased {
                 broadcast,
@@ -429,7 +452,7 @@ impl NodeClaims {
                     return;
                 }
                 // A duplicate `created` changes nothing. A track coming back
-                // while a revoke is in flight is claimed anew once it lands.
+                // while a release is in flight is claimed anew once it lands.
                 entry.tracks.insert(track);
             }
             None if claims >= limits.max_claims => {
@@ -470,15 +493,11 @@ impl NodeClaims {
             return;
         }
         match &entry.state {
-            // The answer decides: a claim that lands now is revoked at once.
+            // The answer decides: a claim that lands now is released at once.
             State::Claiming | State::Releasing => {}
             State::Held(claim) => {
-                let lease_id = claim.lease_id;
+                out.push(Action::release(broadcast.to_string(), claim));
                 entry.state = State::Releasing;
-                out.push(Action::Revoke {
-                    broadcast: broadcast.to_string(),
-                    lease_id,
-                });
             }
             State::Standby { .. } | State::Waiting { .. } => {
                 self.broadcasts.remove(broadcast);
@@ -493,10 +512,7 @@ impl NodeClaims {
             entry.tracks.clear();
             match &entry.state {
                 State::Held(claim) => {
-                    out.push(Action::Revoke {
-                        broadcast: broadcast.clone(),
-                        lease_id: claim.lease_id,
-                    });
+                    out.push(Action::release(broadcast.clone(), claim));
                     entry.state = State::Releasing;
                 }
                 State::Claiming | State::Releasing => {}
@@ -514,19 +530,13 @@ impl NodeClaims {
             // Only a claim in flight gets an answer; a lease it brought must
             // not leak.
             if let ClaimOutcome::Claimed { claim, .. } = outcome {
-                out.push(Action::Revoke {
-                    broadcast,
-                    lease_id: claim.lease_id,
-                });
+                out.push(Action::release(broadcast, &claim));
             }
             return;
         };
         if entry.state != State::Claiming {
             if let ClaimOutcome::Claimed { claim, .. } = outcome {
-                out.push(Action::Revoke {
-                    broadcast,
-                    lease_id: claim.lease_id,
-                });
+                out.push(Action::release(broadcast, &claim));
             }
             return;
         }
@@ -548,10 +558,7 @@ impl NodeClaims {
                     Self::tell_in(mode, Reply::Claimed { claim, adopted }, out);
                 } else {
                     entry.state = State::Releasing;
-                    out.push(Action::Revoke {
-                        broadcast,
-                        lease_id: claim.lease_id,
-                    });
+                    out.push(Action::release(broadcast, &claim));
                 }
             }
             ClaimOutcome::Conflict { owner, revision } => {

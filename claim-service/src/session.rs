@@ -32,7 +32,7 @@ use crate::intake::{self, check_track, Intake};
 use crate::metrics::Metrics;
 use crate::names;
 use crate::store::{
-    unix_ms, Attempt, ClaimRequest, Holder, LeaseLoss, NodeRecord, Registration, Store,
+    unix_ms, Attempt, ClaimRequest, Holder, LeaseLoss, NodeRecord, Registration, Release, Store,
 };
 use crate::view::{View, ViewEvent};
 use crate::wire::service_message;
@@ -524,7 +524,7 @@ impl Session {
         }
         // Every claim is released: drop the node's record too.
         if let Some(lease_id) = self.node_lease.take() {
-            ctx.store.keepalive().forget(lease_id);
+            ctx.store.keepalive().forget(lease_id, &self.loss_tx);
             ctx.store.revoke_until_gone(lease_id, self.ttl).await;
         }
         if self.core.is_closing() {
@@ -868,23 +868,43 @@ impl Session {
                 }
                 tracing::debug!(%broadcast, lease_id, "keeping the claim's lease alive");
             }
-            Action::Revoke {
+            Action::Release {
                 broadcast,
                 lease_id,
+                revision,
             } => {
-                self.unkeep(lease_id);
+                // The store stops its renewals (see `Store::release`).
+                let owner = self.kept.remove(&lease_id).then(|| {
+                    ctx.metrics.claims_held.dec();
+                    self.loss_tx.clone()
+                });
                 ctx.metrics.claims_released.inc();
                 let tx = self.internal_tx.clone();
-                ctx.store.submit_revoke(lease_id, self.ttl, move || {
-                    let _ = tx.send(Internal::Core(Event::Revoked { broadcast }));
+                let release = Release {
+                    broadcast: broadcast.clone(),
+                    lease_id,
+                    revision,
+                    ttl: self.ttl,
+                    owner,
+                };
+                ctx.store.submit_release(release, move || {
+                    let _ = tx.send(Internal::Core(Event::Released { broadcast }));
                 });
             }
-            Action::RevokeStale {
+            Action::ReleaseStale {
                 broadcast,
                 lease_id,
+                revision,
             } => {
                 tracing::info!(%broadcast, lease_id, "releasing a claim an earlier session of this node left and the node no longer has");
-                ctx.store.submit_revoke(lease_id, self.ttl, || {});
+                let release = Release {
+                    broadcast,
+                    lease_id,
+                    revision,
+                    ttl: self.ttl,
+                    owner: None,
+                };
+                ctx.store.submit_release(release, || {});
             }
             Action::Forget { lease_id } => self.unkeep(lease_id),
             Action::Send(reply) => {
@@ -908,7 +928,7 @@ impl Session {
 
     fn unkeep(&mut self, lease_id: i64) {
         if self.kept.remove(&lease_id) {
-            self.ctx.store.keepalive().forget(lease_id);
+            self.ctx.store.keepalive().forget(lease_id, &self.loss_tx);
             self.ctx.metrics.claims_held.dec();
         }
     }

@@ -119,9 +119,10 @@ impl World {
                 );
                 self.pending.push((n, Pending::Claim(broadcast)));
             }
-            Action::Revoke {
+            Action::Release {
                 broadcast,
                 lease_id,
+                ..
             } => {
                 // Released only when its owner closed it (last track,
                 // goodbye, or the detach grace ran out).
@@ -147,7 +148,7 @@ impl World {
             } => {
                 self.nodes[n].timers.insert(broadcast, timer);
             }
-            Action::RevokeStale { .. }
+            Action::ReleaseStale { .. }
             | Action::KeepAlive { .. }
             | Action::Forget { .. }
             | Action::Send(_)
@@ -253,7 +254,7 @@ impl World {
                     return;
                 }
                 self.remove_key(&broadcast, lease);
-                self.apply(n, Event::Revoked { broadcast });
+                self.apply(n, Event::Released { broadcast });
             }
         }
     }

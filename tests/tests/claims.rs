@@ -460,8 +460,8 @@ async fn a_crashed_node_keeps_its_claims_for_the_grace_and_can_take_them_back() 
     }
     a.vanish();
 
-    // Back within the grace with only live/x: it is adopted with its
-    // fencing token; live/y, no longer live, is released.
+    // Back within the grace with only live/x: it is adopted in place, with
+    // its fencing token and its lease; live/y, no longer live, is released.
     let mut again = hello("node-a");
     again.live.push(track("live/x", "video"));
     let mut a2 = Node::attach(&stack.svc.addr(), again).await?;
@@ -469,7 +469,7 @@ async fn a_crashed_node_keeps_its_claims_for_the_grace_and_can_take_them_back() 
     assert!(adopted.adopted);
     let claim = adopted.claim.unwrap();
     assert_eq!(claim.fencing_token, x.fencing_token);
-    assert_ne!(claim.lease_id, x.lease_id);
+    assert_eq!(claim.lease_id, x.lease_id);
     let mut seen = BTreeSet::new();
     for _ in 0..2 {
         let ev = watcher.next().await?;
@@ -666,8 +666,8 @@ async fn answers(node: &mut Node, n: usize) -> Result<HashMap<String, ServiceMsg
 /// A hello listing hundreds of tracks is made in batches (one create and one
 /// adopt transaction for many keys); each broadcast still gets exactly the
 /// answer it would get alone: the node's earlier claims adopted with their
-/// fencing tokens, another node's a conflict naming it and left untouched,
-/// the rest claimed anew, every one on a lease of its own.
+/// fencing tokens and leases, another node's a conflict naming it and left
+/// untouched, the rest claimed anew, every one on a lease of its own.
 #[tokio::test]
 async fn a_hello_of_hundreds_of_tracks_gets_each_broadcast_its_own_answer() -> Result<()> {
     let stack = Stack::start("batched", &["--detach-grace", "8s"]).await?;
@@ -708,7 +708,10 @@ async fn a_hello_of_hundreds_of_tracks_gets_each_broadcast_its_own_answer() -> R
         let (claim, before) = (c.claim.clone().unwrap(), claim_of(&a_claims[name]));
         assert!(c.adopted, "{name} not adopted");
         assert_eq!(claim.fencing_token, before.fencing_token, "{name}");
-        assert_ne!(claim.lease_id, before.lease_id, "{name}");
+        assert_eq!(
+            claim.lease_id, before.lease_id,
+            "{name} not adopted in place"
+        );
         assert!(leases.insert(claim.lease_id), "{name} shares a lease");
     }
     for name in &theirs {

@@ -51,6 +51,66 @@ async fn a_newer_session_on_another_replica_supersedes_the_older() -> Result<()>
     Ok(())
 }
 
+/// A claim adopted in place keeps its lease; released, its lease goes back
+/// to the pool and serves a later claim. The older session that first held
+/// it still remembers that lease when its grace runs out, and must leave it
+/// alone: a session only ever revokes a lease whose key it just deleted.
+#[tokio::test]
+async fn a_lease_reused_after_adoption_is_not_revoked_by_the_older_session() -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let etcd = Etcd::start().await?;
+    let prefix = test_prefix("reused-lease");
+    let one = ClaimService::start(&etcd.endpoint(), &prefix, &["--detach-grace", "4s"]).await?;
+    let two = ClaimService::start(&etcd.endpoint(), &prefix, &[]).await?;
+    let mut old = Node::attach(&one.addr(), hello("node-a")).await?;
+    old.created("live/x", "video").await?;
+    let x = old.expect_claimed("live/x").await?.claim.unwrap();
+
+    let mut again = hello("node-a");
+    again.live.push(track("live/x", "video"));
+    let mut new = Node::attach(&two.addr(), again).await?;
+    let adopted = new.expect_claimed("live/x").await?.claim.unwrap();
+    assert_eq!(adopted.lease_id, x.lease_id, "adopted in place");
+    let status = old.expect_status().await?;
+    assert_eq!(status.code(), tonic::Code::Aborted, "{status}");
+
+    // Released on replica two, then enough new claims there to take every
+    // pooled lease, x's among them.
+    new.closed("live/x", "video").await?;
+    new.expect_released("live/x").await?;
+    let names: Vec<String> = (0..40).map(|i| format!("live/n{i:02}")).collect();
+    for name in &names {
+        new.created(name, "video").await?;
+    }
+    let mut claims = Vec::new();
+    for name in &names {
+        claims.push(new.expect_claimed(name).await?.claim.unwrap());
+    }
+    let reused = claims.iter().find(|c| c.lease_id == x.lease_id);
+    assert!(
+        reused.is_some(),
+        "no new claim got x's lease back from the pool:\n{}",
+        two.log_text()
+    );
+
+    // The old session's grace runs out on replica one: every new claim
+    // stands, on the lease it was told.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for claim in &claims {
+        let owner = two
+            .owner(&claim.broadcast, true)
+            .await?
+            .unwrap_or_else(|| panic!("{} released\n{}", claim.broadcast, one.log_text()));
+        assert_eq!(owner.lease_id, claim.lease_id, "{}", claim.broadcast);
+        assert_eq!(
+            owner.fencing_token, claim.fencing_token,
+            "{}",
+            claim.broadcast
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_replica_paused_past_the_lease_cannot_take_back_what_moved() -> Result<()> {
     let _one = ONE_AT_A_TIME.lock().await;

@@ -106,13 +106,14 @@ fn limits_refuse_a_new_broadcast_or_track_and_change_nothing_else() {
     core.handle(closed("a", "audio"));
     assert_eq!(
         core.handle(closed("a", "video")),
-        vec![Action::Revoke {
+        vec![Action::Release {
             broadcast: "a".into(),
-            lease_id: 1
+            lease_id: 1,
+            revision: 0
         }]
     );
     // Room again once a broadcast is gone.
-    core.handle(Event::Revoked {
+    core.handle(Event::Released {
         broadcast: "a".into(),
     });
     assert_eq!(
@@ -132,13 +133,14 @@ fn last_track_closing_revokes_then_reports_released() {
     assert_eq!(core.handle(closed("b", "video")), vec![]);
     assert_eq!(
         core.handle(closed("b", "audio")),
-        vec![Action::Revoke {
+        vec![Action::Release {
             broadcast: "b".into(),
-            lease_id: 7
+            lease_id: 7,
+            revision: 0
         }]
     );
     assert_eq!(
-        core.handle(Event::Revoked {
+        core.handle(Event::Released {
             broadcast: "b".into()
         }),
         vec![Action::Send(Reply::Released {
@@ -249,14 +251,15 @@ fn close_while_claiming_revokes_the_claim_when_it_lands() {
     let acts = core.handle(claimed("b", 7, 100));
     assert_eq!(
         acts,
-        vec![Action::Revoke {
+        vec![Action::Release {
             broadcast: "b".into(),
-            lease_id: 7
+            lease_id: 7,
+            revision: 0
         }]
     );
     // The node never heard `claimed`, so it hears no `released` either.
     assert_eq!(
-        core.handle(Event::Revoked {
+        core.handle(Event::Released {
             broadcast: "b".into()
         }),
         vec![]
@@ -270,7 +273,7 @@ fn republish_while_revoking_ends_claimed() {
     core.handle(claimed("b", 7, 100));
     core.handle(closed("b", "video"));
     assert_eq!(core.handle(created("b", "video")), vec![]);
-    let acts = core.handle(Event::Revoked {
+    let acts = core.handle(Event::Released {
         broadcast: "b".into(),
     });
     assert_eq!(
@@ -301,33 +304,36 @@ fn goodbye_releases_everything_then_finishes() {
     assert_eq!(
         acts,
         vec![
-            Action::Revoke {
+            Action::Release {
                 broadcast: "a".into(),
-                lease_id: 1
+                lease_id: 1,
+                revision: 0
             },
-            Action::Revoke {
+            Action::Release {
                 broadcast: "b".into(),
-                lease_id: 2
+                lease_id: 2,
+                revision: 0
             },
         ]
     );
     // Nothing new starts after goodbye.
     assert_eq!(core.handle(created("d", "video")), vec![]);
-    core.handle(Event::Revoked {
+    core.handle(Event::Released {
         broadcast: "a".into(),
     });
     let acts = core.handle(claimed("c", 3, 12));
     assert_eq!(
         acts,
-        vec![Action::Revoke {
+        vec![Action::Release {
             broadcast: "c".into(),
-            lease_id: 3
+            lease_id: 3,
+            revision: 0
         }]
     );
-    core.handle(Event::Revoked {
+    core.handle(Event::Released {
         broadcast: "c".into(),
     });
-    let acts = core.handle(Event::Revoked {
+    let acts = core.handle(Event::Released {
         broadcast: "b".into(),
     });
     assert_eq!(
@@ -367,13 +373,14 @@ fn detach_keeps_claims_until_grace_then_releases_silently() {
     // A lease lost while detached is forgotten and nobody is told.
     assert_eq!(
         core.handle(Event::GraceExpired),
-        vec![Action::Revoke {
+        vec![Action::Release {
             broadcast: "a".into(),
-            lease_id: 1
+            lease_id: 1,
+            revision: 0
         }]
     );
     assert_eq!(
-        core.handle(Event::Revoked {
+        core.handle(Event::Released {
             broadcast: "a".into()
         }),
         vec![Action::Finished]
@@ -459,13 +466,23 @@ fn existing_claims_not_live_are_released() {
     let mut core = NodeClaims::new();
     core.handle(created("keep", "video"));
     let acts = core.handle(Event::Existing {
-        claims: vec![("keep".into(), 1), ("stale".into(), 2)],
+        claims: vec![
+            Claim {
+                revision: 7,
+                ..claim("keep", 1, 5)
+            },
+            Claim {
+                revision: 8,
+                ..claim("stale", 2, 6)
+            },
+        ],
     });
     assert_eq!(
         acts,
-        vec![Action::RevokeStale {
+        vec![Action::ReleaseStale {
             broadcast: "stale".into(),
-            lease_id: 2
+            lease_id: 2,
+            revision: 8
         }]
     );
 }
@@ -475,9 +492,10 @@ fn answer_for_an_unknown_broadcast_never_leaks_its_lease() {
     let mut core = NodeClaims::new();
     assert_eq!(
         core.handle(claimed("ghost", 4, 1)),
-        vec![Action::Revoke {
+        vec![Action::Release {
             broadcast: "ghost".into(),
-            lease_id: 4
+            lease_id: 4,
+            revision: 0
         }]
     );
 }
@@ -549,7 +567,7 @@ proptest! {
                 }
                 Step::Revoked(b) => {
                     let b = name(b);
-                    revokes_in_flight.remove(&b).map(|_| Event::Revoked { broadcast: b })
+                    revokes_in_flight.remove(&b).map(|_| Event::Released { broadcast: b })
                 }
                 Step::Lost(b) => core.held().find(|(n, _)| *n == name(b)).map(|(_, c)| c.lease_id)
                     .map(|lease_id| Event::LeaseLost { lease_id, reason: "expired".into() }),
@@ -569,13 +587,13 @@ proptest! {
                         claims_in_flight.insert(broadcast);
                     }
                     Action::KeepAlive { lease_id, .. } => { prop_assert!(kept.insert(lease_id)); }
-                    Action::Revoke { broadcast, lease_id } => {
+                    Action::Release { broadcast, lease_id, .. } => {
                         prop_assert!(!claims_in_flight.contains(&broadcast));
                         prop_assert!(revokes_in_flight.insert(broadcast, lease_id).is_none(), "two revokes in flight");
                         kept.remove(&lease_id);
                     }
                     Action::Forget { lease_id } => { prop_assert!(kept.remove(&lease_id)); }
-                    Action::RevokeStale { .. } => {}
+                    Action::ReleaseStale { .. } => {}
                     Action::RetryAfter { broadcast, timer, .. } => { timers.insert(broadcast, timer); }
                     Action::Send(reply) => {
                         if ended { after_end_told = true; }

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, LeaseKeeper};
 use futures::StreamExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::time::{delay_queue, DelayQueue};
 
@@ -87,6 +87,10 @@ enum Cmd {
     },
     Forget {
         lease_id: i64,
+        /// Only the registration that reports to this channel is dropped.
+        owner: mpsc::UnboundedSender<LeaseLoss>,
+        /// Told the dropped lease's `valid_from`.
+        reply: Option<oneshot::Sender<Instant>>,
     },
 }
 
@@ -152,8 +156,32 @@ impl KeepAlive {
         });
     }
 
-    pub fn forget(&self, lease_id: i64) {
-        let _ = self.shard(lease_id).send(Cmd::Forget { lease_id });
+    /// Stops renewing `lease_id` if it is still kept for `owner` (the
+    /// channel its losses go to). A lease kept again by another session
+    /// since (one that adopted the claim on it) stays kept.
+    pub fn forget(&self, lease_id: i64, owner: &mpsc::UnboundedSender<LeaseLoss>) {
+        let _ = self.shard(lease_id).send(Cmd::Forget {
+            lease_id,
+            owner: owner.clone(),
+            reply: None,
+        });
+    }
+
+    /// [`KeepAlive::forget`], answering until when the lease is known to
+    /// be good (its `valid_from`; add the TTL); `None` when it was not kept
+    /// for `owner`.
+    pub async fn take_back(
+        &self,
+        lease_id: i64,
+        owner: &mpsc::UnboundedSender<LeaseLoss>,
+    ) -> Option<Instant> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.shard(lease_id).send(Cmd::Forget {
+            lease_id,
+            owner: owner.clone(),
+            reply: Some(tx),
+        });
+        rx.await.ok()
     }
 }
 
@@ -292,7 +320,16 @@ impl Shard {
                     Some(Cmd::Keep { lease_id, ttl, renew, notify, valid_from }) => {
                         self.insert(lease_id, ttl, renew, Some(notify), valid_from);
                     }
-                    Some(Cmd::Forget { lease_id }) => { self.remove(lease_id); }
+                    Some(Cmd::Forget { lease_id, owner, reply }) => {
+                        let owned = self.leases.get(&lease_id).is_some_and(|l| {
+                            l.notify.as_ref().is_some_and(|n| n.same_channel(&owner))
+                        });
+                        if owned {
+                            if let (Some(lease), Some(reply)) = (self.remove(lease_id), reply) {
+                                let _ = reply.send(lease.valid_from);
+                            }
+                        }
+                    }
                     None => break,
                 },
                 Some(expired) = self.renewals.next(), if !self.renewals.is_empty() => {

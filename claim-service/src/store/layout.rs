@@ -102,21 +102,18 @@ impl ClaimRecord {
     /// claim record (someone wrote the key by hand).
     pub fn claim_from(broadcast: &str, kv: &KeyValue) -> Option<Claim> {
         let record: ClaimRecord = serde_json::from_slice(kv.value()).ok()?;
-        Some(record.into_claim(broadcast, kv.lease(), kv.create_revision()))
-    }
-
-    pub fn into_claim(self, broadcast: &str, lease_id: i64, fencing_token: i64) -> Claim {
-        Claim {
+        Some(Claim {
             broadcast: broadcast.to_string(),
-            node_id: self.node_id.into(),
-            endpoints: Arc::new(self.endpoints),
-            lease_id,
-            fencing_token,
-            claimed_at_unix_ms: self.claimed_at_unix_ms,
-            lease_ttl_ms: self.lease_ttl_ms,
-            session_id: self.session_id.into(),
-            service_id: self.service_id.into(),
-        }
+            node_id: record.node_id.into(),
+            endpoints: Arc::new(record.endpoints),
+            lease_id: kv.lease(),
+            fencing_token: kv.create_revision(),
+            revision: kv.mod_revision(),
+            claimed_at_unix_ms: record.claimed_at_unix_ms,
+            lease_ttl_ms: record.lease_ttl_ms,
+            session_id: record.session_id.into(),
+            service_id: record.service_id.into(),
+        })
     }
 }
 

@@ -5,7 +5,9 @@
 //! remain (etcd counts its TTL from the grant, and nobody renews it while it
 //! waits); older ones are revoked. Each take asks for a refill, so an idle
 //! replica holds no leases for long. A lease a claim did not use (a
-//! conflict) goes back if it is still fresh.
+//! conflict, an adoption that kept the claim's own lease) goes back if it is
+//! still fresh, and so does the lease of a released claim once its key is
+//! deleted: under steady churn a claim needs neither a grant nor a revoke.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -54,6 +56,12 @@ impl LeasePool {
             stale,
             short: POOL_TARGET.saturating_sub(queue.len()),
         }
+    }
+
+    /// How many leases of this TTL are pooled (fresh or not).
+    pub fn ready(&self, ttl_s: i64) -> usize {
+        let ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
+        ready.get(&ttl_s).map_or(0, VecDeque::len)
     }
 
     /// Adds a lease granted at `granted_at`; `false` (the caller revokes it)

@@ -8,9 +8,17 @@
 //! A claim is one transaction: *if the key's create revision is 0, put it with
 //! the new lease, else read it*, so a conflict names the owner from the same
 //! atomic step. Its fencing token is the key's create revision. A key that
-//! already names the claiming node is adopted: moved onto the new lease by a
-//! transaction that checks the key is unchanged, which keeps the create
-//! revision and so the fencing token.
+//! already names the claiming node is adopted in place: rewritten for the new
+//! session on the lease it already has, by a transaction that checks the key
+//! is unchanged, which keeps the create revision and so the fencing token,
+//! and needs no lease grant (a failover re-adopts as fast as etcd takes the
+//! transactions, not at etcd's grant rate).
+//!
+//! A release deletes the key only while it is still the releasing session's
+//! own write (its mod revision), then revokes the lease or pools it for the
+//! next claim. A lease may be renewed by more than one session (an older one
+//! in its detach grace, a newer one that adopted its claim), so no session
+//! ever revokes a lease whose key it did not just delete itself.
 
 mod claim_txn;
 pub mod keepalive;
@@ -52,11 +60,28 @@ const GRANTS_IN_FLIGHT: usize = 256;
 
 enum Job {
     Claim(Pending),
+    Release {
+        release: Release,
+        done: Box<dyn FnOnce() + Send>,
+    },
     Revoke {
         lease_id: i64,
         ttl: Duration,
         done: Box<dyn FnOnce() + Send>,
     },
+}
+
+/// A claim to give up, as the releasing session wrote it.
+#[derive(Debug, Clone)]
+pub struct Release {
+    pub broadcast: String,
+    pub lease_id: i64,
+    /// The key's mod revision when this session wrote it.
+    pub revision: i64,
+    pub ttl: Duration,
+    /// The channel the session's lease losses go to, when the session keeps
+    /// the lease alive (see [`KeepAlive::forget`]).
+    pub owner: Option<mpsc::UnboundedSender<LeaseLoss>>,
 }
 
 /// How to reach etcd.
@@ -238,7 +263,8 @@ impl Store {
     }
 
     /// A worker: takes what is queued (up to [`BATCH`] jobs at once), makes
-    /// each session's claims together and the revokes side by side.
+    /// each session's claims together and the releases and revokes side by
+    /// side.
     async fn work(self, jobs: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Job>>>) {
         loop {
             let taken = {
@@ -258,6 +284,7 @@ impl Store {
             let store = &self;
             let mut claims: Vec<Vec<Pending>> = Vec::new();
             let mut revokes = Vec::new();
+            let mut releases = Vec::new();
             for job in taken {
                 match job {
                     Job::Claim(p) => {
@@ -281,10 +308,14 @@ impl Store {
                         store.revoke_until_gone(lease_id, ttl).await;
                         done()
                     }),
+                    Job::Release { release, done } => releases.push(async move {
+                        store.release(release).await;
+                        done()
+                    }),
                 }
             }
             let claims = join_all(claims.into_iter().map(|batch| self.claim_batch(batch)));
-            tokio::join!(claims, join_all(revokes));
+            tokio::join!(claims, join_all(revokes), join_all(releases));
         }
     }
 
@@ -298,6 +329,18 @@ impl Store {
         });
         if self.inner.jobs.send(job).is_err() {
             tracing::error!("store workers are gone; claim dropped");
+        }
+    }
+
+    /// Queues a release (see [`Store::release`]); `done` runs after.
+    pub fn submit_release(&self, release: Release, done: impl FnOnce() + Send + 'static) {
+        let broadcast = release.broadcast.clone();
+        let job = Job::Release {
+            release,
+            done: Box::new(done),
+        };
+        if self.inner.jobs.send(job).is_err() {
+            tracing::error!(%broadcast, "store workers are gone; release dropped");
         }
     }
 
@@ -442,6 +485,67 @@ impl Store {
         }
     }
 
+    /// Gives up a claim: deletes its key if it is still the write at
+    /// `release.revision`, retrying while etcd is unreachable (for the TTL at
+    /// most: by then the lease has expired on its own, since this session
+    /// no longer renews it). A lease whose key was deleted here is pooled
+    /// for the next claim, or revoked. A key that changed meanwhile (adopted
+    /// by a newer session of the node, force-released, expired) is left
+    /// alone, and so is its lease: another session may hold a claim on it.
+    pub async fn release(&self, release: Release) {
+        let valid_from = match &release.owner {
+            Some(owner) => {
+                self.inner
+                    .keepalive
+                    .take_back(release.lease_id, owner)
+                    .await
+            }
+            None => None,
+        };
+        let key = self.inner.layout.broadcast(&release.broadcast);
+        let delete = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                release.revision,
+            )])
+            .and_then([TxnOp::delete(key, None)]);
+        let deadline = Instant::now() + release.ttl + Duration::from_secs(1);
+        let mut failures = 0;
+        loop {
+            match self.txn("release_txn", delete.clone()).await {
+                Ok(resp) if resp.succeeded() => {
+                    let pooled = valid_from.is_some_and(|at| {
+                        self.inner
+                            .pool
+                            .put(ttl_seconds(release.ttl), release.lease_id, at)
+                    });
+                    if !pooled {
+                        self.revoke_until_gone(release.lease_id, release.ttl).await;
+                    }
+                    return;
+                }
+                Ok(_) => {
+                    tracing::info!(
+                        broadcast = %release.broadcast,
+                        lease_id = release.lease_id,
+                        "claim changed since this session wrote it (adopted by a newer session of the node, or gone); left as it is"
+                    );
+                    return;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    failures += 1;
+                    tracing::warn!(broadcast = %release.broadcast, error = %e, "release failed; retrying");
+                    tokio::time::sleep(crate::claims::backoff(failures)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(broadcast = %release.broadcast, lease_id = release.lease_id, error = %e, "release kept failing; the claim expires with its lease, which this session no longer renews");
+                    return;
+                }
+            }
+        }
+    }
+
     /// Keeps a claim's lease alive, its TTL counted from its grant.
     pub fn keep_claim(
         &self,
@@ -479,14 +583,13 @@ impl Store {
             .map(|c| (c, revision)))
     }
 
-    /// Every claim that names `node_id`, as `(broadcast, lease_id)`.
-    pub async fn claims_of_node(&self, node_id: &str) -> Result<Vec<(String, i64)>> {
+    /// Every claim that names `node_id`.
+    pub async fn claims_of_node(&self, node_id: &str) -> Result<Vec<Claim>> {
         let snapshot = self.snapshot_of(&self.inner.layout.broadcasts("")).await?;
         Ok(snapshot
             .claims
             .into_iter()
             .filter(|c| &*c.node_id == node_id)
-            .map(|c| (c.broadcast, c.lease_id))
             .collect())
     }
 
