@@ -47,7 +47,8 @@ pub struct Claim {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClaimOutcome {
     /// This node owns the broadcast; `adopted` when an existing claim of this
-    /// node was moved onto this session's new lease.
+    /// node (an earlier session's) was taken over by this session, on the
+    /// lease it already had.
     Claimed { claim: Claim, adopted: bool },
     /// Another node owns it, as read at `revision` in the same transaction.
     Conflict { owner: Claim, revision: i64 },
@@ -385,7 +386,7 @@ impl NodeClaims {
             Event::ClaimAnswered { broadcast, outcome } => {
                 self.answered(broadcast, outcome, &mut out)
             }
-            Event::Released { broadcast } => self.revoked(broadcast, &mut out),
+            Event::Released { broadcast } => self.release_done(broadcast, &mut out),
             Event::LeaseLost { lease_id, reason } => self.lease_lost(lease_id, reason, &mut out),
             Event::OwnerReleased {
                 broadcast,
@@ -603,7 +604,7 @@ impl NodeClaims {
         }
     }
 
-    fn revoked(&mut self, broadcast: String, out: &mut Vec<Action>) {
+    fn release_done(&mut self, broadcast: String, out: &mut Vec<Action>) {
         let Some(entry) = self.broadcasts.get_mut(&broadcast) else {
             return;
         };

@@ -44,8 +44,8 @@ pub struct Loaded {
 
 /// Broadcast Claims coordinator: ingest nodes attach over gRPC and stream
 /// their broadcasters' lifecycle; each claimed broadcast is held with its own
-/// etcd lease, kept alive while any track of it is live and revoked the
-/// moment the last one closes. Anyone can ask who owns what (claims.v1.Ownership).
+/// etcd lease, kept alive while any track of it is live and released (its key
+/// deleted) the moment the last one closes. Anyone can ask who owns what (claims.v1.Ownership).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "claim-service", version)]
 pub struct Config {

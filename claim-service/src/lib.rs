@@ -5,8 +5,8 @@
 //! claimed broadcast) and answers who owns what through `Ownership`.
 //!
 //! - [`claims`]: the claim rules, a pure state machine per node session;
-//! - [`store`]: the one door to etcd (layout, claim transaction, revoke,
-//!   keep-alive, watch);
+//! - [`store`]: the one door to etcd (layout, claim transaction, release,
+//!   revoke, keep-alive, watch);
 //! - [`intake`]: what one node message means (event, refusal, or protocol
 //!   error), decided without I/O;
 //! - [`session`]: the async shell that drives a session's state machine;

@@ -2,8 +2,8 @@
 //!
 //! Everything that builds an etcd key or calls `etcd_client` lives under this
 //! module: the key layout ([`layout`]), the claim transaction and adoption
-//! ([`claim_txn`], batched per session), revoke, the reads, the multiplexed
-//! keep-alive ([`keepalive`]) and the resuming watch ([`watch`]).
+//! ([`claim_txn`], batched per session), release and revoke, the reads, the
+//! multiplexed keep-alive ([`keepalive`]) and the resuming watch ([`watch`]).
 //!
 //! A claim is one transaction: *if the key's create revision is 0, put it with
 //! the new lease, else read it*, so a conflict names the owner from the same

@@ -19,7 +19,7 @@ use crate::error::Error;
 #[derive(Debug, Clone)]
 pub enum Change {
     /// A claim key was written; `created` when this put created the key
-    /// (otherwise the claim was moved onto another lease: adoption).
+    /// (otherwise the claim was rewritten for a newer session: adoption).
     Claim {
         claim: Claim,
         created: bool,
