@@ -232,16 +232,26 @@ async fn the_compose_stack_keeps_claims_through_replica_and_etcd_member_loss() -
         .into_inner();
 
     // The replica ingest-a is attached to goes away: the node moves to the
-    // other and adopts its claim, keeping the fencing token.
+    // other and adopts its claim in place, keeping its fencing token and
+    // lease; the watcher sees the adoption and never a release.
     stack.stop("claims1")?;
-    let adopted = eventually("adoption on claims2", Duration::from_secs(30), async || {
-        Ok(owner(claims2, "live/compose")
-            .await?
-            .filter(|c| c.lease_id != first.lease_id))
+    let adopted = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let Some(e) = watch.message().await? else {
+                bail!("the watch on claims2 ended");
+            };
+            assert_ne!(e.kind, pb::claim_event::Kind::Released as i32, "{e:?}");
+            if e.kind == pb::claim_event::Kind::Adopted as i32 {
+                return anyhow::Ok(e.claim.context("an adoption names its claim")?);
+            }
+        }
     })
-    .await?;
+    .await
+    .context("adoption on claims2 did not happen within 30 s")??;
+    assert_eq!(adopted.broadcast, "live/compose");
     assert_eq!(adopted.node_id, "ingest-a");
     assert_eq!(adopted.fencing_token, first.fencing_token);
+    assert_eq!(adopted.lease_id, first.lease_id);
 
     // An etcd member goes away: the claim stays, through a whole lease TTL.
     stack.stop("etcd1")?;
