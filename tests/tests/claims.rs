@@ -493,6 +493,34 @@ async fn a_crashed_node_keeps_its_claims_for_the_grace_and_can_take_them_back() 
     Ok(())
 }
 
+/// A node back asking for another lease TTL has its claim adopted onto a
+/// new lease of that TTL, with its fencing token: the lease it was on was
+/// granted for the old TTL and would be renewed on the wrong schedule.
+#[tokio::test]
+async fn a_node_back_with_another_ttl_is_adopted_onto_a_lease_of_that_ttl() -> Result<()> {
+    let stack = Stack::start("ttl-change", &[]).await?;
+    let mut a = Node::attach(&stack.svc.addr(), hello("node-a")).await?;
+    a.created("live/x", "video").await?;
+    let x = a.expect_claimed("live/x").await?.claim.unwrap();
+    assert_eq!(x.lease_ttl_ms, 10_000);
+    a.vanish();
+
+    let mut again = hello("node-a");
+    again.lease_ttl_ms = 5_000;
+    again.live.push(track("live/x", "video"));
+    let mut a2 = Node::attach(&stack.svc.addr(), again).await?;
+    let adopted = a2.expect_claimed("live/x").await?;
+    assert!(adopted.adopted);
+    let claim = adopted.claim.unwrap();
+    assert_eq!(claim.fencing_token, x.fencing_token);
+    assert_ne!(claim.lease_id, x.lease_id);
+    assert_eq!(claim.lease_ttl_ms, 5_000);
+    let mut etcd = stack.etcd.client().await?;
+    let lease = etcd.lease_time_to_live(claim.lease_id, None).await?;
+    assert_eq!(lease.granted_ttl(), 5);
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_newer_session_of_a_node_supersedes_the_older() -> Result<()> {
     let stack = Stack::start("supersede", &[]).await?;

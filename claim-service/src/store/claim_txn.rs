@@ -76,20 +76,28 @@ impl<'a> Item<'a> {
         )
     }
 
+    /// Whether `kv`, a key of this node claimed as `owner`, can be adopted
+    /// on the lease it is on: it has one, granted for this session's TTL
+    /// (a node that asks for another TTL than before gets a new lease).
+    fn adoptable_in_place(&self, kv: &KeyValue, owner: &Claim) -> bool {
+        kv.lease() != 0 && owner.lease_ttl_ms == self.record.lease_ttl_ms
+    }
+
     /// The item that adopts `kv`, a key of this node left by an earlier
-    /// session: this session's record on the key's own lease (this item's
-    /// lease only for a key on none), keeping the first claim's time.
-    fn adopting(&self, kv: &KeyValue, claimed_at_unix_ms: i64) -> Self {
+    /// session as `owner`: this session's record on the key's own lease
+    /// (where [`Item::adoptable_in_place`], else on this item's), keeping the
+    /// first claim's time.
+    fn adopting(&self, kv: &KeyValue, owner: &Claim) -> Self {
         Item {
             req: self.req,
             key: self.key.clone(),
-            lease_id: if kv.lease() != 0 {
+            lease_id: if self.adoptable_in_place(kv, owner) {
                 kv.lease()
             } else {
                 self.lease_id
             },
             record: ClaimRecord {
-                claimed_at_unix_ms,
+                claimed_at_unix_ms: owner.claimed_at_unix_ms,
                 ..self.record.clone()
             },
         }
@@ -324,15 +332,15 @@ impl Store {
             let mut at = Vec::new();
             let mut moved = Vec::new();
             for (i, kv) in reads.enumerate() {
-                let Some(kv) = kv.filter(|kv| kv.lease() != 0) else {
+                let Some(kv) = kv else {
                     continue;
                 };
                 let Some(owner) = ClaimRecord::claim_from(&items[i].req.broadcast, &kv) else {
                     continue;
                 };
-                if owner.node_id == node_id {
+                if owner.node_id == node_id && items[i].adoptable_in_place(&kv, &owner) {
                     at.push(i);
-                    moved.push((items[i].adopting(&kv, owner.claimed_at_unix_ms), kv));
+                    moved.push((items[i].adopting(&kv, &owner), kv));
                 }
             }
             if moved.is_empty() {
@@ -457,7 +465,7 @@ impl Store {
                     })));
                 } else {
                     at.push(i);
-                    moved.push((items[i].adopting(&kv, owner.claimed_at_unix_ms), kv));
+                    moved.push((items[i].adopting(&kv, &owner), kv));
                 }
             }
             open = absent;
