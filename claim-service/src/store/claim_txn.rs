@@ -375,7 +375,7 @@ impl Store {
     /// Each round, one transaction creates every open key if all are absent
     /// and the session's node record is still on its guard lease; else it
     /// reads them all. A key naming another node is a conflict; one naming
-    /// this node (an earlier session's) is moved onto its new lease by a
+    /// this node (an earlier session's) is adopted ([`Item::adopting`]) by a
     /// second transaction that checks it is unchanged, keeping its fencing
     /// token; an absent one is tried again next round.
     async fn claim_with_leases(&self, items: &[Item<'_>]) -> Vec<Answer> {
