@@ -873,7 +873,7 @@ impl Session {
                 lease_id,
                 revision,
             } => {
-                // The store stops its renewals (see `Store::release`).
+                // The store stops its renewals (see `Store::release_batch`).
                 let owner = self.kept.remove(&lease_id).then(|| {
                     ctx.metrics.claims_held.dec();
                     self.loss_tx.clone()

@@ -308,14 +308,11 @@ impl Store {
                         store.revoke_until_gone(lease_id, ttl).await;
                         done()
                     }),
-                    Job::Release { release, done } => releases.push(async move {
-                        store.release(release).await;
-                        done()
-                    }),
+                    Job::Release { release, done } => releases.push((release, done)),
                 }
             }
             let claims = join_all(claims.into_iter().map(|batch| self.claim_batch(batch)));
-            tokio::join!(claims, join_all(revokes), join_all(releases));
+            tokio::join!(claims, join_all(revokes), self.release_batch(releases));
         }
     }
 
@@ -332,7 +329,7 @@ impl Store {
         }
     }
 
-    /// Queues a release (see [`Store::release`]); `done` runs after.
+    /// Queues a release (see [`Store::release_batch`]); `done` runs after.
     pub fn submit_release(&self, release: Release, done: impl FnOnce() + Send + 'static) {
         let broadcast = release.broadcast.clone();
         let job = Job::Release {
@@ -485,24 +482,66 @@ impl Store {
         }
     }
 
-    /// Gives up a claim: deletes its key if it is still the write at
-    /// `release.revision`, retrying while etcd is unreachable (for the TTL at
-    /// most: by then the lease has expired on its own, since this session
-    /// no longer renews it). A lease whose key was deleted here is pooled
-    /// for the next claim, or revoked. A key that changed meanwhile (adopted
-    /// by a newer session of the node, force-released, expired) is left
-    /// alone, and so is its lease: another session may hold a claim on it.
-    pub async fn release(&self, release: Release) {
-        let valid_from = match &release.owner {
-            Some(owner) => {
-                self.inner
-                    .keepalive
-                    .take_back(release.lease_id, owner)
-                    .await
+    /// Gives up claims: deletes each key if it is still the write at its
+    /// `revision`, retrying while etcd is unreachable (for the TTL at most:
+    /// by then the lease has expired on its own, since this session no
+    /// longer renews it). A lease whose key was deleted here is pooled for
+    /// the next claim, or revoked. A key that changed meanwhile (adopted by
+    /// a newer session of the node, force-released, expired) is left alone,
+    /// and so is its lease: another session may hold a claim on it.
+    ///
+    /// Several at once (a goodbye, a grace running out) are one transaction
+    /// deleting every key; if any changed, each is released on its own.
+    /// Each `done` runs once its own release is over.
+    async fn release_batch(&self, releases: Vec<(Release, Box<dyn FnOnce() + Send>)>) {
+        if releases.is_empty() {
+            return;
+        }
+        let valid_from = join_all(releases.iter().map(|(r, _)| async {
+            match &r.owner {
+                Some(owner) => self.inner.keepalive.take_back(r.lease_id, owner).await,
+                None => None,
             }
-            None => None,
+        }))
+        .await;
+        let keys: Vec<String> = releases
+            .iter()
+            .map(|(r, _)| self.inner.layout.broadcast(&r.broadcast))
+            .collect();
+        let distinct = keys.iter().collect::<std::collections::HashSet<_>>().len() == keys.len();
+        let deleted = if releases.len() > 1 && distinct {
+            let txn = Txn::new()
+                .when(
+                    keys.iter()
+                        .zip(&releases)
+                        .map(|(k, (r, _))| {
+                            Compare::mod_revision(k.clone(), CompareOp::Equal, r.revision)
+                        })
+                        .collect::<Vec<_>>(),
+                )
+                .and_then(
+                    keys.iter()
+                        .map(|k| TxnOp::delete(k.clone(), None))
+                        .collect::<Vec<_>>(),
+                );
+            matches!(self.txn("release_txn", txn).await, Ok(resp) if resp.succeeded())
+        } else {
+            false
         };
-        let key = self.inner.layout.broadcast(&release.broadcast);
+        join_all(releases.into_iter().zip(keys).zip(valid_from).map(
+            |(((r, done), key), valid_from)| async move {
+                if deleted || self.delete_if_unchanged(&r, key).await {
+                    self.let_go(&r, valid_from).await;
+                }
+                done()
+            },
+        ))
+        .await;
+    }
+
+    /// Deletes a released claim's key if it is still the write at
+    /// `release.revision`; whether it did.
+    async fn delete_if_unchanged(&self, release: &Release, key: String) -> bool {
         let delete = Txn::new()
             .when([Compare::mod_revision(
                 key.clone(),
@@ -514,24 +553,14 @@ impl Store {
         let mut failures = 0;
         loop {
             match self.txn("release_txn", delete.clone()).await {
-                Ok(resp) if resp.succeeded() => {
-                    let pooled = valid_from.is_some_and(|at| {
-                        self.inner
-                            .pool
-                            .put(ttl_seconds(release.ttl), release.lease_id, at)
-                    });
-                    if !pooled {
-                        self.revoke_until_gone(release.lease_id, release.ttl).await;
-                    }
-                    return;
-                }
+                Ok(resp) if resp.succeeded() => return true,
                 Ok(_) => {
                     tracing::info!(
                         broadcast = %release.broadcast,
                         lease_id = release.lease_id,
                         "claim changed since this session wrote it (adopted by a newer session of the node, or gone); left as it is"
                     );
-                    return;
+                    return false;
                 }
                 Err(e) if Instant::now() < deadline => {
                     failures += 1;
@@ -540,9 +569,23 @@ impl Store {
                 }
                 Err(e) => {
                     tracing::warn!(broadcast = %release.broadcast, lease_id = release.lease_id, error = %e, "release kept failing; the claim expires with its lease, which this session no longer renews");
-                    return;
+                    return false;
                 }
             }
+        }
+    }
+
+    /// The lease of a claim whose key was just deleted here: back to the
+    /// pool while fresh (`valid_from` is when it was last known renewed),
+    /// else revoked.
+    async fn let_go(&self, release: &Release, valid_from: Option<tokio::time::Instant>) {
+        let pooled = valid_from.is_some_and(|at| {
+            self.inner
+                .pool
+                .put(ttl_seconds(release.ttl), release.lease_id, at)
+        });
+        if !pooled {
+            self.revoke_until_gone(release.lease_id, release.ttl).await;
         }
     }
 
