@@ -879,6 +879,15 @@ impl Node {
         .await
     }
 
+    /// `claimed` for `broadcast` with `adopted: true`: the claim.
+    pub async fn expect_adopted(&mut self, broadcast: &str) -> Result<pb::Claim> {
+        let claimed = self.expect_claimed(broadcast).await?;
+        if !claimed.adopted {
+            bail!("{broadcast} was claimed anew, not adopted: {claimed:?}");
+        }
+        claimed.claim.context("a claimed message names its claim")
+    }
+
     pub async fn expect_conflict(&mut self, broadcast: &str) -> Result<pb::Claim> {
         self.expect(&format!("conflict {broadcast}"), |m| match m {
             ServiceMsg::Conflict(c) if c.broadcast == broadcast => c.owner.clone(),

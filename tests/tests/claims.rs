@@ -465,9 +465,7 @@ async fn a_crashed_node_keeps_its_claims_for_the_grace_and_can_take_them_back() 
     let mut again = hello("node-a");
     again.live.push(track("live/x", "video"));
     let mut a2 = Node::attach(&stack.svc.addr(), again).await?;
-    let adopted = a2.expect_claimed("live/x").await?;
-    assert!(adopted.adopted);
-    let claim = adopted.claim.unwrap();
+    let claim = a2.expect_adopted("live/x").await?;
     assert_eq!(claim.fencing_token, x.fencing_token);
     assert_eq!(claim.lease_id, x.lease_id);
     let mut seen = BTreeSet::new();
@@ -509,9 +507,7 @@ async fn a_node_back_with_another_ttl_is_adopted_onto_a_lease_of_that_ttl() -> R
     again.lease_ttl_ms = 5_000;
     again.live.push(track("live/x", "video"));
     let mut a2 = Node::attach(&stack.svc.addr(), again).await?;
-    let adopted = a2.expect_claimed("live/x").await?;
-    assert!(adopted.adopted);
-    let claim = adopted.claim.unwrap();
+    let claim = a2.expect_adopted("live/x").await?;
     assert_eq!(claim.fencing_token, x.fencing_token);
     assert_ne!(claim.lease_id, x.lease_id);
     assert_eq!(claim.lease_ttl_ms, 5_000);
