@@ -167,9 +167,34 @@ pub struct Etcd {
 
 impl Etcd {
     pub async fn start() -> Result<Self> {
-        let mut etcd = Self::member("default", free_port(), free_port(), String::new());
-        etcd.spawn().await?;
-        Ok(etcd)
+        Self::start_on_free_ports(None).await
+    }
+
+    /// A single loopback member on ports found free just before. If etcd
+    /// exits at once (another process took one of them meanwhile: loopback
+    /// ports are picked, released, then bound by etcd), it is started again
+    /// on other ports, twice at most.
+    async fn start_on_free_ports(tls: Option<PathBuf>) -> Result<Self> {
+        let mut attempt = 1;
+        loop {
+            let mut etcd = Self::member("default", free_port(), free_port(), String::new());
+            etcd.tls = tls.clone();
+            match etcd.spawn().await {
+                Ok(()) => return Ok(etcd),
+                Err(e) if attempt < 3 && etcd.exited() => {
+                    eprintln!("etcd exited at start, trying other ports: {e:#}");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Whether the process has exited.
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
     }
 
     fn member(name: &str, client_port: u16, peer_port: u16, cluster: String) -> Self {
@@ -188,10 +213,7 @@ impl Etcd {
     /// A single-member etcd serving clients over TLS with `pki`'s
     /// `etcd.pem` (https:// endpoint).
     pub async fn start_tls(pki: &pki::Pki) -> Result<Self> {
-        let mut etcd = Self::member("default", free_port(), free_port(), String::new());
-        etcd.tls = Some(pki.dir.clone());
-        etcd.spawn().await?;
-        Ok(etcd)
+        Self::start_on_free_ports(Some(pki.dir.clone())).await
     }
 
     /// A single-member etcd inside `host`.
@@ -285,8 +307,17 @@ impl Etcd {
                     return Ok(());
                 }
             }
+            if self.exited() {
+                bail!(
+                    "etcd exited before it became healthy on {client}; its log:\n{}",
+                    self.log_text()
+                );
+            }
             if Instant::now() > deadline {
-                bail!("etcd did not become healthy on {client}");
+                bail!(
+                    "etcd did not become healthy on {client}; its log:\n{}",
+                    self.log_text()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
