@@ -314,18 +314,11 @@ impl Store {
         let node_key = self.inner.layout.node(&node_id);
         let adopted = {
             let items: Vec<Item<'_>> = batch.iter().map(|p| Item::new(self, &p.req, 0)).collect();
-            let read = Txn::new().and_then(
-                std::iter::once(TxnOp::get(node_key.clone(), None))
-                    .chain(items.iter().map(|i| TxnOp::get(i.key.clone(), None)))
-                    .collect::<Vec<_>>(),
-            );
+            let read = Txn::new().and_then(reads_of(&node_key, items.iter()));
             let Ok(resp) = self.txn("adopt_read", read).await else {
                 return batch;
             };
-            let mut reads = resp.op_responses().into_iter().map(|op| match op {
-                TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
-                _ => None,
-            });
+            let mut reads = read_back(resp);
             if reads.next().flatten().map(|kv| kv.lease()) != Some(guard_lease) {
                 return batch;
             }
@@ -400,11 +393,7 @@ impl Store {
                         .collect::<Vec<_>>(),
                 )
                 .and_then(open.iter().map(|&i| items[i].put()).collect::<Vec<_>>())
-                .or_else(
-                    std::iter::once(TxnOp::get(node_key.clone(), None))
-                        .chain(open.iter().map(|&i| TxnOp::get(items[i].key.clone(), None)))
-                        .collect::<Vec<_>>(),
-                );
+                .or_else(reads_of(&node_key, open.iter().map(|&i| &items[i])));
             let resp = match self.txn("claim_txn", create).await {
                 Ok(resp) => resp,
                 Err(e) => {
@@ -422,10 +411,7 @@ impl Store {
                 });
                 return finish(answers);
             }
-            let mut reads = resp.op_responses().into_iter().map(|op| match op {
-                TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
-                _ => None,
-            });
+            let mut reads = read_back(resp);
             let node_kv = reads.next().flatten();
             if node_kv.as_ref().map(|kv| kv.lease()) != Some(guard_lease) {
                 let session_id = node_kv
@@ -497,6 +483,22 @@ impl Store {
         });
         finish(answers)
     }
+}
+
+/// Reads of the node's record and of each item's key, in that order (see
+/// [`read_back`]).
+fn reads_of<'a, 'r: 'a>(node_key: &str, items: impl Iterator<Item = &'a Item<'r>>) -> Vec<TxnOp> {
+    std::iter::once(TxnOp::get(node_key, None))
+        .chain(items.map(|i| TxnOp::get(i.key.clone(), None)))
+        .collect()
+}
+
+/// What the reads of [`reads_of`] found: each key's value, if any.
+fn read_back(resp: etcd_client::TxnResponse) -> impl Iterator<Item = Option<KeyValue>> {
+    resp.op_responses().into_iter().map(|op| match op {
+        TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
+        _ => None,
+    })
 }
 
 fn settle<T>(answers: &mut [Option<T>], at: &[usize], mut answer: impl FnMut(usize) -> T) {

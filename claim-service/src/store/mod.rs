@@ -37,6 +37,7 @@ use etcd_client::{
 };
 use futures::future::join_all;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::claims::{Claim, ClaimOutcome};
 use crate::error::{Error, Result};
@@ -180,7 +181,9 @@ struct Inner {
     /// of flooding etcd past its time-outs or holding thousands of tasks.
     jobs: mpsc::UnboundedSender<Job>,
     pool: lease_pool::LeasePool,
-    /// Grant times of leases that claims were made with, until kept alive.
+    /// When each lease a claim was just made with counts as renewed from
+    /// (its grant; for an adopted lease, early enough that its first renewal
+    /// goes at once), until it is kept alive.
     granted: std::sync::Mutex<HashMap<i64, tokio::time::Instant>>,
     granting: tokio::sync::Semaphore,
     refilling: std::sync::atomic::AtomicBool,
@@ -464,19 +467,37 @@ impl Store {
     /// `ttl` has passed (by then the lease has expired on its own, since
     /// nobody renews it).
     pub async fn revoke_until_gone(&self, lease_id: i64, ttl: Duration) {
+        self.within_ttl("revoke", lease_id, ttl, || self.revoke(lease_id))
+            .await;
+    }
+
+    /// Runs `op` (the `what` of a lease nobody renews any more) until etcd
+    /// answers, retrying with backoff for the lease's `ttl` and a second at
+    /// most: by then the lease has expired on its own. `None` when etcd
+    /// never answered.
+    async fn within_ttl<T, Fut>(
+        &self,
+        what: &str,
+        lease_id: i64,
+        ttl: Duration,
+        mut op: impl FnMut() -> Fut,
+    ) -> Option<T>
+    where
+        Fut: Future<Output = Result<T>>,
+    {
         let deadline = Instant::now() + ttl + Duration::from_secs(1);
         let mut failures = 0;
         loop {
-            match self.revoke(lease_id).await {
-                Ok(()) => return,
+            match op().await {
+                Ok(answer) => return Some(answer),
                 Err(e) if Instant::now() < deadline => {
                     failures += 1;
-                    tracing::warn!(lease_id, error = %e, "revoke failed; retrying");
+                    tracing::warn!(lease_id, error = %e, "{what} failed; retrying");
                     tokio::time::sleep(crate::claims::backoff(failures)).await;
                 }
                 Err(e) => {
-                    tracing::warn!(lease_id, error = %e, "revoke kept failing; the lease expires on its own since it is no longer renewed");
-                    return;
+                    tracing::warn!(lease_id, error = %e, "{what} kept failing; the lease expires on its own since it is no longer renewed");
+                    return None;
                 }
             }
         }
@@ -508,8 +529,9 @@ impl Store {
             .iter()
             .map(|(r, _)| self.inner.layout.broadcast(&r.broadcast))
             .collect();
-        let distinct = keys.iter().collect::<std::collections::HashSet<_>>().len() == keys.len();
-        let deleted = if releases.len() > 1 && distinct {
+        // A transaction etcd refuses (one key twice, from two sessions) or
+        // cannot take falls back to one per key too.
+        let deleted = if releases.len() > 1 {
             let txn = Txn::new()
                 .when(
                     keys.iter()
@@ -549,29 +571,23 @@ impl Store {
                 release.revision,
             )])
             .and_then([TxnOp::delete(key, None)]);
-        let deadline = Instant::now() + release.ttl + Duration::from_secs(1);
-        let mut failures = 0;
-        loop {
-            match self.txn("release_txn", delete.clone()).await {
-                Ok(resp) if resp.succeeded() => return true,
-                Ok(_) => {
-                    tracing::info!(
-                        broadcast = %release.broadcast,
-                        lease_id = release.lease_id,
-                        "claim changed since this session wrote it (adopted by a newer session of the node, or gone); left as it is"
-                    );
-                    return false;
-                }
-                Err(e) if Instant::now() < deadline => {
-                    failures += 1;
-                    tracing::warn!(broadcast = %release.broadcast, error = %e, "release failed; retrying");
-                    tokio::time::sleep(crate::claims::backoff(failures)).await;
-                }
-                Err(e) => {
-                    tracing::warn!(broadcast = %release.broadcast, lease_id = release.lease_id, error = %e, "release kept failing; the claim expires with its lease, which this session no longer renews");
-                    return false;
-                }
+        let answer = self
+            .within_ttl("release", release.lease_id, release.ttl, || {
+                self.txn("release_txn", delete.clone())
+            })
+            .instrument(tracing::info_span!("release", broadcast = %release.broadcast))
+            .await;
+        match answer {
+            Some(resp) if resp.succeeded() => true,
+            Some(_) => {
+                tracing::info!(
+                    broadcast = %release.broadcast,
+                    lease_id = release.lease_id,
+                    "claim changed since this session wrote it (adopted by a newer session of the node, or gone); left as it is"
+                );
+                false
             }
+            None => false,
         }
     }
 

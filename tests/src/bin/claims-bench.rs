@@ -136,6 +136,19 @@ async fn raw_claim(client: &mut etcd_client::Client, key: &str) -> Result<i64> {
     Ok(lease)
 }
 
+/// `n` leases of `ttl_s` seconds, granted 256 at a time.
+async fn grant_many(client: &etcd_client::Client, n: usize, ttl_s: i64) -> Result<Vec<i64>> {
+    use futures::stream::{self, StreamExt, TryStreamExt};
+    stream::iter(0..n)
+        .map(|_| {
+            let mut c = client.clone();
+            async move { anyhow::Ok(c.lease_grant(ttl_s, None).await?.id()) }
+        })
+        .buffer_unordered(256)
+        .try_collect()
+        .await
+}
+
 /// The etcd work a re-adoption needs, done directly: `n` keys left by a
 /// dead holder (each on a lease of its own, written first, untimed), then
 /// timed: read the keys and rewrite them in transactions of 64 that check
@@ -155,14 +168,7 @@ async fn raw_adopt(
         rand_u64() as u128,
         rand_u64()
     );
-    let old: Vec<i64> = stream::iter(0..n)
-        .map(|_| {
-            let mut c = client.clone();
-            async move { anyhow::Ok(c.lease_grant(60, None).await?.id()) }
-        })
-        .buffer_unordered(256)
-        .try_collect()
-        .await?;
+    let old = grant_many(client, n, 60).await?;
     for chunk in (0..n).collect::<Vec<_>>().chunks(64) {
         let puts: Vec<TxnOp> = chunk
             .iter()
@@ -184,14 +190,7 @@ async fn raw_adopt(
         .kvs()
         .to_vec();
     let leases: Vec<i64> = if new_leases {
-        stream::iter(0..kvs.len())
-            .map(|_| {
-                let mut c = client.clone();
-                async move { anyhow::Ok(c.lease_grant(10, None).await?.id()) }
-            })
-            .buffer_unordered(256)
-            .try_collect()
-            .await?
+        grant_many(client, kvs.len(), 10).await?
     } else {
         kvs.iter().map(|kv| kv.lease()).collect()
     };
