@@ -14,6 +14,7 @@ use crate::access::Access;
 use crate::claims::Limits;
 use crate::session::SessionConfig;
 use crate::store::StoreConfig;
+use crate::watchers::WatchLimits;
 
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 10s or 500ms)"))
@@ -221,6 +222,26 @@ pub struct Config {
         help_heading = "Limits"
     )]
     pub max_events_per_second: u32,
+
+    /// Most `WatchClaims` streams open on this replica at once. Watchers
+    /// share one feed, so each costs little; the cap bounds a flood.
+    #[arg(
+        long,
+        env = "CLAIMS_MAX_WATCHES",
+        default_value_t = 10_000,
+        help_heading = "Limits"
+    )]
+    pub max_watches: usize,
+
+    /// Most `WatchClaims` streams one peer address may hold open (a proxy
+    /// or NAT in front of many watchers counts as one peer).
+    #[arg(
+        long,
+        env = "CLAIMS_MAX_WATCHES_PER_PEER",
+        default_value_t = 1_000,
+        help_heading = "Limits"
+    )]
+    pub max_watches_per_peer: usize,
 }
 
 impl Config {
@@ -296,9 +317,11 @@ impl Config {
         if self.max_sessions == 0
             || self.max_claims_per_node == 0
             || self.max_tracks_per_broadcast == 0
+            || self.max_watches == 0
+            || self.max_watches_per_peer == 0
         {
             return Err(
-                "--max-sessions, --max-claims-per-node and --max-tracks-per-broadcast must be above zero"
+                "--max-sessions, --max-claims-per-node, --max-tracks-per-broadcast, --max-watches and --max-watches-per-peer must be above zero"
                     .into(),
             );
         }
@@ -448,6 +471,13 @@ impl Config {
             http2_keepalive: self.http2_keepalive,
             keepalive_streams: self.keepalive_streams,
         })
+    }
+
+    pub fn watch_limits(&self) -> WatchLimits {
+        WatchLimits {
+            total: self.max_watches,
+            per_peer: self.max_watches_per_peer,
+        }
     }
 
     pub fn sessions(&self, service_id: String) -> SessionConfig {

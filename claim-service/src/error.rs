@@ -27,6 +27,9 @@ pub enum Error {
     /// A watch asked for history etcd no longer keeps.
     #[error("revision {requested} has been compacted; the oldest revision still available is {compacted}")]
     Compacted { requested: i64, compacted: i64 },
+    /// Over one of the service's limits (named in the message).
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// Another session for the same node took over.
     #[error("{0}")]
     Superseded(String),
@@ -43,6 +46,23 @@ impl Error {
     }
 }
 
+impl Error {
+    /// What a client is told: the contract's words, without the chain of
+    /// causes (transport errors, h2 frames), which stays in the log.
+    pub fn public(&self) -> String {
+        match self {
+            Error::Etcd(etcd_client::Error::GRpcStatus(s)) => format!(
+                "the claim store (etcd) refused the request ({:?}); retry shortly",
+                s.code()
+            ),
+            Error::Etcd(_) => {
+                "the claim store (etcd) cannot be reached from this replica; retry shortly".into()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
         let code = match &err {
@@ -52,8 +72,12 @@ impl From<Error> for Status {
             Error::Etcd(_) | Error::EtcdTimeout { .. } | Error::Unavailable(_) => Code::Unavailable,
             Error::Compacted { .. } => Code::OutOfRange,
             Error::Superseded(_) => Code::Aborted,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
         };
-        Status::new(code, err.to_string())
+        if let Error::Etcd(cause) = &err {
+            tracing::debug!(error = %cause, "answered a client with UNAVAILABLE");
+        }
+        Status::new(code, err.public())
     }
 }
 

@@ -34,13 +34,26 @@ pub fn check_track(t: &pb::Track) -> Result<(), String> {
     names::check_track(&t.track)
 }
 
+/// `text` cut to at most `max` bytes (on a character boundary): a refusal
+/// echoes a bad name only as far as a good one could reach.
+fn cut(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
 /// `event` for a track whose names follow the rules; refused otherwise.
 fn checked(t: pb::Track, event: fn(String, String) -> Event) -> Intake {
     match check_track(&t) {
         Ok(()) => Intake::Event(event(t.broadcast, t.track)),
         Err(reason) => Intake::Refused {
-            broadcast: t.broadcast,
-            track: t.track,
+            broadcast: cut(t.broadcast, names::MAX_BROADCAST_LEN),
+            track: cut(t.track, names::MAX_TRACK_LEN),
             reason,
             code: Code::InvalidArgument,
         },
@@ -110,5 +123,22 @@ mod tests {
             })
         );
         assert!(matches!(admit(None), Intake::Refused { .. }));
+    }
+
+    #[test]
+    fn refusals_echo_names_no_longer_than_a_good_one() {
+        let huge = "\u{e9}".repeat(1_000_000);
+        let Intake::Refused {
+            broadcast,
+            track,
+            reason,
+            ..
+        } = admit(Some(NodeMsg::Created(t(&huge, &huge))))
+        else {
+            panic!("a 2 MB name was not refused");
+        };
+        assert!(broadcast.len() <= names::MAX_BROADCAST_LEN);
+        assert!(track.len() <= names::MAX_TRACK_LEN);
+        assert!(reason.len() < 400, "{}", reason.len());
     }
 }

@@ -11,12 +11,13 @@
 //!   error), decided without I/O;
 //! - [`session`]: the async shell that drives a session's state machine;
 //! - [`view`]: the watch-fed in-memory view of every claim and node;
-//! - [`ownership`]: the read API, mostly over that view; [`admin`]: the
-//!   operators' API;
+//! - [`ownership`]: the read API, mostly over that view; [`watchers`]: its
+//!   `WatchClaims` streams and their limits; [`admin`]: the operators' API;
 //! - [`server`]: the gRPC server, health, reflection, metrics and shutdown;
 //! - [`access`]: who may do what (node identity from mTLS, admin and read
 //!   credentials);
-//! - [`config`], [`names`], [`metrics`], [`error`], [`wire`]: the edges.
+//! - [`config`], [`names`], [`metrics`], [`error`], [`wire`],
+//!   [`log_budget`]: the edges.
 
 pub mod access;
 pub mod admin;
@@ -24,6 +25,7 @@ pub mod claims;
 pub mod config;
 pub mod error;
 pub mod intake;
+pub mod log_budget;
 pub mod metrics;
 pub use claims_proto::names;
 pub mod ownership;
@@ -31,4 +33,5 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod view;
+pub mod watchers;
 pub mod wire;

@@ -2,8 +2,8 @@
 //!
 //! `GetOwner`, `ListClaims` and `ListNodes` answer from the watch-fed
 //! [`View`]; `GetOwner { consistent: true }` reads etcd linearizably instead.
-//! `WatchClaims` follows etcd's own history, so it can replay from any
-//! revision etcd still keeps and never skips an event.
+//! `WatchClaims` is served by [`crate::watchers`]: from the view's feed, or
+//! from etcd's history for revisions older than the view keeps.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,16 +11,15 @@ use std::sync::Arc;
 use base64::Engine;
 use claims_proto::v1 as pb;
 use futures::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::access::Access;
 use crate::error::Error;
 use crate::names;
-use crate::store::watch::Change;
-use crate::store::Store;
+use crate::store::{Purpose, Store};
 use crate::view::View;
+use crate::watchers::{self, WatchContext, Watches};
 
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
@@ -30,16 +29,24 @@ pub struct OwnershipService {
     store: Store,
     view: Arc<View>,
     access: Access,
+    watches: Arc<Watches>,
     /// Ends open watches when the replica shuts down.
     shutdown: CancellationToken,
 }
 
 impl OwnershipService {
-    pub fn new(store: Store, view: Arc<View>, access: Access, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        store: Store,
+        view: Arc<View>,
+        access: Access,
+        watches: Arc<Watches>,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             store,
             view,
             access,
+            watches,
             shutdown,
         }
     }
@@ -81,33 +88,6 @@ fn decode_token(token: &str) -> Result<Option<String>, Error> {
         })
 }
 
-fn claim_event(change: Change, revision: i64) -> Option<pb::ClaimEvent> {
-    use pb::claim_event::Kind;
-    let (kind, claim) = match change {
-        Change::Claim { claim, created } => (
-            if created {
-                Kind::Claimed
-            } else {
-                Kind::Adopted
-            },
-            claim.into(),
-        ),
-        Change::Released { broadcast, claim } => (
-            Kind::Released,
-            claim.map(Into::into).unwrap_or(pb::Claim {
-                broadcast,
-                ..Default::default()
-            }),
-        ),
-        Change::Node { .. } | Change::NodeGone { .. } | Change::Forced { .. } => return None,
-    };
-    Some(pb::ClaimEvent {
-        kind: kind as i32,
-        claim: Some(claim),
-        revision,
-    })
-}
-
 #[tonic::async_trait]
 impl pb::ownership_server::Ownership for OwnershipService {
     async fn get_owner(
@@ -119,7 +99,7 @@ impl pb::ownership_server::Ownership for OwnershipService {
         names::check_broadcast(&req.broadcast).map_err(Error::InvalidArgument)?;
         let owner = if req.consistent {
             self.store
-                .get_claim(&req.broadcast)
+                .get_claim(Purpose::Reads, &req.broadcast)
                 .await?
                 .map(|(claim, _)| claim)
         } else {
@@ -169,6 +149,7 @@ impl pb::ownership_server::Ownership for OwnershipService {
         request: Request<pb::WatchClaimsRequest>,
     ) -> Result<Response<Self::WatchClaimsStream>, Status> {
         self.access.check_read(&request)?;
+        let peer = request.remote_addr().map(|a| a.ip());
         let req = request.into_inner();
         check_prefix(&req.prefix)?;
         if req.start_revision < 0 {
@@ -178,40 +159,14 @@ impl pb::ownership_server::Ownership for OwnershipService {
             ))
             .into());
         }
-        let key_prefix = self.store.layout().broadcasts(&req.prefix);
-        let mut batches = self.store.watch(key_prefix, req.start_revision);
-        let (tx, rx) = tokio::sync::mpsc::channel(256);
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            loop {
-                let batch = tokio::select! {
-                    b = batches.recv() => b,
-                    _ = shutdown.cancelled() => {
-                        let _ = tx.send(Err(Status::unavailable(
-                            "claim-service replica is shutting down; watch again from the last revision + 1",
-                        ))).await;
-                        return;
-                    }
-                };
-                let Some(batch) = batch else { return };
-                match batch {
-                    Ok(batch) => {
-                        for (change, revision) in batch.changes {
-                            if let Some(event) = claim_event(change, revision) {
-                                if tx.send(Ok(event)).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let ctx = WatchContext {
+            view: &self.view,
+            store: &self.store,
+            watches: &self.watches,
+            shutdown: self.shutdown.clone(),
+        };
+        let events = watchers::watch(ctx, peer, req.prefix, req.start_revision)?;
+        Ok(Response::new(Box::pin(events)))
     }
 
     async fn list_nodes(

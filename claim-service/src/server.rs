@@ -18,15 +18,18 @@ use tonic_health::ServingStatus;
 use crate::admin::AdminService;
 use crate::config::{Config, Loaded};
 use crate::error::{Error, Result};
+use crate::log_budget::LogBudget;
 use crate::metrics::Metrics;
 use crate::ownership::OwnershipService;
 use crate::session::{ClaimSessionsService, Context, Sessions};
 use crate::store::Store;
 use crate::view::View;
+use crate::watchers::Watches;
 
 /// Largest read-side request.
 const MAX_QUERY_MESSAGE: usize = 64 * 1024;
 const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(1);
+const VIEW_SYNC_CHECK_EVERY: Duration = Duration::from_millis(50);
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(5);
 
 const SERVICES: [&str; 4] = [
@@ -92,6 +95,7 @@ pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = (
         config: config.sessions(service_id),
         access: access.clone(),
         sessions: Sessions::default(),
+        refusal_log: LogBudget::default(),
         shutdown: token.clone(),
     });
 
@@ -104,6 +108,7 @@ pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = (
     let serving = Arc::new(AtomicBool::new(false));
     tokio::spawn(watch_health(
         store.clone(),
+        view.clone(),
         health.clone(),
         serving.clone(),
         token.clone(),
@@ -181,6 +186,7 @@ pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = (
                 store.clone(),
                 view.clone(),
                 access.clone(),
+                Watches::new(config.watch_limits()),
                 token.clone(),
             ))
             .max_decoding_message_size(MAX_QUERY_MESSAGE),
@@ -210,9 +216,12 @@ pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = (
     Ok(())
 }
 
-/// Health follows etcd: NOT_SERVING while it cannot be reached.
+/// Health says whether this replica can make claims and answer reads:
+/// SERVING while etcd answers on the claims' own connection (so no flood
+/// of readers can flip it) and the ownership view has read etcd.
 async fn watch_health(
     store: Store,
+    view: Arc<View>,
     health: tonic_health::server::HealthReporter,
     serving_flag: Arc<AtomicBool>,
     token: CancellationToken,
@@ -227,7 +236,8 @@ async fn watch_health(
         } else {
             failures + 1
         };
-        let ok = failures < 2;
+        let reachable = failures < 2;
+        let ok = reachable && view.synced();
         if token.is_cancelled() {
             return;
         }
@@ -235,6 +245,9 @@ async fn watch_health(
             let status = if ok {
                 tracing::info!("etcd reachable: SERVING");
                 ServingStatus::Serving
+            } else if reachable {
+                tracing::info!("ownership view has not read etcd yet: NOT_SERVING");
+                ServingStatus::NotServing
             } else {
                 tracing::warn!("etcd unreachable: NOT_SERVING");
                 ServingStatus::NotServing
@@ -245,8 +258,14 @@ async fn watch_health(
             serving_flag.store(ok, Ordering::Relaxed);
             serving = Some(ok);
         }
+        // Until the view has read etcd, look again soon.
+        let next = if reachable && !ok {
+            VIEW_SYNC_CHECK_EVERY
+        } else {
+            HEALTH_CHECK_EVERY
+        };
         tokio::select! {
-            _ = tokio::time::sleep(HEALTH_CHECK_EVERY) => {}
+            _ = tokio::time::sleep(next) => {}
             _ = token.cancelled() => return,
         }
     }

@@ -29,6 +29,7 @@ use crate::claims::ClaimOutcome;
 use crate::claims::{Action, Event, Limits, NodeClaims};
 use crate::error::Error;
 use crate::intake::{self, check_track, Intake};
+use crate::log_budget::LogBudget;
 use crate::metrics::Metrics;
 use crate::names;
 use crate::store::{
@@ -161,6 +162,8 @@ pub struct Context {
     pub config: SessionConfig,
     pub access: Access,
     pub sessions: Sessions,
+    /// Log lines that nodes' bad input causes, bounded.
+    pub refusal_log: LogBudget,
     /// Cancelled when the replica shuts down: sessions end at once and leave
     /// their claims in etcd for another replica to adopt.
     pub shutdown: CancellationToken,
@@ -591,7 +594,7 @@ impl Session {
                     Err(e) => {
                         failures += 1;
                         tracing::warn!(error = %e, "cannot record the node in etcd; retrying");
-                        let _ = tx.send(Internal::NodeRecordFailed(e.to_string()));
+                        let _ = tx.send(Internal::NodeRecordFailed(e.public()));
                         tokio::time::sleep(crate::claims::backoff(failures)).await;
                     }
                 }
@@ -705,9 +708,19 @@ impl Session {
                 reason,
                 code,
             } => {
-                // Answered, not fatal: the node's other claims go on.
+                // Answered, not fatal: the node's other claims go on. A bad
+                // message spends the session's event budget like a good one.
+                let _ = self.within_event_rate();
                 self.ctx.count_refusal(code);
-                tracing::info!(%broadcast, %track, %reason, "refused a message");
+                if let Some(unlogged) = self.ctx.refusal_log.admit() {
+                    tracing::info!(
+                        broadcast = %names::quote(&broadcast),
+                        track = %names::quote(&track),
+                        %reason,
+                        unlogged,
+                        "refused a message"
+                    );
+                }
                 self.send(service_message(ServiceMsg::Rejected(pb::Rejected {
                     broadcast,
                     track,
@@ -811,7 +824,8 @@ impl Session {
                     if draining != self.draining {
                         self.tell_draining(draining).await;
                     }
-                } else if revision > self.registered_revision
+                } else if !session_id.is_empty()
+                    && revision > self.registered_revision
                     && self.registered_revision > 0
                     && !self.core.is_detached()
                     && !self.core.is_closing()
@@ -908,7 +922,7 @@ impl Session {
             }
             Action::Forget { lease_id } => self.unkeep(lease_id),
             Action::Send(reply) => {
-                log_reply(&reply);
+                log_reply(&reply, &ctx.refusal_log);
                 self.send(reply.into()).await;
             }
             Action::RetryAfter {
@@ -983,7 +997,7 @@ where
     }
 }
 
-fn log_reply(reply: &crate::claims::Reply) {
+fn log_reply(reply: &crate::claims::Reply, refusal_log: &LogBudget) {
     use crate::claims::Reply;
     match reply {
         Reply::Claimed { claim, adopted } => tracing::info!(
@@ -1004,7 +1018,11 @@ fn log_reply(reply: &crate::claims::Reply) {
             broadcast,
             track,
             reason,
-        } => tracing::warn!(%broadcast, %track, %reason, "refused over a limit"),
+        } => {
+            if let Some(unlogged) = refusal_log.admit() {
+                tracing::warn!(%broadcast, %track, %reason, unlogged, "refused over a limit")
+            }
+        }
         Reply::Lost { broadcast, reason } => tracing::warn!(%broadcast, %reason, "claim lost"),
         Reply::Retrying {
             broadcast,

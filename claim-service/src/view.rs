@@ -6,8 +6,14 @@
 //! compacted history makes the view read the prefix again and diff, so no
 //! change is ever missed. Sessions subscribe to its events to learn when a
 //! broadcast they stand by for is released.
+//!
+//! It is also the one feed of claim changes `WatchClaims` serves: every
+//! watcher of the replica reads the same batches, shared, from a ring of
+//! recent history and a broadcast channel, so a watcher costs etcd nothing
+//! and one that stops reading falls behind alone (it is told to resume;
+//! nothing waits for it).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ops::Bound;
 use std::sync::{Arc, RwLock};
 
@@ -16,7 +22,39 @@ use tokio::sync::broadcast;
 use crate::claims::Claim;
 use crate::error::{Error, Result};
 use crate::store::watch::Change;
-use crate::store::{NodeRecord, Store};
+use crate::store::{NodeRecord, Purpose, Store};
+
+/// Claim changes of one etcd watch response, in revision order.
+pub type ClaimBatch = Arc<[(Change, i64)]>;
+
+/// What a watcher of claim changes hears.
+#[derive(Debug, Clone)]
+pub enum Feed {
+    Changes(ClaimBatch),
+    /// The view read etcd again after losing its history: changes before
+    /// `revision` may have been skipped, so a watcher must start over.
+    HistoryLost {
+        revision: i64,
+    },
+}
+
+/// A watcher's start: the recent batches it asked for, then live ones.
+pub struct ClaimFeed {
+    /// Batches from the ring that may hold changes at or after the
+    /// revision asked for (the watcher filters by revision and name).
+    pub backlog: Vec<ClaimBatch>,
+    /// Every batch after `revision`.
+    pub live: broadcast::Receiver<Feed>,
+    /// The view's revision when the watcher joined.
+    pub revision: i64,
+}
+
+/// Claim changes the ring keeps for watchers resuming from a recent
+/// revision (a few MB at most).
+const HISTORY_EVENTS: usize = 10_000;
+/// Batches the live feed holds for its slowest watcher before that one is
+/// told it fell behind.
+const FEED_BATCHES: usize = 4096;
 
 /// What a subscriber hears.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +85,27 @@ struct State {
     revision: i64,
     synced: bool,
     shared: Shared,
+    /// Recent claim batches; every claim change after `history_floor` is
+    /// in it.
+    history: VecDeque<ClaimBatch>,
+    history_events: usize,
+    history_floor: i64,
+}
+
+impl State {
+    fn remember(&mut self, batch: ClaimBatch) {
+        self.history_events += batch.len();
+        self.history.push_back(batch);
+        while self.history_events > HISTORY_EVENTS {
+            let Some(oldest) = self.history.pop_front() else {
+                break;
+            };
+            self.history_events -= oldest.len();
+            if let Some((_, revision)) = oldest.last() {
+                self.history_floor = self.history_floor.max(*revision);
+            }
+        }
+    }
 }
 
 /// One copy of what many claims have in common (node id, endpoints, session
@@ -97,6 +156,7 @@ impl Shared {
 pub struct View {
     state: RwLock<State>,
     events: broadcast::Sender<ViewEvent>,
+    claims: broadcast::Sender<Feed>,
 }
 
 /// A node as the view sees it.
@@ -112,9 +172,11 @@ impl View {
     /// first read of the prefix succeeded.
     pub fn start(store: Store) -> Arc<Self> {
         let (events, _) = broadcast::channel(4096);
+        let (claims, _) = broadcast::channel(FEED_BATCHES);
         let view = Arc::new(Self {
             state: RwLock::new(State::default()),
             events,
+            claims,
         });
         tokio::spawn(view.clone().follow(store));
         view
@@ -122,6 +184,46 @@ impl View {
 
     pub fn subscribe(&self) -> broadcast::Receiver<ViewEvent> {
         self.events.subscribe()
+    }
+
+    /// Joins the claim feed from `from` (0 = from now on). `None` when
+    /// `from` is older than the ring keeps: that history is etcd's.
+    pub fn follow_claims(&self, from: i64) -> Result<Option<ClaimFeed>> {
+        let state = self.read()?;
+        // Joined under the lock: every batch after `state.revision` comes
+        // on `live`, every one before is in the state (and maybe the ring).
+        let live = self.claims.subscribe();
+        if from == 0 || from > state.revision {
+            return Ok(Some(ClaimFeed {
+                backlog: Vec::new(),
+                live,
+                revision: state.revision,
+            }));
+        }
+        if from <= state.history_floor {
+            return Ok(None);
+        }
+        let backlog = state
+            .history
+            .iter()
+            .filter(|b| b.last().is_some_and(|(_, r)| *r >= from))
+            .cloned()
+            .collect();
+        Ok(Some(ClaimFeed {
+            backlog,
+            live,
+            revision: state.revision,
+        }))
+    }
+
+    /// Whether the view has read etcd and answers reads.
+    pub fn synced(&self) -> bool {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).synced
+    }
+
+    /// Watchers on the claim feed now.
+    pub fn claim_watchers(&self) -> usize {
+        self.claims.receiver_count()
     }
 
     fn read(&self) -> Result<std::sync::RwLockReadGuard<'_, State>> {
@@ -204,7 +306,11 @@ impl View {
             failures = 0;
             self.replace(snapshot.claims, snapshot.nodes, snapshot.revision);
             tracing::info!(revision = snapshot.revision, "ownership view synced");
-            let mut watch = store.watch(store.layout().prefix().to_string(), snapshot.revision + 1);
+            let mut watch = store.watch(
+                Purpose::View,
+                store.layout().prefix().to_string(),
+                snapshot.revision + 1,
+            );
             while let Some(batch) = watch.recv().await {
                 match batch {
                     Ok(batch) => self.apply(batch.changes, batch.revision),
@@ -237,12 +343,31 @@ impl View {
         }
         state.claims = fresh;
         state.nodes = nodes.into_iter().collect();
+        if state.synced {
+            // Watchers may have missed changes between the old revision and
+            // this one.
+            let _ = self.claims.send(Feed::HistoryLost { revision });
+        }
+        state.history.clear();
+        state.history_events = 0;
+        state.history_floor = revision;
         state.revision = revision;
         state.synced = true;
     }
 
     fn apply(&self, changes: Vec<(Change, i64)>, revision: i64) {
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let claim_changes: ClaimBatch = changes
+            .iter()
+            .filter(|(c, _)| matches!(c, Change::Claim { .. } | Change::Released { .. }))
+            .cloned()
+            .collect();
+        if !claim_changes.is_empty() {
+            // Sent under the lock, so a watcher joining sees each batch
+            // either in the state or on its receiver, never both or neither.
+            let _ = self.claims.send(Feed::Changes(claim_changes.clone()));
+            state.remember(claim_changes);
+        }
         for (change, rev) in changes {
             match change {
                 Change::Claim { claim, .. } => {

@@ -13,6 +13,19 @@ pub const MAX_ENDPOINTS: usize = 16;
 const MAX_ENDPOINT_NAME_LEN: usize = 32;
 const MAX_ENDPOINT_URL_LEN: usize = 1024;
 
+/// Characters of untrusted text a message or log line shows at most.
+pub const QUOTED_CHARS: usize = 48;
+
+/// Untrusted text as it may appear in a status or a log line: quoted, with
+/// control characters escaped (so it can never forge a line), and cut to
+/// [`QUOTED_CHARS`] characters with its full length said.
+pub fn quote(text: &str) -> String {
+    match text.char_indices().nth(QUOTED_CHARS) {
+        None => format!("{text:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &text[..cut], text.len()),
+    }
+}
+
 fn is_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-')
 }
@@ -33,19 +46,25 @@ pub fn check_broadcast(name: &str) -> Result<(), String> {
     for segment in name.split('/') {
         if segment.is_empty() {
             return Err(format!(
-                "broadcast name {name:?} has an empty segment; {RULE}"
+                "broadcast name {} has an empty segment; {RULE}",
+                quote(name)
             ));
         }
         if segment == "." || segment == ".." {
             return Err(format!(
-                "broadcast name {name:?} has a {segment:?} segment; {RULE}"
+                "broadcast name {} has a {} segment; {RULE}",
+                quote(name),
+                quote(segment)
             ));
         }
         if let Some(c) = segment
             .chars()
             .find(|c| !c.is_ascii() || !is_name_byte(*c as u8))
         {
-            return Err(format!("broadcast name {name:?} contains {c:?}; {RULE}"));
+            return Err(format!(
+                "broadcast name {} contains {c:?}; {RULE}",
+                quote(name)
+            ));
         }
     }
     Ok(())
@@ -55,13 +74,16 @@ pub fn check_broadcast(name: &str) -> Result<(), String> {
 pub fn check_track(name: &str) -> Result<(), String> {
     const RULE: &str = "track names are 1-64 bytes of [A-Za-z0-9._~-]";
     if name.is_empty() || name.len() > MAX_TRACK_LEN {
-        return Err(format!("track name {name:?} has a bad length; {RULE}"));
+        return Err(format!(
+            "track name {} has a bad length; {RULE}",
+            quote(name)
+        ));
     }
     if let Some(c) = name
         .chars()
         .find(|c| !c.is_ascii() || !is_name_byte(*c as u8))
     {
-        return Err(format!("track name {name:?} contains {c:?}; {RULE}"));
+        return Err(format!("track name {} contains {c:?}; {RULE}", quote(name)));
     }
     Ok(())
 }
@@ -70,13 +92,13 @@ pub fn check_track(name: &str) -> Result<(), String> {
 pub fn check_node_id(id: &str) -> Result<(), String> {
     const RULE: &str = "node ids are 1-63 characters of [a-z0-9-]";
     if id.is_empty() || id.len() > 63 {
-        return Err(format!("node id {id:?} has a bad length; {RULE}"));
+        return Err(format!("node id {} has a bad length; {RULE}", quote(id)));
     }
     if let Some(c) = id
         .chars()
         .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
     {
-        return Err(format!("node id {id:?} contains {c:?}; {RULE}"));
+        return Err(format!("node id {} contains {c:?}; {RULE}", quote(id)));
     }
     Ok(())
 }
@@ -94,7 +116,8 @@ pub fn check_endpoints(endpoints: &HashMap<String, String>) -> Result<(), String
         if name.is_empty() || name.len() > MAX_ENDPOINT_NAME_LEN || !name.bytes().all(is_name_byte)
         {
             return Err(format!(
-                "endpoint name {name:?} is not allowed; endpoint names are 1-{MAX_ENDPOINT_NAME_LEN} bytes of [A-Za-z0-9._~-]"
+                "endpoint name {} is not allowed; endpoint names are 1-{MAX_ENDPOINT_NAME_LEN} bytes of [A-Za-z0-9._~-]",
+                quote(name)
             ));
         }
         if url.len() > MAX_ENDPOINT_URL_LEN
@@ -102,7 +125,8 @@ pub fn check_endpoints(endpoints: &HashMap<String, String>) -> Result<(), String
             || url.chars().any(char::is_control)
         {
             return Err(format!(
-                "endpoint {name:?} = {url:?} is not a URL; give scheme://host:port, at most {MAX_ENDPOINT_URL_LEN} bytes"
+                "endpoint {} = {} is not a URL; give scheme://host:port, at most {MAX_ENDPOINT_URL_LEN} bytes",
+                quote(name), quote(url)
             ));
         }
     }
@@ -140,6 +164,19 @@ mod tests {
         assert!(check_broadcast(&"a".repeat(257))
             .unwrap_err()
             .contains("257 bytes"));
+    }
+
+    #[test]
+    fn quoted_text_is_short_and_escaped() {
+        assert_eq!(quote("live/cam1"), "\"live/cam1\"");
+        assert_eq!(quote("a\nb\u{1b}[2J"), "\"a\\nb\\u{1b}[2J\"");
+        let long = "\u{1}".repeat(7_000_000);
+        let quoted = quote(&long);
+        assert!(quoted.len() < 400, "{}", quoted.len());
+        assert!(quoted.ends_with("… (7000000 bytes)"), "{quoted}");
+        assert!(!quoted.contains('\u{1}'));
+        let err = check_node_id(&long).unwrap_err();
+        assert!(err.len() < 400, "{}", err.len());
     }
 
     #[test]

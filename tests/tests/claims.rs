@@ -321,7 +321,9 @@ async fn watch_from_an_old_revision_replays_what_happened() -> Result<()> {
         .await
         .is_none());
 
-    // History etcd no longer has is refused, saying what is left.
+    // That replay came from the replica's own recent history. History
+    // neither etcd nor the replica has any more is refused, saying what is
+    // left: a replica started after the compaction has only etcd's.
     let rev = stack
         .svc
         .ownership()
@@ -331,9 +333,14 @@ async fn watch_from_an_old_revision_replays_what_happened() -> Result<()> {
         .into_inner()
         .revision;
     stack.etcd.etcdctl(&["compact", &rev.to_string()])?;
-    let mut old = Watcher::open(&stack.svc, "", start + 1).await?;
+    let later = ClaimService::start(&stack.etcd.endpoint(), &stack.prefix, &[]).await?;
+    let mut old = Watcher::open(&later, "", start + 1).await?;
     let err = old.next().await.unwrap_err().to_string();
     assert!(err.contains("compacted"), "{err}");
+    // Recent history the replica keeps is replayed even so.
+    let mut recent = Watcher::open(&stack.svc, "live/", start + 1).await?;
+    let e = recent.next().await?;
+    assert_eq!(e.claim.unwrap().broadcast, "live/r1");
     Ok(())
 }
 

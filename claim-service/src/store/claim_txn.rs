@@ -150,7 +150,7 @@ impl Store {
                     slots.push((answers.len(), granted_at));
                     answers.push(None);
                 }
-                Err(e) => answers.push(Some(Err(e.to_string()))),
+                Err(e) => answers.push(Some(Err(e.public()))),
             }
         }
         let results = self.claim_with_leases(&items).await;
@@ -397,7 +397,7 @@ impl Store {
             let resp = match self.txn("claim_txn", create).await {
                 Ok(resp) => resp,
                 Err(e) => {
-                    settle(&mut answers, &open, |_| Err(e.to_string()));
+                    settle(&mut answers, &open, |_| Err(e.public()));
                     return finish(answers);
                 }
             };
@@ -470,7 +470,7 @@ impl Store {
                 // One of them changed under us (another replica adopting it
                 // too, a release, the guard): read them again next round.
                 Ok(None) => open.extend(at),
-                Err(e) => settle(&mut answers, &at, |_| Err(e.to_string())),
+                Err(e) => settle(&mut answers, &at, |_| Err(e.public())),
             }
             open.sort_unstable();
         }

@@ -24,6 +24,7 @@ mod claim_txn;
 pub mod keepalive;
 pub mod layout;
 mod lease_pool;
+mod nodes;
 pub mod watch;
 
 use std::collections::HashMap;
@@ -83,6 +84,14 @@ pub struct Release {
     /// The channel the session's lease losses go to, when the session keeps
     /// the lease alive (see [`KeepAlive::forget`]).
     pub owner: Option<mpsc::UnboundedSender<LeaseLoss>>,
+}
+
+/// Which of the store's etcd connections a call goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Claims,
+    View,
+    Reads,
 }
 
 /// How to reach etcd.
@@ -175,7 +184,13 @@ pub struct Store {
 }
 
 struct Inner {
+    /// Claim writes, grants, revokes and the reads sessions make.
     client: Client,
+    /// The ownership view's read and watch.
+    view: Client,
+    /// Reads made for clients: consistent `GetOwner`, watches replaying
+    /// history. A reader, however slow or many, waits only on this one.
+    reads: Client,
     /// Claims and revokes wait here for a worker: a hello listing thousands
     /// of live tracks (or a goodbye releasing them) queues small jobs instead
     /// of flooding etcd past its time-outs or holding thousands of tasks.
@@ -237,16 +252,21 @@ impl Store {
                 .with_user(user.clone(), password.clone())
                 .with_auto_token_refresh(true);
         }
-        let client = Client::connect(&config.endpoints, Some(options.clone())).await?;
-        // Renewals get a connection of their own, so they never wait in
-        // HTTP/2 flow control behind a burst of claims or the watch events
-        // it brings back.
-        let renewals = Client::connect(&config.endpoints, Some(options)).await?;
+        // One HTTP/2 connection per purpose, so none waits in another's
+        // flow control: renewals never behind a burst of claims, and claims
+        // never behind the view's watch or a reader's.
+        let connect = || Client::connect(&config.endpoints, Some(options.clone()));
+        let client = connect().await?;
+        let view = connect().await?;
+        let reads = connect().await?;
+        let renewals = connect().await?;
         let keepalive = KeepAlive::start(renewals, config.keepalive_streams, metrics.clone());
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         let store = Self {
             inner: Arc::new(Inner {
                 client,
+                view,
+                reads,
                 jobs: jobs_tx,
                 pool: lease_pool::LeasePool::default(),
                 granted: Default::default(),
@@ -370,8 +390,13 @@ impl Store {
         &self.inner.keepalive
     }
 
-    fn client(&self) -> Client {
-        self.inner.client.clone()
+    fn client_for(&self, purpose: Purpose) -> Client {
+        match purpose {
+            Purpose::Claims => &self.inner.client,
+            Purpose::View => &self.inner.view,
+            Purpose::Reads => &self.inner.reads,
+        }
+        .clone()
     }
 
     /// Runs one etcd call under the time-out, timing it for the metrics.
@@ -380,7 +405,16 @@ impl Store {
     /// was sent) is made again, up to six times, so the balancer moves on
     /// to a live member. Every write here is a checked transaction, a grant
     /// or a revoke, so a repeat is harmless even in doubt.
-    async fn call<T, F, Fut>(&self, op: &'static str, mut f: F) -> Result<T>
+    async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        self.call_on(Purpose::Claims, op, f).await
+    }
+
+    /// [`Store::call`] on the connection for `purpose`.
+    async fn call_on<T, F, Fut>(&self, purpose: Purpose, op: &'static str, mut f: F) -> Result<T>
     where
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
@@ -389,7 +423,8 @@ impl Store {
         loop {
             attempt += 1;
             let started = Instant::now();
-            let result = tokio::time::timeout(self.inner.op_timeout, f(self.client())).await;
+            let result =
+                tokio::time::timeout(self.inner.op_timeout, f(self.client_for(purpose))).await;
             self.inner
                 .metrics
                 .etcd_rtt
@@ -625,11 +660,16 @@ impl Store {
             .keep(lease_id, ttl, renew, notify, granted_at);
     }
 
-    /// The current claim of a broadcast, read linearizably from etcd.
-    pub async fn get_claim(&self, broadcast: &str) -> Result<Option<(Claim, i64)>> {
+    /// The current claim of a broadcast, read linearizably from etcd on
+    /// the connection for `purpose`.
+    pub async fn get_claim(
+        &self,
+        purpose: Purpose,
+        broadcast: &str,
+    ) -> Result<Option<(Claim, i64)>> {
         let key = self.inner.layout.broadcast(broadcast);
         let mut resp = self
-            .call("get", |mut c| {
+            .call_on(purpose, "get", |mut c| {
                 let key = key.clone();
                 async move { c.get(key, None).await }
             })
@@ -644,7 +684,9 @@ impl Store {
 
     /// Every claim that names `node_id`.
     pub async fn claims_of_node(&self, node_id: &str) -> Result<Vec<Claim>> {
-        let snapshot = self.snapshot_of(&self.inner.layout.broadcasts("")).await?;
+        let snapshot = self
+            .snapshot_of(Purpose::Claims, &self.inner.layout.broadcasts(""))
+            .await?;
         Ok(snapshot
             .claims
             .into_iter()
@@ -652,79 +694,10 @@ impl Store {
             .collect())
     }
 
-    /// Records that a node is attached through this session, on the
-    /// session's own lease, keeping the record's `draining` mark.
-    ///
-    /// A first registration (`fence: None`) overwrites whatever is there: a
-    /// newer session supersedes an older one. Writing the record again after
-    /// its lease was lost (`fence: Some(old lease)`) only succeeds while the
-    /// record is still this session's (on `old lease`) or gone; if another
-    /// session wrote it meanwhile, this one is superseded
-    /// ([`Error::Superseded`]) and must not take the node back.
-    pub async fn register_node(
-        &self,
-        node_id: &str,
-        record: &NodeRecord,
-        ttl: Duration,
-        fence: Option<i64>,
-    ) -> Result<Registration> {
-        let key = self.inner.layout.node(node_id);
-        let mut record = record.clone();
-        let k = key.clone();
-        let mut earlier = self
-            .call("get", |mut c| {
-                let k = k.clone();
-                async move { c.get(k, None).await }
-            })
-            .await?;
-        let earlier = earlier.take_kvs().into_iter().next();
-        if let Some(old) = earlier.as_ref().and_then(NodeRecord::from_kv) {
-            record.draining = old.draining;
-        }
-        let condition = match (fence, &earlier) {
-            (None, _) => None,
-            (Some(_), None) => Some(Compare::create_revision(key.clone(), CompareOp::Equal, 0)),
-            (Some(old), Some(kv)) if kv.lease() == old => {
-                Some(Compare::lease(key.clone(), CompareOp::Equal, old))
-            }
-            (Some(_), Some(kv)) => {
-                let by = NodeRecord::from_kv(kv)
-                    .map(|r| r.session_id)
-                    .unwrap_or_default();
-                return Err(Error::Superseded(by));
-            }
-        };
-        let lease_id = self.grant(ttl).await?;
-        let put = TxnOp::put(
-            key.clone(),
-            record.to_json(),
-            Some(PutOptions::new().with_lease(lease_id)),
-        );
-        let txn = Txn::new()
-            .when(condition.into_iter().collect::<Vec<_>>())
-            .and_then([put]);
-        let written = self.txn("register_txn", txn).await;
-        match written {
-            Ok(resp) if resp.succeeded() => Ok(Registration {
-                lease_id,
-                draining: record.draining,
-                revision: resp.header().map(|h| h.revision()).unwrap_or(0),
-            }),
-            Ok(_) => {
-                let _ = self.revoke(lease_id).await;
-                Err(Error::Superseded(String::new()))
-            }
-            Err(e) => {
-                let _ = self.revoke(lease_id).await;
-                Err(e)
-            }
-        }
-    }
-
     /// Revokes a broadcast's claim for an operator, first recording why so
     /// that its owner can be told. `None` when nobody owns it.
     pub async fn force_release(&self, broadcast: &str, reason: &str) -> Result<Option<Claim>> {
-        let Some((claim, _)) = self.get_claim(broadcast).await? else {
+        let Some((claim, _)) = self.get_claim(Purpose::Claims, broadcast).await? else {
             return Ok(None);
         };
         let record = ForcedRecord {
@@ -749,56 +722,16 @@ impl Store {
         Ok(Some(claim))
     }
 
-    /// Sets a node's `draining` mark, keeping its record's lease. `None`
-    /// when the node has no record (not attached anywhere).
-    pub async fn set_draining(&self, node_id: &str, draining: bool) -> Result<Option<NodeRecord>> {
-        let key = self.inner.layout.node(node_id);
-        for _ in 0..5 {
-            let k = key.clone();
-            let mut resp = self
-                .call("get", |mut c| {
-                    let k = k.clone();
-                    async move { c.get(k, None).await }
-                })
-                .await?;
-            let Some(kv) = resp.take_kvs().into_iter().next() else {
-                return Ok(None);
-            };
-            let Some(mut record) = NodeRecord::from_kv(&kv) else {
-                return Err(Error::Unavailable(format!(
-                    "node record of {node_id:?} is not readable"
-                )));
-            };
-            record.draining = draining;
-            let txn = Txn::new()
-                .when([Compare::mod_revision(
-                    key.clone(),
-                    CompareOp::Equal,
-                    kv.mod_revision(),
-                )])
-                .and_then([TxnOp::put(
-                    key.clone(),
-                    record.to_json(),
-                    Some(PutOptions::new().with_ignore_lease()),
-                )]);
-            if self.txn("drain_txn", txn).await?.succeeded() {
-                return Ok(Some(record));
-            }
-        }
-        Err(Error::Unavailable(format!(
-            "node record of {node_id:?} kept changing; try again"
-        )))
-    }
-
-    /// The whole prefix (claims and nodes) at one revision.
+    /// The whole prefix (claims and nodes) at one revision, for the view.
     pub async fn snapshot(&self) -> Result<Snapshot> {
-        self.snapshot_of(self.inner.layout.prefix()).await
+        self.snapshot_of(Purpose::View, self.inner.layout.prefix())
+            .await
     }
 
-    async fn snapshot_of(&self, key_prefix: &str) -> Result<Snapshot> {
+    async fn snapshot_of(&self, purpose: Purpose, key_prefix: &str) -> Result<Snapshot> {
         let key = key_prefix.to_string();
         let mut resp = self
-            .call("range", |mut c| {
+            .call_on(purpose, "range", |mut c| {
                 let key = key.clone();
                 async move {
                     c.get(
@@ -837,11 +770,12 @@ impl Store {
         Ok(snapshot)
     }
 
-    /// The current revision of the store.
-    pub async fn revision(&self) -> Result<i64> {
+    /// The current revision of the store, asked on the connection for
+    /// `purpose`.
+    pub async fn revision(&self, purpose: Purpose) -> Result<i64> {
         let key = self.inner.layout.prefix().to_string();
         let resp = self
-            .call("range", |mut c| {
+            .call_on(purpose, "range", |mut c| {
                 let key = key.clone();
                 async move {
                     c.get(key, Some(GetOptions::new().with_prefix().with_count_only()))

@@ -11,7 +11,7 @@ use std::time::Duration;
 use etcd_client::{EventType, WatchOptions};
 use tokio::sync::mpsc;
 
-use super::{ClaimRecord, ForcedRecord, Key, NodeRecord, Store};
+use super::{ClaimRecord, ForcedRecord, Key, NodeRecord, Purpose, Store};
 use crate::claims::Claim;
 use crate::error::Error;
 
@@ -53,22 +53,35 @@ pub struct Batch {
 }
 
 impl Store {
-    /// Watches `key_prefix` from `start_revision` (0 = from now on). Batches
-    /// arrive on the returned channel until it is dropped or the history is
-    /// compacted (then one `Err(Compacted)` and the end).
+    /// Watches `key_prefix` from `start_revision` (0 = from now on), on the
+    /// etcd connection for `purpose` (never the claims'). Batches arrive on
+    /// the returned channel until it is dropped or the history is compacted
+    /// (then one `Err(Compacted)` and the end). A receiver that stops
+    /// reading holds up its connection's flow control: read promptly.
     pub fn watch(
         &self,
+        purpose: Purpose,
         key_prefix: String,
         start_revision: i64,
     ) -> mpsc::Receiver<Result<Batch, Error>> {
+        assert_ne!(
+            purpose,
+            Purpose::Claims,
+            "watches never share the claims' connection"
+        );
         let (tx, rx) = mpsc::channel(64);
         let store = self.clone();
-        tokio::spawn(async move { store.watch_loop(key_prefix, start_revision, tx).await });
+        tokio::spawn(async move {
+            store
+                .watch_loop(purpose, key_prefix, start_revision, tx)
+                .await
+        });
         rx
     }
 
     async fn watch_loop(
         self,
+        purpose: Purpose,
         key_prefix: String,
         start_revision: i64,
         tx: mpsc::Sender<Result<Batch, Error>>,
@@ -80,7 +93,7 @@ impl Store {
                 return;
             }
             if next <= 0 {
-                match self.revision().await {
+                match self.revision(purpose).await {
                     Ok(rev) => next = rev + 1,
                     Err(e) => {
                         failures += 1;
@@ -94,7 +107,7 @@ impl Store {
                 .with_prefix()
                 .with_prev_key()
                 .with_start_revision(next);
-            let mut client = self.client();
+            let mut client = self.client_for(purpose);
             let opened = tokio::select! {
                 r = client.watch(key_prefix.clone(), Some(options)) => r,
                 _ = tx.closed() => return,
