@@ -29,6 +29,10 @@ pub struct Metrics {
     pub etcd_rtt: HistogramVec,
     /// Session messages refused, by `code`.
     pub rejected_messages: IntCounterVec,
+    /// `WatchClaims` streams open now.
+    pub watches_open: IntGauge,
+    /// Watches ended because their watcher fell too far behind.
+    pub watches_behind: IntCounter,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -105,6 +109,14 @@ impl Metrics {
                 ),
                 &["code"],
             )),
+            watches_open: must(IntGauge::new(
+                "watches_open",
+                "WatchClaims streams open on this replica",
+            )),
+            watches_behind: must(IntCounter::new(
+                "watches_behind_total",
+                "WatchClaims streams ended because their watcher fell too far behind",
+            )),
             registry,
         };
         for c in [
@@ -121,6 +133,8 @@ impl Metrics {
             Box::new(m.grants_held.clone()),
             Box::new(m.etcd_rtt.clone()),
             Box::new(m.rejected_messages.clone()),
+            Box::new(m.watches_open.clone()),
+            Box::new(m.watches_behind.clone()),
         ] {
             must(m.registry.register(c));
         }

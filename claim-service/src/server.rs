@@ -186,7 +186,7 @@ pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = (
                 store.clone(),
                 view.clone(),
                 access.clone(),
-                Watches::new(config.watch_limits()),
+                Watches::new(config.watch_limits(), metrics.clone()),
                 token.clone(),
             ))
             .max_decoding_message_size(MAX_QUERY_MESSAGE),

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::store::watch::Change;
 use crate::store::{Purpose, Store};
 use crate::view::{ClaimBatch, ClaimFeed, Feed, View};
@@ -47,6 +48,7 @@ pub struct WatchLimits {
 pub struct Watches {
     limits: WatchLimits,
     open: Mutex<Counts>,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Default)]
@@ -64,10 +66,11 @@ pub struct Slot {
 }
 
 impl Watches {
-    pub fn new(limits: WatchLimits) -> Arc<Self> {
+    pub fn new(limits: WatchLimits, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
             limits,
             open: Mutex::default(),
+            metrics,
         })
     }
 
@@ -94,6 +97,7 @@ impl Watches {
         }
         open.total += 1;
         open.replays += usize::from(replay);
+        self.metrics.watches_open.inc();
         *open.by_peer.entry(peer).or_default() += 1;
         Ok(Slot {
             watches: self.clone(),
@@ -112,6 +116,7 @@ impl Drop for Slot {
         let mut open = self.watches.open.lock().unwrap_or_else(|p| p.into_inner());
         open.total -= 1;
         open.replays -= usize::from(self.replay);
+        self.watches.metrics.watches_open.dec();
         if let Some(n) = open.by_peer.get_mut(&self.peer) {
             *n -= 1;
             if *n == 0 {
@@ -179,7 +184,7 @@ struct Watcher {
     pending: VecDeque<pb::ClaimEvent>,
     source: Source,
     shutdown: CancellationToken,
-    _slot: Slot,
+    slot: Slot,
     ended: bool,
 }
 
@@ -232,7 +237,10 @@ impl Watcher {
                                 requested: self.next,
                                 compacted: revision,
                             }.into()),
-                            Err(broadcast::error::RecvError::Lagged(_)) => ended(self.behind()),
+                            Err(broadcast::error::RecvError::Lagged(_)) => {
+                                self.slot.watches.metrics.watches_behind.inc();
+                                ended(self.behind())
+                            }
                             Err(broadcast::error::RecvError::Closed) => ended(Status::unavailable(
                                 "claim-service replica is shutting down; watch again from the last revision + 1",
                             )),
@@ -311,7 +319,12 @@ pub fn watch(
             )
         }
         None => (
-            replay(ctx.store, &prefix, start_revision),
+            replay(
+                ctx.store,
+                &prefix,
+                start_revision,
+                ctx.watches.metrics.clone(),
+            ),
             start_revision,
             Vec::new(),
         ),
@@ -322,7 +335,7 @@ pub fn watch(
         pending: VecDeque::new(),
         source,
         shutdown: ctx.shutdown,
-        _slot: slot,
+        slot: slot,
         ended: false,
     };
     for batch in backlog {
@@ -337,7 +350,7 @@ pub fn watch(
 /// Relays etcd's history under `prefix` from `start_revision` to a bounded
 /// queue; when the watcher leaves it unread past [`REPLAY_BUFFER`], the
 /// relay stops (dropping its etcd watch) and records where to resume.
-fn replay(store: &Store, prefix: &str, start_revision: i64) -> Source {
+fn replay(store: &Store, prefix: &str, start_revision: i64, metrics: Arc<Metrics>) -> Source {
     let mut from_etcd = store.watch(
         Purpose::Reads,
         store.layout().broadcasts(prefix),
@@ -372,6 +385,7 @@ fn replay(store: &Store, prefix: &str, start_revision: i64) -> Source {
                             continue;
                         }
                         Err(mpsc::error::TrySendError::Full(_)) => {
+                            metrics.watches_behind.inc();
                             resume.store(next, Ordering::Release);
                             return;
                         }
@@ -396,10 +410,13 @@ mod tests {
 
     #[test]
     fn limits_count_total_and_per_peer_and_free_on_drop() {
-        let watches = Watches::new(WatchLimits {
-            total: 3,
-            per_peer: 2,
-        });
+        let watches = Watches::new(
+            WatchLimits {
+                total: 3,
+                per_peer: 2,
+            },
+            Arc::new(Metrics::new()),
+        );
         let a: Option<IpAddr> = Some("127.0.0.1".parse().unwrap());
         let b: Option<IpAddr> = Some("127.0.0.2".parse().unwrap());
         let first = watches.admit(a, false).unwrap();

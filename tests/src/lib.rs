@@ -24,6 +24,7 @@ pub use claims_proto::v1;
 
 pub mod checker;
 pub mod fuzz;
+pub mod hostile;
 pub mod netns;
 pub mod pki;
 pub mod rtmp_client;

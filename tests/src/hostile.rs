@@ -1,0 +1,121 @@
+//! Clients that misbehave on purpose, and what the tests measure of a
+//! process under them (resident memory, open files).
+//!
+//! A [`StalledWatches`] connection speaks HTTP/2 with the `h2` crate so it
+//! can do what no well-behaved gRPC client does: open `WatchClaims` streams
+//! and never read them (it answers PINGs but never grants flow-control
+//! window), so whatever the server sends piles up on its side.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _, Result};
+use bytes::Bytes;
+use claims_proto::v1 as pb;
+
+/// gRPC's length-prefixed frame of one message.
+fn grpc_frame(message: &impl prost::Message) -> Bytes {
+    let body = message.encode_to_vec();
+    let mut framed = Vec::with_capacity(5 + body.len());
+    framed.push(0);
+    framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&body);
+    framed.into()
+}
+
+/// One HTTP/2 connection holding `WatchClaims` streams it never reads.
+pub struct StalledWatches {
+    /// Held, never polled: their data is never acknowledged.
+    _streams: Vec<h2::RecvStream>,
+    _connection: tokio::task::JoinHandle<()>,
+}
+
+impl StalledWatches {
+    /// Opens `count` watches of every claim from `start_revision` (0 = now)
+    /// on one connection to `addr` (`host:port`), each answered with
+    /// headers before this returns.
+    pub async fn open(addr: &str, count: usize, start_revision: i64) -> Result<Self> {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let (client, connection) = h2::client::Builder::new()
+            .initial_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .handshake::<_, Bytes>(tcp)
+            .await?;
+        // Driving the connection answers PINGs and SETTINGS; nothing here
+        // ever releases flow-control capacity.
+        let connection = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut streams = Vec::with_capacity(count);
+        let request = grpc_frame(&pb::WatchClaimsRequest {
+            prefix: String::new(),
+            start_revision,
+        });
+        for _ in 0..count {
+            let mut client = client.clone().ready().await?;
+            let req = http::Request::builder()
+                .method("POST")
+                .uri(format!("http://{addr}/claims.v1.Ownership/WatchClaims"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())?;
+            let (answer, mut send) = client.send_request(req, false)?;
+            send.send_data(request.clone(), true)?;
+            let answer = tokio::time::timeout(crate::WAIT, answer)
+                .await
+                .context("no WatchClaims headers")??;
+            if answer.status() != 200 {
+                return Err(anyhow!("WatchClaims answered {}", answer.status()));
+            }
+            streams.push(answer.into_body());
+        }
+        Ok(Self {
+            _streams: streams,
+            _connection: connection,
+        })
+    }
+}
+
+/// Resident memory of process `pid`, in bytes.
+pub fn rss(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("no VmRSS for {pid}"))?;
+    Ok(kib * 1024)
+}
+
+/// Open file descriptors of process `pid`.
+pub fn open_files(pid: u32) -> Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+/// The value of an unlabelled metric in Prometheus text, if present.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (n, v) = l.split_once(' ')?;
+        (n == name).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// Waits (up to [`crate::WAIT`]) until `check` holds, polling every
+/// `every`; the last value seen when it never does.
+pub async fn until<T: std::fmt::Debug>(
+    every: Duration,
+    mut probe: impl AsyncFnMut() -> Result<T>,
+    check: impl Fn(&T) -> bool,
+) -> Result<T> {
+    let deadline = std::time::Instant::now() + crate::WAIT;
+    loop {
+        let value = probe().await?;
+        if check(&value) {
+            return Ok(value);
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(anyhow!("still {value:?} after {:?}", crate::WAIT));
+        }
+        tokio::time::sleep(every).await;
+    }
+}
