@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use claims_proto::listen;
 use clap::{Parser, ValueEnum};
 
 use crate::access::Access;
@@ -242,6 +243,31 @@ pub struct Config {
         help_heading = "Limits"
     )]
     pub max_watches_per_peer: usize,
+
+    /// Most gRPC connections open at once (nodes, readers, watchers).
+    #[arg(
+        long,
+        env = "CLAIMS_MAX_CONNECTIONS",
+        default_value_t = 16_384,
+        help_heading = "Limits"
+    )]
+    pub max_connections: usize,
+
+    /// Most gRPC connections one peer address may hold open (a proxy or
+    /// NAT in front of many clients counts once).
+    #[arg(
+        long,
+        env = "CLAIMS_MAX_CONNECTIONS_PER_PEER",
+        default_value_t = 1024,
+        help_heading = "Limits"
+    )]
+    pub max_connections_per_peer: usize,
+
+    /// How long a new connection may take to send its first bytes (HTTP/2
+    /// preface or TLS hello), to finish a TLS handshake, and an HTTP
+    /// request on the metrics port its headers.
+    #[arg(long, env = "CLAIMS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration, help_heading = "Limits")]
+    pub handshake_timeout: Duration,
 }
 
 impl Config {
@@ -308,9 +334,10 @@ impl Config {
         if self.etcd_timeout.is_zero()
             || self.http2_keepalive.is_zero()
             || self.hello_timeout.is_zero()
+            || self.handshake_timeout.is_zero()
         {
             return Err(
-                "--etcd-timeout, --http2-keepalive and --hello-timeout must be above zero".into(),
+                "--etcd-timeout, --http2-keepalive, --hello-timeout and --handshake-timeout must be above zero".into(),
             );
         }
         self.validate_security()?;
@@ -319,9 +346,11 @@ impl Config {
             || self.max_tracks_per_broadcast == 0
             || self.max_watches == 0
             || self.max_watches_per_peer == 0
+            || self.max_connections == 0
+            || self.max_connections_per_peer == 0
         {
             return Err(
-                "--max-sessions, --max-claims-per-node, --max-tracks-per-broadcast, --max-watches and --max-watches-per-peer must be above zero"
+                "--max-sessions, --max-claims-per-node, --max-tracks-per-broadcast, --max-watches, --max-watches-per-peer, --max-connections and --max-connections-per-peer must be above zero"
                     .into(),
             );
         }
@@ -471,6 +500,24 @@ impl Config {
             http2_keepalive: self.http2_keepalive,
             keepalive_streams: self.keepalive_streams,
         })
+    }
+
+    /// What the gRPC listener lets in.
+    pub fn grpc_limits(&self) -> listen::Limits {
+        listen::Limits {
+            total: self.max_connections,
+            per_peer: self.max_connections_per_peer,
+            first_bytes: self.handshake_timeout,
+        }
+    }
+
+    /// What the metrics listener lets in: scrapes and probes, a few at once.
+    pub fn metrics_limits(&self) -> listen::Limits {
+        listen::Limits {
+            total: 256,
+            per_peer: 64,
+            first_bytes: self.handshake_timeout,
+        }
     }
 
     pub fn watch_limits(&self) -> WatchLimits {

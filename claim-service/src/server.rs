@@ -12,7 +12,7 @@ use claims_proto::v1::{
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
+use claims_proto::listen::{self, Gate};
 use tonic_health::ServingStatus;
 
 use crate::admin::AdminService;
@@ -43,15 +43,6 @@ async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| Error::Unavailable(format!("cannot listen for {what} on {addr}: {e}")))
-}
-
-/// The gRPC listener's connections, with Nagle's algorithm off. The
-/// builder's `tcp_nodelay` applies only to listeners tonic binds itself;
-/// without it here, the kernel held each small answer back until the
-/// previous one was acknowledged (GetOwner at 64 in flight: 14,000/s with
-/// a 45 ms tail, against 60,000/s with it off).
-fn grpc_incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// Runs the replica (with the files `config` names, as read by
@@ -146,18 +137,20 @@ pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = (
                 }
             }),
         );
-    let metrics_token = token.clone();
-    let metrics_server = tokio::spawn(async move {
-        axum::serve(metrics_listener, metrics_app)
-            .with_graceful_shutdown(metrics_token.cancelled_owned())
-            .await
-    });
+    let metrics_server = tokio::spawn(listen::serve_http(
+        metrics_listener,
+        Gate::new("metrics", config.metrics_limits()),
+        metrics_app,
+        config.handshake_timeout,
+        token.clone(),
+        Duration::from_secs(1),
+    ));
 
     let grpc_token = token.clone();
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = server_tls {
         builder = builder
-            .tls_config(tls)
+            .tls_config(tls.timeout(config.handshake_timeout))
             .map_err(|e| Error::InvalidArgument(format!("TLS settings: {e}")))?;
     }
     let max_message = config.max_message_size;
@@ -191,7 +184,17 @@ pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = (
             ))
             .max_decoding_message_size(MAX_QUERY_MESSAGE),
         )
-        .serve_with_incoming_shutdown(grpc_incoming(grpc_listener), grpc_token.cancelled_owned());
+        .serve_with_incoming_shutdown(
+            // Nagle's algorithm is off on these (see `listen::accept`):
+            // with it, small answers waited for the previous one's
+            // acknowledgement.
+            listen::incoming(
+                grpc_listener,
+                Gate::new("grpc", config.grpc_limits()),
+                grpc_token.clone(),
+            ),
+            grpc_token.cancelled_owned(),
+        );
     let grpc = tokio::spawn(grpc);
 
     shutdown.await;
@@ -211,7 +214,7 @@ pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = (
             "gRPC connections did not close within {SHUTDOWN_LIMIT:?}; stopping anyway"
         ),
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), metrics_server).await;
+    let _ = metrics_server.await;
     tracing::info!("claim-service stopped");
     Ok(())
 }
@@ -280,9 +283,15 @@ mod tests {
     async fn grpc_connections_send_small_answers_at_once() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut incoming = grpc_incoming(listener);
+        let config = <Config as clap::Parser>::parse_from(["claim-service"]);
+        let incoming = listen::incoming(
+            listener,
+            Gate::new("grpc", config.grpc_limits()),
+            CancellationToken::new(),
+        );
+        let mut incoming = std::pin::pin!(incoming);
         let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let accepted = incoming.next().await.unwrap().unwrap();
-        assert!(accepted.nodelay().unwrap(), "TCP_NODELAY is off");
+        assert!(accepted.get_ref().nodelay().unwrap(), "TCP_NODELAY is off");
     }
 }

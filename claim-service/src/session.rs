@@ -895,6 +895,7 @@ impl Session {
                 ctx.metrics.claims_released.inc();
                 let tx = self.internal_tx.clone();
                 let release = Release {
+                    session: self.holder.session_id.clone(),
                     broadcast: broadcast.clone(),
                     lease_id,
                     revision,
@@ -912,6 +913,7 @@ impl Session {
             } => {
                 tracing::info!(%broadcast, lease_id, "releasing a claim an earlier session of this node left and the node no longer has");
                 let release = Release {
+                    session: self.holder.session_id.clone(),
                     broadcast,
                     lease_id,
                     revision,

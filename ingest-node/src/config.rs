@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use claims_proto::listen::Limits;
+
 use crate::bridge::ClaimServices;
 use clap::{Parser, ValueEnum};
 
@@ -81,9 +83,55 @@ pub struct Config {
     #[arg(long, env = "INGEST_CLAIM_WAIT", default_value = "5s", value_parser = duration)]
     pub claim_wait: Duration,
 
-    /// An RTMP connection silent for this long is closed (its tracks end).
+    /// An RTMP connection that completes no message for this long is closed
+    /// (its tracks end), and so is a publish that sends no media for this
+    /// long.
     #[arg(long, env = "INGEST_IDLE_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub idle_timeout: Duration,
+
+    /// Most bytes one RTMP message may take (a video keyframe is the
+    /// largest); a connection sending more towards one is closed.
+    #[arg(
+        long,
+        env = "INGEST_MAX_RTMP_MESSAGE",
+        default_value_t = 4 * 1024 * 1024,
+        help_heading = "Limits"
+    )]
+    pub max_rtmp_message: usize,
+
+    /// Most RTMP connections open at once.
+    #[arg(
+        long,
+        env = "INGEST_MAX_RTMP_CONNECTIONS",
+        default_value_t = 4096,
+        help_heading = "Limits"
+    )]
+    pub max_rtmp_connections: usize,
+
+    /// Most HTTP connections (viewers, probes, scrapes) open at once.
+    #[arg(
+        long,
+        env = "INGEST_MAX_HTTP_CONNECTIONS",
+        default_value_t = 16_384,
+        help_heading = "Limits"
+    )]
+    pub max_http_connections: usize,
+
+    /// Most connections one peer address may hold open on each of the RTMP
+    /// and HTTP listeners (an edge or encoder farm behind one address
+    /// counts once).
+    #[arg(
+        long,
+        env = "INGEST_MAX_CONNECTIONS_PER_PEER",
+        default_value_t = 1024,
+        help_heading = "Limits"
+    )]
+    pub max_connections_per_peer: usize,
+
+    /// How long a new connection may take to send its first bytes, and an
+    /// HTTP request its headers.
+    #[arg(long, env = "INGEST_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration, help_heading = "Limits")]
+    pub handshake_timeout: Duration,
 
     /// Lease TTL to ask the claim service for [default: the service's].
     #[arg(long, env = "INGEST_LEASE_TTL", value_parser = duration)]
@@ -117,6 +165,19 @@ fn hostname() -> String {
 }
 
 impl Config {
+    /// What the RTMP and the HTTP listener let in.
+    pub fn listen_limits(&self) -> (Limits, Limits) {
+        let limits = |total| Limits {
+            total,
+            per_peer: self.max_connections_per_peer,
+            first_bytes: self.handshake_timeout,
+        };
+        (
+            limits(self.max_rtmp_connections),
+            limits(self.max_http_connections),
+        )
+    }
+
     pub fn advertise_rtmp(&self) -> String {
         self.advertise_rtmp
             .clone()
@@ -185,8 +246,25 @@ impl Config {
                 "--advertise-http {http:?} must be an http(s):// URL without a query"
             ));
         }
-        if self.claim_wait.is_zero() || self.idle_timeout.is_zero() {
-            return Err("--claim-wait and --idle-timeout must be above zero".into());
+        if self.claim_wait.is_zero()
+            || self.idle_timeout.is_zero()
+            || self.handshake_timeout.is_zero()
+        {
+            return Err(
+                "--claim-wait, --idle-timeout and --handshake-timeout must be above zero".into(),
+            );
+        }
+        if self.max_rtmp_connections == 0
+            || self.max_http_connections == 0
+            || self.max_connections_per_peer == 0
+        {
+            return Err("--max-rtmp-connections, --max-http-connections and --max-connections-per-peer must be above zero".into());
+        }
+        if self.max_rtmp_message < 64 * 1024 {
+            return Err(format!(
+                "--max-rtmp-message {} is below 65536 bytes; encoders send larger frames",
+                self.max_rtmp_message
+            ));
         }
         self.claim_services().map(|_| ())
     }

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use claims_proto::listen::{self, Gate};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -15,6 +16,9 @@ use crate::media::Hub;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::rtmp::{self, Ingest};
+
+/// How long open HTTP requests may go on once the node stops.
+const HTTP_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the node until `shutdown` resolves: then RTMP stops (its tracks
 /// close), the bridge says goodbye (claims released at once), HTTP stops.
@@ -68,9 +72,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         on_unavailable: config.on_claim_unavailable,
         claim_wait: config.claim_wait,
         idle_timeout: config.idle_timeout,
+        max_message: config.max_rtmp_message,
         advertise_http: advertise_http.clone(),
     });
-    let rtmp_task = tokio::spawn(rtmp::serve(rtmp_listener, ingest, rtmp_stop.clone()));
+    let (rtmp_limits, http_limits) = config.listen_limits();
+    let rtmp_task = tokio::spawn(rtmp::serve(
+        rtmp_listener,
+        Gate::new("rtmp", rtmp_limits),
+        ingest,
+        rtmp_stop.clone(),
+    ));
 
     let http_stop = CancellationToken::new();
     let state = Arc::new(HttpState::new(
@@ -82,14 +93,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         bridge,
         metrics,
     ));
-    let http_task = tokio::spawn({
-        let stop = http_stop.clone();
-        async move {
-            axum::serve(http_listener, router(state))
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        }
-    });
+    let http_task = tokio::spawn(listen::serve_http(
+        http_listener,
+        Gate::new("http", http_limits),
+        router(state),
+        config.handshake_timeout,
+        http_stop.clone(),
+        HTTP_GRACE,
+    ));
 
     shutdown.await;
     tracing::info!("shutting down: closing publishers, saying goodbye, stopping HTTP");

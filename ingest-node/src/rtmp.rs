@@ -9,7 +9,10 @@
 //! protocol error), because each is held by a guard the connection owns.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use claims_proto::listen::{self, Gate};
+use claims_proto::names;
 
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{
@@ -42,36 +45,29 @@ pub struct Ingest {
     pub on_unavailable: UnavailablePolicy,
     /// Longest a publish waits for its claim answer.
     pub claim_wait: Duration,
-    /// A connection that sends nothing for this long is closed.
+    /// A connection whose peer completes no RTMP message for this long is
+    /// closed; so is a publish that sends no media for this long.
     pub idle_timeout: Duration,
+    /// Most bytes a connection may send towards one message before it
+    /// completes (what the RTMP parser buffers for it).
+    pub max_message: usize,
     /// Where viewers play, for the hint given to RTMP players.
     pub advertise_http: String,
 }
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_CONNECTIONS: usize = 4096;
 
-pub async fn serve(listener: TcpListener, ingest: Arc<Ingest>, shutdown: CancellationToken) {
-    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.cancelled() => return,
-        };
-        let (socket, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "RTMP accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "too many RTMP connections; refusing one");
-            continue;
-        };
-        let _ = socket.set_nodelay(true);
+/// Serves RTMP on `listener` for the connections `gate` admits, until
+/// `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    gate: Arc<Gate>,
+    ingest: Arc<Ingest>,
+    shutdown: CancellationToken,
+) {
+    while let Some(socket) = listen::accept(&listener, &gate, &shutdown).await {
+        let peer = socket.peer();
         let ingest = ingest.clone();
         let shutdown = shutdown.clone();
         let span = tracing::info_span!("rtmp", %peer);
@@ -87,7 +83,6 @@ pub async fn serve(listener: TcpListener, ingest: Arc<Ingest>, shutdown: Cancell
                     Err(e) => tracing::info!(reason = %e, "connection ended"),
                 }
                 ingest.metrics.rtmp_connections.dec();
-                drop(permit);
             }
             .instrument(span),
         );
@@ -107,6 +102,9 @@ where
         session: None,
         publishing: None,
         close_after_write: false,
+        progress_at: Instant::now(),
+        unanswered: 0,
+        media_at: None,
     };
     conn.run().await
 }
@@ -138,6 +136,12 @@ struct Connection<S> {
     session: Option<ServerSession>,
     publishing: Option<Published>,
     close_after_write: bool,
+    /// When the peer last completed a message.
+    progress_at: Instant,
+    /// Bytes received since then.
+    unanswered: usize,
+    /// While publishing: when media last came (or the publish began).
+    media_at: Option<Instant>,
 }
 
 pub type Outcome = Result<(), String>;
@@ -152,27 +156,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.session = Some(session);
         self.apply(results).await?;
         if !remaining.is_empty() {
-            self.input(&remaining).await?;
+            self.unanswered = remaining.len();
+            if self.input(&remaining).await? {
+                self.unanswered = 0;
+            }
         }
         let mut buf = vec![0u8; 64 * 1024];
+        self.progress_at = Instant::now();
         loop {
             if self.close_after_write {
                 return Ok(());
             }
-            let n = match tokio::time::timeout(self.ingest.idle_timeout, self.socket.read(&mut buf))
-                .await
+            let (deadline, why) = self.deadline();
+            let n = match tokio::time::timeout_at(deadline.into(), self.socket.read(&mut buf)).await
             {
-                Err(_) => {
-                    return Err(format!(
-                        "nothing received for {:?}",
-                        self.ingest.idle_timeout
-                    ))
-                }
+                Err(_) => return Err(why),
                 Ok(Err(e)) => return Err(format!("read failed: {e}")),
                 Ok(Ok(0)) => return Ok(()),
                 Ok(Ok(n)) => n,
             };
-            self.input(&buf[..n]).await?;
+            self.unanswered += n;
+            if self.input(&buf[..n]).await? {
+                self.progress_at = Instant::now();
+                self.unanswered = 0;
+            } else if self.unanswered > self.ingest.max_message {
+                return Err(format!(
+                    "{} bytes received towards one RTMP message; at most {} are allowed (--max-rtmp-message)",
+                    self.unanswered, self.ingest.max_message
+                ));
+            }
+        }
+    }
+
+    /// When the connection is closed unless the peer makes progress, and
+    /// why: every message must complete within the idle timeout (not
+    /// merely some bytes arrive), and a publish must keep sending media.
+    fn deadline(&self) -> (Instant, String) {
+        let idle = self.ingest.idle_timeout;
+        let message = (
+            self.progress_at + idle,
+            format!("no complete RTMP message for {idle:?}"),
+        );
+        match self.media_at {
+            Some(at) if at + idle < message.0 => (
+                at + idle,
+                format!("publishing, but no media for {idle:?}"),
+            ),
+            _ => message,
         }
     }
 
@@ -221,7 +251,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .expect("the session exists once the handshake completed")
     }
 
-    async fn input(&mut self, bytes: &[u8]) -> Outcome {
+    /// Feeds `bytes` to the RTMP session; whether a message completed.
+    async fn input(&mut self, bytes: &[u8]) -> Result<bool, String> {
         self.ingest.metrics.bytes_in.inc_by(bytes.len() as u64);
         // rml_rtmp panics on some malformed messages (an AMF0 command with
         // fewer than three values, found by the fuzzer): contain it, and
@@ -231,7 +262,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle_input(bytes)))
                 .map_err(|_| "malformed RTMP input (the RTMP parser gave up on it)".to_string())?
                 .map_err(|e| format!("malformed RTMP input: {e}"))?;
-        self.apply(results).await
+        let progress = !results.is_empty();
+        self.apply(results).await?;
+        Ok(progress)
     }
 
     async fn apply(&mut self, results: Vec<ServerSessionResult>) -> Outcome {
@@ -257,7 +290,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 request_id,
                 app_name,
             } => {
-                tracing::debug!(app = %app_name, "connect");
+                tracing::debug!(app = %names::quote(&app_name), "connect");
                 self.session()
                     .accept_request(request_id)
                     .map_err(|e| format!("cannot accept connect: {e}"))
@@ -278,6 +311,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     .is_some_and(|p| p.app == app_name && p.key == strip_query(&stream_key))
                 {
                     self.publishing = None;
+                    self.media_at = None;
                 }
                 Ok(vec![])
             }
@@ -330,7 +364,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let metrics = self.ingest.metrics.clone();
         let refuse = |this: &mut Self, code: &str, reason: &str, why: String| {
             metrics.publishes_refused.with_label_values(&[reason]).inc();
-            tracing::info!(broadcast = %broadcast, reason = %why, "publish refused");
+            tracing::info!(broadcast = %names::quote(&broadcast), reason = %why, "publish refused");
             this.close_after_write = true;
             this.session()
                 .reject_request(request_id, code, &why)
@@ -415,6 +449,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
         }
         self.ingest.metrics.publishers.inc();
+        self.media_at = Some(Instant::now());
         self.publishing = Some(Published {
             broadcast,
             app,
@@ -437,6 +472,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         if p.app != app || p.key != strip_query(key) {
             return;
         }
+        self.media_at = Some(Instant::now());
         let slot = if video { &mut p.video } else { &mut p.audio };
         if slot.is_none() {
             let track = if video { "video" } else { "audio" };

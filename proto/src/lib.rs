@@ -11,4 +11,6 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("claims_v1_descriptor");
 
 pub mod client;
+#[cfg(feature = "listen")]
+pub mod listen;
 pub mod names;

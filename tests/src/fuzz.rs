@@ -585,6 +585,7 @@ fn front() -> &'static Front {
                     on_unavailable: ingest_node::rtmp::UnavailablePolicy::Allow,
                     claim_wait: Duration::from_millis(1),
                     idle_timeout: Duration::from_millis(200),
+                    max_message: 4 * 1024 * 1024,
                     advertise_http: "http://fuzz:8080".into(),
                 })
             });

@@ -25,6 +25,7 @@ pub mod keepalive;
 pub mod layout;
 mod lease_pool;
 mod nodes;
+mod queue;
 pub mod watch;
 
 use std::collections::HashMap;
@@ -44,6 +45,7 @@ use crate::claims::{Claim, ClaimOutcome};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use claim_txn::{Pending, BATCH};
+use queue::FairQueue;
 pub use keepalive::{KeepAlive, LeaseLoss, LossKind};
 pub use layout::{ClaimRecord, ForcedRecord, Key, Layout, NodeRecord};
 
@@ -59,6 +61,8 @@ const WORKERS: usize = 16;
 /// at 256 in flight 1.45 s, at 4,096 1.65 s) while every batch waits for
 /// its slowest.
 const GRANTS_IN_FLIGHT: usize = 256;
+/// The queue's line for the store's own jobs (revoking leases it let go).
+const STORE_LINE: queue::Line = 0;
 
 enum Job {
     Claim(Pending),
@@ -76,6 +80,8 @@ enum Job {
 /// A claim to give up, as the releasing session wrote it.
 #[derive(Debug, Clone)]
 pub struct Release {
+    /// The releasing session's id (its line in the queue).
+    pub session: Arc<str>,
     pub broadcast: String,
     pub lease_id: i64,
     /// The key's mod revision when this session wrote it.
@@ -193,8 +199,9 @@ struct Inner {
     reads: Client,
     /// Claims and revokes wait here for a worker: a hello listing thousands
     /// of live tracks (or a goodbye releasing them) queues small jobs instead
-    /// of flooding etcd past its time-outs or holding thousands of tasks.
-    jobs: mpsc::UnboundedSender<Job>,
+    /// of flooding etcd past its time-outs or holding thousands of tasks,
+    /// in a line of its session's own (see [`queue`]).
+    jobs: FairQueue<Job>,
     pool: lease_pool::LeasePool,
     /// When each lease a claim was just made with counts as renewed from
     /// (its grant; for an adopted lease, early enough that its first renewal
@@ -261,13 +268,12 @@ impl Store {
         let reads = connect().await?;
         let renewals = connect().await?;
         let keepalive = KeepAlive::start(renewals, config.keepalive_streams, metrics.clone());
-        let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         let store = Self {
             inner: Arc::new(Inner {
                 client,
                 view,
                 reads,
-                jobs: jobs_tx,
+                jobs: FairQueue::default(),
                 pool: lease_pool::LeasePool::default(),
                 granted: Default::default(),
                 granting: tokio::sync::Semaphore::new(GRANTS_IN_FLIGHT),
@@ -278,9 +284,8 @@ impl Store {
                 keepalive,
             }),
         };
-        let jobs_rx = Arc::new(tokio::sync::Mutex::new(jobs_rx));
         for _ in 0..WORKERS {
-            tokio::spawn(store.clone().work(jobs_rx.clone()));
+            tokio::spawn(store.clone().work());
         }
         Ok(store)
     }
@@ -288,22 +293,9 @@ impl Store {
     /// A worker: takes what is queued (up to [`BATCH`] jobs at once), makes
     /// each session's claims together and the releases and revokes side by
     /// side.
-    async fn work(self, jobs: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Job>>>) {
+    async fn work(self) {
         loop {
-            let taken = {
-                let mut jobs = jobs.lock().await;
-                let Some(first) = jobs.recv().await else {
-                    return;
-                };
-                let mut taken = vec![first];
-                while taken.len() < BATCH {
-                    match jobs.try_recv() {
-                        Ok(job) => taken.push(job),
-                        Err(_) => break,
-                    }
-                }
-                taken
-            };
+            let taken = self.inner.jobs.take(BATCH).await;
             let store = &self;
             let mut claims: Vec<Vec<Pending>> = Vec::new();
             let mut revokes = Vec::new();
@@ -342,26 +334,23 @@ impl Store {
     /// Queues a claim; `done` gets the outcome (never an error: a store that
     /// cannot be reached is `Unavailable`).
     pub fn submit_claim(&self, req: ClaimRequest, done: impl FnOnce(Attempt) + Send + 'static) {
+        let line = queue::line_of(&req.holder.session_id);
         let job = Job::Claim(Pending {
             req,
             queued: Instant::now(),
             done: Box::new(done),
         });
-        if self.inner.jobs.send(job).is_err() {
-            tracing::error!("store workers are gone; claim dropped");
-        }
+        self.inner.jobs.push(line, job);
     }
 
     /// Queues a release (see [`Store::release_batch`]); `done` runs after.
     pub fn submit_release(&self, release: Release, done: impl FnOnce() + Send + 'static) {
-        let broadcast = release.broadcast.clone();
+        let line = queue::line_of(&release.session);
         let job = Job::Release {
             release,
             done: Box::new(done),
         };
-        if self.inner.jobs.send(job).is_err() {
-            tracing::error!(%broadcast, "store workers are gone; release dropped");
-        }
+        self.inner.jobs.push(line, job);
     }
 
     /// Queues a revoke that retries until the lease is gone (see
@@ -377,9 +366,8 @@ impl Store {
             ttl,
             done: Box::new(done),
         };
-        if self.inner.jobs.send(job).is_err() {
-            tracing::error!(lease_id, "store workers are gone; revoke dropped");
-        }
+        // Leases the store itself let go of: a line of their own.
+        self.inner.jobs.push(STORE_LINE, job);
     }
 
     pub fn layout(&self) -> &Layout {
