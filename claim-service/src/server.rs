@@ -6,13 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use claims_proto::listen::{self, Gate};
 use claims_proto::v1::admin_server::AdminServer;
 use claims_proto::v1::{
     claim_sessions_server::ClaimSessionsServer, ownership_server::OwnershipServer,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use claims_proto::listen::{self, Gate};
 use tonic_health::ServingStatus;
 
 use crate::admin::AdminService;
@@ -124,6 +124,9 @@ pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = (
                 move || async move { metrics.render() }
             }),
         )
+        // Liveness: the process answers. It reads nothing shared, so no
+        // flood of readers and no etcd trouble can flip it.
+        .route("/livez", axum::routing::get(|| async { "ALIVE\n" }))
         .route(
             "/healthz",
             axum::routing::get({

@@ -198,10 +198,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             format!("no complete RTMP message for {idle:?}"),
         );
         match self.media_at {
-            Some(at) if at + idle < message.0 => (
-                at + idle,
-                format!("publishing, but no media for {idle:?}"),
-            ),
+            Some(at) if at + idle < message.0 => {
+                (at + idle, format!("publishing, but no media for {idle:?}"))
+            }
             _ => message,
         }
     }
@@ -262,7 +261,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle_input(bytes)))
                 .map_err(|_| "malformed RTMP input (the RTMP parser gave up on it)".to_string())?
                 .map_err(|e| format!("malformed RTMP input: {e}"))?;
-        let progress = !results.is_empty();
+        // A message completed when the session raised something for it;
+        // an outbound packet alone may be an acknowledgement the session
+        // sends by byte count, which says nothing of progress.
+        let progress = results.iter().any(|r| {
+            matches!(
+                r,
+                ServerSessionResult::RaisedEvent(_)
+                    | ServerSessionResult::UnhandleableMessageReceived(_)
+            )
+        });
         self.apply(results).await?;
         Ok(progress)
     }

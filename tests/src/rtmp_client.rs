@@ -100,6 +100,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtmpClient<S> {
         Ok(())
     }
 
+    /// Sends the stream's metadata (`@setDataFrame`): a message that is
+    /// not media.
+    pub async fn metadata(&mut self) -> Result<()> {
+        let mut meta = rml_rtmp::sessions::StreamMetadata::new();
+        meta.video_width = Some(320);
+        let r = self
+            .session
+            .publish_metadata(&meta)
+            .map_err(|e| anyhow!("{e:?}"))?;
+        self.send(vec![r]).await?;
+        Ok(())
+    }
+
+    /// Writes bytes as they are, outside the session (for malformed or
+    /// hostile input).
+    pub async fn write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+
+    /// Waits until the server closes the connection (reading and dropping
+    /// what it sends); an error if it is still open after [`WAIT`].
+    pub async fn closed_by_server(&mut self) -> Result<()> {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match tokio::time::timeout(WAIT, self.stream.read(&mut buf)).await {
+                Err(_) => bail!("the server kept the connection open for {WAIT:?}"),
+                Ok(Ok(0)) | Ok(Err(_)) => return Ok(()),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
     async fn send(&mut self, results: Vec<ClientSessionResult>) -> Result<Vec<ClientSessionEvent>> {
         let mut events = Vec::new();
         for r in results {

@@ -45,9 +45,9 @@ use crate::claims::{Claim, ClaimOutcome};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use claim_txn::{Pending, BATCH};
-use queue::FairQueue;
 pub use keepalive::{KeepAlive, LeaseLoss, LossKind};
 pub use layout::{ClaimRecord, ForcedRecord, Key, Layout, NodeRecord};
+use queue::FairQueue;
 
 /// Workers taking claims and revokes from the queue. Each takes up to
 /// [`BATCH`] jobs at once, so this many times that are in flight at most:
