@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Benchmarks the claim-service side by side with raw etcd-client against the
 # same etcd, in the same run; prints a Markdown report (medians, p99, ratios).
-# Two parts: the claim plane (claims-bench) and the ingest node
-# (ingest-bench). Set CLAIMS_BENCH_ARGS / INGEST_BENCH_ARGS to change their
-# sizes, e.g. CLAIMS_BENCH_ARGS="--claims 1000 --held 10000".
+# Three parts: the claim plane (claims-bench), the ingest node
+# (ingest-bench), and what hostile or careless neighbours cost a node's
+# claims (neighbours-bench). Set CLAIMS_BENCH_ARGS / INGEST_BENCH_ARGS /
+# NEIGHBOURS_BENCH_ARGS to change their sizes, e.g.
+# CLAIMS_BENCH_ARGS="--claims 1000 --held 10000".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -20,3 +22,6 @@ target/release/claims-bench ${CLAIMS_BENCH_ARGS:-}
 echo
 # shellcheck disable=SC2086
 target/release/ingest-bench ${INGEST_BENCH_ARGS:-}
+echo
+# shellcheck disable=SC2086
+target/release/neighbours-bench ${NEIGHBOURS_BENCH_ARGS:-}

@@ -44,6 +44,7 @@ need_build_and_test_tools() {
     etcdctl:etcd-client \
     ffmpeg:ffmpeg \
     ffprobe:ffmpeg \
+    prlimit:util-linux \
     cc:gcc
   if ! command -v cargo >/dev/null 2>&1; then
     [[ -x $HOME/.cargo/bin/cargo ]] && export PATH="$HOME/.cargo/bin:$PATH"

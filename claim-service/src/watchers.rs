@@ -164,11 +164,8 @@ fn broadcast_of(change: &Change) -> Option<&str> {
 
 /// Where a watcher's changes come from.
 enum Source {
-    /// The view's feed; changes after `joined_at` come on `live`.
-    View {
-        live: broadcast::Receiver<Feed>,
-        joined_at: i64,
-    },
+    /// The view's feed: every batch after the watcher joined.
+    View(broadcast::Receiver<Feed>),
     /// etcd's history, relayed; `overflowed` holds the revision to resume
     /// from once the relay gave up on this watcher.
     Replay {
@@ -223,14 +220,11 @@ impl Watcher {
             let shutdown = self.shutdown.clone();
             let ended = |status: Status| Some(Err(status));
             let outcome = match &mut self.source {
-                Source::View { live, joined_at } => {
-                    let joined_at = *joined_at;
+                Source::View(live) => {
                     tokio::select! {
                         got = live.recv() => match got {
                             Ok(Feed::Changes(batch)) => {
-                                if batch.last().is_some_and(|(_, r)| *r > joined_at) {
-                                    self.take(&batch);
-                                }
+                                self.take(&batch);
                                 continue;
                             }
                             Ok(Feed::HistoryLost { revision }) => ended(Error::Compacted {
@@ -309,14 +303,7 @@ pub fn watch(
             } else {
                 start_revision
             };
-            (
-                Source::View {
-                    live,
-                    joined_at: revision,
-                },
-                next,
-                backlog,
-            )
+            (Source::View(live), next, backlog)
         }
         None => (
             replay(

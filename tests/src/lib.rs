@@ -591,6 +591,32 @@ impl ClaimService {
         Self::start_on_loopback(port, etcd_endpoints, prefix, extra, None).await
     }
 
+    /// As [`ClaimService::start`], allowed at most `files` open file
+    /// descriptors (so a test can run it out of them).
+    pub async fn start_with_file_limit(
+        etcd_endpoints: &str,
+        prefix: &str,
+        extra: &[&str],
+        files: u32,
+    ) -> Result<Self> {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={files}:{files}"))
+            .arg("--")
+            .arg(binary("claim-service"));
+        Self::launch(
+            cmd,
+            "127.0.0.1",
+            "127.0.0.1",
+            free_port(),
+            free_port(),
+            etcd_endpoints,
+            prefix,
+            extra,
+            None,
+        )
+        .await
+    }
+
     /// As [`ClaimService::start`], for a service serving TLS (its flags in
     /// `extra`); the harness's own calls (health, GetOwner) use `probe`.
     pub async fn start_tls(

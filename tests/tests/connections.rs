@@ -103,6 +103,35 @@ async fn grpc_connections_over_a_peers_cap_or_silent_are_closed() -> Result<()> 
 }
 
 #[tokio::test]
+async fn out_of_file_descriptors_the_accept_loop_waits_instead_of_spinning() -> Result<()> {
+    let etcd = Etcd::start().await?;
+    let prefix = test_prefix("emfile");
+    let svc = ClaimService::start_with_file_limit(
+        &etcd.endpoint(),
+        &prefix,
+        &["--handshake-timeout", "2s"],
+        128,
+    )
+    .await?;
+    // More silent connections than the process has descriptors for: those
+    // it cannot take wait in the kernel's backlog until the first ones are
+    // cut at their deadline.
+    let (tx, mut closed) = mpsc::unbounded_channel();
+    let _held = silent("127.0.0.2", svc.port, 150, tx).await?;
+    svc.wait_log("out of file descriptors; pausing accepts")
+        .await?;
+    closures(&mut closed, 150).await?;
+    // Paused, not spinning: a handful of lines (the pause doubles up to a
+    // second), where a spinning loop fails thousands of accepts a second.
+    let pauses = svc.log_text().matches("out of file descriptors").count();
+    assert!(pauses < 60, "{pauses} accept failures logged");
+    let mut node = Node::attach(&svc.addr(), hello("node-a")).await?;
+    node.created("live/after", "video").await?;
+    node.expect_claimed("live/after").await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn http_headers_that_never_end_are_cut_on_both_binaries() -> Result<()> {
     // The default header deadline (10 s), well inside the harness's wait.
     let stack = Stack::start("slow-headers", &[]).await?;
