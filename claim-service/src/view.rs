@@ -53,8 +53,9 @@ pub struct ClaimFeed {
 /// revision (a few MB at most).
 const HISTORY_EVENTS: usize = 10_000;
 /// Batches the live feed holds for its slowest watcher before that one is
-/// told it fell behind.
-const FEED_BATCHES: usize = 4096;
+/// told it fell behind (a batch is one etcd revision: 64 changes at most,
+/// so some MB at most).
+const FEED_BATCHES: usize = 1024;
 
 /// What a subscriber hears.
 #[derive(Debug, Clone, PartialEq)]

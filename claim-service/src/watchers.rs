@@ -14,14 +14,16 @@
 //! its start revision on, in revision order, each once; or an error that
 //! says from which revision to watch again.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
+use claims_proto::listen::{self, Gate, Over, Pass};
 use claims_proto::v1 as pb;
 use futures::Stream;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -31,11 +33,14 @@ use crate::store::watch::Change;
 use crate::store::{Purpose, Store};
 use crate::view::{ClaimBatch, ClaimFeed, Feed, View};
 
-/// Batches of etcd history a replaying watcher may have unread before it is
-/// told to resume later.
-const REPLAY_BUFFER: usize = 256;
-/// Watchers replaying etcd history at once (each holds an etcd watcher).
-pub const MAX_REPLAYS: usize = 256;
+/// Events of etcd history a replaying watcher may have unread before it is
+/// told to resume later (a few hundred KB; counted in events, since one
+/// etcd response catching up on history can hold thousands).
+const REPLAY_BUFFER: usize = 1024;
+/// Watchers replaying etcd history at once: each holds an etcd watcher, and
+/// catching up on a long history etcd answers in responses of megabytes,
+/// so this bounds what replays cost in memory and etcd's time together.
+pub const MAX_REPLAYS: usize = 32;
 
 /// Caps on open watches, total and per peer address.
 #[derive(Debug, Clone, Copy)]
@@ -44,85 +49,79 @@ pub struct WatchLimits {
     pub per_peer: usize,
 }
 
-/// Counts open watches; a [`Slot`] is one of them.
+/// Counts open watches (the listener's [`Gate`] rule: total and per peer
+/// address) and those replaying etcd; a [`Slot`] is one of them.
 pub struct Watches {
-    limits: WatchLimits,
-    open: Mutex<Counts>,
+    open: Arc<Gate>,
+    replays: Arc<Semaphore>,
     metrics: Arc<Metrics>,
-}
-
-#[derive(Default)]
-struct Counts {
-    total: usize,
-    replays: usize,
-    by_peer: HashMap<Option<IpAddr>, usize>,
 }
 
 /// One open watch; freed when dropped.
 pub struct Slot {
-    watches: Arc<Watches>,
-    peer: Option<IpAddr>,
-    replay: bool,
+    _pass: Pass,
+    _replay: Option<OwnedSemaphorePermit>,
+    metrics: Arc<Metrics>,
 }
+
+/// The address a watch without one (not over TCP) counts under.
+const NO_PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
 
 impl Watches {
     pub fn new(limits: WatchLimits, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
-            limits,
-            open: Mutex::default(),
+            open: Gate::new(
+                "watches",
+                listen::Limits {
+                    total: limits.total,
+                    per_peer: limits.per_peer,
+                    first_bytes: Duration::ZERO,
+                },
+            ),
+            replays: Arc::new(Semaphore::new(MAX_REPLAYS)),
             metrics,
         })
     }
 
     /// A slot for a watch from `peer`, or the limit it would break.
-    pub fn admit(self: &Arc<Self>, peer: Option<IpAddr>, replay: bool) -> Result<Slot, Error> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let of_peer = open.by_peer.get(&peer).copied().unwrap_or(0);
-        if open.total >= self.limits.total {
-            return Err(Error::ResourceExhausted(format!(
-                "limit max-watches ({}) reached on this replica; watch another replica or retry later",
-                self.limits.total
-            )));
-        }
-        if of_peer >= self.limits.per_peer {
-            return Err(Error::ResourceExhausted(format!(
-                "limit max-watches-per-peer ({}) reached for your address; close watches you no longer read",
-                self.limits.per_peer
-            )));
-        }
-        if replay && open.replays >= MAX_REPLAYS {
-            return Err(Error::ResourceExhausted(format!(
-                "{MAX_REPLAYS} watches are replaying etcd history on this replica; retry, or watch from a recent revision"
-            )));
-        }
-        open.total += 1;
-        open.replays += usize::from(replay);
+    pub fn admit(&self, peer: Option<IpAddr>, replay: bool) -> Result<Slot, Error> {
+        let limits = self.open.limits();
+        let pass = self.open.admit(peer.unwrap_or(NO_PEER)).map_err(|over| {
+            Error::ResourceExhausted(match over {
+                Over::Total => format!(
+                    "limit max-watches ({}) reached on this replica; watch another replica or retry later",
+                    limits.total
+                ),
+                Over::PerPeer => format!(
+                    "limit max-watches-per-peer ({}) reached for your address; close watches you no longer read",
+                    limits.per_peer
+                ),
+            })
+        })?;
+        let replay = match replay {
+            false => None,
+            true => Some(self.replays.clone().try_acquire_owned().map_err(|_| {
+                Error::ResourceExhausted(format!(
+                    "{MAX_REPLAYS} watches are replaying etcd history on this replica; retry, or watch from a recent revision"
+                ))
+            })?),
+        };
         self.metrics.watches_open.inc();
-        *open.by_peer.entry(peer).or_default() += 1;
         Ok(Slot {
-            watches: self.clone(),
-            peer,
-            replay,
+            _pass: pass,
+            _replay: replay,
+            metrics: self.metrics.clone(),
         })
     }
 
     pub fn open(&self) -> usize {
-        self.open.lock().unwrap_or_else(|p| p.into_inner()).total
+        self.open.open()
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut open = self.watches.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.total -= 1;
-        open.replays -= usize::from(self.replay);
-        self.watches.metrics.watches_open.dec();
-        if let Some(n) = open.by_peer.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
-                open.by_peer.remove(&self.peer);
-            }
-        }
+        self.metrics.watches_open.dec();
     }
 }
 
@@ -166,19 +165,23 @@ fn broadcast_of(change: &Change) -> Option<&str> {
 enum Source {
     /// The view's feed: every batch after the watcher joined.
     View(broadcast::Receiver<Feed>),
-    /// etcd's history, relayed; `overflowed` holds the revision to resume
-    /// from once the relay gave up on this watcher.
+    /// etcd's history, relayed as this watcher's events; `overflowed`
+    /// holds the revision to resume from once the relay gave up on it.
     Replay {
-        batches: mpsc::Receiver<Result<ClaimBatch, Error>>,
+        events: mpsc::Receiver<Result<pb::ClaimEvent, Error>>,
         overflowed: Arc<AtomicI64>,
     },
 }
 
 struct Watcher {
     prefix: String,
-    /// The first revision not yet sent in full.
+    /// The first revision not yet taken (sent, or queued in `pending`).
     next: i64,
-    pending: VecDeque<pb::ClaimEvent>,
+    /// Batches taken and not yet sent in full, shared with the view (a
+    /// watcher holds pointers, not copies), each with the first revision
+    /// of it to send; `at` is how far into the first one sending is.
+    pending: VecDeque<(ClaimBatch, i64)>,
+    at: usize,
     source: Source,
     shutdown: CancellationToken,
     slot: Slot,
@@ -186,19 +189,33 @@ struct Watcher {
 }
 
 impl Watcher {
-    /// Queues the batch's changes this watcher has not been sent.
-    fn take(&mut self, batch: &[(Change, i64)]) {
-        for (change, revision) in batch {
-            if *revision < self.next {
-                continue;
-            }
-            if broadcast_of(change).is_some_and(|b| b.starts_with(&self.prefix)) {
-                self.pending.extend(claim_event(change, *revision));
-            }
-        }
+    /// Queues the batch's changes this watcher has not taken yet.
+    fn take(&mut self, batch: &ClaimBatch) {
         if let Some((_, last)) = batch.last() {
-            self.next = self.next.max(last + 1);
+            if *last >= self.next {
+                self.pending.push_back((batch.clone(), self.next));
+                self.next = last + 1;
+            }
         }
+    }
+
+    /// The next queued change under the prefix, as an event.
+    fn pop(&mut self) -> Option<pb::ClaimEvent> {
+        while let Some((batch, from)) = self.pending.front() {
+            while let Some((change, revision)) = batch.get(self.at) {
+                self.at += 1;
+                if *revision >= *from
+                    && broadcast_of(change).is_some_and(|b| b.starts_with(&self.prefix))
+                {
+                    if let Some(event) = claim_event(change, *revision) {
+                        return Some(event);
+                    }
+                }
+            }
+            self.pending.pop_front();
+            self.at = 0;
+        }
+        None
     }
 
     fn behind(&self) -> Status {
@@ -211,7 +228,7 @@ impl Watcher {
 
     async fn next_event(&mut self) -> Option<Result<pb::ClaimEvent, Status>> {
         loop {
-            if let Some(event) = self.pending.pop_front() {
+            if let Some(event) = self.pop() {
                 return Some(Ok(event));
             }
             if self.ended {
@@ -232,7 +249,7 @@ impl Watcher {
                                 compacted: revision,
                             }.into()),
                             Err(broadcast::error::RecvError::Lagged(_)) => {
-                                self.slot.watches.metrics.watches_behind.inc();
+                                self.slot.metrics.watches_behind.inc();
                                 ended(self.behind())
                             }
                             Err(broadcast::error::RecvError::Closed) => ended(Status::unavailable(
@@ -244,17 +261,11 @@ impl Watcher {
                         )),
                     }
                 }
-                Source::Replay {
-                    batches,
-                    overflowed,
-                } => {
+                Source::Replay { events, overflowed } => {
                     let overflowed = overflowed.clone();
                     tokio::select! {
-                        got = batches.recv() => match got {
-                            Some(Ok(batch)) => {
-                                self.take(&batch);
-                                continue;
-                            }
+                        got = events.recv() => match got {
+                            Some(Ok(event)) => return Some(Ok(event)),
                             Some(Err(e)) => ended(e.into()),
                             None => {
                                 let resume = overflowed.load(Ordering::Acquire);
@@ -320,6 +331,7 @@ pub fn watch(
         prefix,
         next,
         pending: VecDeque::new(),
+        at: 0,
         source,
         shutdown: ctx.shutdown,
         slot: slot,
@@ -335,60 +347,53 @@ pub fn watch(
 }
 
 /// Relays etcd's history under `prefix` from `start_revision` to a bounded
-/// queue; when the watcher leaves it unread past [`REPLAY_BUFFER`], the
-/// relay stops (dropping its etcd watch) and records where to resume.
+/// queue of events, a whole revision at a time; when the watcher leaves too
+/// many unread for the next revision to fit, the relay stops (dropping its
+/// etcd watch) and records that revision to resume from.
 fn replay(store: &Store, prefix: &str, start_revision: i64, metrics: Arc<Metrics>) -> Source {
     let mut from_etcd = store.watch(
         Purpose::Reads,
         store.layout().broadcasts(prefix),
         start_revision,
     );
-    let (tx, batches) = mpsc::channel(REPLAY_BUFFER);
+    let (tx, events) = mpsc::channel(REPLAY_BUFFER);
     let overflowed = Arc::new(AtomicI64::new(0));
     let resume = overflowed.clone();
     tokio::spawn(async move {
-        let mut next = start_revision;
         loop {
             let got = tokio::select! {
                 got = from_etcd.recv() => got,
                 _ = tx.closed() => return,
             };
-            let Some(got) = got else { return };
-            let batch = got.map(|b| {
-                let revision = b.revision;
-                let changes: ClaimBatch = b
-                    .changes
-                    .into_iter()
-                    .filter(|(c, _)| broadcast_of(c).is_some())
+            let batch = match got {
+                Some(Ok(batch)) => batch,
+                Some(Err(e)) => {
+                    let _ = tx.try_send(Err(e));
+                    return;
+                }
+                None => return,
+            };
+            for revision in batch.changes.chunk_by(|a, b| a.1 == b.1) {
+                let at = revision[0].1;
+                let events: Vec<_> = revision
+                    .iter()
+                    .filter_map(|(change, r)| claim_event(change, *r))
                     .collect();
-                (changes, revision)
-            });
-            let item = match batch {
-                Ok((changes, revision)) => {
-                    let item = Ok(changes);
-                    match tx.try_send(item) {
-                        Ok(()) => {
-                            next = revision + 1;
-                            continue;
-                        }
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            metrics.watches_behind.inc();
-                            resume.store(next, Ordering::Release);
-                            return;
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                // The relay is the only sender: room it sees stays.
+                if tx.capacity() < events.len() {
+                    metrics.watches_behind.inc();
+                    resume.store(at, Ordering::Release);
+                    return;
+                }
+                for event in events {
+                    if tx.try_send(Ok(event)).is_err() {
+                        return;
                     }
                 }
-                Err(e) => Err(e),
-            };
-            let _ = tx.try_send(item);
-            return;
+            }
         }
     });
-    Source::Replay {
-        batches,
-        overflowed,
-    }
+    Source::Replay { events, overflowed }
 }
 
 #[cfg(test)]

@@ -41,7 +41,8 @@ pub struct Limits {
     pub first_bytes: Duration,
 }
 
-/// Counts a listener's open connections.
+/// Counts what peers hold open (connections, watches), in total and per
+/// peer address, against caps.
 pub struct Gate {
     what: &'static str,
     limits: Limits,
@@ -56,14 +57,21 @@ struct Open {
     last_warned: Option<Instant>,
 }
 
-/// One admitted connection's place; freed when dropped.
+/// Which cap a peer would break.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Over {
+    Total,
+    PerPeer,
+}
+
+/// One admitted place; freed when dropped.
 pub struct Pass {
     gate: Arc<Gate>,
     peer: IpAddr,
 }
 
 impl Gate {
-    /// A gate for the listener of `what` (named in its log lines).
+    /// A gate for `what` (named in its log lines).
     pub fn new(what: &'static str, limits: Limits) -> Arc<Self> {
         Arc::new(Self {
             what,
@@ -76,46 +84,63 @@ impl Gate {
         self.limits
     }
 
-    /// A place for a connection from `peer`, or `None` over a cap (said in
-    /// the log at most once a second, with how many were refused).
-    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<Pass> {
+    /// A place for `peer`, or the cap it would break.
+    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Pass, Over> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let of_peer = open.by_peer.get(&peer).copied().unwrap_or(0);
-        if open.total >= self.limits.total || of_peer >= self.limits.per_peer {
+        let over = if open.total >= self.limits.total {
+            Some(Over::Total)
+        } else if of_peer >= self.limits.per_peer {
+            Some(Over::PerPeer)
+        } else {
+            None
+        };
+        if let Some(over) = over {
             open.refused += 1;
-            let now = Instant::now();
-            if open
-                .last_warned
-                .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
-            {
-                open.last_warned = Some(now);
-                tracing::warn!(
-                    listener = self.what,
-                    %peer,
-                    open = open.total,
-                    of_peer,
-                    refused_so_far = open.refused,
-                    max = self.limits.total,
-                    max_per_peer = self.limits.per_peer,
-                    "too many connections; refusing"
-                );
-            }
-            return None;
+            return Err(over);
         }
         open.total += 1;
         *open.by_peer.entry(peer).or_default() += 1;
-        Some(Pass {
+        Ok(Pass {
             gate: self.clone(),
             peer,
         })
     }
 
-    /// Connections open now.
+    /// A connection from `peer`, or `None` over a cap (said in the log at
+    /// most once a second, with how many were refused).
+    fn admit_connection(self: &Arc<Self>, peer: IpAddr) -> Option<Pass> {
+        let over = match self.admit(peer) {
+            Ok(pass) => return Some(pass),
+            Err(over) => over,
+        };
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if open
+            .last_warned
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
+        {
+            open.last_warned = Some(now);
+            tracing::warn!(
+                listener = self.what,
+                %peer,
+                over = ?over,
+                open = open.total,
+                refused_so_far = open.refused,
+                max = self.limits.total,
+                max_per_peer = self.limits.per_peer,
+                "too many connections; refusing"
+            );
+        }
+        None
+    }
+
+    /// Places held now.
     pub fn open(&self) -> usize {
         self.open.lock().unwrap_or_else(|p| p.into_inner()).total
     }
 
-    /// Connections refused over a cap so far.
+    /// Places refused over a cap so far.
     pub fn refused(&self) -> u64 {
         self.open.lock().unwrap_or_else(|p| p.into_inner()).refused
     }
@@ -277,7 +302,7 @@ pub async fn accept(
             }
         };
         backoff = Duration::from_millis(10);
-        let Some(pass) = gate.admit(peer.ip()) else {
+        let Some(pass) = gate.admit_connection(peer.ip()) else {
             continue;
         };
         let _ = socket.set_nodelay(true);
@@ -366,13 +391,13 @@ mod tests {
         let b: IpAddr = "127.0.0.2".parse().unwrap();
         let first = gate.admit(a).unwrap();
         let _second = gate.admit(a).unwrap();
-        assert!(gate.admit(a).is_none(), "a third from one peer");
+        assert_eq!(gate.admit(a).err(), Some(Over::PerPeer));
         let _third = gate.admit(b).unwrap();
-        assert!(gate.admit(b).is_none(), "a fourth in total");
+        assert_eq!(gate.admit(b).err(), Some(Over::Total));
         assert_eq!(gate.refused(), 2);
         drop(first);
         assert_eq!(gate.open(), 2);
-        assert!(gate.admit(a).is_some());
+        assert!(gate.admit(a).is_ok());
     }
 
     #[tokio::test]

@@ -588,7 +588,8 @@ impl ClaimService {
         prefix: &str,
         extra: &[&str],
     ) -> Result<Self> {
-        Self::start_on_loopback(port, etcd_endpoints, prefix, extra, None).await
+        let cmd = Command::new(binary("claim-service"));
+        Self::start_on_loopback(cmd, port, etcd_endpoints, prefix, extra, None).await
     }
 
     /// As [`ClaimService::start`], allowed at most `files` open file
@@ -603,18 +604,7 @@ impl ClaimService {
         cmd.arg(format!("--nofile={files}:{files}"))
             .arg("--")
             .arg(binary("claim-service"));
-        Self::launch(
-            cmd,
-            "127.0.0.1",
-            "127.0.0.1",
-            free_port(),
-            free_port(),
-            etcd_endpoints,
-            prefix,
-            extra,
-            None,
-        )
-        .await
+        Self::start_on_loopback(cmd, free_port(), etcd_endpoints, prefix, extra, None).await
     }
 
     /// As [`ClaimService::start`], for a service serving TLS (its flags in
@@ -625,17 +615,18 @@ impl ClaimService {
         extra: &[&str],
         probe: ClientTlsConfig,
     ) -> Result<Self> {
-        Self::start_on_loopback(free_port(), etcd_endpoints, prefix, extra, Some(probe)).await
+        let cmd = Command::new(binary("claim-service"));
+        Self::start_on_loopback(cmd, free_port(), etcd_endpoints, prefix, extra, Some(probe)).await
     }
 
     async fn start_on_loopback(
+        cmd: Command,
         port: u16,
         etcd_endpoints: &str,
         prefix: &str,
         extra: &[&str],
         tls: Option<ClientTlsConfig>,
     ) -> Result<Self> {
-        let cmd = Command::new(binary("claim-service"));
         Self::launch(
             cmd,
             "127.0.0.1",

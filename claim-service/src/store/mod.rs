@@ -295,7 +295,7 @@ impl Store {
     /// side.
     async fn work(self) {
         loop {
-            let taken = self.inner.jobs.take(BATCH).await;
+            let (taken, _turn) = self.inner.jobs.take(BATCH).await;
             let store = &self;
             let mut claims: Vec<Vec<Pending>> = Vec::new();
             let mut revokes = Vec::new();

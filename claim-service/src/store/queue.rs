@@ -4,8 +4,10 @@
 //! as many claims) queues that many jobs at once. In one shared line,
 //! another node's claim would wait behind all of them; here each session
 //! has a line of its own and a worker takes up to a batch from the line
-//! whose turn it is, then sends that line to the back. Another node's
-//! claim waits for one batch per busy line, not for the whole hello.
+//! whose turn it is, then sends that line to the back. A line has at most
+//! [`PER_LINE`] batches in flight, so one session cannot fill etcd's queue
+//! either: another node's claim waits for a free worker and an etcd that
+//! is not saturated by somebody else's burst.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -15,6 +17,9 @@ use tokio::sync::Notify;
 
 /// Which line a job stands in: one per session.
 pub type Line = u64;
+
+/// Batches of one line in flight at once.
+pub const PER_LINE: usize = 4;
 
 /// The line of the session `session_id`.
 pub fn line_of(session_id: &str) -> Line {
@@ -30,8 +35,39 @@ pub struct FairQueue<T> {
 
 struct Lines<T> {
     waiting: HashMap<Line, VecDeque<T>>,
-    /// Lines with jobs, in the order they are served.
+    /// Lines with jobs and fewer than [`PER_LINE`] batches in flight, in
+    /// the order they are served.
     turn: VecDeque<Line>,
+    /// Batches in flight, by line.
+    busy: HashMap<Line, usize>,
+}
+
+/// A batch taken from a line; the line gets its place back when dropped
+/// (the batch is done).
+pub struct Turn<'a, T> {
+    queue: &'a FairQueue<T>,
+    line: Line,
+}
+
+impl<T> Drop for Turn<'_, T> {
+    fn drop(&mut self) {
+        let mut lines = self.queue.lines.lock().unwrap_or_else(|p| p.into_inner());
+        let busy = lines
+            .busy
+            .get_mut(&self.line)
+            .expect("a line taken from is busy");
+        *busy -= 1;
+        let was_full = *busy + 1 == PER_LINE;
+        if *busy == 0 {
+            lines.busy.remove(&self.line);
+        }
+        let waiting = lines.waiting.contains_key(&self.line);
+        if was_full && waiting {
+            lines.turn.push_back(self.line);
+            drop(lines);
+            self.queue.ready.notify_one();
+        }
+    }
 }
 
 impl<T> Default for FairQueue<T> {
@@ -40,6 +76,7 @@ impl<T> Default for FairQueue<T> {
             lines: Mutex::new(Lines {
                 waiting: HashMap::new(),
                 turn: VecDeque::new(),
+                busy: HashMap::new(),
             }),
             ready: Notify::new(),
         }
@@ -52,24 +89,27 @@ impl<T> FairQueue<T> {
             let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
             let queue = lines.waiting.entry(line).or_default();
             queue.push_back(job);
-            if queue.len() == 1 {
+            let first = queue.len() == 1;
+            let full = lines.busy.get(&line).is_some_and(|b| *b >= PER_LINE);
+            if first && !full {
                 lines.turn.push_back(line);
             }
         }
         self.ready.notify_one();
     }
 
-    /// Up to `max` jobs of the line whose turn it is, waiting for one.
-    pub async fn take(&self, max: usize) -> Vec<T> {
+    /// Up to `max` jobs of the line whose turn it is, waiting for one; the
+    /// line's place comes back when the [`Turn`] is dropped.
+    pub async fn take(&self, max: usize) -> (Vec<T>, Turn<'_, T>) {
         loop {
-            if let Some(jobs) = self.try_take(max) {
-                return jobs;
+            if let Some(taken) = self.try_take(max) {
+                return taken;
             }
             self.ready.notified().await;
         }
     }
 
-    fn try_take(&self, max: usize) -> Option<Vec<T>> {
+    fn try_take(&self, max: usize) -> Option<(Vec<T>, Turn<'_, T>)> {
         let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
         let line = lines.turn.pop_front()?;
         let queue = lines
@@ -77,9 +117,13 @@ impl<T> FairQueue<T> {
             .get_mut(&line)
             .expect("a line in turn has jobs waiting");
         let jobs: Vec<T> = queue.drain(..max.min(queue.len())).collect();
-        if queue.is_empty() {
+        let empty = queue.is_empty();
+        if empty {
             lines.waiting.remove(&line);
-        } else {
+        }
+        let busy = lines.busy.entry(line).or_default();
+        *busy += 1;
+        if !empty && *busy < PER_LINE {
             lines.turn.push_back(line);
         }
         let more = !lines.turn.is_empty();
@@ -88,7 +132,7 @@ impl<T> FairQueue<T> {
             // Pass the turn on, so an idle worker takes the next line.
             self.ready.notify_one();
         }
-        Some(jobs)
+        Some((jobs, Turn { queue: self, line }))
     }
 
     /// Jobs waiting, in every line.
@@ -110,14 +154,34 @@ mod tests {
             queue.push(1, ("big", i));
         }
         queue.push(2, ("small", 0));
-        let first = queue.take(64).await;
+        let (first, _turn) = queue.take(64).await;
         assert_eq!(first.len(), 64);
         assert!(first.iter().all(|(who, _)| *who == "big"));
         // The small line is served next, not after the 9,936 left.
-        assert_eq!(queue.take(64).await, vec![("small", 0)]);
+        assert_eq!(queue.take(64).await.0, vec![("small", 0)]);
         assert_eq!(queue.len(), 10_000 - 64);
-        let next = queue.take(64).await;
+        let (next, _turn) = queue.take(64).await;
         assert_eq!(next[0], ("big", 64), "a line keeps its order");
+    }
+
+    #[tokio::test]
+    async fn a_line_has_at_most_its_share_in_flight() {
+        let queue = FairQueue::default();
+        for i in 0..1_000 {
+            queue.push(1, i);
+        }
+        let mut turns = Vec::new();
+        for _ in 0..PER_LINE {
+            turns.push(queue.take(64).await);
+        }
+        assert!(queue.try_take(64).is_none(), "a fifth batch of one line");
+        // Another line is served meanwhile.
+        queue.push(2, 7);
+        assert_eq!(queue.try_take(64).map(|(jobs, _)| jobs), Some(vec![7]));
+        // One batch done: the line is back in turn.
+        turns.pop();
+        let (jobs, _turn) = queue.try_take(64).expect("the line is back");
+        assert_eq!(jobs[0], 64 * PER_LINE as i32);
     }
 
     #[tokio::test]
@@ -125,7 +189,7 @@ mod tests {
         let queue = std::sync::Arc::new(FairQueue::default());
         let waiter = tokio::spawn({
             let queue = queue.clone();
-            async move { queue.take(8).await }
+            async move { queue.take(8).await.0 }
         });
         tokio::task::yield_now().await;
         queue.push(7, "job");
