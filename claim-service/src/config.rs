@@ -225,11 +225,12 @@ pub struct Config {
     pub max_events_per_second: u32,
 
     /// Most `WatchClaims` streams open on this replica at once. Watchers
-    /// share one feed, so each costs little; the cap bounds a flood.
+    /// share one feed, so one that reads costs little; one that stops
+    /// reading holds what HTTP/2 buffered for it until it goes away.
     #[arg(
         long,
         env = "CLAIMS_MAX_WATCHES",
-        default_value_t = 10_000,
+        default_value_t = 4096,
         help_heading = "Limits"
     )]
     pub max_watches: usize,
@@ -239,7 +240,7 @@ pub struct Config {
     #[arg(
         long,
         env = "CLAIMS_MAX_WATCHES_PER_PEER",
-        default_value_t = 1_000,
+        default_value_t = 256,
         help_heading = "Limits"
     )]
     pub max_watches_per_peer: usize,

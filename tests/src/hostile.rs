@@ -22,11 +22,20 @@ fn grpc_frame(message: &impl prost::Message) -> Bytes {
     framed.into()
 }
 
-/// One HTTP/2 connection holding `WatchClaims` streams it never reads.
+/// One HTTP/2 connection holding `WatchClaims` streams it never reads; the
+/// connection closes when this is dropped.
 pub struct StalledWatches {
     /// Held, never polled: their data is never acknowledged.
     _streams: Vec<h2::RecvStream>,
-    _connection: tokio::task::JoinHandle<()>,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for StalledWatches {
+    fn drop(&mut self) {
+        // A stalled stream never finishes, so a graceful close would wait
+        // for ever: close the socket itself.
+        self.connection.abort();
+    }
 }
 
 impl StalledWatches {
@@ -70,7 +79,7 @@ impl StalledWatches {
         }
         Ok(Self {
             _streams: streams,
-            _connection: connection,
+            connection,
         })
     }
 }
