@@ -44,9 +44,7 @@ impl Error {
             Error::Etcd(_) | Error::EtcdTimeout { .. } | Error::Unavailable(_)
         )
     }
-}
 
-impl Error {
     /// What a client is told: the contract's words, without the chain of
     /// causes (transport errors, h2 frames), which stays in the log.
     pub fn public(&self) -> String {

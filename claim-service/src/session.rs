@@ -237,7 +237,9 @@ impl pb::claim_sessions_server::ClaimSessions for ClaimSessionsService {
         };
         check_hello(&hello).map_err(|e| self.ctx.refuse(e.into()))?;
         if let Err(status) = self.ctx.access.check_node(&identities, &hello.node_id) {
-            tracing::warn!(node_id = %hello.node_id, certificate = ?identities, error = %status.message(), "session refused: node identity");
+            if let Some(unlogged) = self.ctx.refusal_log.admit() {
+                tracing::warn!(node_id = %hello.node_id, certificate = ?identities, error = %status.message(), unlogged, "session refused: node identity");
+            }
             return Err(self.ctx.refuse(status));
         }
         let session_id = format!("{:016x}", rand::rng().random::<u64>());
@@ -246,7 +248,9 @@ impl pb::claim_sessions_server::ClaimSessions for ClaimSessionsService {
             .sessions
             .attach(&hello.node_id, &session_id, self.ctx.config.max_sessions)
             .map_err(|status| {
-                tracing::warn!(node_id = %hello.node_id, error = %status.message(), "session refused");
+                if let Some(unlogged) = self.ctx.refusal_log.admit() {
+                    tracing::warn!(node_id = %hello.node_id, error = %status.message(), unlogged, "session refused");
+                }
                 self.ctx.refuse(status)
             })?;
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
