@@ -6,8 +6,6 @@
 //! and never read them (it answers PINGs but never grants flow-control
 //! window), so whatever the server sends piles up on its side.
 
-use std::time::Duration;
-
 use anyhow::{anyhow, Context as _, Result};
 use bytes::Bytes;
 use claims_proto::v1 as pb;
@@ -107,24 +105,4 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         let (n, v) = l.split_once(' ')?;
         (n == name).then(|| v.trim().parse().ok()).flatten()
     })
-}
-
-/// Waits (up to [`crate::WAIT`]) until `check` holds, polling every
-/// `every`; the last value seen when it never does.
-pub async fn until<T: std::fmt::Debug>(
-    every: Duration,
-    mut probe: impl AsyncFnMut() -> Result<T>,
-    check: impl Fn(&T) -> bool,
-) -> Result<T> {
-    let deadline = std::time::Instant::now() + crate::WAIT;
-    loop {
-        let value = probe().await?;
-        if check(&value) {
-            return Ok(value);
-        }
-        if std::time::Instant::now() > deadline {
-            return Err(anyhow!("still {value:?} after {:?}", crate::WAIT));
-        }
-        tokio::time::sleep(every).await;
-    }
 }

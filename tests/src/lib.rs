@@ -71,6 +71,26 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Waits (up to [`WAIT`]) until `check` holds, polling every
+/// `every`; the last value seen when it never does.
+pub async fn until<T: std::fmt::Debug>(
+    every: Duration,
+    mut probe: impl AsyncFnMut() -> Result<T>,
+    check: impl Fn(&T) -> bool,
+) -> Result<T> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let value = probe().await?;
+        if check(&value) {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!("still {value:?} after {:?}", WAIT));
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Path to a workspace binary, built once per test run — unless
 /// `CLAIMS_TEST_BUILT` is set: the scripts build the workspace first, and a
 /// build of `claim-service` alone unifies features differently, so it would
@@ -488,17 +508,13 @@ impl Daemon {
 
     /// Waits (up to [`WAIT`]) until the log says `needle`; the log then.
     pub async fn wait_log(&self, needle: &str) -> Result<String> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let log = self.log_text();
-            if log.contains(needle) {
-                return Ok(log);
-            }
-            if Instant::now() > deadline {
-                bail!("{} never logged {needle:?}; log:\n{log}", self.what);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until(
+            Duration::from_millis(50),
+            async || Ok(self.log_text()),
+            |log| log.contains(needle),
+        )
+        .await
+        .with_context(|| format!("{} never logged {needle:?}", self.what))
     }
 
     pub fn pid(&self) -> Option<u32> {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use system_tests::hostile::{metric, open_files, rss, until, StalledWatches};
+use system_tests::hostile::{metric, open_files, rss, StalledWatches};
 use system_tests::v1 as pb;
 use system_tests::*;
 
