@@ -222,11 +222,6 @@ impl View {
         self.state.read().unwrap_or_else(|p| p.into_inner()).synced
     }
 
-    /// Watchers on the claim feed now.
-    pub fn claim_watchers(&self) -> usize {
-        self.claims.receiver_count()
-    }
-
     fn read(&self) -> Result<std::sync::RwLockReadGuard<'_, State>> {
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
         if !state.synced {
