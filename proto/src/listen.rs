@@ -54,7 +54,31 @@ struct Open {
     total: usize,
     by_peer: HashMap<IpAddr, usize>,
     refused: u64,
-    last_warned: Option<Instant>,
+    refusals_said: EverySecond,
+    pauses_said: EverySecond,
+}
+
+/// A warning said at most once a second, counting the times it was not.
+#[derive(Default)]
+struct EverySecond {
+    last: Option<Instant>,
+    unsaid: u64,
+}
+
+impl EverySecond {
+    /// `Some(times unsaid since the last)` when the warning may be said now.
+    fn due(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+        {
+            self.unsaid += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.unsaid))
+    }
 }
 
 /// Which cap a peer would break.
@@ -115,12 +139,7 @@ impl Gate {
             Err(over) => over,
         };
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        if open
-            .last_warned
-            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
-        {
-            open.last_warned = Some(now);
+        if open.refusals_said.due().is_some() {
             tracing::warn!(
                 listener = self.what,
                 %peer,
@@ -133,6 +152,14 @@ impl Gate {
             );
         }
         None
+    }
+
+    /// Says (at most once a second) that accepts pause for `pause`.
+    fn out_of_descriptors(&self, error: &io::Error, pause: Duration) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(unsaid) = open.pauses_said.due() {
+            tracing::warn!(listener = self.what, %error, ?pause, pauses_unlogged = unsaid, "cannot accept: out of file descriptors; pausing accepts");
+        }
     }
 
     /// Places held now.
@@ -286,7 +313,7 @@ pub async fn accept(
         let (socket, peer) = match accepted {
             Ok(a) => a,
             Err(e) if out_of_resources(&e) => {
-                tracing::warn!(listener = gate.what, error = %e, pause = ?backoff, "cannot accept: out of file descriptors; pausing accepts");
+                gate.out_of_descriptors(&e, backoff);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.cancelled() => return None,
