@@ -11,19 +11,42 @@ use system_tests::*;
 
 use pb::claim_event::Kind;
 use pb::node_message::Msg as NodeMsg;
+use pb::service_message::Msg;
+use system_tests::checker::Checker;
 
 const MIB: u64 = 1024 * 1024;
 
-/// `cycles` claim/release cycles of `node` over a few broadcasts, each
-/// answered (the harness bounds every wait).
-async fn churn(node: &mut Node, cycles: usize) -> Result<()> {
+/// `cycles` claim/release cycles of `node` (named `name`) over a few
+/// broadcasts, each answered (the harness bounds every wait), and what it
+/// was told recorded for the fault suite's checker.
+async fn churn(node: &mut Node, name: &str, cycles: usize, checker: &mut Checker) -> Result<()> {
     for i in 0..cycles {
         let broadcast = format!("churn/b{}", i % 8);
         node.created(&broadcast, "video").await?;
-        node.expect_claimed(&broadcast).await?;
+        let claimed = node.expect_claimed(&broadcast).await?;
+        checker.node_saw(name, &Msg::Claimed(claimed));
         node.closed(&broadcast, "video").await?;
         node.expect_released(&broadcast).await?;
+        checker.node_saw(name, &Msg::Released(pb::Released { broadcast }));
     }
+    Ok(())
+}
+
+/// Reads `watcher` until `marker` is claimed (once, after everything else),
+/// into the checker's history, then asserts the checker's invariants
+/// (tokens never go back, no two holders at once).
+async fn checker_holds(watcher: &mut Watcher, marker: &str, mut checker: Checker) -> Result<()> {
+    loop {
+        let event = watcher.next().await?;
+        let done = event.kind == Kind::Claimed as i32
+            && event.claim.as_ref().is_some_and(|c| c.broadcast == marker);
+        checker.watched.push(event);
+        if done {
+            break;
+        }
+    }
+    let anomalies = checker.check();
+    anyhow::ensure!(anomalies.is_empty(), "checker: {anomalies:?}");
     Ok(())
 }
 
@@ -54,8 +77,17 @@ async fn watchers_that_never_read_stall_nobody() -> Result<()> {
     let stack = Stack::start("stalled-watchers", &[]).await?;
     let svc = &stack.svc;
     let pid = svc.pid().unwrap();
+    let mut reader = Watcher::open(svc, "", 0).await?;
     let (mut victim_node, token) = victim(svc).await?;
-    let mut reader = Watcher::open(svc, "churn/", 0).await?;
+    let mut checker = Checker::default();
+    let victim_claim = svc.owner("live/victim", true).await?.unwrap_or_default();
+    checker.node_saw(
+        "node-victim",
+        &Msg::Claimed(pb::Claimed {
+            claim: Some(victim_claim),
+            adopted: false,
+        }),
+    );
     let rss_before = rss(pid)?;
     let files_before = open_files(pid)?;
 
@@ -68,18 +100,19 @@ async fn watchers_that_never_read_stall_nobody() -> Result<()> {
     // Well past what stalled the replica when watchers shared its etcd
     // connection (about 250 cycles).
     let mut churner = Node::attach(&svc.addr(), hello("node-churn")).await?;
-    churn(&mut churner, 600).await?;
+    churn(&mut churner, "node-churn", 600, &mut checker).await?;
 
     assert!(
         svc.serving().await?,
         "health flipped under stalled watchers"
     );
     victim_unharmed(svc, &mut victim_node, token).await?;
-    // A watcher that reads saw the churn to its end.
-    reader
-        .expect(Kind::Released, "churn/b7")
-        .await
-        .map_err(|e| anyhow::anyhow!("reading watcher: {e}"))?;
+    // A watcher that reads saw the churn to its end, and what everybody
+    // saw holds the fault suite's invariants.
+    churner.created("churn/end", "video").await?;
+    let end = churner.expect_claimed("churn/end").await?;
+    checker.node_saw("node-churn", &Msg::Claimed(end));
+    checker_holds(&mut reader, "churn/end", checker).await?;
     // The replaying watchers fell behind and were ended, holding nothing.
     let metrics = svc.metrics().await?;
     let behind = metric(&metrics, "claims_watches_behind_total").unwrap_or(0.0);
