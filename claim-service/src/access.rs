@@ -6,8 +6,10 @@
 //! name. Tokens are bearer tokens in the `authorization` metadata, compared
 //! in constant time. Health and reflection stay open, as probes expect.
 
-use tonic::{Request, Status};
+use tonic::Request;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use crate::error::Error;
 
 /// The access rules of this replica.
 #[derive(Debug, Clone, Default)]
@@ -81,17 +83,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 impl Access {
     /// A session may attach as `node_id` only with that node's certificate
     /// (when mTLS is on); `names` are the connection's [`identities`].
-    pub fn check_node(&self, names: &[String], node_id: &str) -> Result<(), Status> {
+    pub fn check_node(&self, names: &[String], node_id: &str) -> Result<(), Error> {
         if !self.node_identity {
             return Ok(());
         }
         if names.is_empty() {
-            return Err(Status::unauthenticated(
-                "this claim-service requires a client certificate to attach (mTLS); connect with the node's certificate",
+            return Err(Error::Unauthenticated(
+                "this claim-service requires a client certificate to attach (mTLS); connect with the node's certificate".into(),
             ));
         }
         if !names.iter().any(|n| n == node_id) {
-            return Err(Status::permission_denied(format!(
+            return Err(Error::PermissionDenied(format!(
                 "node_id {node_id:?} does not match this connection's certificate (it is for {}); a node may only speak for itself",
                 names.join(", ")
             )));
@@ -100,10 +102,10 @@ impl Access {
     }
 
     /// Admin RPCs: a certificate with an admin identity, or the admin token.
-    pub fn check_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
+    pub fn check_admin<T>(&self, request: &Request<T>) -> Result<(), Error> {
         if self.admin_token.is_none() && self.admin_identities.is_empty() {
-            return Err(Status::permission_denied(
-                "admin RPCs are disabled on this claim-service; start it with --admin-token-file or --admin-identity",
+            return Err(Error::PermissionDenied(
+                "admin RPCs are disabled on this claim-service; start it with --admin-token-file or --admin-identity".into(),
             ));
         }
         let names = identities(request);
@@ -114,19 +116,19 @@ impl Access {
             return Ok(());
         }
         if !names.is_empty() {
-            return Err(Status::permission_denied(format!(
+            return Err(Error::PermissionDenied(format!(
                 "certificate for {} is not an admin identity (--admin-identity), and no admin token was sent",
                 names.join(", ")
             )));
         }
-        Err(Status::unauthenticated(
-            "missing or wrong admin credential; send metadata \"authorization: Bearer TOKEN\" or connect with an admin certificate",
+        Err(Error::Unauthenticated(
+            "missing or wrong admin credential; send metadata \"authorization: Bearer TOKEN\" or connect with an admin certificate".into(),
         ))
     }
 
     /// The read API: open, or (with `--read-token-file`) the read token, the
     /// admin token or any client certificate the TLS layer accepted.
-    pub fn check_read<T>(&self, request: &Request<T>) -> Result<(), Status> {
+    pub fn check_read<T>(&self, request: &Request<T>) -> Result<(), Error> {
         if self.read_token.is_none() {
             return Ok(());
         }
@@ -137,8 +139,8 @@ impl Access {
         {
             return Ok(());
         }
-        Err(Status::unauthenticated(
-            "the read API requires a token on this claim-service; send metadata \"authorization: Bearer TOKEN\" (see --read-token-file)",
+        Err(Error::Unauthenticated(
+            "the read API requires a token on this claim-service; send metadata \"authorization: Bearer TOKEN\" (see --read-token-file)".into(),
         ))
     }
 }
@@ -179,7 +181,7 @@ mod tests {
             .check_node(&["node-b".to_string()], "node-a")
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
-        assert!(err.message().contains("node-b"), "{}", err.message());
+        assert!(err.to_string().contains("node-b"), "{err}");
         assert!(access.check_node(&["node-a".to_string()], "node-a").is_ok());
     }
 

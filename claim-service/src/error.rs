@@ -30,6 +30,15 @@ pub enum Error {
     /// Over one of the service's limits (named in the message).
     #[error("{0}")]
     ResourceExhausted(String),
+    /// No credential, or a wrong one.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A credential that does not allow this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The client did not do its part in time (a hello).
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// Another session for the same node took over.
     #[error("{0}")]
     Superseded(String),
@@ -61,9 +70,10 @@ impl Error {
     }
 }
 
-impl From<Error> for Status {
-    fn from(err: Error) -> Self {
-        let code = match &err {
+impl Error {
+    /// The gRPC code a client is answered with.
+    pub fn code(&self) -> Code {
+        match self {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::NotFound(_) => Code::NotFound,
@@ -71,11 +81,31 @@ impl From<Error> for Status {
             Error::Compacted { .. } => Code::OutOfRange,
             Error::Superseded(_) => Code::Aborted,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
-        };
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        }
+    }
+}
+
+/// The metric label of a refusal's code (`claims_rejected_messages_total`).
+pub fn code_label(code: Code) -> &'static str {
+    match code {
+        Code::InvalidArgument => "invalid_argument",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::PermissionDenied => "permission_denied",
+        Code::Unauthenticated => "unauthenticated",
+        _ => "other",
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
         if let Error::Etcd(cause) = &err {
             tracing::debug!(error = %cause, "answered a client with UNAVAILABLE");
         }
-        Status::new(code, err.public())
+        Status::new(err.code(), err.public())
     }
 }
 

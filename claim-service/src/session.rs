@@ -27,7 +27,7 @@ use tracing::Instrument;
 use crate::access::{self, Access};
 use crate::claims::ClaimOutcome;
 use crate::claims::{Action, Event, Limits, NodeClaims};
-use crate::error::Error;
+use crate::error::{code_label, Error};
 use crate::intake::{self, check_track, Intake};
 use crate::log_budget::LogBudget;
 use crate::metrics::Metrics;
@@ -127,11 +127,11 @@ pub struct Sessions {
 impl Sessions {
     /// Registers a session, superseding an older one of the same node; a
     /// new node is let in only while fewer than `max` are attached.
-    fn attach(&self, node_id: &str, session_id: &str, max: usize) -> Result<Arc<Notify>, Status> {
+    fn attach(&self, node_id: &str, session_id: &str, max: usize) -> Result<Arc<Notify>, Error> {
         let notify = Arc::new(Notify::new());
         let mut map = self.by_node.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= max && !map.contains_key(node_id) {
-            return Err(Status::resource_exhausted(format!(
+            return Err(Error::ResourceExhausted(format!(
                 "limit max-sessions ({max}) reached: this replica has {} sessions; attach to another replica",
                 map.len()
             )));
@@ -178,8 +178,9 @@ impl Context {
             .inc();
     }
 
-    /// Counts `status` as a refusal and returns it.
-    fn refuse(&self, status: Status) -> Status {
+    /// Counts `refusal` as a refusal and answers it.
+    fn refuse(&self, refusal: impl Into<Status>) -> Status {
+        let status = refusal.into();
         self.count_refusal(status.code());
         status
     }
@@ -211,22 +212,19 @@ impl pb::claim_sessions_server::ClaimSessions for ClaimSessionsService {
         let first = tokio::time::timeout(self.ctx.config.hello_timeout, inbound.message())
             .await
             .map_err(|_| {
-                Status::deadline_exceeded(format!(
+                Status::from(Error::DeadlineExceeded(format!(
                     "no hello within {:?}; a session starts with hello",
                     self.ctx.config.hello_timeout
-                ))
+                )))
             })?
             .map_err(|s| message_limit(s, max_message))?;
         let hello = match first.and_then(|m| m.msg) {
             Some(NodeMsg::Hello(hello)) => hello,
             Some(other) => {
-                return Err(self.ctx.refuse(
-                    Error::FailedPrecondition(format!(
-                        "{} before hello; a session must start with hello",
-                        message_name(&other)
-                    ))
-                    .into(),
-                ));
+                return Err(self.ctx.refuse(Error::FailedPrecondition(format!(
+                    "{} before hello; a session must start with hello",
+                    message_name(&other)
+                ))));
             }
             None => {
                 return Err(Error::FailedPrecondition(
@@ -235,23 +233,23 @@ impl pb::claim_sessions_server::ClaimSessions for ClaimSessionsService {
                 .into())
             }
         };
-        check_hello(&hello).map_err(|e| self.ctx.refuse(e.into()))?;
-        if let Err(status) = self.ctx.access.check_node(&identities, &hello.node_id) {
+        check_hello(&hello).map_err(|e| self.ctx.refuse(e))?;
+        if let Err(refusal) = self.ctx.access.check_node(&identities, &hello.node_id) {
             if let Some(unlogged) = self.ctx.refusal_log.admit() {
-                tracing::warn!(node_id = %hello.node_id, certificate = ?identities, error = %status.message(), unlogged, "session refused: node identity");
+                tracing::warn!(node_id = %hello.node_id, certificate = ?identities, error = %refusal, unlogged, "session refused: node identity");
             }
-            return Err(self.ctx.refuse(status));
+            return Err(self.ctx.refuse(refusal));
         }
         let session_id = format!("{:016x}", rand::rng().random::<u64>());
         let superseded = self
             .ctx
             .sessions
             .attach(&hello.node_id, &session_id, self.ctx.config.max_sessions)
-            .map_err(|status| {
+            .map_err(|refusal| {
                 if let Some(unlogged) = self.ctx.refusal_log.admit() {
-                    tracing::warn!(node_id = %hello.node_id, error = %status.message(), unlogged, "session refused");
+                    tracing::warn!(node_id = %hello.node_id, error = %refusal, unlogged, "session refused");
                 }
-                self.ctx.refuse(status)
+                self.ctx.refuse(refusal)
             })?;
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
         let (in_tx, in_rx) = mpsc::channel(256);
@@ -281,10 +279,11 @@ impl pb::claim_sessions_server::ClaimSessions for ClaimSessionsService {
 /// `RESOURCE_EXHAUSTED` naming the limit, as for every other limit.
 fn message_limit(status: Status, max: usize) -> Status {
     if status.code() == tonic::Code::OutOfRange && status.message().contains("too large") {
-        Status::resource_exhausted(format!(
+        Error::ResourceExhausted(format!(
             "limit max-message-size ({max} bytes) exceeded: {}",
             status.message()
         ))
+        .into()
     } else {
         status
     }
@@ -312,17 +311,6 @@ fn check_hello(hello: &pb::Hello) -> Result<(), Error> {
         check_track(t).map_err(|e| Error::InvalidArgument(format!("hello.live: {e}")))?;
     }
     Ok(())
-}
-
-fn code_label(code: tonic::Code) -> &'static str {
-    match code {
-        tonic::Code::InvalidArgument => "invalid_argument",
-        tonic::Code::FailedPrecondition => "failed_precondition",
-        tonic::Code::ResourceExhausted => "resource_exhausted",
-        tonic::Code::PermissionDenied => "permission_denied",
-        tonic::Code::Unauthenticated => "unauthenticated",
-        _ => "other",
-    }
 }
 
 /// Results of work the session started, coming back to its loop.
@@ -959,9 +947,10 @@ impl Session {
     async fn leave_for_adoption(&mut self) {
         let _ = self
             .out
-            .send(Err(Status::unavailable(
-                "claim-service replica is shutting down; attach to another replica (claims are kept for adoption)",
-            )))
+            .send(Err(Error::Unavailable(
+                "claim-service replica is shutting down; attach to another replica (claims are kept for adoption)".into(),
+            )
+            .into()))
             .await;
         if !self.core.is_detached() {
             self.ctx.metrics.sessions_attached.dec();

@@ -161,6 +161,13 @@ fn broadcast_of(change: &Change) -> Option<&str> {
     }
 }
 
+fn shutting_down() -> Status {
+    Error::Unavailable(
+        "claim-service replica is shutting down; watch again from the last revision + 1".into(),
+    )
+    .into()
+}
+
 /// Where a watcher's changes come from.
 enum Source {
     /// The view's feed: every batch after the watcher joined.
@@ -252,13 +259,9 @@ impl Watcher {
                                 self.slot.metrics.watches_behind.inc();
                                 ended(self.behind())
                             }
-                            Err(broadcast::error::RecvError::Closed) => ended(Status::unavailable(
-                                "claim-service replica is shutting down; watch again from the last revision + 1",
-                            )),
+                            Err(broadcast::error::RecvError::Closed) => ended(shutting_down()),
                         },
-                        _ = shutdown.cancelled() => ended(Status::unavailable(
-                            "claim-service replica is shutting down; watch again from the last revision + 1",
-                        )),
+                        _ = shutdown.cancelled() => ended(shutting_down()),
                     }
                 }
                 Source::Replay { events, overflowed } => {
@@ -273,9 +276,7 @@ impl Watcher {
                                 ended(self.behind())
                             }
                         },
-                        _ = shutdown.cancelled() => ended(Status::unavailable(
-                            "claim-service replica is shutting down; watch again from the last revision + 1",
-                        )),
+                        _ = shutdown.cancelled() => ended(shutting_down()),
                     }
                 }
             };
