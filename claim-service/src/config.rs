@@ -13,7 +13,6 @@ use clap::{Parser, ValueEnum};
 
 use crate::access::Access;
 use crate::claims::Limits;
-use crate::session::SessionConfig;
 use crate::store::StoreConfig;
 use crate::watchers::WatchLimits;
 
@@ -569,9 +568,80 @@ fn read_token(path: Option<&Path>, flag: &str) -> Result<Option<String>, String>
     Ok(Some(token))
 }
 
+/// Session rules the operator configures.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub service_id: String,
+    pub default_ttl: Duration,
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    pub renew_interval: Duration,
+    pub detach_grace: Duration,
+    /// How long a new stream may take to send `hello`.
+    pub hello_timeout: Duration,
+    pub limits: Limits,
+    /// Most sessions attached to this replica at once.
+    pub max_sessions: usize,
+    /// Lifecycle events one session may send per second (0: no limit).
+    pub max_events_per_second: u32,
+    /// Largest message a node may send, in bytes.
+    pub max_message_size: usize,
+}
+
+impl SessionConfig {
+    /// The TTL a node gets when it asks for `requested_ms` (0 = default):
+    /// clamped to the bounds and rounded up to whole seconds, as etcd keeps it.
+    pub fn lease_ttl(&self, requested_ms: u64) -> Duration {
+        let asked = if requested_ms == 0 {
+            self.default_ttl
+        } else {
+            Duration::from_millis(requested_ms)
+        };
+        let ttl = asked.clamp(self.min_ttl, self.max_ttl);
+        Duration::from_secs(crate::store::ttl_seconds(ttl) as u64)
+    }
+
+    /// A lease of another TTL than the default is renewed at the same
+    /// fraction of its TTL (a 60 s lease every 15 s with the defaults), and
+    /// never less than four times per TTL.
+    pub fn renew_for(&self, ttl: Duration) -> Duration {
+        let fraction = self.renew_interval.as_secs_f64() / self.default_ttl.as_secs_f64();
+        ttl.mul_f64(fraction).min(ttl / 4)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renewals_scale_with_the_ttl() {
+        let config = SessionConfig {
+            service_id: "s".into(),
+            default_ttl: Duration::from_secs(10),
+            min_ttl: Duration::from_secs(5),
+            max_ttl: Duration::from_secs(60),
+            renew_interval: Duration::from_millis(2500),
+            detach_grace: Duration::from_secs(5),
+            hello_timeout: Duration::from_secs(10),
+            limits: Limits::default(),
+            max_sessions: 1,
+            max_events_per_second: 0,
+            max_message_size: 1 << 20,
+        };
+        assert_eq!(
+            config.renew_for(Duration::from_secs(10)),
+            Duration::from_millis(2500)
+        );
+        assert_eq!(
+            config.renew_for(Duration::from_secs(60)),
+            Duration::from_secs(15)
+        );
+        assert_eq!(config.lease_ttl(0), Duration::from_secs(10));
+        assert_eq!(config.lease_ttl(1), Duration::from_secs(5));
+        assert_eq!(config.lease_ttl(600_000), Duration::from_secs(60));
+        assert_eq!(config.lease_ttl(7_500), Duration::from_secs(8));
+    }
 
     fn parse(args: &[&str]) -> Config {
         let mut all = vec!["claim-service"];
