@@ -51,15 +51,12 @@ use queue::FairQueue;
 
 /// Workers taking claims and revokes from the queue. Each takes up to
 /// [`BATCH`] jobs at once, so this many times that are in flight at most:
-/// 16 x 64 keeps etcd busy (a re-adoption of 10,000 claims went no faster
-/// with 64 workers) while what a burst leaves behind in memory stays small
-/// (1,651 B per held claim after a burst of 10,000, against 5,586 B with 64
-/// workers and no cap on grants; 15 s holds of the same bench).
+/// enough to keep etcd busy, few enough that a burst leaves little behind
+/// in memory (more workers were no faster; figures in docs/PERFORMANCE.md).
 const WORKERS: usize = 16;
 /// Lease grants in flight at once. Batched claims would otherwise ask for
-/// thousands together, which etcd takes no faster (measured: 10,000 grants
-/// at 256 in flight 1.45 s, at 4,096 1.65 s) while every batch waits for
-/// its slowest.
+/// thousands together, which etcd takes no faster while every batch waits
+/// for its slowest (measured: docs/PERFORMANCE.md).
 const GRANTS_IN_FLIGHT: usize = 256;
 /// The queue's line for the store's own jobs (revoking leases it let go).
 const STORE_LINE: queue::Line = 0;
