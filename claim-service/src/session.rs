@@ -591,8 +591,17 @@ impl Session {
     }
 
     async fn on_message(&mut self, msg: pb::NodeMessage) -> Result<(), Status> {
-        let verdict = match intake::admit(msg.msg) {
-            Intake::Event(Event::Created { broadcast, track }) if !self.within_event_rate() => {
+        let verdict = intake::admit(msg.msg);
+        // Every lifecycle message spends the session's event budget, good
+        // or bad; over it, a `created` is refused. A `closed` never is:
+        // refusing it would keep a claim its owner closed.
+        let spends = matches!(
+            verdict,
+            Intake::Event(Event::Created { .. } | Event::Closed { .. }) | Intake::Refused { .. }
+        );
+        let within = !spends || self.within_event_rate();
+        let verdict = match verdict {
+            Intake::Event(Event::Created { broadcast, track }) if !within => {
                 let per_second = self.ctx.config.max_events_per_second;
                 Intake::Refused {
                     broadcast,
@@ -602,12 +611,6 @@ impl Session {
                     ),
                     code: tonic::Code::ResourceExhausted,
                 }
-            }
-            Intake::Event(closed @ Event::Closed { .. }) => {
-                // A release is never refused (refusing it would keep a claim
-                // its owner closed), but it spends the session's budget.
-                let _ = self.within_event_rate();
-                Intake::Event(closed)
             }
             other => other,
         };
@@ -625,9 +628,7 @@ impl Session {
                 reason,
                 code,
             } => {
-                // Answered, not fatal: the node's other claims go on. A bad
-                // message spends the session's event budget like a good one.
-                let _ = self.within_event_rate();
+                // Answered, not fatal: the node's other claims go on.
                 self.ctx.count_refusal(code);
                 if let Some(unlogged) = self.ctx.refusal_log.admit() {
                     tracing::info!(

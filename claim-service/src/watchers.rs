@@ -113,10 +113,6 @@ impl Watches {
             metrics: self.metrics.clone(),
         })
     }
-
-    pub fn open(&self) -> usize {
-        self.open.open()
-    }
 }
 
 impl Drop for Slot {
@@ -420,7 +416,7 @@ mod tests {
         let refused = watches.admit(b, false).err().unwrap().to_string();
         assert!(refused.contains("max-watches (3)"), "{refused}");
         drop(first);
-        assert_eq!(watches.open(), 2);
+        assert_eq!(watches.open.open(), 2);
         assert!(watches.admit(a, false).is_ok());
     }
 }

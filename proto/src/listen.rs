@@ -381,7 +381,6 @@ pub async fn serve_http(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
-    builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     while let Some(conn) = accept(&listener, &gate, &stop).await {
         let service = TowerToHyperService::new(router.clone());

@@ -1,5 +1,4 @@
-//! Clients that misbehave on purpose, and what the tests measure of a
-//! process under them (resident memory, open files).
+//! Clients that misbehave on purpose.
 //!
 //! A [`StalledWatches`] connection speaks HTTP/2 with the `h2` crate so it
 //! can do what no well-behaved gRPC client does: open `WatchClaims` streams
@@ -9,16 +8,6 @@
 use anyhow::{anyhow, Context as _, Result};
 use bytes::Bytes;
 use claims_proto::v1 as pb;
-
-/// gRPC's length-prefixed frame of one message.
-fn grpc_frame(message: &impl prost::Message) -> Bytes {
-    let body = message.encode_to_vec();
-    let mut framed = Vec::with_capacity(5 + body.len());
-    framed.push(0);
-    framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    framed.extend_from_slice(&body);
-    framed.into()
-}
 
 /// One HTTP/2 connection holding `WatchClaims` streams it never reads; the
 /// connection closes when this is dropped.
@@ -53,10 +42,10 @@ impl StalledWatches {
             let _ = connection.await;
         });
         let mut streams = Vec::with_capacity(count);
-        let request = grpc_frame(&pb::WatchClaimsRequest {
+        let request = Bytes::from(crate::grpc_frame(&pb::WatchClaimsRequest {
             prefix: String::new(),
             start_revision,
-        });
+        }));
         for _ in 0..count {
             let mut client = client.clone().ready().await?;
             let req = http::Request::builder()
@@ -80,29 +69,4 @@ impl StalledWatches {
             connection,
         })
     }
-}
-
-/// Resident memory of process `pid`, in bytes.
-pub fn rss(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow!("no VmRSS for {pid}"))?;
-    Ok(kib * 1024)
-}
-
-/// Open file descriptors of process `pid`.
-pub fn open_files(pid: u32) -> Result<usize> {
-    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
-}
-
-/// The value of an unlabelled metric in Prometheus text, if present.
-pub fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (n, v) = l.split_once(' ')?;
-        (n == name).then(|| v.trim().parse().ok()).flatten()
-    })
 }

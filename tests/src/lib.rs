@@ -91,6 +91,24 @@ pub async fn until<T: std::fmt::Debug>(
     }
 }
 
+/// The value of the metric `name` (with its labels, if any) in Prometheus
+/// text, if it is there.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A gRPC request body as it goes on the wire: a flag (not compressed), the
+/// message's length (big-endian), the message.
+pub fn grpc_frame(msg: &impl prost::Message) -> Vec<u8> {
+    let message = msg.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend((message.len() as u32).to_be_bytes());
+    frame.extend(message);
+    frame
+}
+
 /// Path to a workspace binary, built once per test run — unless
 /// `CLAIMS_TEST_BUILT` is set: the scripts build the workspace first, and a
 /// build of `claim-service` alone unifies features differently, so it would
@@ -1308,12 +1326,7 @@ impl IngestNode {
 
     pub async fn metric(&self, name: &str) -> Result<f64> {
         let answer = http_get_at(&self.ip, self.http_port, "/metrics").await?;
-        answer
-            .body
-            .lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| anyhow!("metric {name} not found"))
+        metric_value(&answer.body, name).ok_or_else(|| anyhow!("metric {name} not found"))
     }
 }
 
@@ -1458,6 +1471,16 @@ pub fn proc_status_kib(pid: u32, field: &str) -> Result<u64> {
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .with_context(|| format!("{field} not in /proc/{pid}/status"))
+}
+
+/// Resident memory of process `pid`, in bytes.
+pub fn rss(pid: u32) -> Result<u64> {
+    Ok(proc_status_kib(pid, "VmRSS:")? * 1024)
+}
+
+/// Open file descriptors of process `pid`.
+pub fn open_files(pid: u32) -> Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
 }
 
 /// User + system CPU time of a process, in clock ticks (1/100 s).

@@ -7,7 +7,6 @@
 use std::net::SocketAddr;
 
 use anyhow::{bail, ensure, Result};
-use system_tests::hostile::rss;
 use system_tests::rtmp_client::RtmpClient;
 use system_tests::v1 as pb;
 use system_tests::*;

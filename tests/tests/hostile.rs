@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use system_tests::hostile::{metric, open_files, rss, StalledWatches};
+use system_tests::hostile::StalledWatches;
 use system_tests::v1 as pb;
 use system_tests::*;
 
@@ -115,7 +115,7 @@ async fn watchers_that_never_read_stall_nobody() -> Result<()> {
     checker_holds(&mut reader, "churn/end", checker).await?;
     // The replaying watchers fell behind and were ended, holding nothing.
     let metrics = svc.metrics().await?;
-    let behind = metric(&metrics, "claims_watches_behind_total").unwrap_or(0.0);
+    let behind = metric_value(&metrics, "claims_watches_behind_total").unwrap_or(0.0);
     assert!(behind >= 30.0, "{behind} watches ended as behind");
     let grown = rss(pid)?.saturating_sub(rss_before);
     assert!(grown < 64 * MIB, "RSS grew by {} MiB", grown / MIB);
@@ -135,7 +135,7 @@ async fn cancelled_watches_leave_nothing_behind() -> Result<()> {
     let (mut victim_node, token) = victim(svc).await?;
     let etcd_watchers = || async {
         let answer = http_get(stack.etcd.client_port, "/metrics").await?;
-        metric(&answer.body, "etcd_debugging_mvcc_watcher_total")
+        metric_value(&answer.body, "etcd_debugging_mvcc_watcher_total")
             .ok_or_else(|| anyhow::anyhow!("etcd has no watcher gauge"))
     };
     let etcd_before = etcd_watchers().await?;
@@ -155,7 +155,7 @@ async fn cancelled_watches_leave_nothing_behind() -> Result<()> {
     }
     let open = until(
         Duration::from_millis(50),
-        async || Ok(metric(&svc.metrics().await?, "claims_watches_open")),
+        async || Ok(metric_value(&svc.metrics().await?, "claims_watches_open")),
         |open| *open == Some(0.0),
     )
     .await?;

@@ -34,8 +34,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
-    TxnOp,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, SortOrder,
+    SortTarget, Txn, TxnOp,
 };
 use futures::future::join_all;
 use tokio::sync::mpsc;
@@ -645,6 +645,19 @@ impl Store {
             .keep(lease_id, ttl, renew, notify, granted_at);
     }
 
+    /// One key, read linearizably on the connection for `purpose`: what it
+    /// holds (if anything) and the store's revision of the read.
+    async fn read_key(&self, purpose: Purpose, key: &str) -> Result<(Option<KeyValue>, i64)> {
+        let mut resp = self
+            .call_on(purpose, "get", |mut c| {
+                let key = key.to_string();
+                async move { c.get(key, None).await }
+            })
+            .await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        Ok((resp.take_kvs().into_iter().next(), revision))
+    }
+
     /// The current claim of a broadcast, read linearizably from etcd on
     /// the connection for `purpose`.
     pub async fn get_claim(
@@ -653,17 +666,9 @@ impl Store {
         broadcast: &str,
     ) -> Result<Option<(Claim, i64)>> {
         let key = self.inner.layout.broadcast(broadcast);
-        let mut resp = self
-            .call_on(purpose, "get", |mut c| {
-                let key = key.clone();
-                async move { c.get(key, None).await }
-            })
-            .await?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        Ok(resp
-            .take_kvs()
-            .first()
-            .and_then(|kv| ClaimRecord::claim_from(broadcast, kv))
+        let (kv, revision) = self.read_key(purpose, &key).await?;
+        Ok(kv
+            .and_then(|kv| ClaimRecord::claim_from(broadcast, &kv))
             .map(|c| (c, revision)))
     }
 

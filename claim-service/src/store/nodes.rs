@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp};
 
-use super::{NodeRecord, Registration, Store};
+use super::{NodeRecord, Purpose, Registration, Store};
 use crate::error::{Error, Result};
 
 /// Reads and conditional writes a registration makes before giving up
@@ -91,14 +91,7 @@ impl Store {
     ) -> Result<Registration> {
         let key = self.inner.layout.node(node_id);
         for _ in 0..ROUNDS {
-            let k = key.clone();
-            let mut read = self
-                .call("get", |mut c| {
-                    let k = k.clone();
-                    async move { c.get(k, None).await }
-                })
-                .await?;
-            let earlier = read.take_kvs().into_iter().next();
+            let (earlier, _) = self.read_key(Purpose::Claims, &key).await?;
             let mut record = record.clone();
             if let Some(old) = earlier.as_ref().and_then(NodeRecord::from_kv) {
                 record.draining = old.draining;
@@ -154,14 +147,7 @@ impl Store {
     pub async fn set_draining(&self, node_id: &str, draining: bool) -> Result<Option<NodeRecord>> {
         let key = self.inner.layout.node(node_id);
         for _ in 0..5 {
-            let k = key.clone();
-            let mut resp = self
-                .call("get", |mut c| {
-                    let k = k.clone();
-                    async move { c.get(k, None).await }
-                })
-                .await?;
-            let Some(kv) = resp.take_kvs().into_iter().next() else {
+            let (Some(kv), _) = self.read_key(Purpose::Claims, &key).await? else {
                 return Ok(None);
             };
             let Some(mut record) = NodeRecord::from_kv(&kv) else {

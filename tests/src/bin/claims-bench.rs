@@ -114,10 +114,7 @@ fn print_log_lines(svc: &ClaimService, heading: &str, needles: &[&str], show: us
 }
 
 fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(f64::NAN)
+    metric_value(text, name).unwrap_or(f64::NAN)
 }
 
 async fn raw_claim(client: &mut etcd_client::Client, key: &str) -> Result<i64> {
@@ -287,16 +284,6 @@ const UNLIMITED: [&str; 4] = [
     "--max-claims-per-node",
     "1000000",
 ];
-
-/// A gRPC request body as it goes on the wire: a flag (not compressed), the
-/// message's length (big-endian), the message.
-fn grpc_frame(msg: &impl prost::Message) -> Vec<u8> {
-    let message = msg.encode_to_vec();
-    let mut frame = vec![0u8];
-    frame.extend((message.len() as u32).to_be_bytes());
-    frame.extend(message);
-    frame
-}
 
 /// etcd's RangeRequest with the one field a get of one key sets.
 #[derive(Clone, PartialEq, prost::Message)]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Parser;
-use system_tests::hostile::{rss, StalledWatches};
+use system_tests::hostile::StalledWatches;
 use system_tests::v1 as pb;
 use system_tests::*;
 
