@@ -5,8 +5,13 @@
 //! against `--client-ca`: its DNS subject alternative names and its common
 //! name. Tokens are bearer tokens in the `authorization` metadata, compared
 //! in constant time. Health and reflection stay open, as probes expect.
+//!
+//! The read and admin checks stand in front of their services as
+//! interceptors ([`Access::reads`], [`Access::admins`], wired in
+//! `server.rs`); a session's check needs its `hello`, so `attach.rs` makes it.
 
-use tonic::Request;
+use tonic::service::Interceptor;
+use tonic::{Request, Status};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::error::Error;
@@ -81,6 +86,24 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Access {
+    /// The read API's gate: every `Ownership` RPC passes it first.
+    pub fn reads(&self) -> impl Interceptor + Clone + Send + Sync + 'static {
+        let access = self.clone();
+        move |request: Request<()>| match access.check_read(&request) {
+            Ok(()) => Ok(request),
+            Err(refusal) => Err(Status::from(refusal)),
+        }
+    }
+
+    /// The admin API's gate: every `Admin` RPC passes it first.
+    pub fn admins(&self) -> impl Interceptor + Clone + Send + Sync + 'static {
+        let access = self.clone();
+        move |request: Request<()>| match access.check_admin(&request) {
+            Ok(()) => Ok(request),
+            Err(refusal) => Err(Status::from(refusal)),
+        }
+    }
+
     /// A session may attach as `node_id` only with that node's certificate
     /// (when mTLS is on); `names` are the connection's [`identities`].
     pub fn check_node(&self, names: &[String], node_id: &str) -> Result<(), Error> {
@@ -204,6 +227,24 @@ mod tests {
             tonic::Code::Unauthenticated
         );
         assert!(on.check_admin(&Request::new(())).is_err());
+    }
+
+    #[test]
+    fn the_gates_pass_or_refuse_as_the_checks_do() {
+        let locked = Access {
+            read_token: Some("reader-token-0123".into()),
+            admin_token: Some("admin-token-01234".into()),
+            ..Default::default()
+        };
+        let mut reads = locked.reads();
+        let mut admins = locked.admins();
+        assert!(reads.call(with_token("reader-token-0123")).is_ok());
+        let refused = reads.call(Request::new(())).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        assert!(refused.message().contains("--read-token-file"));
+        assert!(admins.call(with_token("admin-token-01234")).is_ok());
+        let refused = admins.call(with_token("reader-token-0123")).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     }
 
     #[test]

@@ -115,6 +115,12 @@ pub struct Config {
     #[arg(long, env = "CLAIMS_KEEPALIVE_STREAMS", default_value_t = 2)]
     pub keepalive_streams: usize,
 
+    /// Bound on every unary RPC (GetOwner, ListClaims, ListNodes, the Admin
+    /// RPCs): past it the caller is told DEADLINE_EXCEEDED. Streams
+    /// (Attach, WatchClaims) are not bounded by it.
+    #[arg(long, env = "CLAIMS_RPC_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub rpc_timeout: Duration,
+
     /// How long a new session may take to send its hello.
     #[arg(long, env = "CLAIMS_HELLO_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub hello_timeout: Duration,
@@ -332,12 +338,13 @@ impl Config {
             ));
         }
         if self.etcd_timeout.is_zero()
+            || self.rpc_timeout.is_zero()
             || self.http2_keepalive.is_zero()
             || self.hello_timeout.is_zero()
             || self.handshake_timeout.is_zero()
         {
             return Err(
-                "--etcd-timeout, --http2-keepalive, --hello-timeout and --handshake-timeout must be above zero".into(),
+                "--etcd-timeout, --rpc-timeout, --http2-keepalive, --hello-timeout and --handshake-timeout must be above zero".into(),
             );
         }
         self.validate_security()?;

@@ -88,15 +88,27 @@ impl Error {
     }
 }
 
-/// The metric label of a refusal's code (`claims_rejected_messages_total`).
+/// The metric label of a gRPC code (`claims_rejected_messages_total`,
+/// `claims_rpc_requests_total`).
 pub fn code_label(code: Code) -> &'static str {
     match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown",
         Code::InvalidArgument => "invalid_argument",
-        Code::FailedPrecondition => "failed_precondition",
-        Code::ResourceExhausted => "resource_exhausted",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
         Code::PermissionDenied => "permission_denied",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data_loss",
         Code::Unauthenticated => "unauthenticated",
-        _ => "other",
     }
 }
 

@@ -1,8 +1,9 @@
 //! What one message from a node means to its session, decided without I/O:
-//! an event for the claim rules, a refusal the node is told (the session
-//! goes on), or a protocol error that ends the session.
+//! the `hello` a session starts with ([`hello`]), then, for every later
+//! message ([`admit`]), an event for the claim rules, a refusal the node is
+//! told (the session goes on), or a protocol error that ends the session.
 //!
-//! The session shell and the fuzz targets both go through [`admit`], so the
+//! The session shell and the fuzz targets both go through these, so the
 //! fuzzer exercises exactly the path hostile input takes.
 
 use claims_proto::v1 as pb;
@@ -10,10 +11,14 @@ use pb::node_message::Msg as NodeMsg;
 use tonic::Code;
 
 use crate::claims::Event;
+use crate::error::Error;
 use crate::names;
 
+/// Most tracks a `hello` may list as live.
+pub const MAX_LIVE_TRACKS: usize = 100_000;
+
 /// A session's verdict on one message after `hello`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub enum Intake {
     /// Hand this to the claim rules.
     Event(Event),
@@ -24,8 +29,8 @@ pub enum Intake {
         reason: String,
         code: Code,
     },
-    /// End the session with this code and message.
-    Fatal { code: Code, message: String },
+    /// End the session with this error.
+    Fatal(Error),
 }
 
 /// Checks a track's names against the contract.
@@ -64,10 +69,9 @@ fn checked(t: pb::Track, event: fn(String, String) -> Event) -> Intake {
 /// are the shell's: they depend on time.
 pub fn admit(msg: Option<NodeMsg>) -> Intake {
     match msg {
-        Some(NodeMsg::Hello(_)) => Intake::Fatal {
-            code: Code::FailedPrecondition,
-            message: "hello sent twice; a session has one hello, at its start".into(),
-        },
+        Some(NodeMsg::Hello(_)) => Intake::Fatal(Error::FailedPrecondition(
+            "hello sent twice; a session has one hello, at its start".into(),
+        )),
         Some(NodeMsg::Created(t)) => {
             checked(t, |broadcast, track| Event::Created { broadcast, track })
         }
@@ -81,6 +85,46 @@ pub fn admit(msg: Option<NodeMsg>) -> Intake {
             reason: "empty message: set one of hello, created, closed, goodbye".into(),
             code: Code::InvalidArgument,
         },
+    }
+}
+
+/// The `hello` a session must start with, from its first message (`None`:
+/// the stream ended first), checked against the contract.
+pub fn hello(first: Option<pb::NodeMessage>) -> Result<pb::Hello, Error> {
+    let hello = match first.and_then(|m| m.msg) {
+        Some(NodeMsg::Hello(hello)) => hello,
+        Some(other) => {
+            return Err(Error::FailedPrecondition(format!(
+                "{} before hello; a session must start with hello",
+                message_name(&other)
+            )))
+        }
+        None => {
+            return Err(Error::FailedPrecondition(
+                "the stream ended or sent an empty message before hello".into(),
+            ))
+        }
+    };
+    names::check_node_id(&hello.node_id).map_err(Error::InvalidArgument)?;
+    names::check_endpoints(&hello.endpoints).map_err(Error::InvalidArgument)?;
+    if hello.live.len() > MAX_LIVE_TRACKS {
+        return Err(Error::InvalidArgument(format!(
+            "hello lists {} live tracks; at most {MAX_LIVE_TRACKS} are allowed",
+            hello.live.len()
+        )));
+    }
+    for t in &hello.live {
+        check_track(t).map_err(|e| Error::InvalidArgument(format!("hello.live: {e}")))?;
+    }
+    Ok(hello)
+}
+
+fn message_name(msg: &NodeMsg) -> &'static str {
+    match msg {
+        NodeMsg::Hello(_) => "hello",
+        NodeMsg::Created(_) => "created",
+        NodeMsg::Closed(_) => "closed",
+        NodeMsg::Goodbye(_) => "goodbye",
     }
 }
 
@@ -99,10 +143,7 @@ mod tests {
     fn verdicts() {
         assert!(matches!(
             admit(Some(NodeMsg::Hello(pb::Hello::default()))),
-            Intake::Fatal {
-                code: Code::FailedPrecondition,
-                ..
-            }
+            Intake::Fatal(Error::FailedPrecondition(_))
         ));
         assert!(matches!(
             admit(Some(NodeMsg::Created(t("live/../x", "video")))),
@@ -115,13 +156,10 @@ mod tests {
             admit(Some(NodeMsg::Closed(t("live/x", "")))),
             Intake::Refused { .. }
         ));
-        assert_eq!(
+        assert!(matches!(
             admit(Some(NodeMsg::Closed(t("live/x", "video")))),
-            Intake::Event(Event::Closed {
-                broadcast: "live/x".into(),
-                track: "video".into()
-            })
-        );
+            Intake::Event(Event::Closed { broadcast, track }) if broadcast == "live/x" && track == "video"
+        ));
         assert!(matches!(admit(None), Intake::Refused { .. }));
     }
 
@@ -140,5 +178,56 @@ mod tests {
         assert!(broadcast.len() <= names::MAX_BROADCAST_LEN);
         assert!(track.len() <= names::MAX_TRACK_LEN);
         assert!(reason.len() < 400, "{}", reason.len());
+    }
+
+    fn first(msg: NodeMsg) -> Option<pb::NodeMessage> {
+        Some(pb::NodeMessage { msg: Some(msg) })
+    }
+
+    fn good_hello() -> pb::Hello {
+        pb::Hello {
+            node_id: "node-a".into(),
+            live: vec![t("live/a", "video")],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_session_starts_with_a_hello_that_follows_the_contract() {
+        assert_eq!(
+            hello(first(NodeMsg::Hello(good_hello()))).unwrap(),
+            good_hello()
+        );
+        let before = hello(first(NodeMsg::Created(t("live/a", "video")))).unwrap_err();
+        assert!(
+            matches!(before, Error::FailedPrecondition(m) if m.starts_with("created before hello"))
+        );
+        assert!(matches!(hello(None), Err(Error::FailedPrecondition(_))));
+        assert!(matches!(
+            hello(Some(pb::NodeMessage { msg: None })),
+            Err(Error::FailedPrecondition(_))
+        ));
+        let bad_node = pb::Hello {
+            node_id: "Node A".into(),
+            ..good_hello()
+        };
+        assert!(matches!(
+            hello(first(NodeMsg::Hello(bad_node))),
+            Err(Error::InvalidArgument(_))
+        ));
+        let bad_live = pb::Hello {
+            live: vec![t("live/../a", "video")],
+            ..good_hello()
+        };
+        let err = hello(first(NodeMsg::Hello(bad_live))).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(m) if m.starts_with("hello.live: ")));
+        let too_many = pb::Hello {
+            live: vec![t("live/a", "video"); MAX_LIVE_TRACKS + 1],
+            ..good_hello()
+        };
+        assert!(matches!(
+            hello(first(NodeMsg::Hello(too_many))),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 }

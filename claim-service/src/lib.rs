@@ -9,11 +9,14 @@
 //!   revoke, keep-alive, watch);
 //! - [`intake`]: what one node message means (event, refusal, or protocol
 //!   error), decided without I/O;
-//! - [`session`]: the async shell that drives a session's state machine;
+//! - [`attach`]: `ClaimSessions.Attach`, its handshake and the registry of
+//!   attached sessions; [`session`]: the async shell that drives a
+//!   session's state machine;
 //! - [`view`]: the watch-fed in-memory view of every claim and node;
 //! - [`ownership`]: the read API, mostly over that view; [`watchers`]: its
 //!   `WatchClaims` streams and their limits; [`admin`]: the operators' API;
 //! - [`server`]: the gRPC server, health, reflection, metrics and shutdown;
+//!   [`rpc`]: the layer every RPC goes through (metrics, time limit);
 //! - [`access`]: who may do what (node identity from mTLS, admin and read
 //!   credentials);
 //! - [`config`], [`names`], [`metrics`], [`error`], [`wire`],
@@ -21,6 +24,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod attach;
 pub mod claims;
 pub mod config;
 pub mod error;
@@ -29,6 +33,7 @@ pub mod log_budget;
 pub mod metrics;
 pub use claims_proto::names;
 pub mod ownership;
+pub mod rpc;
 pub mod server;
 pub mod session;
 pub mod store;

@@ -33,6 +33,10 @@ pub struct Metrics {
     pub watches_open: IntGauge,
     /// Watches ended because their watcher fell too far behind.
     pub watches_behind: IntCounter,
+    /// RPCs answered, by method and code (a stream's start).
+    pub rpcs: IntCounterVec,
+    /// Time to answer an RPC (to a stream's start), by method.
+    pub rpc_duration: HistogramVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -99,7 +103,7 @@ impl Metrics {
             )),
             etcd_rtt: must(HistogramVec::new(
                 HistogramOpts::new("etcd_rtt_seconds", "etcd unary round-trip time, by op")
-                    .buckets(latency_buckets),
+                    .buckets(latency_buckets.clone()),
                 &["op"],
             )),
             rejected_messages: must(IntCounterVec::new(
@@ -116,6 +120,21 @@ impl Metrics {
             watches_behind: must(IntCounter::new(
                 "watches_behind_total",
                 "WatchClaims streams ended because their watcher fell too far behind",
+            )),
+            rpcs: must(IntCounterVec::new(
+                Opts::new(
+                    "rpc_requests_total",
+                    "RPCs answered, by method and gRPC code (a stream: how it started)",
+                ),
+                &["method", "code"],
+            )),
+            rpc_duration: must(HistogramVec::new(
+                HistogramOpts::new(
+                    "rpc_duration_seconds",
+                    "time to answer an RPC (a stream: to its start), by method",
+                )
+                .buckets(latency_buckets),
+                &["method"],
             )),
             registry,
         };
@@ -135,6 +154,8 @@ impl Metrics {
             Box::new(m.rejected_messages.clone()),
             Box::new(m.watches_open.clone()),
             Box::new(m.watches_behind.clone()),
+            Box::new(m.rpcs.clone()),
+            Box::new(m.rpc_duration.clone()),
         ] {
             must(m.registry.register(c));
         }

@@ -3,7 +3,8 @@
 //! `GetOwner`, `ListClaims` and `ListNodes` answer from the watch-fed
 //! [`View`]; `GetOwner { consistent: true }` reads etcd linearizably instead.
 //! `WatchClaims` is served by [`crate::watchers`]: from the view's feed, or
-//! from etcd's history for revisions older than the view keeps.
+//! from etcd's history for revisions older than the view keeps. Who may read
+//! is checked in front of this service (see [`crate::access::Access::reads`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,7 +15,6 @@ use futures::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::access::Access;
 use crate::error::Error;
 use crate::names;
 use crate::store::{Purpose, Store};
@@ -28,7 +28,6 @@ const TOKEN_TAG: &str = "after:";
 pub struct OwnershipService {
     store: Store,
     view: Arc<View>,
-    access: Access,
     watches: Arc<Watches>,
     /// Ends open watches when the replica shuts down.
     shutdown: CancellationToken,
@@ -38,14 +37,12 @@ impl OwnershipService {
     pub fn new(
         store: Store,
         view: Arc<View>,
-        access: Access,
         watches: Arc<Watches>,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             store,
             view,
-            access,
             watches,
             shutdown,
         }
@@ -94,7 +91,6 @@ impl pb::ownership_server::Ownership for OwnershipService {
         &self,
         request: Request<pb::GetOwnerRequest>,
     ) -> Result<Response<pb::Claim>, Status> {
-        self.access.check_read(&request)?;
         let req = request.into_inner();
         names::check_broadcast(&req.broadcast).map_err(Error::InvalidArgument)?;
         let owner = if req.consistent {
@@ -117,7 +113,6 @@ impl pb::ownership_server::Ownership for OwnershipService {
         &self,
         request: Request<pb::ListClaimsRequest>,
     ) -> Result<Response<pb::ListClaimsResponse>, Status> {
-        self.access.check_read(&request)?;
         let req = request.into_inner();
         check_prefix(&req.prefix)?;
         if !req.node_id.is_empty() {
@@ -148,7 +143,6 @@ impl pb::ownership_server::Ownership for OwnershipService {
         &self,
         request: Request<pb::WatchClaimsRequest>,
     ) -> Result<Response<Self::WatchClaimsStream>, Status> {
-        self.access.check_read(&request)?;
         let peer = request.remote_addr().map(|a| a.ip());
         let req = request.into_inner();
         check_prefix(&req.prefix)?;
@@ -171,9 +165,8 @@ impl pb::ownership_server::Ownership for OwnershipService {
 
     async fn list_nodes(
         &self,
-        request: Request<pb::ListNodesRequest>,
+        _request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        self.access.check_read(&request)?;
         let (nodes, revision) = self.view.nodes()?;
         Ok(Response::new(pb::ListNodesResponse {
             nodes: nodes

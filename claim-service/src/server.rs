@@ -13,15 +13,17 @@ use claims_proto::v1::{
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 
 use crate::admin::AdminService;
+use crate::attach::{ClaimSessionsService, Context, Sessions};
 use crate::config::{Config, Loaded};
 use crate::error::{Error, Result};
 use crate::log_budget::LogBudget;
 use crate::metrics::Metrics;
 use crate::ownership::OwnershipService;
-use crate::session::{ClaimSessionsService, Context, Sessions};
+use crate::rpc::RpcLayer;
 use crate::store::Store;
 use crate::view::View;
 use crate::watchers::Watches;
@@ -162,6 +164,8 @@ pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = (
         .http2_keepalive_timeout(Some(config.http2_keepalive * 2))
         .concurrency_limit_per_connection(1024)
         .trace_fn(|req| tracing::debug_span!("grpc", path = %req.uri().path()))
+        // Every RPC: metrics per method and code, a time limit on unary ones.
+        .layer(RpcLayer::new(metrics.clone(), config.rpc_timeout))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -169,24 +173,23 @@ pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = (
             ClaimSessionsServer::new(ClaimSessionsService::new(ctx.clone()))
                 .max_decoding_message_size(max_message),
         )
-        .add_service(
-            AdminServer::new(AdminService::new(
-                store.clone(),
-                view.clone(),
-                access.clone(),
-            ))
-            .max_decoding_message_size(MAX_QUERY_MESSAGE),
-        )
-        .add_service(
+        // Operators only: the admin credential is checked in front.
+        .add_service(InterceptedService::new(
+            AdminServer::new(AdminService::new(store.clone(), view.clone()))
+                .max_decoding_message_size(MAX_QUERY_MESSAGE),
+            access.admins(),
+        ))
+        // Readers: the read token, when one is set, is checked in front.
+        .add_service(InterceptedService::new(
             OwnershipServer::new(OwnershipService::new(
                 store.clone(),
                 view.clone(),
-                access.clone(),
                 Watches::new(config.watch_limits(), metrics.clone()),
                 token.clone(),
             ))
             .max_decoding_message_size(MAX_QUERY_MESSAGE),
-        )
+            access.reads(),
+        ))
         .serve_with_incoming_shutdown(
             // Nagle's algorithm is off on these (see `listen::accept`):
             // with it, small answers waited for the previous one's

@@ -1,259 +1,39 @@
-//! `ClaimSessions.Attach`: the async shell around one node's [`NodeClaims`].
+//! The async shell around one node's [`NodeClaims`]: it feeds the rules
+//! every event (the node's messages, store answers, lease losses, timers,
+//! what the view saw) and carries out the actions they return. It decides
+//! nothing about claims itself.
 //!
-//! One task reads the inbound stream into a channel; the session task owns
-//! the state machine and feeds it every event (node messages, store answers,
-//! lease losses, timers, releases seen by the view), then carries out the
-//! actions it returns. The response stream is the receiving end of a channel,
-//! so a node that goes away is an event (`Detached`), not an error lost in a
-//! combinator.
+//! The node's messages arrive through a channel a reader task fills (see
+//! [`crate::attach`]); the response stream is the receiving end of another,
+//! so a node that goes away is an event (`Detached`), not an error lost in
+//! a combinator.
 
-use std::collections::{HashMap, HashSet};
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use claims_proto::v1 as pb;
-use futures::{Stream, StreamExt};
-use pb::node_message::Msg as NodeMsg;
+use futures::StreamExt;
 use pb::service_message::Msg as ServiceMsg;
 use rand::Rng;
 use tokio::sync::{broadcast, mpsc, Notify};
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
-use tonic::{Request, Response, Status, Streaming};
-use tracing::Instrument;
+use tonic::Status;
 
-use crate::access::{self, Access};
-use crate::claims::ClaimOutcome;
-use crate::claims::{Action, Event, NodeClaims};
-use crate::config::SessionConfig;
-use crate::error::{code_label, Error};
-use crate::intake::{self, check_track, Intake};
+use crate::attach::Context;
+use crate::claims::{backoff, Action, Event, NodeClaims, Reply};
+use crate::error::Error;
+use crate::intake::{self, Intake};
 use crate::log_budget::LogBudget;
-use crate::metrics::Metrics;
 use crate::names;
-use crate::store::{
-    unix_ms, Attempt, ClaimRequest, Holder, LeaseLoss, NodeRecord, Registration, Release, Store,
-};
-use crate::view::{View, ViewEvent};
+use crate::store::{unix_ms, Attempt, ClaimRequest, Holder, LeaseLoss, NodeRecord, Release};
+use crate::view::ViewEvent;
 use crate::wire::service_message;
 
-/// Most tracks a `hello` may list as live.
-pub const MAX_LIVE_TRACKS: usize = 100_000;
-const OUTBOUND_QUEUE: usize = 1024;
-
-/// The sessions attached to this replica, one per node id.
-#[derive(Default)]
-pub struct Sessions {
-    by_node: Mutex<HashMap<String, (String, Arc<Notify>)>>,
-}
-
-impl Sessions {
-    /// Registers a session, superseding an older one of the same node; a
-    /// new node is let in only while fewer than `max` are attached.
-    fn attach(&self, node_id: &str, session_id: &str, max: usize) -> Result<Arc<Notify>, Error> {
-        let notify = Arc::new(Notify::new());
-        let mut map = self.by_node.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= max && !map.contains_key(node_id) {
-            return Err(Error::ResourceExhausted(format!(
-                "limit max-sessions ({max}) reached: this replica has {} sessions; attach to another replica",
-                map.len()
-            )));
-        }
-        let older = map.insert(
-            node_id.to_string(),
-            (session_id.to_string(), notify.clone()),
-        );
-        if let Some((_, older)) = older {
-            older.notify_one();
-        }
-        Ok(notify)
-    }
-
-    fn detach(&self, node_id: &str, session_id: &str) {
-        let mut map = self.by_node.lock().unwrap_or_else(|p| p.into_inner());
-        if map.get(node_id).is_some_and(|(s, _)| s == session_id) {
-            map.remove(node_id);
-        }
-    }
-}
-
-/// Everything a session needs from the replica.
-pub struct Context {
-    pub store: Store,
-    pub view: Arc<View>,
-    pub metrics: Arc<Metrics>,
-    pub config: SessionConfig,
-    pub access: Access,
-    pub sessions: Sessions,
-    /// Log lines that nodes' bad input causes, bounded.
-    pub refusal_log: LogBudget,
-    /// Cancelled when the replica shuts down: sessions end at once and leave
-    /// their claims in etcd for another replica to adopt.
-    pub shutdown: CancellationToken,
-}
-
-impl Context {
-    /// Counts a refused message or session by its code.
-    fn count_refusal(&self, code: tonic::Code) {
-        self.metrics
-            .rejected_messages
-            .with_label_values(&[code_label(code)])
-            .inc();
-    }
-
-    /// Counts `refusal` as a refusal and answers it.
-    fn refuse(&self, refusal: impl Into<Status>) -> Status {
-        let status = refusal.into();
-        self.count_refusal(status.code());
-        status
-    }
-}
-
-pub struct ClaimSessionsService {
-    ctx: Arc<Context>,
-}
-
-impl ClaimSessionsService {
-    pub fn new(ctx: Arc<Context>) -> Self {
-        Self { ctx }
-    }
-}
-
 type Outbound = mpsc::Sender<Result<pb::ServiceMessage, Status>>;
+type Inbound = mpsc::Receiver<Result<Option<pb::NodeMessage>, Status>>;
 
-#[tonic::async_trait]
-impl pb::claim_sessions_server::ClaimSessions for ClaimSessionsService {
-    type AttachStream = Pin<Box<dyn Stream<Item = Result<pb::ServiceMessage, Status>> + Send>>;
-
-    async fn attach(
-        &self,
-        request: Request<Streaming<pb::NodeMessage>>,
-    ) -> Result<Response<Self::AttachStream>, Status> {
-        let identities = access::identities(&request);
-        let max_message = self.ctx.config.max_message_size;
-        let mut inbound = request.into_inner();
-        let first = tokio::time::timeout(self.ctx.config.hello_timeout, inbound.message())
-            .await
-            .map_err(|_| {
-                Status::from(Error::DeadlineExceeded(format!(
-                    "no hello within {:?}; a session starts with hello",
-                    self.ctx.config.hello_timeout
-                )))
-            })?
-            .map_err(|s| message_limit(s, max_message))?;
-        let hello = match first.and_then(|m| m.msg) {
-            Some(NodeMsg::Hello(hello)) => hello,
-            Some(other) => {
-                return Err(self.ctx.refuse(Error::FailedPrecondition(format!(
-                    "{} before hello; a session must start with hello",
-                    message_name(&other)
-                ))));
-            }
-            None => {
-                return Err(Error::FailedPrecondition(
-                    "the stream ended or sent an empty message before hello".into(),
-                )
-                .into())
-            }
-        };
-        check_hello(&hello).map_err(|e| self.ctx.refuse(e))?;
-        if let Err(refusal) = self.ctx.access.check_node(&identities, &hello.node_id) {
-            if let Some(unlogged) = self.ctx.refusal_log.admit() {
-                tracing::warn!(node_id = %hello.node_id, certificate = ?identities, error = %refusal, unlogged, "session refused: node identity");
-            }
-            return Err(self.ctx.refuse(refusal));
-        }
-        let session_id = format!("{:016x}", rand::rng().random::<u64>());
-        let superseded = self
-            .ctx
-            .sessions
-            .attach(&hello.node_id, &session_id, self.ctx.config.max_sessions)
-            .map_err(|refusal| {
-                if let Some(unlogged) = self.ctx.refusal_log.admit() {
-                    tracing::warn!(node_id = %hello.node_id, error = %refusal, unlogged, "session refused");
-                }
-                self.ctx.refuse(refusal)
-            })?;
-        let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
-        let (in_tx, in_rx) = mpsc::channel(256);
-        tokio::spawn(async move {
-            loop {
-                // Once the session is over, let go of the request stream so
-                // its connection can close (a client need not half-close).
-                let item = tokio::select! {
-                    item = inbound.message() => item,
-                    _ = in_tx.closed() => return,
-                };
-                let end = !matches!(item, Ok(Some(_)));
-                let item = item.map_err(|s| message_limit(s, max_message));
-                if in_tx.send(item).await.is_err() || end {
-                    return;
-                }
-            }
-        });
-        let session = Session::new(self.ctx.clone(), hello, session_id, out_tx);
-        let span = tracing::info_span!("session", node_id = %session.holder.node_id, session_id = %session.holder.session_id);
-        tokio::spawn(session.run(in_rx, superseded).instrument(span));
-        Ok(Response::new(ReceiverStream::new(out_rx).boxed()))
-    }
-}
-
-/// tonic refuses an over-long message with `OUT_OF_RANGE`; a node is told
-/// `RESOURCE_EXHAUSTED` naming the limit, as for every other limit.
-fn message_limit(status: Status, max: usize) -> Status {
-    if status.code() == tonic::Code::OutOfRange && status.message().contains("too large") {
-        Error::ResourceExhausted(format!(
-            "limit max-message-size ({max} bytes) exceeded: {}",
-            status.message()
-        ))
-        .into()
-    } else {
-        status
-    }
-}
-
-fn message_name(msg: &NodeMsg) -> &'static str {
-    match msg {
-        NodeMsg::Hello(_) => "hello",
-        NodeMsg::Created(_) => "created",
-        NodeMsg::Closed(_) => "closed",
-        NodeMsg::Goodbye(_) => "goodbye",
-    }
-}
-
-fn check_hello(hello: &pb::Hello) -> Result<(), Error> {
-    names::check_node_id(&hello.node_id).map_err(Error::InvalidArgument)?;
-    names::check_endpoints(&hello.endpoints).map_err(Error::InvalidArgument)?;
-    if hello.live.len() > MAX_LIVE_TRACKS {
-        return Err(Error::InvalidArgument(format!(
-            "hello lists {} live tracks; at most {MAX_LIVE_TRACKS} are allowed",
-            hello.live.len()
-        )));
-    }
-    for t in &hello.live {
-        check_track(t).map_err(|e| Error::InvalidArgument(format!("hello.live: {e}")))?;
-    }
-    Ok(())
-}
-
-/// Results of work the session started, coming back to its loop.
-enum Internal {
-    Core(Event),
-    NodeRegistered(Registration),
-    NodeRecordFailed(String),
-    /// The node's record was written by another session while this one's
-    /// lease was lost: this session is superseded.
-    RecordTaken(String),
-    /// A claim found the node's record on another lease.
-    Fenced {
-        broadcast: String,
-        session_id: String,
-    },
-}
-
-struct Session {
+pub struct Session {
     ctx: Arc<Context>,
     /// The node, its endpoints, this session's id: what all of this
     /// session's claims share (and its node record).
@@ -261,24 +41,19 @@ struct Session {
     ttl: Duration,
     core: NodeClaims,
     out: Outbound,
-    internal_tx: mpsc::UnboundedSender<Internal>,
-    internal_rx: mpsc::UnboundedReceiver<Internal>,
+    /// Answers of work the session started, for the rules.
+    events_tx: mpsc::UnboundedSender<Event>,
+    events_rx: mpsc::UnboundedReceiver<Event>,
     loss_tx: mpsc::UnboundedSender<LeaseLoss>,
     loss_rx: mpsc::UnboundedReceiver<LeaseLoss>,
     timers: DelayQueue<Event>,
     /// Leases this session asked the keep-alive to renew.
     kept: HashSet<i64>,
-    /// The lease of this session's node record: the fence every claim
-    /// checks. Claims wait in `unfenced` until the record is written.
-    node_lease: Option<i64>,
-    registered_revision: i64,
-    unfenced: Vec<String>,
     /// Still reading the node's messages (not after goodbye, a protocol
-    /// error, a half-close or a detach).
+    /// error, a half-close, a detach or being superseded).
     reading: bool,
-    /// What the node was last told about draining.
-    draining: bool,
-    live: pb::Hello,
+    /// The tracks `hello` listed as live, created once the session began.
+    live: Vec<pb::Track>,
     finished: bool,
     /// Lifecycle events per second this session may send.
     events: Option<EventLimiter>,
@@ -295,36 +70,40 @@ fn event_limiter(per_second: u32) -> Option<EventLimiter> {
 }
 
 impl Session {
-    fn new(ctx: Arc<Context>, hello: pb::Hello, session_id: String, out: Outbound) -> Self {
-        let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+    pub fn new(ctx: Arc<Context>, hello: pb::Hello, session_id: String, out: Outbound) -> Self {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (loss_tx, loss_rx) = mpsc::unbounded_channel();
         let holder = Holder {
             node_id: hello.node_id.as_str().into(),
-            endpoints: Arc::new(hello.endpoints.clone()),
+            endpoints: Arc::new(hello.endpoints),
             session_id: session_id.as_str().into(),
             service_id: ctx.config.service_id.as_str().into(),
         };
         Self {
-            holder,
             events: event_limiter(ctx.config.max_events_per_second),
-            core: NodeClaims::with_limits(ctx.config.limits),
+            core: NodeClaims::new(&session_id, ctx.config.limits),
             ttl: ctx.config.lease_ttl(hello.lease_ttl_ms),
+            holder,
             ctx,
             out,
-            internal_tx,
-            internal_rx,
+            events_tx,
+            events_rx,
             loss_tx,
             loss_rx,
             timers: DelayQueue::new(),
             kept: HashSet::new(),
-            node_lease: None,
-            registered_revision: 0,
-            unfenced: Vec::new(),
             reading: true,
-            draining: false,
-            live: hello,
+            live: hello.live,
             finished: false,
         }
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.holder.node_id
+    }
+
+    pub fn session_id(&self) -> &str {
+        &self.holder.session_id
     }
 
     async fn send(&self, msg: pb::ServiceMessage) {
@@ -332,17 +111,13 @@ impl Session {
         let _ = self.out.send(Ok(msg)).await;
     }
 
-    async fn run(
-        mut self,
-        mut inbound: mpsc::Receiver<Result<Option<pb::NodeMessage>, Status>>,
-        superseded: Arc<Notify>,
-    ) {
+    pub async fn run(mut self, mut inbound: Inbound, superseded: Arc<Notify>) {
         let ctx = self.ctx.clone();
         ctx.metrics.sessions_attached.inc();
         let mut view_events = ctx.view.subscribe();
         tracing::info!(
             endpoints = ?self.holder.endpoints,
-            live = self.live.live.len(),
+            live = self.live.len(),
             lease_ttl = ?self.ttl,
             "node attached"
         );
@@ -352,8 +127,8 @@ impl Session {
             lease_ttl_ms: self.ttl.as_millis() as u64,
         })))
         .await;
-        self.start_background_reads();
-        for track in std::mem::take(&mut self.live.live) {
+        self.apply(Event::Began).await;
+        for track in std::mem::take(&mut self.live) {
             self.apply(Event::Created {
                 broadcast: track.broadcast,
                 track: track.track,
@@ -367,85 +142,20 @@ impl Session {
         while !self.finished {
             let attached = !self.core.is_detached() && !self.core.is_closing();
             tokio::select! {
-                item = inbound.recv(), if self.reading => {
-                    match item {
-                        Some(Ok(Some(msg))) => {
-                            if let Err(status) = self.on_message(msg).await {
-                                let _ = self.out.send(Err(status)).await;
-                                self.reading = false;
-                                self.detach().await;
-                            } else if self.core.is_closing() {
-                                self.reading = false;
-                            }
-                        }
-                        Some(Ok(None)) | None => {
-                            tracing::debug!("node closed its sending side; the session lasts until the stream ends");
-                            self.reading = false;
-                        }
-                        Some(Err(status)) => {
-                            tracing::info!(error = %status, "session stream broke");
-                            self.reading = false;
-                            self.detach().await;
-                        }
-                    }
-                }
-                _ = out.closed(), if attached => {
-                    self.reading = false;
-                    self.detach().await;
-                }
-                Some(internal) = self.internal_rx.recv() => match internal {
-                    Internal::Core(event) => self.apply(event).await,
-                    Internal::NodeRegistered(registration) => self.registered(registration).await,
-                    Internal::RecordTaken(by) => {
-                        for broadcast in std::mem::take(&mut self.unfenced) {
-                            let outcome = ClaimOutcome::Unavailable { reason: format!("session {by} of this node took over") };
-                            self.apply(Event::ClaimAnswered { broadcast, outcome }).await;
-                        }
-                        if attached {
-                            self.supersede(&format!("session {by}")).await;
-                        }
-                    }
-                    Internal::NodeRecordFailed(reason) => {
-                        for broadcast in std::mem::take(&mut self.unfenced) {
-                            let outcome = ClaimOutcome::Unavailable { reason: reason.clone() };
-                            self.apply(Event::ClaimAnswered { broadcast, outcome }).await;
-                        }
-                    }
-                    Internal::Fenced { broadcast, session_id } => {
-                        // Another session's record supersedes this one; our
-                        // own renewed record, or none (lost in an outage and
-                        // being written again), only means: try again.
-                        let taken = !session_id.is_empty() && *session_id != *self.holder.session_id;
-                        let reason = if taken {
-                            format!("session {session_id} of this node took over")
-                        } else {
-                            "this session's node record is being renewed; retrying".to_string()
-                        };
-                        let outcome = ClaimOutcome::Unavailable { reason };
-                        self.apply(Event::ClaimAnswered { broadcast, outcome }).await;
-                        if taken && attached {
-                            self.supersede(&session_id).await;
-                        }
-                    }
-                },
+                item = inbound.recv(), if self.reading => self.on_inbound(item).await,
+                _ = out.closed(), if attached => self.detach().await,
+                Some(event) = self.events_rx.recv() => self.apply(event).await,
                 Some(loss) = self.loss_rx.recv() => self.on_loss(loss).await,
                 Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
                     self.apply(expired.into_inner()).await;
                 }
                 event = view_events.recv() => self.on_view(event).await,
-                _ = superseded.notified(), if attached => {
-                    self.supersede("on this replica").await;
-                }
+                _ = superseded.notified(), if attached => self.apply(Event::Superseded).await,
                 _ = ctx.shutdown.cancelled() => {
                     self.leave_for_adoption().await;
                     return;
                 }
             }
-        }
-        // Every claim is released: drop the node's record too.
-        if let Some(lease_id) = self.node_lease.take() {
-            ctx.store.keepalive().forget(lease_id, &self.loss_tx);
-            ctx.store.revoke_until_gone(lease_id, self.ttl).await;
         }
         if self.core.is_closing() {
             tracing::info!("node said goodbye; every claim released");
@@ -459,135 +169,32 @@ impl Session {
         }
     }
 
-    /// Reads that the session needs but must not wait for: the claims an
-    /// earlier session of this node left (released unless live now), and the
-    /// node's record. Both retry until etcd answers.
-    fn start_background_reads(&self) {
-        let store = self.ctx.store.clone();
-        let tx = self.internal_tx.clone();
-        let node_id = self.holder.node_id.clone();
-        tokio::spawn(async move {
-            let found = until_done("cannot read this node's earlier claims", &tx, || {
-                store.claims_of_node(&node_id)
-            })
-            .await;
-            if let Some(claims) = found {
-                let _ = tx.send(Internal::Core(Event::Existing { claims }));
-            }
-        });
-        self.record_node(None);
-    }
-
-    /// Writes the node's record on a lease of its own, retrying until etcd
-    /// answers; each failure is reported, so waiting claims can say why.
-    /// `fence` is the record's previous lease when it is written again.
-    fn record_node(&self, fence: Option<i64>) {
-        let store = self.ctx.store.clone();
-        let tx = self.internal_tx.clone();
-        let node_id = self.holder.node_id.clone();
-        let record = NodeRecord {
-            endpoints: (*self.holder.endpoints).clone(),
-            session_id: self.holder.session_id.to_string(),
-            service_id: self.ctx.config.service_id.clone(),
-            attached_at_unix_ms: unix_ms(),
-            draining: false,
-        };
-        let ttl = self.ttl;
-        tokio::spawn(async move {
-            let mut failures = 0;
-            while !tx.is_closed() {
-                match store.register_node(&node_id, &record, ttl, fence).await {
-                    Ok(registration) => {
-                        if tx.send(Internal::NodeRegistered(registration)).is_err() {
-                            // The session ended meanwhile.
-                            let _ = store.revoke(registration.lease_id).await;
-                        }
-                        return;
-                    }
-                    Err(Error::Superseded(by)) => {
-                        let _ = tx.send(Internal::RecordTaken(by));
-                        return;
-                    }
-                    Err(e) => {
-                        failures += 1;
-                        tracing::warn!(error = %e, "cannot record the node in etcd; retrying");
-                        let _ = tx.send(Internal::NodeRecordFailed(e.public()));
-                        tokio::time::sleep(crate::claims::backoff(failures)).await;
-                    }
+    async fn on_inbound(&mut self, item: Option<Result<Option<pb::NodeMessage>, Status>>) {
+        match item {
+            Some(Ok(Some(msg))) => {
+                if let Err(status) = self.on_message(msg).await {
+                    let _ = self.out.send(Err(status)).await;
+                    self.detach().await;
+                } else if self.core.is_closing() {
+                    self.reading = false;
                 }
             }
-        });
-    }
-
-    /// The node's record is written: claims can be made under its fence.
-    async fn registered(&mut self, registration: Registration) {
-        self.node_lease = Some(registration.lease_id);
-        self.registered_revision = registration.revision;
-        let renew = self.ctx.config.renew_for(self.ttl);
-        self.ctx.store.keepalive().keep(
-            registration.lease_id,
-            self.ttl,
-            renew,
-            self.loss_tx.clone(),
-            tokio::time::Instant::now(),
-        );
-        if registration.draining {
-            self.tell_draining(true).await;
-        }
-        for broadcast in std::mem::take(&mut self.unfenced) {
-            self.start_claim(broadcast);
+            Some(Ok(None)) | None => {
+                tracing::debug!(
+                    "node closed its sending side; the session lasts until the stream ends"
+                );
+                self.reading = false;
+            }
+            Some(Err(status)) => {
+                tracing::info!(error = %status, "session stream broke");
+                self.detach().await;
+            }
         }
     }
 
-    /// Another session of this node took over: end this one with `ABORTED`
-    /// and keep its claims for the grace (the newer session adopts them).
-    async fn supersede(&mut self, by: &str) {
-        tracing::info!(by, "superseded by a newer session of the same node");
-        let _ = self
-            .out
-            .send(Err(Error::Superseded(format!(
-                "a newer session of node {:?} attached ({by}); this one is closed",
-                self.holder.node_id
-            ))
-            .into()))
-            .await;
+    async fn detach(&mut self) {
         self.reading = false;
-        self.detach().await;
-    }
-
-    fn start_claim(&self, broadcast: String) {
-        let Some(guard_lease) = self.node_lease else {
-            unreachable!("claims start only once the node record is written");
-        };
-        let req = ClaimRequest {
-            broadcast: broadcast.clone(),
-            holder: self.holder.clone(),
-            ttl: self.ttl,
-            guard_lease,
-        };
-        let tx = self.internal_tx.clone();
-        self.ctx.store.submit_claim(req, move |attempt| {
-            // If the session is gone (replica shutting down), the lease is
-            // left to expire or be adopted.
-            let _ = match attempt {
-                Attempt::Outcome(outcome) => {
-                    tx.send(Internal::Core(Event::ClaimAnswered { broadcast, outcome }))
-                }
-                Attempt::Fenced { session_id } => tx.send(Internal::Fenced {
-                    broadcast,
-                    session_id,
-                }),
-            };
-        });
-    }
-
-    async fn tell_draining(&mut self, draining: bool) {
-        self.draining = draining;
-        tracing::info!(draining, "node draining mark changed");
-        self.send(service_message(ServiceMsg::Draining(pb::Draining {
-            draining,
-        })))
-        .await;
+        self.apply(Event::Detached).await;
     }
 
     async fn on_message(&mut self, msg: pb::NodeMessage) -> Result<(), Status> {
@@ -648,7 +255,7 @@ impl Session {
                 .await;
                 Ok(())
             }
-            Intake::Fatal { code, message } => Err(self.ctx.refuse(Status::new(code, message))),
+            Intake::Fatal(error) => Err(self.ctx.refuse(error)),
         }
     }
 
@@ -657,26 +264,7 @@ impl Session {
         self.events.as_ref().is_none_or(|l| l.check().is_ok())
     }
 
-    async fn detach(&mut self) {
-        if self.core.is_detached() || self.finished {
-            return;
-        }
-        self.ctx.metrics.sessions_attached.dec();
-        let held = self.core.held().count();
-        tracing::info!(held, grace = ?self.ctx.config.detach_grace, "node detached without goodbye; keeping its claims for the grace");
-        self.apply(Event::Detached).await;
-        self.timers
-            .insert(Event::GraceExpired, self.ctx.config.detach_grace);
-    }
-
     async fn on_loss(&mut self, loss: LeaseLoss) {
-        if Some(loss.lease_id) == self.node_lease {
-            // The node record's lease: write the record again, unless a
-            // newer session of the node wrote it meanwhile.
-            self.node_lease = None;
-            self.record_node(Some(loss.lease_id));
-            return;
-        }
         if self.kept.contains(&loss.lease_id) {
             self.ctx
                 .metrics
@@ -692,79 +280,37 @@ impl Session {
     }
 
     async fn on_view(&mut self, event: Result<ViewEvent, broadcast::error::RecvError>) {
-        match event {
+        let event = match event {
             Ok(ViewEvent::Released {
                 broadcast,
                 revision,
-            }) => {
-                if self.core.standby().any(|b| b == broadcast) {
-                    self.apply(Event::OwnerReleased {
-                        broadcast,
-                        revision,
-                    })
-                    .await;
-                }
-            }
+            }) => Event::OwnerReleased {
+                broadcast,
+                revision,
+            },
             Ok(ViewEvent::Forced {
                 broadcast,
                 fencing_token,
                 reason,
-            }) => {
-                let held = self
-                    .core
-                    .held()
-                    .find(|(b, c)| *b == broadcast && c.fencing_token == fencing_token)
-                    .map(|(_, c)| c.lease_id);
-                if let Some(lease_id) = held {
-                    self.ctx
-                        .metrics
-                        .claims_lost
-                        .with_label_values(&["force_released"])
-                        .inc();
-                    tracing::warn!(%broadcast, %reason, "an operator force-released this claim");
-                    self.apply(Event::LeaseLost {
-                        lease_id,
-                        reason: format!("force-released by an operator: {reason}"),
-                    })
-                    .await;
-                }
-            }
+            }) => Event::Forced {
+                broadcast,
+                fencing_token,
+                reason,
+            },
             Ok(ViewEvent::Node {
                 node_id,
                 session_id,
                 draining,
                 revision,
-            }) => {
-                if *node_id != *self.holder.node_id {
-                    return;
-                }
-                if *session_id == *self.holder.session_id {
-                    if draining != self.draining {
-                        self.tell_draining(draining).await;
-                    }
-                } else if !session_id.is_empty()
-                    && revision > self.registered_revision
-                    && self.registered_revision > 0
-                    && !self.core.is_detached()
-                    && !self.core.is_closing()
-                {
-                    // A newer session of this node, on any replica.
-                    self.supersede(&format!("session {session_id}")).await;
-                }
-            }
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                // Releases may have been missed: every standby tries again.
-                let standby: Vec<String> = self.core.standby().map(String::from).collect();
-                for broadcast in standby {
-                    self.apply(Event::OwnerReleased {
-                        broadcast,
-                        revision: i64::MAX,
-                    })
-                    .await;
-                }
-            }
-            Err(broadcast::error::RecvError::Closed) => {}
-        }
+            }) if *node_id == *self.holder.node_id => Event::NodeSeen {
+                session_id: session_id.to_string(),
+                draining,
+                revision,
+            },
+            Ok(ViewEvent::Node { .. }) | Err(broadcast::error::RecvError::Closed) => return,
+            Err(broadcast::error::RecvError::Lagged(_)) => Event::ViewLagged,
+        };
+        self.apply(event).await;
     }
 
     async fn apply(&mut self, event: Event) {
@@ -776,13 +322,10 @@ impl Session {
     async fn act(&mut self, action: Action) {
         let ctx = self.ctx.clone();
         match action {
-            Action::Claim { broadcast } => {
-                if self.node_lease.is_some() {
-                    self.start_claim(broadcast);
-                } else {
-                    self.unfenced.push(broadcast);
-                }
-            }
+            Action::Claim {
+                broadcast,
+                guard_lease,
+            } => self.start_claim(broadcast, guard_lease),
             Action::KeepAlive {
                 lease_id,
                 broadcast,
@@ -811,7 +354,7 @@ impl Session {
                     self.loss_tx.clone()
                 });
                 ctx.metrics.claims_released.inc();
-                let tx = self.internal_tx.clone();
+                let tx = self.events_tx.clone();
                 let release = Release {
                     session: self.holder.session_id.clone(),
                     broadcast: broadcast.clone(),
@@ -821,7 +364,7 @@ impl Session {
                     owner,
                 };
                 ctx.store.submit_release(release, move || {
-                    let _ = tx.send(Internal::Core(Event::Released { broadcast }));
+                    let _ = tx.send(Event::Released { broadcast });
                 });
             }
             Action::ReleaseStale {
@@ -840,7 +383,15 @@ impl Session {
                 };
                 ctx.store.submit_release(release, || {});
             }
-            Action::Forget { lease_id } => self.unkeep(lease_id),
+            Action::Forget { lease_id, forced } => {
+                if forced {
+                    ctx.metrics
+                        .claims_lost
+                        .with_label_values(&["force_released"])
+                        .inc();
+                }
+                self.unkeep(lease_id);
+            }
             Action::Send(reply) => {
                 log_reply(&reply, &ctx.refusal_log);
                 self.send(reply.into()).await;
@@ -856,8 +407,65 @@ impl Session {
                     delay + Duration::from_millis(jitter),
                 );
             }
+            Action::FindEarlierClaims => self.find_earlier_claims(),
+            Action::WriteRecord { replaces } => self.write_record(replaces),
+            Action::KeepRecord { lease_id } => {
+                let renew = ctx.config.renew_for(self.ttl);
+                ctx.store.keepalive().keep(
+                    lease_id,
+                    self.ttl,
+                    renew,
+                    self.loss_tx.clone(),
+                    tokio::time::Instant::now(),
+                );
+            }
+            Action::DropRecord { lease_id } => {
+                ctx.store.keepalive().forget(lease_id, &self.loss_tx);
+                ctx.store.revoke_until_gone(lease_id, self.ttl).await;
+            }
+            Action::Supersede { by } => {
+                tracing::info!(%by, "superseded by a newer session of the same node");
+                let _ = self
+                    .out
+                    .send(Err(Error::Superseded(format!(
+                        "a newer session of node {:?} attached ({by}); this one is closed",
+                        self.holder.node_id
+                    ))
+                    .into()))
+                    .await;
+                self.reading = false;
+            }
+            Action::StartGrace => {
+                self.reading = false;
+                ctx.metrics.sessions_attached.dec();
+                let held = self.core.held().count();
+                tracing::info!(held, grace = ?ctx.config.detach_grace, "node detached without goodbye; keeping its claims for the grace");
+                self.timers
+                    .insert(Event::GraceExpired, ctx.config.detach_grace);
+            }
             Action::Finished => self.finished = true,
         }
+    }
+
+    fn start_claim(&self, broadcast: String, guard_lease: i64) {
+        let req = ClaimRequest {
+            broadcast: broadcast.clone(),
+            holder: self.holder.clone(),
+            ttl: self.ttl,
+            guard_lease,
+        };
+        let tx = self.events_tx.clone();
+        self.ctx.store.submit_claim(req, move |attempt| {
+            // If the session is gone (replica shutting down), the lease is
+            // left to expire or be adopted.
+            let _ = tx.send(match attempt {
+                Attempt::Outcome(outcome) => Event::ClaimAnswered { broadcast, outcome },
+                Attempt::Fenced { session_id } => Event::Fenced {
+                    broadcast,
+                    session_id,
+                },
+            });
+        });
     }
 
     fn unkeep(&mut self, lease_id: i64) {
@@ -865,6 +473,68 @@ impl Session {
             self.ctx.store.keepalive().forget(lease_id, &self.loss_tx);
             self.ctx.metrics.claims_held.dec();
         }
+    }
+
+    /// Reads the claims an earlier session of this node left (released
+    /// unless live now), retrying until etcd answers, without waiting.
+    fn find_earlier_claims(&self) {
+        let store = self.ctx.store.clone();
+        let tx = self.events_tx.clone();
+        let node_id = self.holder.node_id.clone();
+        tokio::spawn(async move {
+            let found = until_done("cannot read this node's earlier claims", &tx, || {
+                store.claims_of_node(&node_id)
+            })
+            .await;
+            if let Some(claims) = found {
+                let _ = tx.send(Event::Existing { claims });
+            }
+        });
+    }
+
+    /// Writes the node's record on a lease of its own, retrying until etcd
+    /// answers; each failure is reported, so waiting claims can say why.
+    fn write_record(&self, replaces: Option<i64>) {
+        let store = self.ctx.store.clone();
+        let tx = self.events_tx.clone();
+        let node_id = self.holder.node_id.clone();
+        let record = NodeRecord {
+            endpoints: (*self.holder.endpoints).clone(),
+            session_id: self.holder.session_id.to_string(),
+            service_id: self.ctx.config.service_id.clone(),
+            attached_at_unix_ms: unix_ms(),
+            draining: false,
+        };
+        let ttl = self.ttl;
+        tokio::spawn(async move {
+            let mut failures = 0;
+            while !tx.is_closed() {
+                match store.register_node(&node_id, &record, ttl, replaces).await {
+                    Ok(registration) => {
+                        let written = Event::RecordWritten {
+                            lease_id: registration.lease_id,
+                            revision: registration.revision,
+                            draining: registration.draining,
+                        };
+                        if tx.send(written).is_err() {
+                            // The session ended meanwhile.
+                            let _ = store.revoke(registration.lease_id).await;
+                        }
+                        return;
+                    }
+                    Err(Error::Superseded(by)) => {
+                        let _ = tx.send(Event::RecordTaken { by });
+                        return;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        tracing::warn!(error = %e, "cannot record the node in etcd; retrying");
+                        let _ = tx.send(Event::RecordFailed { reason: e.public() });
+                        tokio::time::sleep(backoff(failures)).await;
+                    }
+                }
+            }
+        });
     }
 
     /// Replica shutdown: end the stream, leaving every claim in etcd for the
@@ -895,7 +565,7 @@ impl Session {
 /// session (the receiving end of `tx`) is gone.
 async fn until_done<T, F, Fut>(
     what: &str,
-    tx: &mpsc::UnboundedSender<Internal>,
+    tx: &mpsc::UnboundedSender<Event>,
     mut attempt: F,
 ) -> Option<T>
 where
@@ -909,7 +579,7 @@ where
             Err(e) => {
                 failures += 1;
                 tracing::warn!(error = %e, "{what}; retrying");
-                tokio::time::sleep(crate::claims::backoff(failures)).await;
+                tokio::time::sleep(backoff(failures)).await;
                 if tx.is_closed() {
                     return None;
                 }
@@ -918,8 +588,7 @@ where
     }
 }
 
-fn log_reply(reply: &crate::claims::Reply, refusal_log: &LogBudget) {
-    use crate::claims::Reply;
+fn log_reply(reply: &Reply, refusal_log: &LogBudget) {
     match reply {
         Reply::Claimed { claim, adopted } => tracing::info!(
             broadcast = %claim.broadcast,
@@ -950,5 +619,6 @@ fn log_reply(reply: &crate::claims::Reply, refusal_log: &LogBudget) {
             reason,
             retry_in,
         } => tracing::warn!(%broadcast, %reason, ?retry_in, "claim not possible now; retrying"),
+        Reply::Draining { draining } => tracing::info!(draining, "node draining mark changed"),
     }
 }

@@ -38,6 +38,7 @@ impl From<Reply> for pb::ServiceMessage {
             }),
             Reply::Released { broadcast } => Msg::Released(pb::Released { broadcast }),
             Reply::Lost { broadcast, reason } => Msg::Lost(pb::Lost { broadcast, reason }),
+            Reply::Draining { draining } => Msg::Draining(pb::Draining { draining }),
             Reply::Retrying {
                 broadcast,
                 reason,

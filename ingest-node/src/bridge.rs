@@ -12,6 +12,14 @@
 //! Every state carries the registry sequence it is current for: a caller that
 //! just opened a track waits until the bridge has seen that change, so it
 //! never mistakes the answer to an earlier publish for the answer to its own.
+//!
+//! What the states are is decided in [`book`], without I/O; this file only
+//! moves messages between the registry, the claim service and the picture
+//! callers read.
+
+mod book;
+
+pub use book::{decision, ClaimBook, Reconnect};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -28,13 +36,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, ClientTlsConfig};
 
-use crate::registry::{Lifecycle, Registry};
+use crate::registry::Registry;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const GOODBYE_WAIT: Duration = Duration::from_secs(3);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// A session that lasted this long resets the backoff.
-const HEALTHY_SESSION: Duration = Duration::from_secs(10);
 
 /// The claim state of one local broadcast.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -165,48 +170,15 @@ impl Bridge {
         let mut rx = self.view.subscribe();
         let decided = tokio::time::timeout(
             limit,
-            rx.wait_for(|v| {
-                !v.connected
-                    || (v.processed >= seq
-                        && !matches!(v.states.get(broadcast), Some(ClaimState::Pending) | None))
-            }),
+            rx.wait_for(|v| decision(v, broadcast, seq).is_some()),
         )
         .await;
-        let view = match decided {
-            Ok(Ok(v)) => v.clone(),
-            _ => {
-                return Decision::Unavailable {
-                    reason: format!("no claim answer within {limit:?}"),
-                }
-            }
-        };
-        if !view.connected {
-            return Decision::Unavailable {
-                reason: "no claim service reachable".into(),
-            };
-        }
-        match view.states.get(broadcast) {
-            Some(ClaimState::Claimed { fencing_token, .. }) => Decision::Claimed {
-                fencing_token: *fencing_token,
-            },
-            Some(ClaimState::Standby {
-                owner_node,
-                owner_rtmp,
-                ..
-            }) => Decision::OwnedElsewhere {
-                owner_node: owner_node.clone(),
-                owner_rtmp: owner_rtmp.clone(),
-            },
-            Some(ClaimState::Rejected { reason }) => Decision::Rejected {
-                reason: reason.clone(),
-            },
-            Some(ClaimState::Retrying { reason }) | Some(ClaimState::Lost { reason }) => {
-                Decision::Unavailable {
-                    reason: reason.clone(),
-                }
-            }
-            _ => Decision::Unavailable {
+        match decided {
+            Ok(Ok(view)) => decision(&view, broadcast, seq).unwrap_or(Decision::Unavailable {
                 reason: "claim state unknown".into(),
+            }),
+            _ => Decision::Unavailable {
+                reason: format!("no claim answer within {limit:?}"),
             },
         }
     }
@@ -217,7 +189,7 @@ impl Bridge {
         registry: Registry,
         shutdown: CancellationToken,
     ) {
-        let mut failures: u32 = 0;
+        let mut reconnect = Reconnect::default();
         let mut next = 0usize;
         loop {
             if shutdown.is_cancelled() {
@@ -230,18 +202,8 @@ impl Bridge {
             match self.session(&config, &registry, &addr, &shutdown).await {
                 SessionEnd::Shutdown => return,
                 SessionEnd::Broken(why) => {
-                    self.view.send_modify(|v| {
-                        v.connected = false;
-                        v.service = None;
-                        for state in v.states.values_mut() {
-                            *state = ClaimState::Unknown;
-                        }
-                    });
-                    if started.elapsed() >= HEALTHY_SESSION {
-                        failures = 0;
-                    }
-                    failures += 1;
-                    let base = Duration::from_millis(100u64 << failures.min(6)).min(MAX_BACKOFF);
+                    self.view.send_modify(book::disconnected);
+                    let base = reconnect.after(started.elapsed());
                     let delay = base.mul_f64(rand::rng().random_range(0.5..1.5));
                     tracing::warn!(claim_service = %addr, error = %why, retry_in = ?delay, "claim session down; reconnecting");
                     tokio::select! {
@@ -300,23 +262,8 @@ impl Bridge {
             }
             other => return SessionEnd::Broken(format!("no welcome: {other:?}")),
         }
-        // Live tracks per broadcast as of the last change forwarded: the
-        // registry itself may already be ahead of the session.
-        let mut live_tracks: HashMap<String, usize> = HashMap::new();
-        for (b, _) in &live {
-            *live_tracks.entry(b.clone()).or_default() += 1;
-        }
-        self.view.send_modify(|v| {
-            v.connected = true;
-            v.processed = seq;
-            v.service = Some(addr.to_string());
-            let live_broadcasts: std::collections::BTreeSet<&String> =
-                live.iter().map(|(b, _)| b).collect();
-            v.states.retain(|b, _| live_broadcasts.contains(b));
-            for b in live_broadcasts {
-                v.states.insert(b.clone(), ClaimState::Pending);
-            }
-        });
+        let mut book = ClaimBook::default();
+        self.view.send_modify(|v| book.welcome(&live, seq, addr, v));
 
         loop {
             tokio::select! {
@@ -324,44 +271,15 @@ impl Bridge {
                     let Some(change) = change else {
                         return SessionEnd::Broken("registry closed".into());
                     };
-                    let (msg, broadcast, created) = match change.lifecycle {
-                        Lifecycle::Created { broadcast, track } => (
-                            NodeMsg::Created(pb::Track { broadcast: broadcast.clone(), track }),
-                            broadcast,
-                            true,
-                        ),
-                        Lifecycle::Closed { broadcast, track } => (
-                            NodeMsg::Closed(pb::Track { broadcast: broadcast.clone(), track }),
-                            broadcast,
-                            false,
-                        ),
-                    };
-                    let count = live_tracks.entry(broadcast.clone()).or_default();
-                    let (was, now) = if created {
-                        *count += 1;
-                        (*count - 1, *count)
-                    } else {
-                        *count = count.saturating_sub(1);
-                        (*count + 1, *count)
-                    };
-                    if now == 0 {
-                        live_tracks.remove(&broadcast);
-                    }
-                    self.view.send_modify(|v| {
-                        v.processed = change.seq;
-                        if was == 0 && now > 0 {
-                            // The broadcast became live: a new claim episode.
-                            v.states.insert(broadcast.clone(), ClaimState::Pending);
-                        } else if now == 0 {
-                            v.states.remove(&broadcast);
-                        }
-                    });
+                    let mut msg = None;
+                    self.view.send_modify(|v| msg = Some(book.forward(change, v)));
+                    let Some(msg) = msg else { continue };
                     if out.send(pb::NodeMessage { msg: Some(msg) }).await.is_err() {
                         return SessionEnd::Broken("session send queue closed".into());
                     }
                 }
                 msg = inbound.message() => match msg {
-                    Ok(Some(m)) => self.on_service(m, &live_tracks),
+                    Ok(Some(m)) => self.on_service(m, &book),
                     Ok(None) => return SessionEnd::Broken("claim service ended the session".into()),
                     Err(status) => return SessionEnd::Broken(format!("session ended: {status}")),
                 },
@@ -370,7 +288,7 @@ impl Bridge {
                     // Read the releases until the service ends the stream.
                     let _ = tokio::time::timeout(GOODBYE_WAIT, async {
                         while let Ok(Some(m)) = inbound.message().await {
-                            self.on_service(m, &live_tracks);
+                            self.on_service(m, &book);
                         }
                     }).await;
                     tracing::info!("said goodbye to the claim service");
@@ -381,72 +299,33 @@ impl Bridge {
         }
     }
 
-    fn on_service(&self, msg: pb::ServiceMessage, live_tracks: &HashMap<String, usize>) {
+    /// Logs what the claim service said, and puts it in the picture.
+    fn on_service(&self, msg: pb::ServiceMessage, book: &ClaimBook) {
         let Some(msg) = msg.msg else { return };
-        let (broadcast, next) = match msg {
-            ServiceMsg::Claimed(c) => {
-                let Some(claim) = c.claim else { return };
-                tracing::info!(broadcast = %claim.broadcast, fencing_token = claim.fencing_token, adopted = c.adopted, "claimed");
-                (
-                    claim.broadcast,
-                    Some(ClaimState::Claimed {
-                        fencing_token: claim.fencing_token,
-                        lease_id: claim.lease_id,
-                        adopted: c.adopted,
-                    }),
-                )
+        match &msg {
+            ServiceMsg::Claimed(pb::Claimed {
+                claim: Some(claim),
+                adopted,
+            }) => {
+                tracing::info!(broadcast = %claim.broadcast, fencing_token = claim.fencing_token, adopted, "claimed")
             }
             ServiceMsg::Conflict(c) => {
-                let owner = c.owner.unwrap_or_default();
-                tracing::info!(broadcast = %c.broadcast, owner = %owner.node_id, "owned by another node");
-                (
-                    c.broadcast,
-                    Some(ClaimState::Standby {
-                        owner_rtmp: owner.endpoints.get("rtmp").cloned(),
-                        owner_http: owner.endpoints.get("http").cloned(),
-                        owner_node: owner.node_id,
-                        fencing_token: owner.fencing_token,
-                    }),
-                )
-            }
-            ServiceMsg::Released(r) => {
-                // Still live: published again, the service claims it anew.
-                (r.broadcast, Some(ClaimState::Pending))
+                let owner = c.owner.as_ref().map(|o| o.node_id.as_str()).unwrap_or("");
+                tracing::info!(broadcast = %c.broadcast, owner, "owned by another node")
             }
             ServiceMsg::Lost(l) => {
-                tracing::warn!(broadcast = %l.broadcast, reason = %l.reason, "claim lost");
-                (l.broadcast, Some(ClaimState::Lost { reason: l.reason }))
-            }
-            ServiceMsg::Retrying(r) => {
-                (r.broadcast, Some(ClaimState::Retrying { reason: r.reason }))
+                tracing::warn!(broadcast = %l.broadcast, reason = %l.reason, "claim lost")
             }
             ServiceMsg::Rejected(r) => {
-                tracing::warn!(broadcast = %r.broadcast, track = %r.track, code = r.code, reason = %r.reason, "claim service rejected a track");
-                // One track over a limit does not undo the broadcast's claim.
-                if matches!(self.state(&r.broadcast), Some(ClaimState::Claimed { .. })) {
-                    return;
-                }
-                (r.broadcast, Some(ClaimState::Rejected { reason: r.reason }))
+                tracing::warn!(broadcast = %r.broadcast, track = %r.track, code = r.code, reason = %r.reason, "claim service rejected a track")
             }
-            ServiceMsg::Welcome(_) => return,
-            ServiceMsg::Draining(d) => {
-                tracing::warn!(
-                    draining = d.draining,
-                    "an operator changed this node's draining mark"
-                );
-                self.view.send_modify(|v| v.draining = d.draining);
-                return;
-            }
-        };
-        // Answers about broadcasts no longer live here are history.
-        if !live_tracks.contains_key(&broadcast) {
-            return;
+            ServiceMsg::Draining(d) => tracing::warn!(
+                draining = d.draining,
+                "an operator changed this node's draining mark"
+            ),
+            _ => {}
         }
-        if let Some(state) = next {
-            self.view.send_modify(|v| {
-                v.states.insert(broadcast, state);
-            });
-        }
+        self.view.send_modify(|v| book.answer(msg, v));
     }
 }
 

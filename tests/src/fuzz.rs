@@ -5,7 +5,9 @@
 //!
 //! - [`session`]: arbitrary sequences of `NodeMessage`s from two nodes
 //!   (structured ones and raw protobuf bytes) through the session's intake
-//!   and claim rules, against a model of etcd's claim transaction;
+//!   and claim rules, against a model of etcd's claim transaction and node
+//!   records (fencing), with other sessions taking a node over, records
+//!   and leases expiring, operators forcing releases and the view lagging;
 //! - [`names`]: arbitrary bytes through the name rules;
 //! - [`rtmp`]: arbitrary bytes after an RTMP handshake into the ingest
 //!   node's RTMP front end.
@@ -68,8 +70,18 @@ struct Held {
 /// Work a node's session started, waiting for etcd's answer.
 #[derive(Debug, Clone)]
 enum Pending {
-    Claim(String),
+    /// A claim, fenced by the node record's lease.
+    Claim(String, i64),
     Revoke(String, i64),
+    /// The node record's write (replacing this lost lease).
+    Record(Option<i64>),
+}
+
+/// A node's record in the model of etcd: who wrote it, on which lease.
+#[derive(Debug, Clone)]
+struct Record {
+    session: String,
+    lease: i64,
 }
 
 struct Sim {
@@ -92,6 +104,7 @@ impl Sim {
 struct World {
     nodes: Vec<Sim>,
     store: BTreeMap<String, Held>,
+    records: BTreeMap<usize, Record>,
     pending: Vec<(usize, Pending)>,
     revision: i64,
     next_lease: i64,
@@ -109,15 +122,33 @@ impl World {
     fn act(&mut self, n: usize, action: Action) {
         let node = &self.nodes[n];
         match action {
-            Action::Claim { broadcast } => {
-                // Only a node whose own track is live asks for a claim.
+            Action::Claim {
+                broadcast,
+                guard_lease,
+            } => {
+                // Only a node whose own track is live asks for a claim, and
+                // only under its session's own record.
                 assert!(
                     node.wants(&broadcast),
                     "{} asked to claim {broadcast} without a live track of it: {:?}",
                     node.id,
                     node.live
                 );
-                self.pending.push((n, Pending::Claim(broadcast)));
+                assert_eq!(node.core.record_lease(), Some(guard_lease));
+                self.pending
+                    .push((n, Pending::Claim(broadcast, guard_lease)));
+            }
+            Action::WriteRecord { replaces } => self.pending.push((n, Pending::Record(replaces))),
+            Action::DropRecord { lease_id } => {
+                if self.records.get(&n).is_some_and(|r| r.lease == lease_id) {
+                    self.records.remove(&n);
+                }
+            }
+            Action::Supersede { .. } => {
+                // The shell ends the stream: the node is gone.
+                let node = &mut self.nodes[n];
+                node.gone = true;
+                node.live.clear();
             }
             Action::Release {
                 broadcast,
@@ -151,6 +182,9 @@ impl World {
             Action::ReleaseStale { .. }
             | Action::KeepAlive { .. }
             | Action::Forget { .. }
+            | Action::KeepRecord { .. }
+            | Action::FindEarlierClaims
+            | Action::StartGrace
             | Action::Send(_)
             | Action::Finished => {}
         }
@@ -204,7 +238,50 @@ impl World {
     fn deliver(&mut self, index: usize, unavailable: bool) {
         let (n, work) = self.pending.remove(index);
         match work {
-            Pending::Claim(broadcast) => {
+            Pending::Record(replaces) => {
+                if unavailable {
+                    // The shell retries the write until etcd answers.
+                    self.pending.push((n, Pending::Record(replaces)));
+                    let reason = "etcd unreachable".into();
+                    self.apply(n, Event::RecordFailed { reason });
+                    return;
+                }
+                let current = self.records.get(&n).cloned();
+                let session = format!("{}-session", self.nodes[n].id);
+                // A rewrite checks that the record is still on the lost
+                // lease, or gone; anyone else's record wins.
+                if let Some(other) =
+                    current.filter(|r| r.session != session && Some(r.lease) != replaces)
+                {
+                    self.apply(n, Event::RecordTaken { by: other.session });
+                    return;
+                }
+                self.revision += 1;
+                self.next_lease += 1;
+                let lease = self.next_lease;
+                self.records.insert(n, Record { session, lease });
+                let written = Event::RecordWritten {
+                    lease_id: lease,
+                    revision: self.revision,
+                    draining: false,
+                };
+                self.apply(n, written);
+            }
+            Pending::Claim(broadcast, guard_lease) => {
+                let record = self.records.get(&n).cloned();
+                if !unavailable && record.as_ref().is_none_or(|r| r.lease != guard_lease) {
+                    // The transaction's fence: the record is not on the
+                    // lease the claim was made under.
+                    let session_id = record.map(|r| r.session).unwrap_or_default();
+                    self.apply(
+                        n,
+                        Event::Fenced {
+                            broadcast,
+                            session_id,
+                        },
+                    );
+                    return;
+                }
                 let outcome = if unavailable {
                     ClaimOutcome::Unavailable {
                         reason: "etcd unreachable".into(),
@@ -335,6 +412,41 @@ impl World {
         }
     }
 
+    /// Another session of node `n` (on another replica) writes its record;
+    /// the view tells `n`'s session.
+    fn take_over(&mut self, n: usize) {
+        self.revision += 1;
+        self.next_lease += 1;
+        let session = format!("{}-newer", self.nodes[n].id);
+        let record = Record {
+            session: session.clone(),
+            lease: self.next_lease,
+        };
+        self.records.insert(n, record);
+        let seen = Event::NodeSeen {
+            session_id: session,
+            draining: false,
+            revision: self.revision,
+        };
+        self.apply(n, seen);
+    }
+
+    /// An operator deletes `broadcast`'s claim; its holder and the
+    /// standbys hear of it through the view.
+    fn force_release(&mut self, broadcast: &str) {
+        let Some(held) = self.store.remove(broadcast) else {
+            return;
+        };
+        self.revision += 1;
+        let forced = Event::Forced {
+            broadcast: broadcast.into(),
+            fencing_token: held.token,
+            reason: "operator".into(),
+        };
+        self.apply(held.node, forced);
+        self.tell_standbys(broadcast);
+    }
+
     fn detach(&mut self, n: usize) {
         let node = &mut self.nodes[n];
         if node.gone && node.core.is_detached() {
@@ -359,17 +471,21 @@ pub fn session(data: &[u8]) {
             .into_iter()
             .map(|id| Sim {
                 id: id.into(),
-                core: NodeClaims::with_limits(limits),
+                core: NodeClaims::new(&format!("{id}-session"), limits),
                 live: BTreeMap::new(),
                 gone: false,
                 timers: BTreeMap::new(),
             })
             .collect(),
         store: BTreeMap::new(),
+        records: BTreeMap::new(),
         pending: Vec::new(),
         revision: 1,
         next_lease: 100,
     };
+    for n in 0..world.nodes.len() {
+        world.apply(n, Event::Began);
+    }
     let mut input = Input { data, pos: 0 };
     let mut steps = 0;
     while input.more() && steps < 400 {
@@ -452,22 +568,44 @@ pub fn session(data: &[u8]) {
                     world.apply(n, Event::RetryDue { broadcast, timer });
                 }
             }
-            _ => {
-                // A view event for the other node's standby (a lagging
-                // view may repeat releases).
-                let b = BROADCASTS[usize::from(input.byte()) % 4];
-                if world.nodes[n].core.standby().any(|s| s == b) {
-                    world.revision += 1;
-                    let revision = world.revision;
-                    world.apply(
-                        n,
-                        Event::OwnerReleased {
-                            broadcast: b.into(),
-                            revision,
-                        },
-                    );
+            _ => match input.byte() % 8 {
+                0..=2 => {
+                    // A view event for the node's standby (a lagging view
+                    // may repeat releases).
+                    let b = BROADCASTS[usize::from(input.byte()) % 4];
+                    if world.nodes[n].core.standby().any(|s| s == b) {
+                        world.revision += 1;
+                        let revision = world.revision;
+                        world.apply(
+                            n,
+                            Event::OwnerReleased {
+                                broadcast: b.into(),
+                                revision,
+                            },
+                        );
+                    }
                 }
-            }
+                3 => world.apply(n, Event::ViewLagged),
+                4 => world.take_over(n),
+                5 => {
+                    // The node record's lease expires; the session hears.
+                    if let Some(record) = world.records.get(&n).cloned() {
+                        if world.nodes[n].core.record_lease() == Some(record.lease) {
+                            world.records.remove(&n);
+                            let lost = Event::LeaseLost {
+                                lease_id: record.lease,
+                                reason: "expired".into(),
+                            };
+                            world.apply(n, lost);
+                        }
+                    }
+                }
+                _ => {
+                    // An operator force-releases a broadcast.
+                    let b = BROADCASTS[usize::from(input.byte()) % 4];
+                    world.force_release(b);
+                }
+            },
         }
     }
     // Let etcd answer everything: no lease is left behind by a node that

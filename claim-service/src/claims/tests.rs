@@ -1,6 +1,4 @@
 use super::*;
-use proptest::prelude::*;
-use std::collections::BTreeSet;
 
 fn claim(broadcast: &str, lease_id: i64, token: i64) -> Claim {
     Claim {
@@ -37,6 +35,28 @@ fn claimed(b: &str, lease: i64, token: i64) -> Event {
     }
 }
 
+/// The lease of the node record in these tests.
+pub(super) const RECORD: i64 = 9_000;
+
+/// A session's rules once its node record is written (on [`RECORD`]).
+pub(super) fn fenced(limits: Limits) -> NodeClaims {
+    let mut core = NodeClaims::new("s1", limits);
+    core.handle(Event::RecordWritten {
+        lease_id: RECORD,
+        revision: 1,
+        draining: false,
+    });
+    core
+}
+
+/// A claim of `b` under the node record.
+pub(super) fn claim_action(b: &str) -> Action {
+    Action::Claim {
+        broadcast: b.into(),
+        guard_lease: RECORD,
+    }
+}
+
 fn sends(actions: &[Action]) -> Vec<&Reply> {
     actions
         .iter()
@@ -49,12 +69,10 @@ fn sends(actions: &[Action]) -> Vec<&Reply> {
 
 #[test]
 fn first_track_claims_and_second_shares_it() {
-    let mut core = NodeClaims::new();
+    let mut core = fenced(Limits::default());
     assert_eq!(
         core.handle(created("live/x", "video")),
-        vec![Action::Claim {
-            broadcast: "live/x".into()
-        }]
+        vec![claim_action("live/x")]
     );
     assert_eq!(core.handle(created("live/x", "audio")), vec![]);
     let acts = core.handle(claimed("live/x", 7, 100));
@@ -77,7 +95,7 @@ fn first_track_claims_and_second_shares_it() {
 
 #[test]
 fn limits_refuse_a_new_broadcast_or_track_and_change_nothing_else() {
-    let mut core = NodeClaims::with_limits(Limits {
+    let mut core = fenced(Limits {
         max_claims: 2,
         max_tracks_per_broadcast: 2,
     });
@@ -116,17 +134,12 @@ fn limits_refuse_a_new_broadcast_or_track_and_change_nothing_else() {
     core.handle(Event::Released {
         broadcast: "a".into(),
     });
-    assert_eq!(
-        core.handle(created("c", "video")),
-        vec![Action::Claim {
-            broadcast: "c".into()
-        }]
-    );
+    assert_eq!(core.handle(created("c", "video")), vec![claim_action("c")]);
 }
 
 #[test]
 fn last_track_closing_revokes_then_reports_released() {
-    let mut core = NodeClaims::new();
+    let mut core = fenced(Limits::default());
     core.handle(created("b", "video"));
     core.handle(created("b", "audio"));
     core.handle(claimed("b", 7, 100));
@@ -152,7 +165,7 @@ fn last_track_closing_revokes_then_reports_released() {
 
 #[test]
 fn duplicate_created_and_unknown_closed_change_nothing() {
-    let mut core = NodeClaims::new();
+    let mut core = fenced(Limits::default());
     core.handle(created("b", "video"));
     core.handle(claimed("b", 7, 100));
     assert_eq!(core.handle(created("b", "video")), vec![]);
@@ -163,7 +176,7 @@ fn duplicate_created_and_unknown_closed_change_nothing() {
 
 #[test]
 fn conflict_waits_as_standby_and_claims_when_owner_releases() {
-    let mut core = NodeClaims::new();
+    let mut core = fenced(Limits::default());
     core.handle(created("b", "video"));
     let owner = Claim {
         node_id: "node-b".into(),
@@ -197,9 +210,7 @@ fn conflict_waits_as_standby_and_claims_when_owner_releases() {
             broadcast: "b".into(),
             revision: 61
         }),
-        vec![Action::Claim {
-            broadcast: "b".into()
-        }]
+        vec![claim_action("b")]
     );
     // Meeting the same owner again is not news to the node.
     let again = core.handle(Event::ClaimAnswered {
@@ -224,7 +235,7 @@ fn conflict_waits_as_standby_and_claims_when_owner_releases() {
 
 #[test]
 fn standby_that_closes_is_forgotten_silently() {
-    let mut core = NodeClaims::new();
+    let mut core = fenced(Limits::default());
     core.handle(created("b", "video"));
     core.handle(Event::ClaimAnswered {
         broadcast: "b".into(),
@@ -245,7 +256,7 @@ fn standby_that_closes_is_forgotten_silently() {
 
 #[test]
 fn close_while_claiming_revokes_the_claim_when_it_lands() {
-    let mut core = NodeClaims::new();
+    let mut core = fenced(Limits::default());
     core.handle(created("b", "video"));
     assert_eq!(core.handle(closed("b", "video")), vec![]);
     let acts = core.handle(claimed("b", 7, 100));
@@ -268,7 +279,7 @@ fn close_while_claiming_revokes_the_claim_when_it_lands() {
 
 #[test]
 fn republish_while_revoking_ends_claimed() {
-    let mut core = NodeClaims::new();
+    let mut core = fenced(Limits::default());
     core.handle(created("b", "video"));
     core.handle(claimed("b", 7, 100));
     core.handle(closed("b", "video"));
@@ -282,9 +293,7 @@ fn republish_while_revoking_ends_claimed() {
             Action::Send(Reply::Released {
                 broadcast: "b".into()
             }),
-            Action::Claim {
-                broadcast: "b".into()
-            }
+            claim_action("b")
         ]
     );
     core.handle(claimed("b", 8, 105));
@@ -293,7 +302,7 @@ fn republish_while_revoking_ends_claimed() {
 
 #[test]
 fn goodbye_releases_everything_then_finishes() {
-    let mut core = NodeClaims::new();
+    let mut core = fenced(Limits::default());
     core.handle(created("a", "video"));
     core.handle(created("b", "video"));
     core.handle(created("c", "video"));
@@ -342,6 +351,7 @@ fn goodbye_releases_everything_then_finishes() {
             Action::Send(Reply::Released {
                 broadcast: "b".into()
             }),
+            Action::DropRecord { lease_id: RECORD },
             Action::Finished
         ]
     );
@@ -349,13 +359,16 @@ fn goodbye_releases_everything_then_finishes() {
 
 #[test]
 fn goodbye_with_nothing_held_finishes_at_once() {
-    let mut core = NodeClaims::new();
-    assert_eq!(core.handle(Event::Goodbye), vec![Action::Finished]);
+    let mut core = fenced(Limits::default());
+    assert_eq!(
+        core.handle(Event::Goodbye),
+        vec![Action::DropRecord { lease_id: RECORD }, Action::Finished]
+    );
 }
 
 #[test]
 fn detach_keeps_claims_until_grace_then_releases_silently() {
-    let mut core = NodeClaims::new();
+    let mut core = fenced(Limits::default());
     core.handle(created("a", "video"));
     core.handle(claimed("a", 1, 10));
     core.handle(created("s", "video"));
@@ -366,7 +379,7 @@ fn detach_keeps_claims_until_grace_then_releases_silently() {
             revision: 6,
         },
     });
-    assert_eq!(core.handle(Event::Detached), vec![]);
+    assert_eq!(core.handle(Event::Detached), vec![Action::StartGrace]);
     assert!(core.is_detached());
     assert_eq!(core.held().count(), 1);
     assert_eq!(core.standby().count(), 0);
@@ -383,13 +396,13 @@ fn detach_keeps_claims_until_grace_then_releases_silently() {
         core.handle(Event::Released {
             broadcast: "a".into()
         }),
-        vec![Action::Finished]
+        vec![Action::DropRecord { lease_id: RECORD }, Action::Finished]
     );
 }
 
 #[test]
 fn lost_lease_is_reported_and_claimed_again_while_live() {
-    let mut core = NodeClaims::new();
+    let mut core = fenced(Limits::default());
     core.handle(created("b", "video"));
     core.handle(claimed("b", 7, 100));
     let acts = core.handle(Event::LeaseLost {
@@ -399,14 +412,15 @@ fn lost_lease_is_reported_and_claimed_again_while_live() {
     assert_eq!(
         acts,
         vec![
-            Action::Forget { lease_id: 7 },
+            Action::Forget {
+                lease_id: 7,
+                forced: false
+            },
             Action::Send(Reply::Lost {
                 broadcast: "b".into(),
                 reason: "lease expired".into()
             }),
-            Action::Claim {
-                broadcast: "b".into()
-            },
+            claim_action("b"),
         ]
     );
     // A loss of some other lease is nobody's business here.
@@ -421,7 +435,7 @@ fn lost_lease_is_reported_and_claimed_again_while_live() {
 
 #[test]
 fn unavailable_store_is_retried_with_backoff_and_told() {
-    let mut core = NodeClaims::new();
+    let mut core = fenced(Limits::default());
     core.handle(created("b", "video"));
     let acts = core.handle(Event::ClaimAnswered {
         broadcast: "b".into(),
@@ -447,9 +461,7 @@ fn unavailable_store_is_retried_with_backoff_and_told() {
             broadcast: "b".into(),
             timer
         }),
-        vec![Action::Claim {
-            broadcast: "b".into()
-        }]
+        vec![claim_action("b")]
     );
 }
 
@@ -463,7 +475,7 @@ fn backoff_grows_and_is_capped() {
 
 #[test]
 fn existing_claims_not_live_are_released() {
-    let mut core = NodeClaims::new();
+    let mut core = fenced(Limits::default());
     core.handle(created("keep", "video"));
     let acts = core.handle(Event::Existing {
         claims: vec![
@@ -489,7 +501,7 @@ fn existing_claims_not_live_are_released() {
 
 #[test]
 fn answer_for_an_unknown_broadcast_never_leaks_its_lease() {
-    let mut core = NodeClaims::new();
+    let mut core = fenced(Limits::default());
     assert_eq!(
         core.handle(claimed("ghost", 4, 1)),
         vec![Action::Release {
@@ -498,122 +510,4 @@ fn answer_for_an_unknown_broadcast_never_leaks_its_lease() {
             revision: 0
         }]
     );
-}
-
-// A store that answers in any order, and a node that does anything: the
-// core must keep its invariants whatever happens.
-#[derive(Debug, Clone)]
-enum Step {
-    Created(u8, u8),
-    Closed(u8, u8),
-    Answer(u8, u8),
-    Revoked(u8),
-    Lost(u8),
-    OwnerReleased(u8),
-    Retry(u8),
-    Goodbye,
-    Detach,
-    Grace,
-}
-
-fn step() -> impl Strategy<Value = Step> {
-    prop_oneof![
-        4 => (0..3u8, 0..2u8).prop_map(|(b, t)| Step::Created(b, t)),
-        3 => (0..3u8, 0..2u8).prop_map(|(b, t)| Step::Closed(b, t)),
-        4 => (0..3u8, 0..3u8).prop_map(|(b, k)| Step::Answer(b, k)),
-        3 => (0..3u8).prop_map(Step::Revoked),
-        1 => (0..3u8).prop_map(Step::Lost),
-        1 => (0..3u8).prop_map(Step::OwnerReleased),
-        1 => (0..3u8).prop_map(Step::Retry),
-        1 => Just(Step::Goodbye),
-        1 => Just(Step::Detach),
-        1 => Just(Step::Grace),
-    ]
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
-    #[test]
-    fn invariants_hold_under_any_order(steps in proptest::collection::vec(step(), 1..60)) {
-        let mut core = NodeClaims::new();
-        // What the shell would have in flight, per broadcast.
-        let mut claims_in_flight: BTreeSet<String> = BTreeSet::new();
-        let mut revokes_in_flight: BTreeMap<String, i64> = BTreeMap::new();
-        let mut kept: BTreeSet<i64> = BTreeSet::new();
-        let mut timers: BTreeMap<String, u64> = BTreeMap::new();
-        let mut next_lease = 100i64;
-        let mut revision = 1000i64;
-        let mut finished = 0;
-        let mut told_claimed: BTreeSet<String> = BTreeSet::new();
-        let mut after_end_told = false;
-
-        for s in steps {
-            let name = |b: u8| format!("b{b}");
-            let event = match s {
-                Step::Created(b, t) => Some(created(&name(b), &format!("t{t}"))),
-                Step::Closed(b, t) => Some(closed(&name(b), &format!("t{t}"))),
-                Step::Answer(b, kind) => {
-                    let b = name(b);
-                    if claims_in_flight.remove(&b) {
-                        revision += 1;
-                        next_lease += 1;
-                        let outcome = match kind {
-                            0 => ClaimOutcome::Claimed { claim: claim(&b, next_lease, revision), adopted: false },
-                            1 => ClaimOutcome::Conflict { owner: Claim { node_id: "other".into(), ..claim(&b, 1, revision - 1) }, revision },
-                            _ => ClaimOutcome::Unavailable { reason: "down".into() },
-                        };
-                        Some(Event::ClaimAnswered { broadcast: b, outcome })
-                    } else { None }
-                }
-                Step::Revoked(b) => {
-                    let b = name(b);
-                    revokes_in_flight.remove(&b).map(|_| Event::Released { broadcast: b })
-                }
-                Step::Lost(b) => core.held().find(|(n, _)| *n == name(b)).map(|(_, c)| c.lease_id)
-                    .map(|lease_id| Event::LeaseLost { lease_id, reason: "expired".into() }),
-                Step::OwnerReleased(b) => { revision += 1; Some(Event::OwnerReleased { broadcast: name(b), revision }) }
-                Step::Retry(b) => timers.remove(&name(b)).map(|timer| Event::RetryDue { broadcast: name(b), timer }),
-                Step::Goodbye => Some(Event::Goodbye),
-                Step::Detach => Some(Event::Detached),
-                Step::Grace => Some(Event::GraceExpired),
-            };
-            let Some(event) = event else { continue };
-            let ended = finished > 0 || core.is_detached();
-            for action in core.handle(event) {
-                match action {
-                    Action::Claim { broadcast } => {
-                        prop_assert!(!claims_in_flight.contains(&broadcast), "two claims in flight for {broadcast}");
-                        prop_assert!(!revokes_in_flight.contains_key(&broadcast), "claim while revoking {broadcast}");
-                        claims_in_flight.insert(broadcast);
-                    }
-                    Action::KeepAlive { lease_id, .. } => { prop_assert!(kept.insert(lease_id)); }
-                    Action::Release { broadcast, lease_id, .. } => {
-                        prop_assert!(!claims_in_flight.contains(&broadcast));
-                        prop_assert!(revokes_in_flight.insert(broadcast, lease_id).is_none(), "two revokes in flight");
-                        kept.remove(&lease_id);
-                    }
-                    Action::Forget { lease_id } => { prop_assert!(kept.remove(&lease_id)); }
-                    Action::ReleaseStale { .. } => {}
-                    Action::RetryAfter { broadcast, timer, .. } => { timers.insert(broadcast, timer); }
-                    Action::Send(reply) => {
-                        if ended { after_end_told = true; }
-                        match reply {
-                            Reply::Claimed { claim, .. } => { prop_assert!(told_claimed.insert(claim.broadcast)); }
-                            Reply::Released { broadcast } | Reply::Lost { broadcast, .. } => {
-                                prop_assert!(told_claimed.remove(&broadcast), "released/lost for {broadcast} never told claimed");
-                            }
-                            _ => {}
-                        }
-                    }
-                    Action::Finished => finished += 1,
-                }
-            }
-            // Every lease the core holds is being kept alive.
-            for (_, c) in core.held() {
-                prop_assert!(kept.contains(&c.lease_id), "held lease {} not kept alive", c.lease_id);
-            }
-        }
-        prop_assert!(finished <= 1);
-        prop_assert!(!after_end_told, "the node was told something after it detached");
-    }
 }

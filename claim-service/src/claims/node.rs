@@ -1,0 +1,537 @@
+//! The rules of each broadcast a node's session claims: its live tracks,
+//! its claim's state (claiming, held, standby, waiting, releasing), and
+//! what goodbye and a detach do to it.
+
+use std::collections::BTreeMap;
+
+use super::backoff;
+use super::fence::Fence;
+use super::{Action, Claim, ClaimOutcome, Event, Limits, Reply};
+
+#[derive(Debug, Clone, PartialEq)]
+enum State {
+    /// A claim attempt is in flight.
+    Claiming,
+    Held(Claim),
+    /// Another node owns it; wait for its key to go (deleted after `revision`).
+    Standby {
+        revision: i64,
+    },
+    /// The store was unreachable; a retry timer is armed.
+    Waiting {
+        timer: u64,
+    },
+    /// A release is in flight.
+    Releasing,
+}
+
+/// The live tracks of one broadcast: a few names, so a plain vector (a
+/// B-tree set costs a 300-byte node for one track).
+#[derive(Debug, Default)]
+struct Tracks(Vec<String>);
+
+impl Tracks {
+    fn contains(&self, track: &str) -> bool {
+        self.0.iter().any(|t| t == track)
+    }
+    fn insert(&mut self, track: String) {
+        if !self.contains(&track) {
+            self.0.push(track);
+        }
+    }
+    /// Whether it was there.
+    fn remove(&mut self, track: &str) -> bool {
+        let before = self.0.len();
+        self.0.retain(|t| t != track);
+        self.0.len() != before
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    fn clear(&mut self) {
+        self.0 = Vec::new();
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    tracks: Tracks,
+    state: State,
+    /// Consecutive failed attempts, for backoff.
+    failures: u32,
+    /// The node was told `claimed` for the current claim.
+    announced: bool,
+    /// Fencing token of the owner the node was last told of in `conflict`.
+    told_owner: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    Attached,
+    /// After goodbye: release everything, tell the node.
+    Closing,
+    /// Stream gone: keep held claims until the grace expires.
+    Detached,
+    /// Grace expired: release everything silently.
+    Expiring,
+}
+
+/// The claims of one node's session.
+#[derive(Debug)]
+pub struct NodeClaims {
+    broadcasts: BTreeMap<String, Entry>,
+    limits: Limits,
+    pub(super) mode: Mode,
+    pub(super) fence: Fence,
+    next_timer: u64,
+    finished: bool,
+}
+
+impl NodeClaims {
+    /// The rules of session `session_id`, before its node record is
+    /// written: claims wait for it (see [`Event::RecordWritten`]).
+    pub fn new(session_id: &str, limits: Limits) -> Self {
+        Self {
+            broadcasts: BTreeMap::new(),
+            limits,
+            mode: Mode::Attached,
+            fence: Fence::new(session_id),
+            next_timer: 0,
+            finished: false,
+        }
+    }
+
+    /// Broadcasts this session holds a claim for, with their fencing tokens.
+    pub fn held(&self) -> impl Iterator<Item = (&str, &Claim)> {
+        self.broadcasts.iter().filter_map(|(b, e)| match &e.state {
+            State::Held(c) => Some((b.as_str(), c)),
+            _ => None,
+        })
+    }
+
+    /// Whether the node has this track live.
+    pub fn is_live(&self, broadcast: &str, track: &str) -> bool {
+        self.broadcasts
+            .get(broadcast)
+            .is_some_and(|e| e.tracks.contains(track))
+    }
+
+    /// Broadcasts waiting as standby behind another owner.
+    pub fn standby(&self) -> impl Iterator<Item = &str> {
+        self.broadcasts
+            .iter()
+            .filter(|(_, e)| matches!(e.state, State::Standby { .. }))
+            .map(|(b, _)| b.as_str())
+    }
+
+    /// After `goodbye`.
+    pub fn is_closing(&self) -> bool {
+        self.mode == Mode::Closing
+    }
+
+    pub fn is_detached(&self) -> bool {
+        matches!(self.mode, Mode::Detached | Mode::Expiring)
+    }
+
+    /// Apply one event; returns what to do, in order.
+    pub fn handle(&mut self, event: Event) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.finished {
+            // The session is over: nothing is held, nothing more happens.
+            return out;
+        }
+        match event {
+            Event::Began => {
+                out.push(Action::FindEarlierClaims);
+                out.push(Action::WriteRecord { replaces: None });
+            }
+            Event::Created { broadcast, track } => self.created(broadcast, track, &mut out),
+            Event::Closed { broadcast, track } => self.closed(&broadcast, &track, &mut out),
+            Event::Existing { claims } => {
+                if self.mode == Mode::Attached {
+                    for claim in claims {
+                        if !self.broadcasts.contains_key(&claim.broadcast) {
+                            out.push(Action::ReleaseStale {
+                                lease_id: claim.lease_id,
+                                revision: claim.revision,
+                                broadcast: claim.broadcast,
+                            });
+                        }
+                    }
+                }
+            }
+            // Only an attached node says goodbye: a detached or superseded
+            // session keeps its claims for the grace.
+            Event::Goodbye if self.mode == Mode::Attached => {
+                self.release_all(Mode::Closing, &mut out)
+            }
+            Event::Goodbye => {}
+            Event::Detached => self.detach(&mut out),
+            Event::GraceExpired => {
+                if self.mode == Mode::Detached {
+                    self.release_all(Mode::Expiring, &mut out)
+                }
+            }
+            Event::ClaimAnswered { broadcast, outcome } => {
+                self.answered(broadcast, outcome, &mut out)
+            }
+            Event::Released { broadcast } => self.release_done(broadcast, &mut out),
+            Event::LeaseLost { lease_id, reason } => {
+                if !self.record_lost(lease_id, &mut out) {
+                    self.lease_lost(lease_id, reason, false, &mut out)
+                }
+            }
+            Event::OwnerReleased {
+                broadcast,
+                revision,
+            } => self.owner_released(broadcast, revision, &mut out),
+            Event::RetryDue { broadcast, timer } => {
+                if let Some(entry) = self.broadcasts.get_mut(&broadcast) {
+                    if entry.state == (State::Waiting { timer }) {
+                        entry.state = State::Claiming;
+                        out.push(Action::claim(broadcast));
+                    }
+                }
+            }
+            Event::RecordWritten { .. }
+            | Event::RecordFailed { .. }
+            | Event::RecordTaken { .. }
+            | Event::Fenced { .. }
+            | Event::NodeSeen { .. }
+            | Event::Superseded
+            | Event::Forced { .. }
+            | Event::ViewLagged => self.session_event(event, &mut out),
+        }
+        self.fence_claims(&mut out);
+        self.check_finished(&mut out);
+        out
+    }
+
+    /// The session's node is gone: held claims are kept for the grace (so
+    /// that the node can take them back), nothing else is.
+    pub(super) fn detach(&mut self, out: &mut Vec<Action>) {
+        if self.mode != Mode::Attached {
+            return;
+        }
+        self.mode = Mode::Detached;
+        self.drop_unfenced();
+        // Nobody is left to wait as standby or to retry for.
+        self.broadcasts
+            .retain(|_, e| !matches!(e.state, State::Standby { .. } | State::Waiting { .. }));
+        for entry in self.broadcasts.values_mut() {
+            entry.tracks.clear();
+        }
+        out.push(Action::StartGrace);
+    }
+
+    /// Another node's claim of a broadcast this session stands by for was
+    /// deleted at `revision`: claim it if that is news.
+    pub(super) fn owner_released(
+        &mut self,
+        broadcast: String,
+        revision: i64,
+        out: &mut Vec<Action>,
+    ) {
+        if let Some(entry) = self.broadcasts.get_mut(&broadcast) {
+            if let State::Standby { revision: seen, .. } = entry.state {
+                if revision > seen {
+                    entry.state = State::Claiming;
+                    out.push(Action::claim(broadcast));
+                }
+            }
+        }
+    }
+
+    /// Forgets a broadcast with nothing in flight for it.
+    pub(super) fn forget_entry(&mut self, broadcast: &str) {
+        self.broadcasts.remove(broadcast);
+    }
+
+    /// The held claim of `broadcast` with this fencing token, if any.
+    pub(super) fn held_with_token(&self, broadcast: &str, fencing_token: i64) -> Option<i64> {
+        match &self.broadcasts.get(broadcast)?.state {
+            State::Held(c) if c.fencing_token == fencing_token => Some(c.lease_id),
+            _ => None,
+        }
+    }
+
+    pub(super) fn tell(&self, reply: Reply, out: &mut Vec<Action>) {
+        Self::tell_in(self.mode, reply, out)
+    }
+
+    fn tell_in(mode: Mode, reply: Reply, out: &mut Vec<Action>) {
+        if matches!(mode, Mode::Attached | Mode::Closing) {
+            out.push(Action::Send(reply));
+        }
+    }
+
+    fn created(&mut self, broadcast: String, track: String, out: &mut Vec<Action>) {
+        if self.mode != Mode::Attached {
+            return;
+        }
+        let limits = self.limits;
+        let claims = self.broadcasts.len();
+        let mode = self.mode;
+        match self.broadcasts.get_mut(&broadcast) {
+            Some(entry) => {
+                if !entry.tracks.contains(&track)
+                    && entry.tracks.len() >= limits.max_tracks_per_broadcast
+                {
+                    let reason = format!(
+                        "limit max-tracks-per-broadcast ({}) reached: {broadcast} already has {} live tracks on this node",
+                        limits.max_tracks_per_broadcast,
+                        entry.tracks.len()
+                    );
+                    Self::tell_in(
+                        mode,
+                        Reply::Refused {
+                            broadcast,
+                            track,
+                            reason,
+                        },
+                        out,
+                    );
+                    return;
+                }
+                // A duplicate `created` changes nothing. A track coming back
+                // while a release is in flight is claimed anew once it lands.
+                entry.tracks.insert(track);
+            }
+            None if claims >= limits.max_claims => {
+                let reason = format!(
+                    "limit max-claims-per-node ({}) reached: this node already claims or waits for {claims} broadcasts",
+                    limits.max_claims,
+                );
+                self.tell(
+                    Reply::Refused {
+                        broadcast,
+                        track,
+                        reason,
+                    },
+                    out,
+                );
+            }
+            None => {
+                self.broadcasts.insert(
+                    broadcast.clone(),
+                    Entry {
+                        tracks: Tracks(vec![track]),
+                        state: State::Claiming,
+                        failures: 0,
+                        announced: false,
+                        told_owner: None,
+                    },
+                );
+                out.push(Action::claim(broadcast));
+            }
+        }
+    }
+
+    fn closed(&mut self, broadcast: &str, track: &str, out: &mut Vec<Action>) {
+        let Some(entry) = self.broadcasts.get_mut(broadcast) else {
+            return;
+        };
+        if !entry.tracks.remove(track) || !entry.tracks.is_empty() {
+            return;
+        }
+        match &entry.state {
+            // Not started yet (waiting for the node record): never will be.
+            State::Claiming if self.fence.unfence(broadcast) => {
+                self.broadcasts.remove(broadcast);
+            }
+            // The answer decides: a claim that lands now is released at once.
+            State::Claiming | State::Releasing => {}
+            State::Held(claim) => {
+                out.push(Action::release(broadcast.to_string(), claim));
+                entry.state = State::Releasing;
+            }
+            State::Standby { .. } | State::Waiting { .. } => {
+                self.broadcasts.remove(broadcast);
+            }
+        }
+    }
+
+    fn release_all(&mut self, mode: Mode, out: &mut Vec<Action>) {
+        self.mode = mode;
+        self.drop_unfenced();
+        let mut dropped = Vec::new();
+        for (broadcast, entry) in self.broadcasts.iter_mut() {
+            entry.tracks.clear();
+            match &entry.state {
+                State::Held(claim) => {
+                    out.push(Action::release(broadcast.clone(), claim));
+                    entry.state = State::Releasing;
+                }
+                State::Claiming | State::Releasing => {}
+                State::Standby { .. } | State::Waiting { .. } => dropped.push(broadcast.clone()),
+            }
+        }
+        for broadcast in dropped {
+            self.broadcasts.remove(&broadcast);
+        }
+    }
+
+    pub(super) fn answered(
+        &mut self,
+        broadcast: String,
+        outcome: ClaimOutcome,
+        out: &mut Vec<Action>,
+    ) {
+        let mode = self.mode;
+        let Some(entry) = self.broadcasts.get_mut(&broadcast) else {
+            // Only a claim in flight gets an answer; a lease it brought must
+            // not leak.
+            if let ClaimOutcome::Claimed { claim, .. } = outcome {
+                out.push(Action::release(broadcast, &claim));
+            }
+            return;
+        };
+        if entry.state != State::Claiming {
+            if let ClaimOutcome::Claimed { claim, .. } = outcome {
+                out.push(Action::release(broadcast, &claim));
+            }
+            return;
+        }
+        // A detached session keeps what it holds for the grace, so that the
+        // node can take it back, but starts nothing new.
+        let wanted = !entry.tracks.is_empty() || mode == Mode::Detached;
+        match outcome {
+            ClaimOutcome::Claimed { claim, adopted } => {
+                entry.failures = 0;
+                if wanted {
+                    entry.state = State::Held(claim.clone());
+                    entry.announced = matches!(mode, Mode::Attached | Mode::Closing);
+                    entry.told_owner = None;
+                    out.push(Action::KeepAlive {
+                        lease_id: claim.lease_id,
+                        broadcast: broadcast.clone(),
+                        ttl_ms: claim.lease_ttl_ms,
+                    });
+                    Self::tell_in(mode, Reply::Claimed { claim, adopted }, out);
+                } else {
+                    entry.state = State::Releasing;
+                    out.push(Action::release(broadcast, &claim));
+                }
+            }
+            ClaimOutcome::Conflict { owner, revision } => {
+                entry.failures = 0;
+                if !entry.tracks.is_empty() {
+                    entry.state = State::Standby { revision };
+                    // A standby that tried again and met the same owner has
+                    // nothing new to tell.
+                    if entry.told_owner != Some(owner.fencing_token) {
+                        entry.told_owner = Some(owner.fencing_token);
+                        Self::tell_in(mode, Reply::Conflict { broadcast, owner }, out);
+                    }
+                } else {
+                    self.broadcasts.remove(&broadcast);
+                }
+            }
+            ClaimOutcome::Unavailable { reason } => {
+                if !entry.tracks.is_empty() {
+                    entry.failures = entry.failures.saturating_add(1);
+                    let delay = backoff(entry.failures);
+                    self.next_timer += 1;
+                    let timer = self.next_timer;
+                    entry.state = State::Waiting { timer };
+                    out.push(Action::RetryAfter {
+                        broadcast: broadcast.clone(),
+                        timer,
+                        delay,
+                    });
+                    Self::tell_in(
+                        mode,
+                        Reply::Retrying {
+                            broadcast,
+                            reason,
+                            retry_in: delay,
+                        },
+                        out,
+                    );
+                } else {
+                    self.broadcasts.remove(&broadcast);
+                }
+            }
+        }
+    }
+
+    fn release_done(&mut self, broadcast: String, out: &mut Vec<Action>) {
+        let Some(entry) = self.broadcasts.get_mut(&broadcast) else {
+            return;
+        };
+        if entry.state != State::Releasing {
+            return;
+        }
+        let live_again = !entry.tracks.is_empty() && self.mode == Mode::Attached;
+        let announced = std::mem::take(&mut entry.announced);
+        if live_again {
+            // Published again while the old claim was being given up.
+            entry.state = State::Claiming;
+        } else {
+            self.broadcasts.remove(&broadcast);
+        }
+        if announced {
+            self.tell(
+                Reply::Released {
+                    broadcast: broadcast.clone(),
+                },
+                out,
+            );
+        }
+        if live_again {
+            out.push(Action::claim(broadcast));
+        }
+    }
+
+    pub(super) fn lease_lost(
+        &mut self,
+        lease_id: i64,
+        reason: String,
+        forced: bool,
+        out: &mut Vec<Action>,
+    ) {
+        let found = self.broadcasts.iter().find_map(|(b, e)| match &e.state {
+            State::Held(c) if c.lease_id == lease_id => Some(b.clone()),
+            _ => None,
+        });
+        let Some(broadcast) = found else {
+            return;
+        };
+        out.push(Action::Forget { lease_id, forced });
+        self.tell(
+            Reply::Lost {
+                broadcast: broadcast.clone(),
+                reason,
+            },
+            out,
+        );
+        let entry = self
+            .broadcasts
+            .get_mut(&broadcast)
+            .expect("entry was found above");
+        entry.announced = false;
+        if !entry.tracks.is_empty() && self.mode == Mode::Attached {
+            // Still live: claim again. A key that still names this node is
+            // adopted by the store, never reported as a conflict with itself.
+            entry.state = State::Claiming;
+            out.push(Action::claim(broadcast));
+        } else {
+            self.broadcasts.remove(&broadcast);
+        }
+    }
+
+    fn check_finished(&mut self, out: &mut Vec<Action>) {
+        let ending = matches!(self.mode, Mode::Closing | Mode::Expiring);
+        if ending && self.broadcasts.is_empty() && !self.finished {
+            self.finished = true;
+            // Every claim is released: the node's record goes too.
+            if let Some(lease_id) = self.fence.take_lease() {
+                out.push(Action::DropRecord { lease_id });
+            }
+            out.push(Action::Finished);
+        }
+    }
+}
