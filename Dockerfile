@@ -10,7 +10,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p claim-service -p ingest-node
+RUN cargo build --release --locked -p claim-service -p claimctl -p ingest-node
 
 FROM debian:bookworm-slim AS runtime
 RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent claims

@@ -30,7 +30,7 @@ if ! docker image inspect claims-base:bookworm >/dev/null 2>&1; then
 fi
 
 echo ">> building the binaries (release)"
-cargo build --release --locked -p claim-service -p ingest-node
+cargo build --release --locked -p claim-service -p claimctl -p ingest-node
 stage="$RUN/images"
 rm -rf "$stage"
 mkdir -p "$stage"

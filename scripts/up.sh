@@ -60,7 +60,7 @@ else
 fi
 
 echo ">> building (release)"
-cargo build --release --locked -p claim-service -p ingest-node
+cargo build --release --locked -p claim-service -p claimctl -p ingest-node
 
 pids=()
 stop() {

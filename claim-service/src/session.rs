@@ -411,16 +411,11 @@ impl Session {
             Action::WriteRecord { replaces } => self.write_record(replaces),
             Action::KeepRecord { lease_id } => {
                 let renew = ctx.config.renew_for(self.ttl);
-                ctx.store.keepalive().keep(
-                    lease_id,
-                    self.ttl,
-                    renew,
-                    self.loss_tx.clone(),
-                    tokio::time::Instant::now(),
-                );
+                ctx.store
+                    .keep_record(lease_id, self.ttl, renew, self.loss_tx.clone());
             }
             Action::DropRecord { lease_id } => {
-                ctx.store.keepalive().forget(lease_id, &self.loss_tx);
+                ctx.store.stop_keeping(lease_id, &self.loss_tx);
                 ctx.store.revoke_until_gone(lease_id, self.ttl).await;
             }
             Action::Supersede { by } => {
@@ -470,7 +465,7 @@ impl Session {
 
     fn unkeep(&mut self, lease_id: i64) {
         if self.kept.remove(&lease_id) {
-            self.ctx.store.keepalive().forget(lease_id, &self.loss_tx);
+            self.ctx.store.stop_keeping(lease_id, &self.loss_tx);
             self.ctx.metrics.claims_held.dec();
         }
     }

@@ -302,11 +302,7 @@ impl View {
             failures = 0;
             self.replace(snapshot.claims, snapshot.nodes, snapshot.revision);
             tracing::info!(revision = snapshot.revision, "ownership view synced");
-            let mut watch = store.watch(
-                Purpose::View,
-                store.layout().prefix().to_string(),
-                snapshot.revision + 1,
-            );
+            let mut watch = store.watch_everything(Purpose::View, snapshot.revision + 1);
             while let Some(batch) = watch.recv().await {
                 match batch {
                     Ok(batch) => self.apply(batch.changes, batch.revision),

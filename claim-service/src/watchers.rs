@@ -348,11 +348,7 @@ pub fn watch(
 /// many unread for the next revision to fit, the relay stops (dropping its
 /// etcd watch) and records that revision to resume from.
 fn replay(store: &Store, prefix: &str, start_revision: i64, metrics: Arc<Metrics>) -> Source {
-    let mut from_etcd = store.watch(
-        Purpose::Reads,
-        store.layout().broadcasts(prefix),
-        start_revision,
-    );
+    let mut from_etcd = store.watch_claims(Purpose::Reads, prefix, start_revision);
     let (tx, events) = mpsc::channel(REPLAY_BUFFER);
     let overflowed = Arc::new(AtomicI64::new(0));
     let resume = overflowed.clone();

@@ -43,6 +43,15 @@ pub use etcd::*;
 pub use ingest::*;
 pub use processes::*;
 
+/// Lets `period` pass where a test must show that nothing happens for a
+/// while (a claim stays through a whole lease TTL, a stopped process stays
+/// stopped past its leases, a client stays silent): the one fixed wait
+/// tests have, named for what it shows. Everything else waits for an event.
+pub async fn nothing_happens_for(period: Duration, what: &str) {
+    eprintln!("letting {period:?} pass: {what}");
+    tokio::time::sleep(period).await;
+}
+
 /// How long any single expectation may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(15);
 

@@ -40,7 +40,7 @@ pub(crate) fn build_once(root: &Path, profile: &str) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.current_dir(root)
-            .args(["build", "--quiet", "-p", "claim-service"]);
+            .args(["build", "--quiet", "-p", "claim-service", "-p", "claimctl"]);
         if profile == "release" {
             cmd.arg("--release");
         }

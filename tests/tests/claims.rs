@@ -377,21 +377,20 @@ async fn list_claims_pages_cover_every_claim_exactly_once() -> Result<()> {
         page_token: String::new(),
     };
     // The view catches up with the watch; wait for all 60.
-    let deadline = std::time::Instant::now() + WAIT;
-    while client
-        .list_claims(list("", 1000))
-        .await?
-        .into_inner()
-        .claims
-        .len()
-        < 60
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "view never saw 60 claims"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(
+        Duration::from_millis(20),
+        async || {
+            Ok(client
+                .clone()
+                .list_claims(list("", 1000))
+                .await?
+                .into_inner()
+                .claims
+                .len())
+        },
+        |seen| *seen >= 60,
+    )
+    .await?;
     for (node, want, size) in [
         ("", None, 7u32),
         ("node-a", Some(&want_a), 5),
@@ -488,7 +487,10 @@ async fn a_crashed_node_keeps_its_claims_for_the_grace_and_can_take_them_back() 
         ])
     );
     // The old session's grace runs out without touching the adopted claim.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    stack
+        .svc
+        .wait_log("detach grace over; claims released")
+        .await?;
     let owner = stack.owner("live/x", true).await?.expect("still owned");
     assert_eq!(owner.lease_id, claim.lease_id);
 

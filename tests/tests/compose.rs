@@ -255,7 +255,11 @@ async fn the_compose_stack_keeps_claims_through_replica_and_etcd_member_loss() -
 
     // An etcd member goes away: the claim stays, through a whole lease TTL.
     stack.stop("etcd1")?;
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    nothing_happens_for(
+        Duration::from_secs(12),
+        "the claim stays through a whole lease TTL with one etcd member gone",
+    )
+    .await;
     let after = eventually(
         "a read with two etcd members",
         Duration::from_secs(30),

@@ -42,7 +42,7 @@ async fn a_newer_session_on_another_replica_supersedes_the_older() -> Result<()>
     assert_eq!(status.code(), tonic::Code::Aborted, "{status}");
 
     // The old session's grace runs out on replica one without touching it.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    one.wait_log("detach grace over; claims released").await?;
     let owner = two.owner("live/x", true).await?.expect("owned");
     assert_eq!(owner.lease_id, adopted.claim.unwrap().lease_id);
     while let Some(e) = watcher.quiet_for(Duration::from_millis(200)).await {
@@ -95,7 +95,7 @@ async fn a_lease_reused_after_adoption_is_not_revoked_by_the_older_session() -> 
 
     // The old session's grace runs out on replica one: every new claim
     // stands, on the lease it was told.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    one.wait_log("detach grace over; claims released").await?;
     for claim in &claims {
         let owner = two
             .owner(&claim.broadcast, true)
@@ -143,11 +143,17 @@ async fn a_replica_paused_past_the_lease_cannot_take_back_what_moved() -> Result
 
     // Replica one wakes up long after its leases' TTL: whatever it tries,
     // the claim stays where it moved.
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    nothing_happens_for(
+        Duration::from_secs(7),
+        "replica one stays stopped past its leases' TTL (5 s)",
+    )
+    .await;
     std::process::Command::new("kill")
         .args(["-CONT", &pid])
         .status()?;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Woken, it finds the node's record written by the newer session and
+    // ends its own, whose grace then runs out.
+    one.wait_log("detach grace over; claims released").await?;
     let owner = two.owner("live/p", true).await?.expect("owned");
     assert_eq!(owner.lease_id, adopted.lease_id, "{}", one.log_text());
     assert_eq!(owner.fencing_token, first.fencing_token);

@@ -199,7 +199,11 @@ async fn malformed_rtmp_does_not_disturb_the_node_or_other_publishers() -> Resul
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     s.write_all(&[3]).await?;
     s.write_all(&[0u8; 700]).await?;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    nothing_happens_for(
+        Duration::from_millis(200),
+        "the half handshake stays silent",
+    )
+    .await;
     drop(s);
     // A real handshake, then chunk-size abuse and a message that claims to
     // be 16 MiB long, then junk.
@@ -247,8 +251,14 @@ async fn malformed_rtmp_does_not_disturb_the_node_or_other_publishers() -> Resul
     drop(z);
     drop(s);
 
-    // The node is alive and the good publisher's stream plays on.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every hostile connection is closed, the node is alive and the good
+    // publisher's stream plays on.
+    until(
+        Duration::from_millis(50),
+        async || c.a.metric("ingest_rtmp_connections").await,
+        |open| *open == 1.0,
+    )
+    .await?;
     let mut a = c.a;
     assert!(a.alive(), "{}", a.log_text());
     assert_eq!(a.healthz().await?["status"], "ok");

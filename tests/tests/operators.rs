@@ -209,14 +209,12 @@ async fn a_drained_node_takes_no_new_publishers_and_keeps_its_claims() -> Result
     assert_eq!(out.code, 0, "{}", out.stderr);
     let drained: serde_json::Value = serde_json::from_str(&out.stdout)?;
     assert_eq!(drained["draining"], true);
-    let deadline = std::time::Instant::now() + WAIT;
-    while node.healthz().await?["draining"] != true {
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "node never heard it is draining"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(
+        Duration::from_millis(50),
+        async || Ok(node.healthz().await?["draining"].clone()),
+        |draining| *draining == true,
+    )
+    .await?;
     assert_eq!(http_get(node.http_port, "/readyz").await?.status, 503);
     let mut client = stack.svc.ownership().await?;
     let nodes = client
@@ -243,14 +241,12 @@ async fn a_drained_node_takes_no_new_publishers_and_keeps_its_claims() -> Result
         .run(&["--admin-token", TOKEN, "drain", "node-a", "--undo"])
         .await?;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let deadline = std::time::Instant::now() + WAIT;
-    while http_get(node.http_port, "/readyz").await?.status != 200 {
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "node never heard the undo"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(
+        Duration::from_millis(50),
+        async || Ok(http_get(node.http_port, "/readyz").await?.status),
+        |status| *status == 200,
+    )
+    .await?;
     Ok(())
 }
 

@@ -193,18 +193,12 @@ async fn a_node_cannot_release_or_adopt_another_nodes_claim() -> Result<()> {
     a.closed("live/b", "audio").await?;
     a.goodbye().await?;
     // The goodbye is done once node-a's record is gone.
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let nodes = s.node_ids().await?;
-        if !nodes.iter().any(|n| n == "node-a") {
-            break;
-        }
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "node-a never left: {nodes:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(
+        Duration::from_millis(50),
+        async || s.node_ids().await,
+        |nodes| !nodes.iter().any(|n| n == "node-a"),
+    )
+    .await?;
 
     let now = s.svc.owner("live/b", true).await?.expect("still owned");
     assert_eq!(
@@ -402,15 +396,7 @@ async fn ingest_node_publishes_over_mtls_and_a_borrowed_certificate_claims_nothi
     let flags = tls("node-b");
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let c = IngestNode::start("node-c", &[s.svc.addr()], &flags).await?;
-    let deadline = std::time::Instant::now() + WAIT;
-    while !c.log_text().contains("only speak for itself") {
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "node-c log:\n{}",
-            c.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    c.wait_log("only speak for itself").await?;
     assert_eq!(c.healthz().await?["claim_service_connected"], false);
     let listed = s
         .svc

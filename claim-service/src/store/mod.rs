@@ -367,12 +367,54 @@ impl Store {
         self.inner.jobs.push(STORE_LINE, job);
     }
 
-    pub fn layout(&self) -> &Layout {
+    fn layout(&self) -> &Layout {
         &self.inner.layout
     }
 
-    pub fn keepalive(&self) -> &KeepAlive {
+    fn keepalive(&self) -> &KeepAlive {
         &self.inner.keepalive
+    }
+
+    /// Keeps a node record's lease alive, its TTL counted from now (it was
+    /// just written); its loss is reported to `notify`.
+    pub fn keep_record(
+        &self,
+        lease_id: i64,
+        ttl: Duration,
+        renew: Duration,
+        notify: mpsc::UnboundedSender<LeaseLoss>,
+    ) {
+        self.keepalive()
+            .keep(lease_id, ttl, renew, notify, tokio::time::Instant::now());
+    }
+
+    /// Stops keeping a lease alive for `notify` (a claim or record given up).
+    pub fn stop_keeping(&self, lease_id: i64, notify: &mpsc::UnboundedSender<LeaseLoss>) {
+        self.keepalive().forget(lease_id, notify);
+    }
+
+    /// Watches the claims of broadcasts whose names start with
+    /// `name_prefix` on the connection for `purpose`, from `start_revision`.
+    pub fn watch_claims(
+        &self,
+        purpose: Purpose,
+        name_prefix: &str,
+        start_revision: i64,
+    ) -> mpsc::Receiver<Result<watch::Batch, Error>> {
+        self.watch(
+            purpose,
+            self.layout().broadcasts(name_prefix),
+            start_revision,
+        )
+    }
+
+    /// Watches every claim and node record of this deployment.
+    pub fn watch_everything(
+        &self,
+        purpose: Purpose,
+        start_revision: i64,
+    ) -> mpsc::Receiver<Result<watch::Batch, Error>> {
+        self.watch(purpose, self.layout().prefix().to_string(), start_revision)
     }
 
     fn client_for(&self, purpose: Purpose) -> Client {

@@ -58,7 +58,7 @@ impl Store {
     /// the returned channel until it is dropped or the history is compacted
     /// (then one `Err(Compacted)` and the end). A receiver that stops
     /// reading holds up its connection's flow control: read promptly.
-    pub fn watch(
+    pub(super) fn watch(
         &self,
         purpose: Purpose,
         key_prefix: String,
