@@ -26,6 +26,8 @@ pub mod layout;
 mod lease_pool;
 mod nodes;
 mod queue;
+mod reads;
+mod release;
 pub mod watch;
 
 use std::collections::HashMap;
@@ -33,13 +35,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, SortOrder,
-    SortTarget, Txn, TxnOp,
-};
+use etcd_client::{Client, ConnectOptions, Txn};
 use futures::future::join_all;
 use tokio::sync::mpsc;
-use tracing::Instrument;
 
 use crate::claims::{Claim, ClaimOutcome};
 use crate::error::{Error, Result};
@@ -525,148 +523,6 @@ impl Store {
         }
     }
 
-    /// Revokes, retrying while etcd is unreachable, until it succeeds or
-    /// `ttl` has passed (by then the lease has expired on its own, since
-    /// nobody renews it).
-    pub async fn revoke_until_gone(&self, lease_id: i64, ttl: Duration) {
-        self.within_ttl("revoke", lease_id, ttl, || self.revoke(lease_id))
-            .await;
-    }
-
-    /// Runs `op` (the `what` of a lease nobody renews any more) until etcd
-    /// answers, retrying with backoff for the lease's `ttl` and a second at
-    /// most: by then the lease has expired on its own. `None` when etcd
-    /// never answered.
-    async fn within_ttl<T, Fut>(
-        &self,
-        what: &str,
-        lease_id: i64,
-        ttl: Duration,
-        mut op: impl FnMut() -> Fut,
-    ) -> Option<T>
-    where
-        Fut: Future<Output = Result<T>>,
-    {
-        let deadline = Instant::now() + ttl + Duration::from_secs(1);
-        let mut failures = 0;
-        loop {
-            match op().await {
-                Ok(answer) => return Some(answer),
-                Err(e) if Instant::now() < deadline => {
-                    failures += 1;
-                    tracing::warn!(lease_id, error = %e, "{what} failed; retrying");
-                    tokio::time::sleep(crate::claims::backoff(failures)).await;
-                }
-                Err(e) => {
-                    tracing::warn!(lease_id, error = %e, "{what} kept failing; the lease expires on its own since it is no longer renewed");
-                    return None;
-                }
-            }
-        }
-    }
-
-    /// Gives up claims: deletes each key if it is still the write at its
-    /// `revision`, retrying while etcd is unreachable (for the TTL at most:
-    /// by then the lease has expired on its own, since this session no
-    /// longer renews it). A lease whose key was deleted here is pooled for
-    /// the next claim, or revoked. A key that changed meanwhile (adopted by
-    /// a newer session of the node, force-released, expired) is left alone,
-    /// and so is its lease: another session may hold a claim on it.
-    ///
-    /// Several at once (a goodbye, a grace running out) are one transaction
-    /// deleting every key; if any changed, each is released on its own.
-    /// Each `done` runs once its own release is over.
-    async fn release_batch(&self, releases: Vec<(Release, Box<dyn FnOnce() + Send>)>) {
-        if releases.is_empty() {
-            return;
-        }
-        let valid_from = join_all(releases.iter().map(|(r, _)| async {
-            match &r.owner {
-                Some(owner) => self.inner.keepalive.take_back(r.lease_id, owner).await,
-                None => None,
-            }
-        }))
-        .await;
-        let keys: Vec<String> = releases
-            .iter()
-            .map(|(r, _)| self.inner.layout.broadcast(&r.broadcast))
-            .collect();
-        // A transaction etcd refuses (one key twice, from two sessions) or
-        // cannot take falls back to one per key too.
-        let deleted = if releases.len() > 1 {
-            let txn = Txn::new()
-                .when(
-                    keys.iter()
-                        .zip(&releases)
-                        .map(|(k, (r, _))| {
-                            Compare::mod_revision(k.clone(), CompareOp::Equal, r.revision)
-                        })
-                        .collect::<Vec<_>>(),
-                )
-                .and_then(
-                    keys.iter()
-                        .map(|k| TxnOp::delete(k.clone(), None))
-                        .collect::<Vec<_>>(),
-                );
-            matches!(self.txn("release_txn", txn).await, Ok(resp) if resp.succeeded())
-        } else {
-            false
-        };
-        join_all(releases.into_iter().zip(keys).zip(valid_from).map(
-            |(((r, done), key), valid_from)| async move {
-                if deleted || self.delete_if_unchanged(&r, key).await {
-                    self.let_go(&r, valid_from).await;
-                }
-                done()
-            },
-        ))
-        .await;
-    }
-
-    /// Deletes a released claim's key if it is still the write at
-    /// `release.revision`; whether it did.
-    async fn delete_if_unchanged(&self, release: &Release, key: String) -> bool {
-        let delete = Txn::new()
-            .when([Compare::mod_revision(
-                key.clone(),
-                CompareOp::Equal,
-                release.revision,
-            )])
-            .and_then([TxnOp::delete(key, None)]);
-        let answer = self
-            .within_ttl("release", release.lease_id, release.ttl, || {
-                self.txn("release_txn", delete.clone())
-            })
-            .instrument(tracing::info_span!("release", broadcast = %release.broadcast))
-            .await;
-        match answer {
-            Some(resp) if resp.succeeded() => true,
-            Some(_) => {
-                tracing::info!(
-                    broadcast = %release.broadcast,
-                    lease_id = release.lease_id,
-                    "claim changed since this session wrote it (adopted by a newer session of the node, or gone); left as it is"
-                );
-                false
-            }
-            None => false,
-        }
-    }
-
-    /// The lease of a claim whose key was just deleted here: back to the
-    /// pool while fresh (`valid_from` is when it was last known renewed),
-    /// else revoked.
-    async fn let_go(&self, release: &Release, valid_from: Option<tokio::time::Instant>) {
-        let pooled = valid_from.is_some_and(|at| {
-            self.inner
-                .pool
-                .put(ttl_seconds(release.ttl), release.lease_id, at)
-        });
-        if !pooled {
-            self.revoke_until_gone(release.lease_id, release.ttl).await;
-        }
-    }
-
     /// Keeps a claim's lease alive, its TTL counted from its grant.
     pub fn keep_claim(
         &self,
@@ -685,136 +541,5 @@ impl Store {
         self.inner
             .keepalive
             .keep(lease_id, ttl, renew, notify, granted_at);
-    }
-
-    /// One key, read linearizably on the connection for `purpose`: what it
-    /// holds (if anything) and the store's revision of the read.
-    async fn read_key(&self, purpose: Purpose, key: &str) -> Result<(Option<KeyValue>, i64)> {
-        let mut resp = self
-            .call_on(purpose, "get", |mut c| {
-                let key = key.to_string();
-                async move { c.get(key, None).await }
-            })
-            .await?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        Ok((resp.take_kvs().into_iter().next(), revision))
-    }
-
-    /// The current claim of a broadcast, read linearizably from etcd on
-    /// the connection for `purpose`.
-    pub async fn get_claim(
-        &self,
-        purpose: Purpose,
-        broadcast: &str,
-    ) -> Result<Option<(Claim, i64)>> {
-        let key = self.inner.layout.broadcast(broadcast);
-        let (kv, revision) = self.read_key(purpose, &key).await?;
-        Ok(kv
-            .and_then(|kv| ClaimRecord::claim_from(broadcast, &kv))
-            .map(|c| (c, revision)))
-    }
-
-    /// Every claim that names `node_id`.
-    pub async fn claims_of_node(&self, node_id: &str) -> Result<Vec<Claim>> {
-        let snapshot = self
-            .snapshot_of(Purpose::Claims, &self.inner.layout.broadcasts(""))
-            .await?;
-        Ok(snapshot
-            .claims
-            .into_iter()
-            .filter(|c| &*c.node_id == node_id)
-            .collect())
-    }
-
-    /// Revokes a broadcast's claim for an operator, first recording why so
-    /// that its owner can be told. `None` when nobody owns it.
-    pub async fn force_release(&self, broadcast: &str, reason: &str) -> Result<Option<Claim>> {
-        let Some((claim, _)) = self.get_claim(Purpose::Claims, broadcast).await? else {
-            return Ok(None);
-        };
-        let record = ForcedRecord {
-            node_id: claim.node_id.to_string(),
-            fencing_token: claim.fencing_token,
-            reason: reason.to_string(),
-            at_unix_ms: unix_ms(),
-        };
-        // The record outlives the revoke long enough for every replica's
-        // view to see it, then goes by itself.
-        let lease_id = self.grant(Duration::from_secs(60)).await?;
-        let key = self.inner.layout.forced(broadcast);
-        self.call("put", |mut c| {
-            let (key, value) = (key.clone(), record.to_json());
-            async move {
-                c.put(key, value, Some(PutOptions::new().with_lease(lease_id)))
-                    .await
-            }
-        })
-        .await?;
-        self.revoke(claim.lease_id).await?;
-        Ok(Some(claim))
-    }
-
-    /// The whole prefix (claims and nodes) at one revision, for the view.
-    pub async fn snapshot(&self) -> Result<Snapshot> {
-        self.snapshot_of(Purpose::View, self.inner.layout.prefix())
-            .await
-    }
-
-    async fn snapshot_of(&self, purpose: Purpose, key_prefix: &str) -> Result<Snapshot> {
-        let key = key_prefix.to_string();
-        let mut resp = self
-            .call_on(purpose, "range", |mut c| {
-                let key = key.clone();
-                async move {
-                    c.get(
-                        key,
-                        Some(
-                            GetOptions::new()
-                                .with_prefix()
-                                .with_sort(SortTarget::Key, SortOrder::Ascend),
-                        ),
-                    )
-                    .await
-                }
-            })
-            .await?;
-        let mut snapshot = Snapshot {
-            revision: resp.header().map(|h| h.revision()).unwrap_or(0),
-            ..Snapshot::default()
-        };
-        for kv in resp.take_kvs() {
-            match self.inner.layout.parse(kv.key()) {
-                Some(Key::Broadcast(b)) => match ClaimRecord::claim_from(b, &kv) {
-                    Some(claim) => snapshot.claims.push(claim),
-                    None => tracing::warn!(
-                        broadcast = b,
-                        "claim key holds something that is not a claim record; ignored"
-                    ),
-                },
-                Some(Key::Node(id)) => {
-                    if let Some(record) = NodeRecord::from_kv(&kv) {
-                        snapshot.nodes.push((id.to_string(), record));
-                    }
-                }
-                Some(Key::Forced(_)) | None => {}
-            }
-        }
-        Ok(snapshot)
-    }
-
-    /// The current revision of the store, asked on the connection for
-    /// `purpose`.
-    pub async fn revision(&self, purpose: Purpose) -> Result<i64> {
-        let key = self.inner.layout.prefix().to_string();
-        let resp = self
-            .call_on(purpose, "range", |mut c| {
-                let key = key.clone();
-                async move {
-                    c.get(key, Some(GetOptions::new().with_prefix().with_count_only()))
-                        .await
-                }
-            })
-            .await?;
-        Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
     }
 }

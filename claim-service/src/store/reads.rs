@@ -1,0 +1,118 @@
+//! What the store reads: one claim, a node's claims, a snapshot of every
+//! claim and node for the view, the current revision.
+
+use etcd_client::{GetOptions, KeyValue, SortOrder, SortTarget};
+
+use crate::claims::Claim;
+use crate::error::Result;
+
+use super::*;
+
+impl Store {
+    /// One key, read linearizably on the connection for `purpose`: what it
+    /// holds (if anything) and the store's revision of the read.
+    pub(super) async fn read_key(
+        &self,
+        purpose: Purpose,
+        key: &str,
+    ) -> Result<(Option<KeyValue>, i64)> {
+        let mut resp = self
+            .call_on(purpose, "get", |mut c| {
+                let key = key.to_string();
+                async move { c.get(key, None).await }
+            })
+            .await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        Ok((resp.take_kvs().into_iter().next(), revision))
+    }
+
+    /// The current claim of a broadcast, read linearizably from etcd on
+    /// the connection for `purpose`.
+    pub async fn get_claim(
+        &self,
+        purpose: Purpose,
+        broadcast: &str,
+    ) -> Result<Option<(Claim, i64)>> {
+        let key = self.inner.layout.broadcast(broadcast);
+        let (kv, revision) = self.read_key(purpose, &key).await?;
+        Ok(kv
+            .and_then(|kv| ClaimRecord::claim_from(broadcast, &kv))
+            .map(|c| (c, revision)))
+    }
+
+    /// Every claim that names `node_id`.
+    pub async fn claims_of_node(&self, node_id: &str) -> Result<Vec<Claim>> {
+        let snapshot = self
+            .snapshot_of(Purpose::Claims, &self.inner.layout.broadcasts(""))
+            .await?;
+        Ok(snapshot
+            .claims
+            .into_iter()
+            .filter(|c| &*c.node_id == node_id)
+            .collect())
+    }
+
+    /// The whole prefix (claims and nodes) at one revision, for the view.
+    pub async fn snapshot(&self) -> Result<Snapshot> {
+        self.snapshot_of(Purpose::View, self.inner.layout.prefix())
+            .await
+    }
+
+    pub(super) async fn snapshot_of(&self, purpose: Purpose, key_prefix: &str) -> Result<Snapshot> {
+        let key = key_prefix.to_string();
+        let mut resp = self
+            .call_on(purpose, "range", |mut c| {
+                let key = key.clone();
+                async move {
+                    c.get(
+                        key,
+                        Some(
+                            GetOptions::new()
+                                .with_prefix()
+                                .with_sort(SortTarget::Key, SortOrder::Ascend),
+                        ),
+                    )
+                    .await
+                }
+            })
+            .await?;
+        let mut snapshot = Snapshot {
+            revision: resp.header().map(|h| h.revision()).unwrap_or(0),
+            ..Snapshot::default()
+        };
+        for kv in resp.take_kvs() {
+            match self.inner.layout.parse(kv.key()) {
+                Some(Key::Broadcast(b)) => match ClaimRecord::claim_from(b, &kv) {
+                    Some(claim) => snapshot.claims.push(claim),
+                    None => tracing::warn!(
+                        broadcast = b,
+                        "claim key holds something that is not a claim record; ignored"
+                    ),
+                },
+                Some(Key::Node(id)) => {
+                    if let Some(record) = NodeRecord::from_kv(&kv) {
+                        snapshot.nodes.push((id.to_string(), record));
+                    }
+                }
+                Some(Key::Forced(_)) | None => {}
+            }
+        }
+        Ok(snapshot)
+    }
+
+    /// The current revision of the store, asked on the connection for
+    /// `purpose`.
+    pub async fn revision(&self, purpose: Purpose) -> Result<i64> {
+        let key = self.inner.layout.prefix().to_string();
+        let resp = self
+            .call_on(purpose, "range", |mut c| {
+                let key = key.clone();
+                async move {
+                    c.get(key, Some(GetOptions::new().with_prefix().with_count_only()))
+                        .await
+                }
+            })
+            .await?;
+        Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+    }
+}
