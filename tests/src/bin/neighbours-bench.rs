@@ -150,6 +150,14 @@ async fn main() -> Result<()> {
     );
     let grown = rss(pid)?.saturating_sub(rss_before);
     drop((live, replaying));
+    // The replica lets them go once it sees their connections close: wait
+    // for that, so that phase 3's replays find their slots free.
+    until(
+        Duration::from_millis(50),
+        async || Ok(metric_value(&svc.metrics().await?, "claims_watches_open").unwrap_or(0.0)),
+        |open| *open == 0.0,
+    )
+    .await?;
 
     // 3. Watches opened and cancelled in a tight loop beside the cycles.
     eprintln!("{} cancelled watches", args.cancelled);
