@@ -7,11 +7,13 @@
 //! alive, release, tell the node, end the stream). It does no I/O, so every
 //! rule of the design can be tested here without etcd or a network.
 //!
+//! - `events.rs`: each event to its rule, and the rules of the session as
+//!   a whole (the node record every claim is fenced by, superseding,
+//!   draining, forced releases, a lagging view);
 //! - `node.rs`: the rules of each broadcast (tracks, claim, standby, retry,
 //!   release, goodbye, detach);
-//! - `fence.rs`: the rules of the session as a whole (the node record every
-//!   claim is fenced by, superseding, draining, forced releases, a lagging
-//!   view).
+//! - `fence.rs`: the node record as the rules know it, and the claims
+//!   waiting for it.
 //!
 //! Invariants it keeps:
 //! - one claim per broadcast, however many tracks it has;
@@ -28,6 +30,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod events;
 mod fence;
 mod node;
 

@@ -9,9 +9,9 @@
 //!   revoke, keep-alive, watch);
 //! - [`intake`]: what one node message means (event, refusal, or protocol
 //!   error), decided without I/O;
-//! - [`attach`]: `ClaimSessions.Attach`, its handshake and the registry of
-//!   attached sessions; [`session`]: the async shell that drives a
-//!   session's state machine;
+//! - [`attach`]: `ClaimSessions.Attach` and its handshake; [`session`]: the
+//!   async shell that drives a session's state machine; [`sessions`]: what
+//!   every session shares, and the registry of attached sessions;
 //! - [`view`]: the watch-fed in-memory view of every claim and node;
 //! - [`ownership`]: the read API, mostly over that view; [`watchers`]: its
 //!   `WatchClaims` streams and their limits; [`admin`]: the operators' API;
@@ -36,6 +36,7 @@ pub mod ownership;
 pub mod rpc;
 pub mod server;
 pub mod session;
+pub mod sessions;
 pub mod store;
 pub mod view;
 pub mod watchers;

@@ -17,13 +17,14 @@ use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 
 use crate::admin::AdminService;
-use crate::attach::{ClaimSessionsService, Context, Sessions};
+use crate::attach::ClaimSessionsService;
 use crate::config::{Config, Loaded};
 use crate::error::{Error, Result};
 use crate::log_budget::LogBudget;
 use crate::metrics::Metrics;
 use crate::ownership::OwnershipService;
 use crate::rpc::RpcLayer;
+use crate::sessions::{Context, Sessions};
 use crate::store::Store;
 use crate::view::View;
 use crate::watchers::Watches;

@@ -20,12 +20,12 @@ use tokio::sync::{broadcast, mpsc, Notify};
 use tokio_util::time::DelayQueue;
 use tonic::Status;
 
-use crate::attach::Context;
 use crate::claims::{backoff, Action, Event, NodeClaims, Reply};
 use crate::error::Error;
 use crate::intake::{self, Intake};
 use crate::log_budget::LogBudget;
 use crate::names;
+use crate::sessions::Context;
 use crate::store::{unix_ms, Attempt, ClaimRequest, Holder, LeaseLoss, NodeRecord, Release};
 use crate::view::ViewEvent;
 use crate::wire::service_message;

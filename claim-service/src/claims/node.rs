@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::backoff;
 use super::fence::Fence;
-use super::{Action, Claim, ClaimOutcome, Event, Limits, Reply};
+use super::{Action, Claim, ClaimOutcome, Limits, Reply};
 
 #[derive(Debug, Clone, PartialEq)]
 enum State {
@@ -136,78 +136,52 @@ impl NodeClaims {
         matches!(self.mode, Mode::Detached | Mode::Expiring)
     }
 
-    /// Apply one event; returns what to do, in order.
-    pub fn handle(&mut self, event: Event) -> Vec<Action> {
-        let mut out = Vec::new();
-        if self.finished {
-            // The session is over: nothing is held, nothing more happens.
-            return out;
+    /// Claims an earlier session of this node left: those not live now are
+    /// released.
+    pub(super) fn existing(&mut self, claims: Vec<Claim>, out: &mut Vec<Action>) {
+        if self.mode != Mode::Attached {
+            return;
         }
-        match event {
-            Event::Began => {
-                out.push(Action::FindEarlierClaims);
-                out.push(Action::WriteRecord { replaces: None });
+        for claim in claims {
+            if !self.broadcasts.contains_key(&claim.broadcast) {
+                out.push(Action::ReleaseStale {
+                    lease_id: claim.lease_id,
+                    revision: claim.revision,
+                    broadcast: claim.broadcast,
+                });
             }
-            Event::Created { broadcast, track } => self.created(broadcast, track, &mut out),
-            Event::Closed { broadcast, track } => self.closed(&broadcast, &track, &mut out),
-            Event::Existing { claims } => {
-                if self.mode == Mode::Attached {
-                    for claim in claims {
-                        if !self.broadcasts.contains_key(&claim.broadcast) {
-                            out.push(Action::ReleaseStale {
-                                lease_id: claim.lease_id,
-                                revision: claim.revision,
-                                broadcast: claim.broadcast,
-                            });
-                        }
-                    }
-                }
-            }
-            // Only an attached node says goodbye: a detached or superseded
-            // session keeps its claims for the grace.
-            Event::Goodbye if self.mode == Mode::Attached => {
-                self.release_all(Mode::Closing, &mut out)
-            }
-            Event::Goodbye => {}
-            Event::Detached => self.detach(&mut out),
-            Event::GraceExpired => {
-                if self.mode == Mode::Detached {
-                    self.release_all(Mode::Expiring, &mut out)
-                }
-            }
-            Event::ClaimAnswered { broadcast, outcome } => {
-                self.answered(broadcast, outcome, &mut out)
-            }
-            Event::Released { broadcast } => self.release_done(broadcast, &mut out),
-            Event::LeaseLost { lease_id, reason } => {
-                if !self.record_lost(lease_id, &mut out) {
-                    self.lease_lost(lease_id, reason, false, &mut out)
-                }
-            }
-            Event::OwnerReleased {
-                broadcast,
-                revision,
-            } => self.owner_released(broadcast, revision, &mut out),
-            Event::RetryDue { broadcast, timer } => {
-                if let Some(entry) = self.broadcasts.get_mut(&broadcast) {
-                    if entry.state == (State::Waiting { timer }) {
-                        entry.state = State::Claiming;
-                        out.push(Action::claim(broadcast));
-                    }
-                }
-            }
-            Event::RecordWritten { .. }
-            | Event::RecordFailed { .. }
-            | Event::RecordTaken { .. }
-            | Event::Fenced { .. }
-            | Event::NodeSeen { .. }
-            | Event::Superseded
-            | Event::Forced { .. }
-            | Event::ViewLagged => self.session_event(event, &mut out),
         }
-        self.fence_claims(&mut out);
-        self.check_finished(&mut out);
-        out
+    }
+
+    /// Goodbye: release everything and tell the node. Only an attached node
+    /// says goodbye: a detached or superseded session keeps its claims for
+    /// the grace.
+    pub(super) fn goodbye(&mut self, out: &mut Vec<Action>) {
+        if self.mode == Mode::Attached {
+            self.release_all(Mode::Closing, out)
+        }
+    }
+
+    /// The detach grace ran out: release what is still held, silently.
+    pub(super) fn grace_expired(&mut self, out: &mut Vec<Action>) {
+        if self.mode == Mode::Detached {
+            self.release_all(Mode::Expiring, out)
+        }
+    }
+
+    /// A retry timer fired: claim again if it is still the one armed.
+    pub(super) fn retry_due(&mut self, broadcast: String, timer: u64, out: &mut Vec<Action>) {
+        if let Some(entry) = self.broadcasts.get_mut(&broadcast) {
+            if entry.state == (State::Waiting { timer }) {
+                entry.state = State::Claiming;
+                out.push(Action::claim(broadcast));
+            }
+        }
+    }
+
+    /// Whether the session has finished (nothing more happens).
+    pub(super) fn is_finished(&self) -> bool {
+        self.finished
     }
 
     /// The session's node is gone: held claims are kept for the grace (so
@@ -245,9 +219,12 @@ impl NodeClaims {
         }
     }
 
-    /// Forgets a broadcast with nothing in flight for it.
-    pub(super) fn forget_entry(&mut self, broadcast: &str) {
-        self.broadcasts.remove(broadcast);
+    /// Claims that never started (waiting for the record) are dropped:
+    /// nothing is in flight for them, and an ending session starts nothing.
+    fn drop_unfenced(&mut self) {
+        for broadcast in self.fence.take_unfenced() {
+            self.broadcasts.remove(&broadcast);
+        }
     }
 
     /// The held claim of `broadcast` with this fencing token, if any.
@@ -268,7 +245,7 @@ impl NodeClaims {
         }
     }
 
-    fn created(&mut self, broadcast: String, track: String, out: &mut Vec<Action>) {
+    pub(super) fn created(&mut self, broadcast: String, track: String, out: &mut Vec<Action>) {
         if self.mode != Mode::Attached {
             return;
         }
@@ -330,7 +307,7 @@ impl NodeClaims {
         }
     }
 
-    fn closed(&mut self, broadcast: &str, track: &str, out: &mut Vec<Action>) {
+    pub(super) fn closed(&mut self, broadcast: &str, track: &str, out: &mut Vec<Action>) {
         let Some(entry) = self.broadcasts.get_mut(broadcast) else {
             return;
         };
@@ -458,7 +435,7 @@ impl NodeClaims {
         }
     }
 
-    fn release_done(&mut self, broadcast: String, out: &mut Vec<Action>) {
+    pub(super) fn release_done(&mut self, broadcast: String, out: &mut Vec<Action>) {
         let Some(entry) = self.broadcasts.get_mut(&broadcast) else {
             return;
         };
@@ -523,7 +500,7 @@ impl NodeClaims {
         }
     }
 
-    fn check_finished(&mut self, out: &mut Vec<Action>) {
+    pub(super) fn check_finished(&mut self, out: &mut Vec<Action>) {
         let ending = matches!(self.mode, Mode::Closing | Mode::Expiring);
         if ending && self.broadcasts.is_empty() && !self.finished {
             self.finished = true;

@@ -1,0 +1,189 @@
+//! Each event to the rule it concerns ([`NodeClaims::handle`]), and the
+//! rules of a session as a whole: the node record every claim is fenced by,
+//! a newer session of the same node superseding this one, the draining
+//! mark, an operator's forced release, and a view that lagged.
+//!
+//! A session's claims are made only under the lease of its own node record
+//! (the claim transaction checks it): a newer session of the node, on any
+//! replica, rewrites the record, and from then on every claim of the older
+//! one fails. So a claim waits until the record is written (see
+//! `fence.rs`), and a record written by another session ends this one:
+//! superseded, it keeps its held claims for the grace (the newer session
+//! adopts them) and claims nothing new.
+
+use super::node::{Mode, NodeClaims};
+use super::{Action, ClaimOutcome, Event, Reply};
+
+impl NodeClaims {
+    /// Apply one event; returns what to do, in order.
+    pub fn handle(&mut self, event: Event) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.is_finished() {
+            // The session is over: nothing is held, nothing more happens.
+            return out;
+        }
+        match event {
+            Event::Began => {
+                out.push(Action::FindEarlierClaims);
+                out.push(Action::WriteRecord { replaces: None });
+            }
+            Event::Created { broadcast, track } => self.created(broadcast, track, &mut out),
+            Event::Closed { broadcast, track } => self.closed(&broadcast, &track, &mut out),
+            Event::Existing { claims } => self.existing(claims, &mut out),
+            Event::Goodbye => self.goodbye(&mut out),
+            Event::Detached => self.detach(&mut out),
+            Event::GraceExpired => self.grace_expired(&mut out),
+            Event::ClaimAnswered { broadcast, outcome } => {
+                self.answered(broadcast, outcome, &mut out)
+            }
+            Event::Released { broadcast } => self.release_done(broadcast, &mut out),
+            Event::LeaseLost { lease_id, reason } => {
+                if !self.record_lost(lease_id, &mut out) {
+                    self.lease_lost(lease_id, reason, false, &mut out)
+                }
+            }
+            Event::OwnerReleased {
+                broadcast,
+                revision,
+            } => self.owner_released(broadcast, revision, &mut out),
+            Event::RetryDue { broadcast, timer } => self.retry_due(broadcast, timer, &mut out),
+            Event::RecordWritten { .. }
+            | Event::RecordFailed { .. }
+            | Event::RecordTaken { .. }
+            | Event::Fenced { .. }
+            | Event::NodeSeen { .. }
+            | Event::Superseded
+            | Event::Forced { .. }
+            | Event::ViewLagged => self.session_event(event, &mut out),
+        }
+        self.fence.hold_back(&mut out);
+        self.check_finished(&mut out);
+        out
+    }
+
+    /// The lease of this session's node record, while it is written.
+    pub fn record_lease(&self) -> Option<i64> {
+        self.fence.lease
+    }
+
+    /// Whether the node was told it is draining.
+    pub fn is_draining(&self) -> bool {
+        self.fence.told_draining
+    }
+
+    fn session_event(&mut self, event: Event, out: &mut Vec<Action>) {
+        match event {
+            Event::RecordWritten {
+                lease_id,
+                revision,
+                draining,
+            } => {
+                self.fence.lease = Some(lease_id);
+                self.fence.revision = revision;
+                out.push(Action::KeepRecord { lease_id });
+                self.tell_draining(draining, out);
+                for broadcast in self.fence.take_unfenced() {
+                    out.push(Action::claim(broadcast));
+                }
+            }
+            Event::RecordFailed { reason } => self.answer_unfenced(&reason, out),
+            Event::RecordTaken { by } => self.supersede(format!("session {by}"), out),
+            Event::Fenced {
+                broadcast,
+                session_id,
+            } => {
+                // Another session's record supersedes this one; its own
+                // renewed record, or none (lost in an outage and being
+                // written again), only means: try again.
+                let taken = self.fence.is_other(&session_id);
+                let reason = if taken {
+                    format!("session {session_id} of this node took over")
+                } else {
+                    "this session's node record is being renewed; retrying".to_string()
+                };
+                if taken {
+                    // Ended first: the claim is then dropped, not retried.
+                    self.supersede(format!("session {session_id}"), out);
+                }
+                let outcome = ClaimOutcome::Unavailable { reason };
+                self.answered(broadcast, outcome, out);
+            }
+            Event::NodeSeen {
+                session_id,
+                draining,
+                revision,
+            } => {
+                if session_id == self.fence.session_id {
+                    self.tell_draining(draining, out);
+                } else if self.fence.is_other(&session_id)
+                    && self.fence.revision > 0
+                    && revision > self.fence.revision
+                {
+                    // A newer session of this node, on any replica.
+                    self.supersede(format!("session {session_id}"), out);
+                }
+            }
+            Event::Superseded => self.supersede("on this replica".to_string(), out),
+            Event::Forced {
+                broadcast,
+                fencing_token,
+                reason,
+            } => {
+                if let Some(lease_id) = self.held_with_token(&broadcast, fencing_token) {
+                    let reason = format!("force-released by an operator: {reason}");
+                    self.lease_lost(lease_id, reason, true, out);
+                }
+            }
+            Event::ViewLagged => {
+                // Releases may have been missed: every standby tries again.
+                let standby: Vec<String> = self.standby().map(String::from).collect();
+                for broadcast in standby {
+                    self.owner_released(broadcast, i64::MAX, out);
+                }
+            }
+            _ => unreachable!("per-broadcast events are handled in handle()"),
+        }
+    }
+
+    /// The record's lease was lost: write the record again (unless a newer
+    /// session wrote it meanwhile). False when `lease_id` is not the
+    /// record's.
+    fn record_lost(&mut self, lease_id: i64, out: &mut Vec<Action>) -> bool {
+        if self.fence.lease != Some(lease_id) {
+            return false;
+        }
+        self.fence.lease = None;
+        out.push(Action::WriteRecord {
+            replaces: Some(lease_id),
+        });
+        true
+    }
+
+    /// Claims waiting for the record are answered as if etcd had been
+    /// unreachable, for `reason`: they retry.
+    fn answer_unfenced(&mut self, reason: &str, out: &mut Vec<Action>) {
+        for broadcast in self.fence.take_unfenced() {
+            let outcome = ClaimOutcome::Unavailable {
+                reason: reason.to_string(),
+            };
+            self.answered(broadcast, outcome, out);
+        }
+    }
+
+    /// A newer session of the node took over: end the stream, keep what is
+    /// held for the grace. Only an attached session is superseded.
+    fn supersede(&mut self, by: String, out: &mut Vec<Action>) {
+        if self.mode != Mode::Attached {
+            return;
+        }
+        out.push(Action::Supersede { by });
+        self.detach(out);
+    }
+
+    fn tell_draining(&mut self, draining: bool, out: &mut Vec<Action>) {
+        if draining != self.fence.told_draining {
+            self.fence.told_draining = draining;
+            self.tell(Reply::Draining { draining }, out);
+        }
+    }
+}
