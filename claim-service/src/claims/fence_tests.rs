@@ -1,4 +1,4 @@
-//! The rules of a session as a whole (see `fence.rs`), one by one.
+//! The rules of a session as a whole (see `events.rs`), one by one.
 
 use super::tests::{claim_action, fenced, RECORD};
 use super::*;
