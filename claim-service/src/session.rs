@@ -6,7 +6,10 @@
 //! The node's messages arrive through a channel a reader task fills (see
 //! [`crate::attach`]); the response stream is the receiving end of another,
 //! so a node that goes away is an event (`Detached`), not an error lost in
-//! a combinator.
+//! a combinator. The work it starts in etcd without waiting for it, and what
+//! it logs of the replies, are in `work.rs`.
+
+mod work;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -20,13 +23,12 @@ use tokio::sync::{broadcast, mpsc, Notify};
 use tokio_util::time::DelayQueue;
 use tonic::Status;
 
-use crate::claims::{backoff, Action, Event, NodeClaims, Reply};
+use crate::claims::{Action, Event, NodeClaims};
 use crate::error::Error;
 use crate::intake::{self, Intake};
-use crate::log_budget::LogBudget;
 use crate::names;
 use crate::sessions::Context;
-use crate::store::{unix_ms, Attempt, ClaimRequest, Holder, LeaseLoss, NodeRecord, Release};
+use crate::store::{Holder, LeaseLoss, Release};
 use crate::view::ViewEvent;
 use crate::wire::service_message;
 
@@ -325,7 +327,14 @@ impl Session {
             Action::Claim {
                 broadcast,
                 guard_lease,
-            } => self.start_claim(broadcast, guard_lease),
+            } => work::claim(
+                &ctx.store,
+                &self.holder,
+                self.ttl,
+                broadcast,
+                guard_lease,
+                &self.events_tx,
+            ),
             Action::KeepAlive {
                 lease_id,
                 broadcast,
@@ -393,7 +402,7 @@ impl Session {
                 self.unkeep(lease_id);
             }
             Action::Send(reply) => {
-                log_reply(&reply, &ctx.refusal_log);
+                work::log_reply(&reply, &ctx.refusal_log);
                 self.send(reply.into()).await;
             }
             Action::RetryAfter {
@@ -407,8 +416,16 @@ impl Session {
                     delay + Duration::from_millis(jitter),
                 );
             }
-            Action::FindEarlierClaims => self.find_earlier_claims(),
-            Action::WriteRecord { replaces } => self.write_record(replaces),
+            Action::FindEarlierClaims => {
+                work::find_earlier_claims(&ctx.store, &self.holder, &self.events_tx)
+            }
+            Action::WriteRecord { replaces } => work::write_record(
+                &ctx.store,
+                &self.holder,
+                self.ttl,
+                replaces,
+                &self.events_tx,
+            ),
             Action::KeepRecord { lease_id } => {
                 let renew = ctx.config.renew_for(self.ttl);
                 ctx.store
@@ -442,94 +459,11 @@ impl Session {
         }
     }
 
-    fn start_claim(&self, broadcast: String, guard_lease: i64) {
-        let req = ClaimRequest {
-            broadcast: broadcast.clone(),
-            holder: self.holder.clone(),
-            ttl: self.ttl,
-            guard_lease,
-        };
-        let tx = self.events_tx.clone();
-        self.ctx.store.submit_claim(req, move |attempt| {
-            // If the session is gone (replica shutting down), the lease is
-            // left to expire or be adopted.
-            let _ = tx.send(match attempt {
-                Attempt::Outcome(outcome) => Event::ClaimAnswered { broadcast, outcome },
-                Attempt::Fenced { session_id } => Event::Fenced {
-                    broadcast,
-                    session_id,
-                },
-            });
-        });
-    }
-
     fn unkeep(&mut self, lease_id: i64) {
         if self.kept.remove(&lease_id) {
             self.ctx.store.stop_keeping(lease_id, &self.loss_tx);
             self.ctx.metrics.claims_held.dec();
         }
-    }
-
-    /// Reads the claims an earlier session of this node left (released
-    /// unless live now), retrying until etcd answers, without waiting.
-    fn find_earlier_claims(&self) {
-        let store = self.ctx.store.clone();
-        let tx = self.events_tx.clone();
-        let node_id = self.holder.node_id.clone();
-        tokio::spawn(async move {
-            let found = until_done("cannot read this node's earlier claims", &tx, || {
-                store.claims_of_node(&node_id)
-            })
-            .await;
-            if let Some(claims) = found {
-                let _ = tx.send(Event::Existing { claims });
-            }
-        });
-    }
-
-    /// Writes the node's record on a lease of its own, retrying until etcd
-    /// answers; each failure is reported, so waiting claims can say why.
-    fn write_record(&self, replaces: Option<i64>) {
-        let store = self.ctx.store.clone();
-        let tx = self.events_tx.clone();
-        let node_id = self.holder.node_id.clone();
-        let record = NodeRecord {
-            endpoints: (*self.holder.endpoints).clone(),
-            session_id: self.holder.session_id.to_string(),
-            service_id: self.ctx.config.service_id.clone(),
-            attached_at_unix_ms: unix_ms(),
-            draining: false,
-        };
-        let ttl = self.ttl;
-        tokio::spawn(async move {
-            let mut failures = 0;
-            while !tx.is_closed() {
-                match store.register_node(&node_id, &record, ttl, replaces).await {
-                    Ok(registration) => {
-                        let written = Event::RecordWritten {
-                            lease_id: registration.lease_id,
-                            revision: registration.revision,
-                            draining: registration.draining,
-                        };
-                        if tx.send(written).is_err() {
-                            // The session ended meanwhile.
-                            let _ = store.revoke(registration.lease_id).await;
-                        }
-                        return;
-                    }
-                    Err(Error::Superseded(by)) => {
-                        let _ = tx.send(Event::RecordTaken { by });
-                        return;
-                    }
-                    Err(e) => {
-                        failures += 1;
-                        tracing::warn!(error = %e, "cannot record the node in etcd; retrying");
-                        let _ = tx.send(Event::RecordFailed { reason: e.public() });
-                        tokio::time::sleep(backoff(failures)).await;
-                    }
-                }
-            }
-        });
     }
 
     /// Replica shutdown: end the stream, leaving every claim in etcd for the
@@ -553,67 +487,5 @@ impl Session {
             held = self.kept.len(),
             "session ended by shutdown; claims left for adoption"
         );
-    }
-}
-
-/// Retries `attempt` with backoff until it succeeds, or `None` once the
-/// session (the receiving end of `tx`) is gone.
-async fn until_done<T, F, Fut>(
-    what: &str,
-    tx: &mpsc::UnboundedSender<Event>,
-    mut attempt: F,
-) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, Error>>,
-{
-    let mut failures = 0;
-    loop {
-        match attempt().await {
-            Ok(value) => return Some(value),
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(error = %e, "{what}; retrying");
-                tokio::time::sleep(backoff(failures)).await;
-                if tx.is_closed() {
-                    return None;
-                }
-            }
-        }
-    }
-}
-
-fn log_reply(reply: &Reply, refusal_log: &LogBudget) {
-    match reply {
-        Reply::Claimed { claim, adopted } => tracing::info!(
-            broadcast = %claim.broadcast,
-            fencing_token = claim.fencing_token,
-            lease_id = claim.lease_id,
-            adopted,
-            "claimed"
-        ),
-        Reply::Conflict { broadcast, owner } => tracing::info!(
-            %broadcast,
-            owner = %owner.node_id,
-            fencing_token = owner.fencing_token,
-            "conflict: standing by behind the owner"
-        ),
-        Reply::Released { broadcast } => tracing::info!(%broadcast, "released"),
-        Reply::Refused {
-            broadcast,
-            track,
-            reason,
-        } => {
-            if let Some(unlogged) = refusal_log.admit() {
-                tracing::warn!(%broadcast, %track, %reason, unlogged, "refused over a limit")
-            }
-        }
-        Reply::Lost { broadcast, reason } => tracing::warn!(%broadcast, %reason, "claim lost"),
-        Reply::Retrying {
-            broadcast,
-            reason,
-            retry_in,
-        } => tracing::warn!(%broadcast, %reason, ?retry_in, "claim not possible now; retrying"),
-        Reply::Draining { draining } => tracing::info!(draining, "node draining mark changed"),
     }
 }
