@@ -1,11 +1,11 @@
 //! The real `claim-service` binary for a test, alone or as a stack with
 //! its etcd.
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Context as _, Result};
 use claims_proto::v1 as pb;
 use pb::ownership_client::OwnershipClient;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::netns::Host;
@@ -166,16 +166,15 @@ impl ClaimService {
     }
 
     pub async fn channel(&self) -> Result<Channel> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match self.endpoint_with(self.tls.as_ref())?.connect().await {
-                Ok(c) => return Ok(c),
-                Err(e) if Instant::now() > deadline => {
-                    return Err(anyhow!("cannot connect to {}: {e}", self.addr()))
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
+        let endpoint = self.endpoint_with(self.tls.as_ref())?;
+        let connected = until(
+            Duration::from_millis(50),
+            async || Ok(endpoint.connect().await.map_err(|e| e.to_string())),
+            |c| c.is_ok(),
+        )
+        .await
+        .with_context(|| format!("cannot connect to {}", self.addr()))?;
+        connected.map_err(|e| anyhow!(e))
     }
 
     pub async fn ownership(&self) -> Result<OwnershipClient<Channel>> {
@@ -212,19 +211,19 @@ impl ClaimService {
     }
 
     pub async fn wait_serving(&self, want: bool) -> Result<()> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if matches!(self.serving().await, Ok(s) if s == want) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "claim-service never reported serving={want}; log:\n{}",
-                    self.log_text()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until(
+            Duration::from_millis(50),
+            async || Ok(self.serving().await.ok()),
+            |serving| *serving == Some(want),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "claim-service never reported serving={want}; log:\n{}",
+                self.log_text()
+            )
+        })?;
+        Ok(())
     }
 
     pub async fn metrics(&self) -> Result<String> {
@@ -264,16 +263,12 @@ impl Stack {
         broadcast: &str,
         check: impl Fn(&Option<pb::Claim>) -> bool,
     ) -> Result<Option<pb::Claim>> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let owner = self.owner(broadcast, false).await?;
-            if check(&owner) {
-                return Ok(owner);
-            }
-            if Instant::now() > deadline {
-                bail!("owner of {broadcast} never matched; last {owner:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until(
+            Duration::from_millis(20),
+            async || self.owner(broadcast, false).await,
+            check,
+        )
+        .await
+        .with_context(|| format!("owner of {broadcast} never matched"))
     }
 }

@@ -4,7 +4,7 @@
 use anyhow::{bail, Context as _, Result};
 use std::path::PathBuf;
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::netns::Host;
 use crate::*;
@@ -162,29 +162,33 @@ impl Etcd {
             // Members of a cluster are healthy together; the cluster waits.
             return Ok(());
         }
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(mut c) =
-                etcd_client::Client::connect([&client], self.connect_options()?).await
-            {
-                if c.status().await.is_ok() {
-                    return Ok(());
+        let options = self.connect_options()?;
+        until(
+            Duration::from_millis(50),
+            async || {
+                if let Ok(mut c) = etcd_client::Client::connect([&client], options.clone()).await {
+                    if c.status().await.is_ok() {
+                        return Ok(true);
+                    }
                 }
-            }
-            if self.exited() {
-                bail!(
-                    "etcd exited before it became healthy on {client}; its log:\n{}",
-                    self.log_text()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "etcd did not become healthy on {client}; its log:\n{}",
-                    self.log_text()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+                if self.exited() {
+                    bail!(
+                        "etcd exited before it became healthy on {client}; its log:\n{}",
+                        self.log_text()
+                    );
+                }
+                Ok(false)
+            },
+            |healthy| *healthy,
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "etcd did not become healthy on {client}; its log:\n{}",
+                self.log_text()
+            )
+        })?;
+        Ok(())
     }
 
     pub async fn client(&self) -> Result<etcd_client::Client> {
@@ -256,13 +260,13 @@ impl EtcdCluster {
             members.push(m);
         }
         let c = Self { members };
-        let deadline = Instant::now() + WAIT;
-        while c.leader().is_err() {
-            if Instant::now() > deadline {
-                bail!("the etcd cluster never elected a leader");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        until(
+            Duration::from_millis(100),
+            async || Ok(c.leader().is_ok()),
+            |elected| *elected,
+        )
+        .await
+        .context("the etcd cluster never elected a leader")?;
         Ok(c)
     }
 

@@ -1,9 +1,9 @@
 //! The real `ingest-node` binary for a test, HTTP requests to it, and
 //! publishers and players (ffmpeg, ffprobe) against it.
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::netns::Host;
 use crate::processes::daemon_handle;
@@ -143,19 +143,22 @@ impl IngestNode {
     }
 
     async fn wait_http(&self) -> Result<()> {
-        let deadline = Instant::now() + WAIT;
-        while http_get_at(&self.ip, self.http_port, "/healthz")
-            .await
-            .is_err()
-        {
-            if Instant::now() > deadline {
-                bail!(
-                    "ingest-node never answered /healthz; log:\n{}",
-                    self.log_text()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until(
+            Duration::from_millis(50),
+            async || {
+                Ok(http_get_at(&self.ip, self.http_port, "/healthz")
+                    .await
+                    .is_ok())
+            },
+            |answered| *answered,
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "ingest-node never answered /healthz; log:\n{}",
+                self.log_text()
+            )
+        })?;
         Ok(())
     }
 
@@ -183,26 +186,26 @@ impl IngestNode {
         broadcast: &str,
         check: impl Fn(&serde_json::Value) -> bool,
     ) -> Result<serde_json::Value> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let list = self.broadcasts().await?;
-            let entry = list
-                .as_array()
-                .and_then(|a| a.iter().find(|b| b["broadcast"] == broadcast))
-                .cloned()
-                .unwrap_or(serde_json::Value::Null);
-            if check(&entry) {
-                return Ok(entry);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{broadcast} on {} never matched; last {entry}\nlog:\n{}",
-                    self.node_id,
-                    self.log_text()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until(
+            Duration::from_millis(50),
+            async || {
+                let list = self.broadcasts().await?;
+                Ok(list
+                    .as_array()
+                    .and_then(|a| a.iter().find(|b| b["broadcast"] == broadcast))
+                    .cloned()
+                    .unwrap_or(serde_json::Value::Null))
+            },
+            check,
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "{broadcast} on {} never matched\nlog:\n{}",
+                self.node_id,
+                self.log_text()
+            )
+        })
     }
 
     pub async fn metric(&self, name: &str) -> Result<f64> {

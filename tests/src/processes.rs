@@ -1,11 +1,11 @@
 //! Child processes of a test: the workspace's binaries (built once),
 //! daemons killed by PID when dropped, and what `/proc` says about them.
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, Context as _, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::*;
 
@@ -132,17 +132,15 @@ impl Daemon {
             .child
             .as_mut()
             .ok_or_else(|| anyhow!("{what} not running"))?;
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                self.child = None;
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                bail!("{what} still running after {WAIT:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let status = until(
+            Duration::from_millis(20),
+            async || Ok(child.try_wait()?),
+            |status| status.is_some(),
+        )
+        .await
+        .with_context(|| format!("{what} still running"))?;
+        self.child = None;
+        status.ok_or_else(|| anyhow!("{what} still running"))
     }
 
     /// SIGTERM, then wait for the process to exit.
