@@ -39,7 +39,13 @@ pub struct Config {
     pub command: Option<Command>,
 
     /// This node's id ([a-z0-9-], 1-63 characters), unique in the cluster.
-    #[arg(long, env = "INGEST_NODE_ID")]
+    /// Required to run the node; `healthcheck` does not need it.
+    #[arg(
+        long,
+        env = "INGEST_NODE_ID",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub node_id: String,
 
     /// Claim-service gRPC URLs, comma-separated; tried in turn.
@@ -216,6 +222,11 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), String> {
+        if self.node_id.is_empty() {
+            return Err(
+                "--node-id (or INGEST_NODE_ID) is required: this node's id, [a-z0-9-], 1-63 characters, unique in the cluster".into(),
+            );
+        }
         claims_proto::names::check_node_id(&self.node_id).map_err(|e| format!("--node-id: {e}"))?;
         if self.claim_service.is_empty()
             || self
@@ -278,6 +289,18 @@ mod tests {
         let mut all = vec!["ingest-node", "--node-id", "ingest-a"];
         all.extend_from_slice(args);
         Config::try_parse_from(all).expect("flags parse")
+    }
+
+    #[test]
+    fn healthcheck_needs_no_node_id_but_running_does() {
+        let check = Config::try_parse_from(["ingest-node", "healthcheck"]).expect("flags parse");
+        assert!(matches!(check.command, Some(Command::Healthcheck)));
+        let run = Config::try_parse_from(["ingest-node"]).expect("flags parse");
+        let refused = run.validate().unwrap_err();
+        assert!(
+            refused.contains("--node-id (or INGEST_NODE_ID) is required"),
+            "{refused}"
+        );
     }
 
     #[test]

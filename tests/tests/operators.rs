@@ -282,15 +282,13 @@ async fn healthcheck_subcommands_report_what_containers_need() -> Result<()> {
     )?;
     assert_eq!(down.status.code(), Some(1));
     let node = IngestNode::start("node-h", &[stack.svc.addr()], &[]).await?;
+    // A container's health check knows the port, not the node's id.
     let ok = run(
         "ingest-node",
-        vec![
-            ("INGEST_NODE_ID", "node-h".into()),
-            (
-                "INGEST_HTTP_LISTEN",
-                format!("127.0.0.1:{}", node.http_port),
-            ),
-        ],
+        vec![(
+            "INGEST_HTTP_LISTEN",
+            format!("127.0.0.1:{}", node.http_port),
+        )],
     )?;
     assert!(
         ok.status.success(),
