@@ -18,39 +18,39 @@ use tonic::{Code, Status};
 use crate::error::{code_label, Error};
 use crate::metrics::Metrics;
 
-/// The methods this server answers, as metric labels; anything else
-/// (a hostile client can send any path) counts as `unknown`.
-const METHODS: [&str; 12] = [
-    "/claims.v1.ClaimSessions/Attach",
-    "/claims.v1.Ownership/GetOwner",
-    "/claims.v1.Ownership/ListClaims",
-    "/claims.v1.Ownership/ListNodes",
-    "/claims.v1.Ownership/WatchClaims",
-    "/claims.v1.Admin/ForceRelease",
-    "/claims.v1.Admin/DrainNode",
-    "/grpc.health.v1.Health/Check",
-    "/grpc.health.v1.Health/Watch",
-    "/grpc.health.v1.Health/List",
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+/// The methods this server answers, each with its metric label and
+/// whether its answer is a stream (no time limit on those); any other path
+/// (a hostile client can send any) counts as `unknown`, unary.
+const METHODS: [(&str, &str, bool); 12] = [
+    ("/claims.v1.ClaimSessions/Attach", "Attach", true),
+    ("/claims.v1.Ownership/GetOwner", "GetOwner", false),
+    ("/claims.v1.Ownership/ListClaims", "ListClaims", false),
+    ("/claims.v1.Ownership/ListNodes", "ListNodes", false),
+    ("/claims.v1.Ownership/WatchClaims", "WatchClaims", true),
+    ("/claims.v1.Admin/ForceRelease", "ForceRelease", false),
+    ("/claims.v1.Admin/DrainNode", "DrainNode", false),
+    ("/grpc.health.v1.Health/Check", "Check", false),
+    ("/grpc.health.v1.Health/Watch", "Watch", true),
+    ("/grpc.health.v1.Health/List", "List", false),
+    (
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "ServerReflectionInfo",
+        true,
+    ),
+    (
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "ServerReflectionInfo",
+        true,
+    ),
 ];
 
-/// Methods whose answer is a stream: no time limit on them.
-const STREAMS: [&str; 5] = [
-    "/claims.v1.ClaimSessions/Attach",
-    "/claims.v1.Ownership/WatchClaims",
-    "/grpc.health.v1.Health/Watch",
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-];
-
-/// The metric label of a request path.
-fn method_label(path: &str) -> &'static str {
+/// A request path's metric label, and whether its answer is a stream.
+fn method(path: &str) -> (&'static str, bool) {
     METHODS
         .iter()
-        .find(|m| **m == path)
-        .map(|m| m.rsplit('/').next().unwrap_or("unknown"))
-        .unwrap_or("unknown")
+        .find(|(p, _, _)| *p == path)
+        .map(|(_, label, stream)| (*label, *stream))
+        .unwrap_or(("unknown", false))
 }
 
 /// The layer: per-RPC metrics into `metrics`, unary RPCs bounded by
@@ -105,9 +105,8 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let path = request.uri().path();
-        let method = method_label(path);
-        let limit = (!STREAMS.contains(&path)).then_some(self.layer.unary_limit);
+        let (method, stream) = method(request.uri().path());
+        let limit = (!stream).then_some(self.layer.unary_limit);
         let metrics = self.layer.metrics.clone();
         let answer = self.inner.call(request);
         Box::pin(async move {
@@ -159,10 +158,10 @@ mod tests {
 
     #[test]
     fn only_known_methods_become_labels() {
-        assert_eq!(method_label("/claims.v1.Ownership/GetOwner"), "GetOwner");
-        assert_eq!(method_label("/claims.v1.ClaimSessions/Attach"), "Attach");
-        assert_eq!(method_label("/claims.v1.Ownership/Nope"), "unknown");
-        assert_eq!(method_label(&format!("/{}", "x".repeat(10_000))), "unknown");
+        assert_eq!(method("/claims.v1.Ownership/GetOwner").0, "GetOwner");
+        assert_eq!(method("/claims.v1.ClaimSessions/Attach").0, "Attach");
+        assert_eq!(method("/claims.v1.Ownership/Nope").0, "unknown");
+        assert_eq!(method(&format!("/{}", "x".repeat(10_000))).0, "unknown");
     }
 
     /// `path` through the layer (limit 5 s) to a service that answers
