@@ -47,14 +47,29 @@ impl NodeClaims {
                 revision,
             } => self.owner_released(broadcast, revision, &mut out),
             Event::RetryDue { broadcast, timer } => self.retry_due(broadcast, timer, &mut out),
-            Event::RecordWritten { .. }
-            | Event::RecordFailed { .. }
-            | Event::RecordTaken { .. }
-            | Event::Fenced { .. }
-            | Event::NodeSeen { .. }
-            | Event::Superseded
-            | Event::Forced { .. }
-            | Event::ViewLagged => self.session_event(event, &mut out),
+            Event::RecordWritten {
+                lease_id,
+                revision,
+                draining,
+            } => self.record_written(lease_id, revision, draining, &mut out),
+            Event::RecordFailed { reason } => self.answer_unfenced(&reason, &mut out),
+            Event::RecordTaken { by } => self.supersede(format!("session {by}"), &mut out),
+            Event::Fenced {
+                broadcast,
+                session_id,
+            } => self.fenced(broadcast, session_id, &mut out),
+            Event::NodeSeen {
+                session_id,
+                draining,
+                revision,
+            } => self.node_seen(session_id, draining, revision, &mut out),
+            Event::Superseded => self.supersede("on this replica".to_string(), &mut out),
+            Event::Forced {
+                broadcast,
+                fencing_token,
+                reason,
+            } => self.forced(broadcast, fencing_token, reason, &mut out),
+            Event::ViewLagged => self.view_lagged(&mut out),
         }
         self.fence.hold_back(&mut out);
         self.check_finished(&mut out);
@@ -71,77 +86,76 @@ impl NodeClaims {
         self.fence.told_draining
     }
 
-    fn session_event(&mut self, event: Event, out: &mut Vec<Action>) {
-        match event {
-            Event::RecordWritten {
-                lease_id,
-                revision,
-                draining,
-            } => {
-                self.fence.lease = Some(lease_id);
-                self.fence.revision = revision;
-                out.push(Action::KeepRecord { lease_id });
-                self.tell_draining(draining, out);
-                for broadcast in self.fence.take_unfenced() {
-                    out.push(Action::claim(broadcast));
-                }
-            }
-            Event::RecordFailed { reason } => self.answer_unfenced(&reason, out),
-            Event::RecordTaken { by } => self.supersede(format!("session {by}"), out),
-            Event::Fenced {
-                broadcast,
-                session_id,
-            } => {
-                // Another session's record supersedes this one; its own
-                // renewed record, or none (lost in an outage and being
-                // written again), only means: try again.
-                let taken = self.fence.is_other(&session_id);
-                let reason = if taken {
-                    format!("session {session_id} of this node took over")
-                } else {
-                    "this session's node record is being renewed; retrying".to_string()
-                };
-                if taken {
-                    // Ended first: the claim is then dropped, not retried.
-                    self.supersede(format!("session {session_id}"), out);
-                }
-                let outcome = ClaimOutcome::Unavailable { reason };
-                self.answered(broadcast, outcome, out);
-            }
-            Event::NodeSeen {
-                session_id,
-                draining,
-                revision,
-            } => {
-                if session_id == self.fence.session_id {
-                    self.tell_draining(draining, out);
-                } else if self.fence.is_other(&session_id)
-                    && self.fence.revision > 0
-                    && revision > self.fence.revision
-                {
-                    // A newer session of this node, on any replica.
-                    self.supersede(format!("session {session_id}"), out);
-                }
-            }
-            Event::Superseded => self.supersede("on this replica".to_string(), out),
-            Event::Forced {
-                broadcast,
-                fencing_token,
-                reason,
-            } => {
-                if let Some(lease_id) = self.held_with_token(&broadcast, fencing_token) {
-                    let reason = format!("force-released by an operator: {reason}");
-                    self.lease_lost(lease_id, reason, true, out);
-                }
-            }
-            Event::ViewLagged => {
-                // Releases may have been missed: every standby tries again.
-                let standby: Vec<String> = self.standby().map(String::from).collect();
-                for broadcast in standby {
-                    self.owner_released(broadcast, i64::MAX, out);
-                }
-            }
-            _ => unreachable!("per-broadcast events are handled in handle()"),
+    /// The record is written: claims waiting for it go, under its lease.
+    fn record_written(
+        &mut self,
+        lease_id: i64,
+        revision: i64,
+        draining: bool,
+        out: &mut Vec<Action>,
+    ) {
+        self.fence.lease = Some(lease_id);
+        self.fence.revision = revision;
+        out.push(Action::KeepRecord { lease_id });
+        self.tell_draining(draining, out);
+        for broadcast in self.fence.take_unfenced() {
+            out.push(Action::claim(broadcast));
+        }
+    }
+
+    /// A claim found the record on another lease. Another session's record
+    /// supersedes this one; its own renewed record, or none (lost in an
+    /// outage and being written again), only means: try again.
+    fn fenced(&mut self, broadcast: String, session_id: String, out: &mut Vec<Action>) {
+        let taken = self.fence.is_other(&session_id);
+        let reason = if taken {
+            // Ended first: the claim is then dropped, not retried.
+            self.supersede(format!("session {session_id}"), out);
+            format!("session {session_id} of this node took over")
+        } else {
+            "this session's node record is being renewed; retrying".to_string()
+        };
+        self.answered(broadcast, ClaimOutcome::Unavailable { reason }, out);
+    }
+
+    /// The view saw this node's record: this session's (draining or not),
+    /// or a newer session's, on any replica.
+    fn node_seen(
+        &mut self,
+        session_id: String,
+        draining: bool,
+        revision: i64,
+        out: &mut Vec<Action>,
+    ) {
+        if session_id == self.fence.session_id {
+            self.tell_draining(draining, out);
+        } else if self.fence.is_other(&session_id)
+            && self.fence.revision > 0
+            && revision > self.fence.revision
+        {
+            self.supersede(format!("session {session_id}"), out);
+        }
+    }
+
+    /// An operator force-released a claim: lost, if it is the one held.
+    fn forced(
+        &mut self,
+        broadcast: String,
+        fencing_token: i64,
+        reason: String,
+        out: &mut Vec<Action>,
+    ) {
+        if let Some(lease_id) = self.held_with_token(&broadcast, fencing_token) {
+            let reason = format!("force-released by an operator: {reason}");
+            self.lease_lost(lease_id, reason, true, out);
+        }
+    }
+
+    /// Releases may have been missed: every standby tries again.
+    fn view_lagged(&mut self, out: &mut Vec<Action>) {
+        let standby: Vec<String> = self.standby().map(String::from).collect();
+        for broadcast in standby {
+            self.owner_released(broadcast, i64::MAX, out);
         }
     }
 
