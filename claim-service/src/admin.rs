@@ -72,6 +72,8 @@ impl pb::admin_server::Admin for AdminService {
                         attached_at_unix_ms: record.attached_at_unix_ms,
                         claims,
                         draining: record.draining,
+                        detached: record.grace_ends_unix_ms != 0,
+                        grace_ends_unix_ms: record.grace_ends_unix_ms,
                     }),
                 }))
             }

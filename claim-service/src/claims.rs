@@ -161,6 +161,39 @@ pub enum Event {
     /// The view's events were missed (a lagging subscriber): releases may
     /// have gone unseen.
     ViewLagged,
+    /// The node asks for the claim of a broadcast it has live and stands by
+    /// for, held by the owner with this fencing token (newest publisher
+    /// wins).
+    TakeoverAsked {
+        broadcast: String,
+        fencing_token: i64,
+    },
+    /// What the store said to a [`Action::RequestTakeover`].
+    TakeoverAnswered {
+        broadcast: String,
+        outcome: TakeoverOutcome,
+    },
+    /// The view saw a node, `by` (this session's own node when
+    /// `by_this_node`), ask for the claim with this fencing token.
+    TakenOver {
+        broadcast: String,
+        fencing_token: i64,
+        by: String,
+        by_this_node: bool,
+    },
+}
+
+/// What the store answered to a takeover request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TakeoverOutcome {
+    /// Written: the owner's replica releases the claim, and this session,
+    /// standing by, claims it then.
+    Requested,
+    /// The claim is no longer the one asked for (released, taken, or this
+    /// session's record is not the fence any more); nothing was written.
+    Changed,
+    /// The store could not be reached; nothing was written.
+    Unavailable { reason: String },
 }
 
 /// What the node is told.
@@ -193,6 +226,18 @@ pub enum Reply {
         track: String,
         reason: String,
     },
+    /// A takeover that cannot be made (not live here, not standing by, a
+    /// stale fencing token, turned off): nothing changed.
+    TakeoverRefused {
+        broadcast: String,
+        reason: String,
+    },
+    /// The claim this node held was taken over by node `by` (its
+    /// publisher there is newer): drop the publisher here.
+    TakenOver {
+        broadcast: String,
+        by: String,
+    },
     /// An operator marked the node draining (or no longer).
     Draining {
         draining: bool,
@@ -207,6 +252,8 @@ pub struct Limits {
     pub max_claims: usize,
     /// Live tracks of one broadcast.
     pub max_tracks_per_broadcast: usize,
+    /// Whether a node may take a claim over (`--takeover`).
+    pub takeover: bool,
 }
 
 impl Default for Limits {
@@ -214,6 +261,7 @@ impl Default for Limits {
         Self {
             max_claims: usize::MAX,
             max_tracks_per_broadcast: usize::MAX,
+            takeover: true,
         }
     }
 }
@@ -280,12 +328,26 @@ pub enum Action {
     },
     /// The node is gone: fire `GraceExpired` after the detach grace.
     StartGrace,
+    /// Mark the node record on `lease_id` detached until the grace ends,
+    /// if it is still this session's: nobody is sent to a gone node.
+    MarkDetached {
+        lease_id: i64,
+    },
     Send(Reply),
     /// Fire `RetryDue { broadcast, timer }` after `delay`.
     RetryAfter {
         broadcast: String,
         timer: u64,
         delay: Duration,
+    },
+    /// Ask the owner of `broadcast` (the claim with `fencing_token`) to let
+    /// it go to this session's node, if the node record is still on
+    /// `guard_lease`: a request the owner's replica sees in its view and
+    /// answers by releasing; answer with `TakeoverAnswered`.
+    RequestTakeover {
+        broadcast: String,
+        fencing_token: i64,
+        guard_lease: i64,
     },
     /// Nothing is held or in flight any more: the session may end.
     Finished,

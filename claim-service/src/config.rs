@@ -43,6 +43,13 @@ pub struct Loaded {
     pub store: StoreConfig,
 }
 
+/// Whether nodes may take claims over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Takeover {
+    Allow,
+    Deny,
+}
+
 /// Broadcast Claims coordinator: ingest nodes attach over gRPC and stream
 /// their broadcasters' lifecycle; each claimed broadcast is held with its own
 /// etcd lease, kept alive while any track of it is live and released (its key
@@ -203,6 +210,12 @@ pub struct Config {
         help_heading = "Limits"
     )]
     pub max_claims_per_node: usize,
+
+    /// Whether a node may take over a broadcast another node owns (its
+    /// `--duplicate-publisher takeover`: the newest publisher wins, fenced).
+    /// `deny` refuses every takeover with FAILED_PRECONDITION.
+    #[arg(long, env = "CLAIMS_TAKEOVER", value_enum, default_value_t = Takeover::Allow)]
+    pub takeover: Takeover,
 
     /// Most live tracks one broadcast may have on a node.
     #[arg(
@@ -546,6 +559,7 @@ impl Config {
             limits: Limits {
                 max_claims: self.max_claims_per_node,
                 max_tracks_per_broadcast: self.max_tracks_per_broadcast,
+                takeover: self.takeover == Takeover::Allow,
             },
             max_sessions: self.max_sessions,
             max_events_per_second: self.max_events_per_second,

@@ -79,10 +79,22 @@ pub fn admit(msg: Option<NodeMsg>) -> Intake {
             checked(t, |broadcast, track| Event::Closed { broadcast, track })
         }
         Some(NodeMsg::Goodbye(_)) => Intake::Event(Event::Goodbye),
+        Some(NodeMsg::Takeover(t)) => match names::check_broadcast(&t.broadcast) {
+            Ok(()) => Intake::Event(Event::TakeoverAsked {
+                broadcast: t.broadcast,
+                fencing_token: t.fencing_token,
+            }),
+            Err(reason) => Intake::Refused {
+                broadcast: cut(t.broadcast, names::MAX_BROADCAST_LEN),
+                track: String::new(),
+                reason,
+                code: Code::InvalidArgument,
+            },
+        },
         None => Intake::Refused {
             broadcast: String::new(),
             track: String::new(),
-            reason: "empty message: set one of hello, created, closed, goodbye".into(),
+            reason: "empty message: set one of hello, created, closed, goodbye, takeover".into(),
             code: Code::InvalidArgument,
         },
     }
@@ -125,6 +137,7 @@ fn message_name(msg: &NodeMsg) -> &'static str {
         NodeMsg::Created(_) => "created",
         NodeMsg::Closed(_) => "closed",
         NodeMsg::Goodbye(_) => "goodbye",
+        NodeMsg::Takeover(_) => "takeover",
     }
 }
 

@@ -15,6 +15,7 @@ use futures::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::claims::Claim;
 use crate::error::Error;
 use crate::names;
 use crate::store::{Purpose, Store};
@@ -85,6 +86,16 @@ fn decode_token(token: &str) -> Result<Option<String>, Error> {
         })
 }
 
+impl OwnershipService {
+    /// A claim as answered: with whether its owner is gone.
+    fn described(&self, claim: Claim) -> pb::Claim {
+        let presence = self.view.presence(&claim.node_id);
+        let mut claim = pb::Claim::from(claim);
+        presence.describe(&mut claim);
+        claim
+    }
+}
+
 #[tonic::async_trait]
 impl pb::ownership_server::Ownership for OwnershipService {
     async fn get_owner(
@@ -102,7 +113,7 @@ impl pb::ownership_server::Ownership for OwnershipService {
             self.view.owner(&req.broadcast)?
         };
         match owner {
-            Some(claim) => Ok(Response::new(claim.into())),
+            Some(claim) => Ok(Response::new(self.described(claim))),
             None => {
                 Err(Error::NotFound(format!("broadcast {:?} has no owner", req.broadcast)).into())
             }
@@ -131,7 +142,7 @@ impl pb::ownership_server::Ownership for OwnershipService {
             _ => String::new(),
         };
         Ok(Response::new(pb::ListClaimsResponse {
-            claims: claims.into_iter().map(Into::into).collect(),
+            claims: claims.into_iter().map(|c| self.described(c)).collect(),
             next_page_token,
             revision,
         }))
@@ -177,6 +188,8 @@ impl pb::ownership_server::Ownership for OwnershipService {
                     session_id: n.record.session_id,
                     service_id: n.record.service_id,
                     attached_at_unix_ms: n.record.attached_at_unix_ms,
+                    detached: n.record.grace_ends_unix_ms != 0,
+                    grace_ends_unix_ms: n.record.grace_ends_unix_ms,
                     claims: n.claims,
                     draining: n.record.draining,
                 })

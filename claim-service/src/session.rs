@@ -293,7 +293,19 @@ impl Session {
             Ok(ViewEvent::Forced {
                 broadcast,
                 fencing_token,
+                taken_by: Some(by),
+                ..
+            }) => Event::TakenOver {
+                broadcast,
+                fencing_token,
+                by_this_node: *by == *self.holder.node_id,
+                by,
+            },
+            Ok(ViewEvent::Forced {
+                broadcast,
+                fencing_token,
                 reason,
+                taken_by: None,
             }) => Event::Forced {
                 broadcast,
                 fencing_token,
@@ -403,7 +415,16 @@ impl Session {
             }
             Action::Send(reply) => {
                 work::log_reply(&reply, &ctx.refusal_log);
-                self.send(reply.into()).await;
+                let mut msg = pb::ServiceMessage::from(reply);
+                // An owner that is gone is said to be, so that the node
+                // holds its publisher instead of sending it there.
+                if let Some(ServiceMsg::Conflict(pb::Conflict {
+                    owner: Some(owner), ..
+                })) = &mut msg.msg
+                {
+                    ctx.view.presence(&owner.node_id).describe(owner);
+                }
+                self.send(msg).await;
             }
             Action::RetryAfter {
                 broadcast,
@@ -454,6 +475,21 @@ impl Session {
                 tracing::info!(held, grace = ?ctx.config.detach_grace, "node detached without goodbye; keeping its claims for the grace");
                 self.timers
                     .insert(Event::GraceExpired, ctx.config.detach_grace);
+            }
+            Action::RequestTakeover {
+                broadcast,
+                fencing_token,
+                guard_lease,
+            } => work::request_takeover(
+                &ctx.store,
+                &self.holder,
+                broadcast,
+                fencing_token,
+                guard_lease,
+                &self.events_tx,
+            ),
+            Action::MarkDetached { lease_id } => {
+                work::mark_detached(&ctx.store, &self.holder, lease_id, ctx.config.detach_grace)
             }
             Action::Finished => self.finished = true,
         }

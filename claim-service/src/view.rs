@@ -64,11 +64,13 @@ pub enum ViewEvent {
         broadcast: String,
         revision: i64,
     },
-    /// An operator revoked the claim with this fencing token.
+    /// An operator revoked the claim with this fencing token, or (with
+    /// `taken_by`) a node asked for it: its owner lets it go.
     Forced {
         broadcast: String,
         fencing_token: i64,
         reason: String,
+        taken_by: Option<String>,
     },
     /// A node's record was written (attached, or marked draining).
     Node {
@@ -168,7 +170,44 @@ pub struct NodeView {
     pub claims: u32,
 }
 
+/// Whether the owner of a claim is still there: its node's session broken
+/// (its record marked detached) or gone (no record: its replica died too,
+/// and its claims expire with their leases).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Presence {
+    pub detached: bool,
+    /// When the detach grace ends; 0 when unknown.
+    pub grace_ends_unix_ms: i64,
+}
+
+impl Presence {
+    /// Says so in a claim as the wire carries it.
+    pub fn describe(self, claim: &mut claims_proto::v1::Claim) {
+        claim.detached = self.detached;
+        claim.grace_ends_unix_ms = self.grace_ends_unix_ms;
+    }
+}
+
 impl View {
+    /// Whether `node_id`'s claims are held for a node that is gone. A view
+    /// that has not read etcd yet knows of nothing gone.
+    pub fn presence(&self, node_id: &str) -> Presence {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        if !state.synced {
+            return Presence::default();
+        }
+        match state.nodes.get(node_id) {
+            Some(record) => Presence {
+                detached: record.grace_ends_unix_ms != 0,
+                grace_ends_unix_ms: record.grace_ends_unix_ms,
+            },
+            None => Presence {
+                detached: true,
+                grace_ends_unix_ms: 0,
+            },
+        }
+    }
+
     /// Starts following the store; reads fail with `Unavailable` until the
     /// first read of the prefix succeeded.
     pub fn start(store: Store) -> Arc<Self> {
@@ -387,6 +426,7 @@ impl View {
                         broadcast,
                         fencing_token: record.fencing_token,
                         reason: record.reason,
+                        taken_by: Some(record.taken_by).filter(|by| !by.is_empty()),
                     });
                 }
                 Change::NodeGone { node_id } => {

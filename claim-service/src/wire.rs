@@ -16,6 +16,8 @@ impl From<Claim> for pb::Claim {
             lease_ttl_ms: c.lease_ttl_ms,
             session_id: c.session_id.to_string(),
             service_id: c.service_id.to_string(),
+            detached: false,
+            grace_ends_unix_ms: 0,
         }
     }
 }
@@ -37,7 +39,11 @@ impl From<Reply> for pb::ServiceMessage {
                 owner: Some(owner.into()),
             }),
             Reply::Released { broadcast } => Msg::Released(pb::Released { broadcast }),
-            Reply::Lost { broadcast, reason } => Msg::Lost(pb::Lost { broadcast, reason }),
+            Reply::Lost { broadcast, reason } => Msg::Lost(pb::Lost {
+                broadcast,
+                reason,
+                taken_by: String::new(),
+            }),
             Reply::Draining { draining } => Msg::Draining(pb::Draining { draining }),
             Reply::Retrying {
                 broadcast,
@@ -57,6 +63,19 @@ impl From<Reply> for pb::ServiceMessage {
                 track,
                 reason,
                 code: tonic::Code::ResourceExhausted as i32,
+            }),
+            Reply::TakeoverRefused { broadcast, reason } => Msg::Rejected(pb::Rejected {
+                broadcast,
+                track: String::new(),
+                reason,
+                code: tonic::Code::FailedPrecondition as i32,
+            }),
+            Reply::TakenOver { broadcast, by } => Msg::Lost(pb::Lost {
+                reason: format!(
+                    "taken over by node {by}: a newer publisher of {broadcast} there won (duplicate-publisher policy takeover)"
+                ),
+                broadcast,
+                taken_by: by,
             }),
         })
     }

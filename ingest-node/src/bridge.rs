@@ -19,7 +19,7 @@
 
 mod book;
 
-pub use book::{decision, ClaimBook, Reconnect};
+pub use book::{decision, ClaimBook, Hold, Reconnect};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -58,9 +58,22 @@ pub enum ClaimState {
         owner_rtmp: Option<String>,
         owner_http: Option<String>,
         fencing_token: i64,
+        /// The owner's node is gone (its claims are kept only for the
+        /// detach grace): nobody is sent there.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        owner_detached: bool,
+        /// When that grace ends (0: unknown, the lease TTL bounds it).
+        #[serde(skip_serializing_if = "is_zero")]
+        grace_ends_unix_ms: i64,
     },
-    /// A held claim went away; the service claims it again while live.
-    Lost { reason: String },
+    /// A held claim went away; the service claims it again while live —
+    /// unless another node took it over (`taken_by`): then this node's
+    /// publisher is dropped.
+    Lost {
+        reason: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        taken_by: Option<String>,
+    },
     /// The service cannot reach its store and keeps trying.
     Retrying { reason: String },
     /// The service refused the name.
@@ -87,6 +100,33 @@ impl ClaimState {
     ];
 }
 
+/// Milliseconds since the Unix epoch, as claims carry times.
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+/// What this node does with a publisher of a broadcast another node owns
+/// (`--duplicate-publisher`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DuplicatePolicy {
+    /// Refuse it, naming the owner.
+    #[default]
+    Refuse,
+    /// Hold it (no media accepted, nothing claimed) and accept it the
+    /// moment the owner's publisher leaves; refuse it after --claim-wait.
+    Standby,
+    /// The newest publisher wins: the claim moves here (fenced) and the
+    /// owner drops its publisher.
+    Takeover,
+}
+
 /// What the bridge knows, as one consistent picture.
 #[derive(Debug, Clone, Default)]
 pub struct BridgeView {
@@ -110,6 +150,9 @@ pub enum Decision {
     OwnedElsewhere {
         owner_node: String,
         owner_rtmp: Option<String>,
+        /// The owner's node is gone; its claim moves when the grace ends.
+        owner_detached: bool,
+        grace_ends_unix_ms: i64,
     },
     Rejected {
         reason: String,
@@ -127,6 +170,8 @@ pub struct BridgeConfig {
     pub claim_services: ClaimServices,
     /// Requested lease TTL; 0 for the service's default.
     pub lease_ttl_ms: u64,
+    /// What to do with a publisher of a broadcast another node owns.
+    pub duplicates: DuplicatePolicy,
 }
 
 pub struct Bridge {
@@ -164,22 +209,38 @@ impl Bridge {
         self.view.subscribe()
     }
 
-    /// Waits (at most `limit`) for the claim answer to the registry change
-    /// `seq` that made `broadcast` live.
-    pub async fn decide(&self, broadcast: &str, seq: u64, limit: Duration) -> Decision {
+    /// Waits for the claim answer to the registry change `seq` that made
+    /// `broadcast` live: at most `hold.claim_wait`, and while another node
+    /// owns it, as long as [`Hold`] says (standing by behind an owner that
+    /// may leave; past a gone owner's grace). Then the last answer.
+    pub async fn decide(&self, broadcast: &str, seq: u64, hold: Hold) -> Decision {
+        let started = tokio::time::Instant::now();
         let mut rx = self.view.subscribe();
-        let decided = tokio::time::timeout(
-            limit,
-            rx.wait_for(|v| decision(v, broadcast, seq).is_some()),
-        )
-        .await;
-        match decided {
-            Ok(Ok(view)) => decision(&view, broadcast, seq).unwrap_or(Decision::Unavailable {
-                reason: "claim state unknown".into(),
-            }),
-            _ => Decision::Unavailable {
-                reason: format!("no claim answer within {limit:?}"),
-            },
+        let mut held: Option<Decision> = None;
+        loop {
+            let limit = hold.limit(held.as_ref(), unix_ms());
+            let deadline = started + limit;
+            let next = tokio::time::timeout_at(
+                deadline,
+                rx.wait_for(|v| {
+                    let d = decision(v, broadcast, seq);
+                    d.is_some() && d != held
+                }),
+            )
+            .await;
+            let answer = match next {
+                Ok(Ok(view)) => decision(&view, broadcast, seq),
+                _ => None,
+            };
+            match answer {
+                Some(d) if hold.holds(&d) => held = Some(d),
+                Some(d) => return d,
+                None => {
+                    return held.unwrap_or(Decision::Unavailable {
+                        reason: format!("no claim answer within {limit:?}"),
+                    })
+                }
+            }
         }
     }
 
@@ -262,7 +323,7 @@ impl Bridge {
             }
             other => return SessionEnd::Broken(format!("no welcome: {other:?}")),
         }
-        let mut book = ClaimBook::default();
+        let mut book = ClaimBook::new(config.duplicates);
         self.view.send_modify(|v| book.welcome(&live, seq, addr, v));
 
         loop {
@@ -279,7 +340,13 @@ impl Bridge {
                     }
                 }
                 msg = inbound.message() => match msg {
-                    Ok(Some(m)) => self.on_service(m, &book),
+                    Ok(Some(m)) => {
+                        if let Some(ask) = self.on_service(m, &book) {
+                            if out.send(pb::NodeMessage { msg: Some(ask) }).await.is_err() {
+                                return SessionEnd::Broken("session send queue closed".into());
+                            }
+                        }
+                    }
                     Ok(None) => return SessionEnd::Broken("claim service ended the session".into()),
                     Err(status) => return SessionEnd::Broken(format!("session ended: {status}")),
                 },
@@ -288,7 +355,7 @@ impl Bridge {
                     // Read the releases until the service ends the stream.
                     let _ = tokio::time::timeout(GOODBYE_WAIT, async {
                         while let Ok(Some(m)) = inbound.message().await {
-                            self.on_service(m, &book);
+                            let _ = self.on_service(m, &book);
                         }
                     }).await;
                     tracing::info!("said goodbye to the claim service");
@@ -299,9 +366,10 @@ impl Bridge {
         }
     }
 
-    /// Logs what the claim service said, and puts it in the picture.
-    fn on_service(&self, msg: pb::ServiceMessage, book: &ClaimBook) {
-        let Some(msg) = msg.msg else { return };
+    /// Logs what the claim service said, and puts it in the picture; what
+    /// to ask the service in turn (a takeover), if anything.
+    fn on_service(&self, msg: pb::ServiceMessage, book: &ClaimBook) -> Option<NodeMsg> {
+        let msg = msg.msg?;
         match &msg {
             ServiceMsg::Claimed(pb::Claimed {
                 claim: Some(claim),
@@ -312,6 +380,9 @@ impl Bridge {
             ServiceMsg::Conflict(c) => {
                 let owner = c.owner.as_ref().map(|o| o.node_id.as_str()).unwrap_or("");
                 tracing::info!(broadcast = %c.broadcast, owner, "owned by another node")
+            }
+            ServiceMsg::Lost(l) if !l.taken_by.is_empty() => {
+                tracing::info!(broadcast = %l.broadcast, taken_by = %l.taken_by, "claim taken over by another node; dropping the publisher here")
             }
             ServiceMsg::Lost(l) => {
                 tracing::warn!(broadcast = %l.broadcast, reason = %l.reason, "claim lost")
@@ -325,7 +396,9 @@ impl Bridge {
             ),
             _ => {}
         }
-        self.view.send_modify(|v| book.answer(msg, v));
+        let mut ask = None;
+        self.view.send_modify(|v| ask = book.answer(msg, v));
+        ask
     }
 }
 

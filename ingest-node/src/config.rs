@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use claims_proto::listen::Limits;
 
-use crate::bridge::ClaimServices;
+use crate::bridge::{ClaimServices, DuplicatePolicy};
 use clap::{Parser, ValueEnum};
 
 use crate::rtmp::UnavailablePolicy;
@@ -84,6 +84,22 @@ pub struct Config {
         default_value = "allow"
     )]
     pub on_claim_unavailable: UnavailablePolicy,
+
+    /// What to do with a publisher of a broadcast another node owns:
+    /// `refuse` it, naming the owner; hold it as `standby` and accept it
+    /// the moment the owner's publisher leaves (refused after
+    /// --claim-wait); or `takeover`: the newest publisher wins, the claim
+    /// moves here with a larger fencing token and the owner drops its
+    /// publisher. Whatever the policy, a publisher of a broadcast whose
+    /// owner node is gone is held until its claim moves here (at the latest
+    /// when the owner's detach grace ends).
+    #[arg(
+        long,
+        env = "INGEST_DUPLICATE_PUBLISHER",
+        value_enum,
+        default_value = "refuse"
+    )]
+    pub duplicate_publisher: DuplicatePolicy,
 
     /// Longest a publish waits for its claim answer.
     #[arg(long, env = "INGEST_CLAIM_WAIT", default_value = "5s", value_parser = duration)]

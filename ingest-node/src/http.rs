@@ -237,6 +237,35 @@ async fn owner_of(s: &HttpState, broadcast: &str) -> Result<Option<pb::Claim>, S
     }
 }
 
+/// The owner's node is gone and its claim not yet moved: a redirect there
+/// would end in a refused connection, so the viewer is told to come back
+/// when the grace ends (`503` with `Retry-After`), by which time the
+/// broadcast is claimed anew wherever its publisher went.
+fn owner_gone(broadcast: &str, owner: &pb::Claim) -> Response {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let wait_s = if owner.grace_ends_unix_ms > 0 {
+        ((owner.grace_ends_unix_ms - now).max(0) as u64)
+            .div_ceil(1000)
+            .max(1)
+    } else {
+        owner.lease_ttl_ms.div_ceil(1000).max(1)
+    };
+    let mut response = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "{broadcast} is owned by node {}, which is gone; its claim moves in at most {wait_s} s: retry then",
+            owner.node_id
+        ),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(wait_s));
+    response
+}
+
 async fn redirect(s: &Arc<HttpState>, broadcast: &str, uri: &axum::http::Uri) -> Response {
     let owner = match owner_of(s, broadcast).await {
         Ok(Some(owner)) => owner,
@@ -253,6 +282,9 @@ async fn redirect(s: &Arc<HttpState>, broadcast: &str, uri: &axum::http::Uri) ->
             )
         }
     };
+    if owner.detached {
+        return owner_gone(broadcast, &owner);
+    }
     let http = owner.endpoints.get("http").map(|h| h.trim_end_matches('/'));
     let to_self =
         owner.node_id == s.node_id || http == Some(s.advertise_http.trim_end_matches('/'));

@@ -51,7 +51,10 @@ impl Metrics {
                 "viewers dropped for falling behind",
             )),
             publishes_refused: must(IntCounterVec::new(
-                Opts::new("publishes_refused_total", "publishes refused, by reason"),
+                Opts::new(
+                    "publishes_refused_total",
+                    "publishes refused (and publishers dropped: taken_over), by reason",
+                ),
                 &["reason"],
             )),
             rtmp_connections: must(IntGauge::new("rtmp_connections", "open RTMP connections")),

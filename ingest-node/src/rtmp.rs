@@ -20,10 +20,13 @@ use rml_rtmp::sessions::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::bridge::{Bridge, Decision};
+mod status;
+
+use crate::bridge::{Bridge, BridgeView, ClaimState, Decision, DuplicatePolicy, Hold};
 use crate::media::{Hub, Publishing};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, TrackGuard};
@@ -45,6 +48,8 @@ pub struct Ingest {
     pub on_unavailable: UnavailablePolicy,
     /// Longest a publish waits for its claim answer.
     pub claim_wait: Duration,
+    /// What to do with a publisher of a broadcast another node owns.
+    pub duplicates: DuplicatePolicy,
     /// A connection whose peer completes no RTMP message for this long is
     /// closed; so is a publish that sends no media for this long.
     pub idle_timeout: Duration,
@@ -105,6 +110,7 @@ where
         progress_at: Instant::now(),
         unanswered: 0,
         media_at: None,
+        claim: None,
     };
     conn.run().await
 }
@@ -142,6 +148,28 @@ struct Connection<S> {
     unanswered: usize,
     /// While publishing: when media last came (or the publish began).
     media_at: Option<Instant>,
+    /// While publishing: the bridge's picture and the broadcast, to drop
+    /// the publisher the moment another node takes its claim over.
+    claim: Option<(watch::Receiver<BridgeView>, String)>,
+}
+
+/// Resolves (with the taker's node id) when `broadcast`'s claim here is
+/// taken over by another node; never while there is nothing to watch.
+async fn taken_over(claim: Option<&mut (watch::Receiver<BridgeView>, String)>) -> String {
+    let Some((rx, broadcast)) = claim else {
+        return std::future::pending().await;
+    };
+    loop {
+        if let Some(ClaimState::Lost {
+            taken_by: Some(by), ..
+        }) = rx.borrow_and_update().states.get(broadcast.as_str())
+        {
+            return by.clone();
+        }
+        if rx.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
 }
 
 pub type Outcome = Result<(), String>;
@@ -168,12 +196,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 return Ok(());
             }
             let (deadline, why) = self.deadline();
-            let n = match tokio::time::timeout_at(deadline.into(), self.socket.read(&mut buf)).await
-            {
-                Err(_) => return Err(why),
-                Ok(Err(e)) => return Err(format!("read failed: {e}")),
-                Ok(Ok(0)) => return Ok(()),
-                Ok(Ok(n)) => n,
+            let read = tokio::time::timeout_at(deadline.into(), self.socket.read(&mut buf));
+            let n = tokio::select! {
+                r = read => match r {
+                    Err(_) => return Err(why),
+                    Ok(Err(e)) => return Err(format!("read failed: {e}")),
+                    Ok(Ok(0)) => return Ok(()),
+                    Ok(Ok(n)) => n,
+                },
+                by = taken_over(self.claim.as_mut()) => {
+                    self.ingest.metrics.publishes_refused.with_label_values(&["taken_over"]).inc();
+                    return Err(format!(
+                        "claim taken over by node {by} (a newer publisher there won); this publisher is dropped"
+                    ));
+                }
             };
             self.unanswered += n;
             if self.input(&buf[..n]).await? {
@@ -320,6 +356,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 {
                     self.publishing = None;
                     self.media_at = None;
+                    self.claim = None;
                 }
                 Ok(vec![])
             }
@@ -352,10 +389,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     self.ingest.advertise_http,
                     strip_query(&stream_key)
                 );
-                self.close_after_write = true;
-                self.session()
-                    .reject_request(request_id, "NetStream.Play.Failed", &hint)
-                    .map_err(|e| format!("cannot refuse play: {e}"))
+                self.refuse(request_id, "NetStream.Play.Failed", &hint)
             }
             _ => Ok(vec![]),
         }
@@ -373,10 +407,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let refuse = |this: &mut Self, code: &str, reason: &str, why: String| {
             metrics.publishes_refused.with_label_values(&[reason]).inc();
             tracing::info!(broadcast = %names::quote(&broadcast), reason = %why, "publish refused");
-            this.close_after_write = true;
-            this.session()
-                .reject_request(request_id, code, &why)
-                .map_err(|e| format!("cannot refuse publish: {e}"))
+            this.refuse(request_id, code, &why)
         };
         if self.publishing.is_some() {
             return refuse(
@@ -392,7 +423,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         if self.ingest.bridge.view().draining {
             return refuse(
                 self,
-                "NetStream.Publish.Failed",
+                "NetStream.Publish.Denied",
                 "draining",
                 "this node is draining and takes no new publishers; publish to another node".into(),
             );
@@ -416,7 +447,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let decision = self
             .ingest
             .bridge
-            .decide(&broadcast, gate.seq, self.ingest.claim_wait)
+            .decide(
+                &broadcast,
+                gate.seq,
+                Hold {
+                    duplicates: self.ingest.duplicates,
+                    claim_wait: self.ingest.claim_wait,
+                },
+            )
             .await;
         match decision {
             Decision::Claimed { fencing_token } => {
@@ -431,14 +469,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 drop((gate, media));
                 return refuse(
                     self,
-                    "NetStream.Publish.Failed",
+                    "NetStream.Publish.Denied",
                     "unavailable",
                     format!("{broadcast} cannot be claimed now ({reason}); this node refuses publishes it cannot claim"),
                 );
             }
             Decision::OwnedElsewhere {
                 owner_node,
+                owner_detached: true,
+                ..
+            } => {
+                drop((gate, media));
+                return refuse(
+                    self,
+                    "NetStream.Publish.BadName",
+                    "owned_elsewhere",
+                    format!("{broadcast} is still claimed by node {owner_node}, which is gone; its claim did not move here in time; publish again shortly"),
+                );
+            }
+            Decision::OwnedElsewhere {
+                owner_node,
                 owner_rtmp,
+                ..
             } => {
                 drop((gate, media));
                 let target = owner_rtmp
@@ -458,6 +510,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
         self.ingest.metrics.publishers.inc();
         self.media_at = Some(Instant::now());
+        self.claim = Some((self.ingest.bridge.subscribe(), broadcast.clone()));
         self.publishing = Some(Published {
             broadcast,
             app,
@@ -471,6 +524,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.session()
             .accept_request(request_id)
             .map_err(|e| format!("cannot accept publish: {e}"))
+    }
+
+    /// Refuses a `publish` or `play` with an `onStatus` error every
+    /// client reads (see `status.rs`), then closes the connection.
+    fn refuse(
+        &mut self,
+        request_id: u32,
+        code: &str,
+        description: &str,
+    ) -> Result<Vec<ServerSessionResult>, String> {
+        // The session forgets the request; its own `_error` answer, which
+        // few clients read, is not sent.
+        let _ = self.session().reject_request(request_id, code, description);
+        self.close_after_write = true;
+        let bytes = status::error(code, description)?;
+        Ok(vec![ServerSessionResult::OutboundResponse(
+            rml_rtmp::chunk_io::Packet {
+                bytes,
+                can_be_dropped: false,
+            },
+        )])
     }
 
     fn on_media(&mut self, app: &str, key: &str, video: bool, data: &[u8], timestamp: u32) {

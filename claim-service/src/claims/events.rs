@@ -31,7 +31,13 @@ impl NodeClaims {
             Event::Closed { broadcast, track } => self.closed(&broadcast, &track, &mut out),
             Event::Existing { claims } => self.existing(claims, &mut out),
             Event::Goodbye => self.goodbye(&mut out),
-            Event::Detached => self.detach(&mut out),
+            Event::Detached => {
+                let attached = !self.is_detached() && !self.is_closing();
+                self.detach(&mut out);
+                if let Some(lease_id) = self.fence.lease.filter(|_| attached) {
+                    out.push(Action::MarkDetached { lease_id });
+                }
+            }
             Event::GraceExpired => self.grace_expired(&mut out),
             Event::ClaimAnswered { broadcast, outcome } => {
                 self.answered(broadcast, outcome, &mut out)
@@ -70,6 +76,19 @@ impl NodeClaims {
                 reason,
             } => self.forced(broadcast, fencing_token, reason, &mut out),
             Event::ViewLagged => self.view_lagged(&mut out),
+            Event::TakeoverAsked {
+                broadcast,
+                fencing_token,
+            } => self.takeover_asked(broadcast, fencing_token, &mut out),
+            Event::TakeoverAnswered { broadcast, outcome } => {
+                self.takeover_answered(broadcast, outcome, &mut out)
+            }
+            Event::TakenOver {
+                broadcast,
+                fencing_token,
+                by,
+                by_this_node,
+            } => self.taken_over(broadcast, fencing_token, by, by_this_node, &mut out),
         }
         self.fence.hold_back(&mut out);
         self.check_finished(&mut out);

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::backoff;
 use super::fence::Fence;
-use super::{Action, Claim, ClaimOutcome, Limits, Reply};
+use super::{Action, Claim, ClaimOutcome, Limits, Reply, TakeoverOutcome};
 
 #[derive(Debug, Clone, PartialEq)]
 enum State {
@@ -66,7 +66,17 @@ struct Entry {
     announced: bool,
     /// Fencing token of the owner the node was last told of in `conflict`.
     told_owner: Option<i64>,
+    /// This node's claim was taken over: it stands by behind the taker and
+    /// does not claim again while these tracks live.
+    yielded: bool,
+    /// Another node asked for the claim this entry stands by for: when it
+    /// is released, let the taker claim first.
+    deferred: bool,
 }
+
+/// How long a standby behind a takeover waits, once the claim is released,
+/// before it tries to claim: the taker claims first.
+const DEFER: std::time::Duration = std::time::Duration::from_millis(1000);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Mode {
@@ -211,7 +221,16 @@ impl NodeClaims {
     ) {
         if let Some(entry) = self.broadcasts.get_mut(&broadcast) {
             if let State::Standby { revision: seen, .. } = entry.state {
-                if revision > seen {
+                if revision > seen && std::mem::take(&mut entry.deferred) {
+                    self.next_timer += 1;
+                    let timer = self.next_timer;
+                    entry.state = State::Waiting { timer };
+                    out.push(Action::RetryAfter {
+                        broadcast,
+                        timer,
+                        delay: DEFER,
+                    });
+                } else if revision > seen {
                     entry.state = State::Claiming;
                     out.push(Action::claim(broadcast));
                 }
@@ -300,6 +319,8 @@ impl NodeClaims {
                         failures: 0,
                         announced: false,
                         told_owner: None,
+                        yielded: false,
+                        deferred: false,
                     },
                 );
                 out.push(Action::claim(broadcast));
@@ -444,7 +465,12 @@ impl NodeClaims {
         }
         let live_again = !entry.tracks.is_empty() && self.mode == Mode::Attached;
         let announced = std::mem::take(&mut entry.announced);
-        if live_again {
+        if live_again && entry.yielded {
+            // Taken over: stand by behind the taker until these tracks
+            // close (the node drops its publisher) or it releases.
+            entry.state = State::Standby { revision: i64::MAX };
+            return;
+        } else if live_again {
             // Published again while the old claim was being given up.
             entry.state = State::Claiming;
         } else {
@@ -497,6 +523,123 @@ impl NodeClaims {
             out.push(Action::claim(broadcast));
         } else {
             self.broadcasts.remove(&broadcast);
+        }
+    }
+
+    /// The node asks for the claim of `broadcast` from the owner with
+    /// `fencing_token`: asked of the owner's replica if the node has it live
+    /// and stands by behind exactly that owner; refused otherwise.
+    pub(super) fn takeover_asked(
+        &mut self,
+        broadcast: String,
+        fencing_token: i64,
+        out: &mut Vec<Action>,
+    ) {
+        if self.mode != Mode::Attached {
+            return;
+        }
+        let refusal = match self.broadcasts.get(&broadcast) {
+            _ if !self.limits.takeover => Some(
+                "takeover is turned off on this claim service (--takeover deny)".to_string(),
+            ),
+            None => Some(format!("{broadcast} is not live on this node; publish it first")),
+            Some(e) if e.tracks.is_empty() => {
+                Some(format!("{broadcast} is not live on this node; publish it first"))
+            }
+            Some(Entry {
+                state: State::Held(_),
+                ..
+            }) => Some(format!("this node already owns {broadcast}")),
+            Some(Entry {
+                state: State::Standby { .. },
+                told_owner,
+                ..
+            }) if *told_owner != Some(fencing_token) => Some(format!(
+                "the owner of {broadcast} is no longer the one with fencing token {fencing_token}; ask again for the owner told in the last conflict"
+            )),
+            Some(Entry {
+                state: State::Standby { .. },
+                ..
+            }) if self.fence.lease.is_none() => Some(
+                "this session's node record is being written again; ask again shortly".into(),
+            ),
+            Some(Entry {
+                state: State::Standby { .. },
+                ..
+            }) => None,
+            Some(_) => Some(format!(
+                "{broadcast} is being claimed, retried or released here; ask again after its conflict"
+            )),
+        };
+        match refusal {
+            Some(reason) => self.tell(Reply::TakeoverRefused { broadcast, reason }, out),
+            None => out.push(Action::RequestTakeover {
+                broadcast,
+                fencing_token,
+                guard_lease: self.fence.lease.unwrap_or_default(),
+            }),
+        }
+    }
+
+    /// The store answered a takeover request: written (the claim comes
+    /// when the owner lets it go), or not, and then this standby asks for
+    /// the claim again, which says who owns it now.
+    pub(super) fn takeover_answered(
+        &mut self,
+        broadcast: String,
+        outcome: TakeoverOutcome,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(entry) = self.broadcasts.get_mut(&broadcast) else {
+            return;
+        };
+        if !matches!(entry.state, State::Standby { .. }) || entry.tracks.is_empty() {
+            return;
+        }
+        let reason = match outcome {
+            TakeoverOutcome::Requested => return,
+            TakeoverOutcome::Changed => None,
+            TakeoverOutcome::Unavailable { reason } => Some(reason),
+        };
+        entry.state = State::Claiming;
+        // Whoever owns it now is told anew, so the node may ask again.
+        entry.told_owner = None;
+        out.push(Action::claim(broadcast.clone()));
+        if let Some(reason) = reason {
+            let reason = format!("takeover not requested: {reason}");
+            self.tell(Reply::TakeoverRefused { broadcast, reason }, out);
+        }
+    }
+
+    /// The view saw node `by` ask for the claim with `fencing_token`. The
+    /// owner (this session, if it holds exactly that claim) tells its node
+    /// and lets the claim go, then stands by; another standby lets the
+    /// taker claim first.
+    pub(super) fn taken_over(
+        &mut self,
+        broadcast: String,
+        fencing_token: i64,
+        by: String,
+        by_this_node: bool,
+        out: &mut Vec<Action>,
+    ) {
+        if by_this_node {
+            return;
+        }
+        let mode = self.mode;
+        let Some(entry) = self.broadcasts.get_mut(&broadcast) else {
+            return;
+        };
+        match &entry.state {
+            State::Held(claim) if claim.fencing_token == fencing_token => {
+                out.push(Action::release(broadcast.clone(), claim));
+                entry.state = State::Releasing;
+                entry.announced = false;
+                entry.yielded = true;
+                Self::tell_in(mode, Reply::TakenOver { broadcast, by }, out);
+            }
+            State::Standby { .. } => entry.deferred = true,
+            _ => {}
         }
     }
 

@@ -34,6 +34,13 @@ enum Step {
     /// token or a stale one.
     Forced(u8, bool),
     ViewLagged,
+    /// The node asks for a takeover, with the owner's token or another.
+    TakeoverAsked(u8, bool),
+    /// etcd answers a takeover request: written, changed, unavailable.
+    TakeoverAnswered(u8, u8),
+    /// The view sees a takeover request: of this session's claim (its token
+    /// or a stale one), by this node or another.
+    TakenOver(u8, bool, bool),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -54,6 +61,9 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Superseded),
         1 => (0..3u8, any::<bool>()).prop_map(|(b, t)| Step::Forced(b, t)),
         1 => Just(Step::ViewLagged),
+        2 => (0..3u8, any::<bool>()).prop_map(|(b, t)| Step::TakeoverAsked(b, t)),
+        2 => (0..3u8, 0..3u8).prop_map(|(b, k)| Step::TakeoverAnswered(b, k)),
+        2 => (0..3u8, any::<bool>(), any::<bool>()).prop_map(|(b, t, me)| Step::TakenOver(b, t, me)),
     ]
 }
 
@@ -61,6 +71,9 @@ fn step() -> impl Strategy<Value = Step> {
 #[derive(Default)]
 struct Shell {
     claims_in_flight: BTreeSet<String>,
+    takeovers_in_flight: BTreeSet<String>,
+    /// Fencing token of the owner last told in `conflict`, per broadcast.
+    told_owner: BTreeMap<String, i64>,
     revokes_in_flight: BTreeMap<String, i64>,
     kept: BTreeSet<i64>,
     timers: BTreeMap<String, u64>,
@@ -166,6 +179,27 @@ proptest! {
                     Some(Event::Forced { broadcast: name(b), fencing_token: if current { token } else { token - 1 }, reason: "ops".into() })
                 }
                 Step::ViewLagged => Some(Event::ViewLagged),
+                Step::TakeoverAsked(b, current) => {
+                    let token = sh.told_owner.get(&name(b)).copied().unwrap_or(5);
+                    Some(Event::TakeoverAsked { broadcast: name(b), fencing_token: if current { token } else { token + 1 } })
+                }
+                Step::TakeoverAnswered(b, kind) => sh.takeovers_in_flight.remove(&name(b)).then(|| Event::TakeoverAnswered {
+                    broadcast: name(b),
+                    outcome: match kind {
+                        0 => TakeoverOutcome::Requested,
+                        1 => TakeoverOutcome::Changed,
+                        _ => TakeoverOutcome::Unavailable { reason: "down".into() },
+                    },
+                }),
+                Step::TakenOver(b, current, by_this_node) => {
+                    let token = core.held().find(|(n, _)| *n == name(b)).map(|(_, c)| c.fencing_token).unwrap_or(7);
+                    Some(Event::TakenOver {
+                        broadcast: name(b),
+                        fencing_token: if current { token } else { token - 1 },
+                        by: if by_this_node { "node-a".into() } else { "node-b".into() },
+                        by_this_node,
+                    })
+                }
             };
             events.extend(event);
             for event in events.drain(..) {
@@ -235,12 +269,20 @@ proptest! {
                             sh.attached = false;
                             sh.live.clear();
                         }
-                        Action::StartGrace => {}
+                        Action::StartGrace | Action::MarkDetached { .. } => {}
+                        Action::RequestTakeover { broadcast, guard_lease, .. } => {
+                            prop_assert!(!ended, "a takeover asked after the session ended");
+                            prop_assert_eq!(Some(guard_lease), sh.record, "a takeover not under this session's record");
+                            prop_assert!(sh.live.get(&broadcast).is_some_and(|t| !t.is_empty()), "a takeover of {} with no live track", broadcast);
+                            prop_assert!(!sh.claims_in_flight.contains(&broadcast), "a takeover while claiming {}", broadcast);
+                            sh.takeovers_in_flight.insert(broadcast);
+                        }
                         Action::Send(reply) => {
                             if ended { sh.after_end.push(format!("{reply:?}")); }
                             match reply {
                                 Reply::Claimed { claim, .. } => { prop_assert!(sh.told_claimed.insert(claim.broadcast)); }
-                                Reply::Released { broadcast } | Reply::Lost { broadcast, .. } => {
+                                Reply::Conflict { broadcast, owner } => { sh.told_owner.insert(broadcast, owner.fencing_token); }
+                                Reply::Released { broadcast } | Reply::Lost { broadcast, .. } | Reply::TakenOver { broadcast, .. } => {
                                     prop_assert!(sh.told_claimed.remove(&broadcast), "released/lost for {} never told claimed", broadcast);
                                 }
                                 Reply::Draining { draining } => {

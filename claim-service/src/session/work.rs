@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::claims::{backoff, Event, Reply};
+use crate::claims::{backoff, Event, Reply, TakeoverOutcome};
 use crate::error::Error;
 use crate::log_budget::LogBudget;
 use crate::store::{unix_ms, Attempt, ClaimRequest, Holder, NodeRecord, Store};
@@ -60,6 +60,55 @@ pub(super) fn find_earlier_claims(store: &Store, holder: &Holder, events: &Event
     });
 }
 
+/// Asks the owner of `broadcast` (the claim with `fencing_token`) to let it
+/// go to this node, under the record's `guard_lease`.
+pub(super) fn request_takeover(
+    store: &Store,
+    holder: &Holder,
+    broadcast: String,
+    fencing_token: i64,
+    guard_lease: i64,
+    events: &Events,
+) {
+    let store = store.clone();
+    let holder = holder.clone();
+    let tx = events.clone();
+    tokio::spawn(async move {
+        let outcome = match store
+            .request_takeover(&broadcast, fencing_token, &holder, guard_lease)
+            .await
+        {
+            Ok(true) => TakeoverOutcome::Requested,
+            Ok(false) => TakeoverOutcome::Changed,
+            Err(e) => TakeoverOutcome::Unavailable {
+                reason: e.to_string(),
+            },
+        };
+        tracing::info!(%broadcast, fencing_token, ?outcome, "takeover requested of the owner");
+        let _ = tx.send(Event::TakeoverAnswered { broadcast, outcome });
+    });
+}
+
+/// Marks the node's record detached until `grace` from now, so that every
+/// replica's view (and whoever asks who owns a broadcast) knows its claims
+/// are only kept for the grace. One try: a record it cannot mark only
+/// means publishers elsewhere are refused as before.
+pub(super) fn mark_detached(store: &Store, holder: &Holder, lease_id: i64, grace: Duration) {
+    let store = store.clone();
+    let holder = holder.clone();
+    let ends = unix_ms() + grace.as_millis() as i64;
+    tokio::spawn(async move {
+        match store
+            .mark_detached(&holder.node_id, &holder.session_id, lease_id, ends)
+            .await
+        {
+            Ok(true) => tracing::debug!("node record marked detached"),
+            Ok(false) => tracing::debug!("node record already rewritten; not marked detached"),
+            Err(e) => tracing::info!(error = %e, "cannot mark the node record detached"),
+        }
+    });
+}
+
 /// Writes the node's record on a lease of its own, retrying until etcd
 /// answers; each failure is reported, so waiting claims can say why.
 pub(super) fn write_record(
@@ -78,6 +127,7 @@ pub(super) fn write_record(
         service_id: holder.service_id.to_string(),
         attached_at_unix_ms: unix_ms(),
         draining: false,
+        grace_ends_unix_ms: 0,
     };
     tokio::spawn(async move {
         let mut failures = 0;
@@ -165,5 +215,11 @@ pub(super) fn log_reply(reply: &Reply, refusal_log: &LogBudget) {
             retry_in,
         } => tracing::warn!(%broadcast, %reason, ?retry_in, "claim not possible now; retrying"),
         Reply::Draining { draining } => tracing::info!(draining, "node draining mark changed"),
+        Reply::TakeoverRefused { broadcast, reason } => {
+            tracing::info!(%broadcast, %reason, "takeover refused")
+        }
+        Reply::TakenOver { broadcast, by } => {
+            tracing::info!(%broadcast, %by, "claim taken over by a newer publisher on another node; let go")
+        }
     }
 }

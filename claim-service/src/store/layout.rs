@@ -130,6 +130,15 @@ pub struct NodeRecord {
     /// An operator asked the node to take no new publishers.
     #[serde(default)]
     pub draining: bool,
+    /// Set when the session broke without goodbye: its claims are kept
+    /// until then (the detach grace), for the node to come back. A newer
+    /// session's record has none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub grace_ends_unix_ms: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 impl NodeRecord {
@@ -150,6 +159,10 @@ pub struct ForcedRecord {
     pub reason: String,
     #[serde(default)]
     pub at_unix_ms: i64,
+    /// Set when a node asked for the claim (a takeover), not an operator:
+    /// the owner lets it go and stands by behind that node.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub taken_by: String,
 }
 
 impl ForcedRecord {

@@ -142,6 +142,45 @@ impl Store {
         )))
     }
 
+    /// Marks the record of `node_id` detached until `grace_ends_unix_ms`,
+    /// if it is still the one `session_id` wrote on `lease_id` (a newer
+    /// session's record is never touched). Whether it was marked.
+    pub async fn mark_detached(
+        &self,
+        node_id: &str,
+        session_id: &str,
+        lease_id: i64,
+        grace_ends_unix_ms: i64,
+    ) -> Result<bool> {
+        let key = self.inner.layout.node(node_id);
+        for _ in 0..ROUNDS {
+            let (Some(kv), _) = self.read_key(Purpose::Claims, &key).await? else {
+                return Ok(false);
+            };
+            let Some(mut record) = NodeRecord::from_kv(&kv) else {
+                return Ok(false);
+            };
+            if kv.lease() != lease_id || record.session_id != session_id {
+                return Ok(false);
+            }
+            record.grace_ends_unix_ms = grace_ends_unix_ms;
+            let txn = Txn::new()
+                .when([
+                    Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision()),
+                    Compare::lease(key.clone(), CompareOp::Equal, lease_id),
+                ])
+                .and_then([TxnOp::put(
+                    key.clone(),
+                    record.to_json(),
+                    Some(PutOptions::new().with_ignore_lease()),
+                )]);
+            if self.txn("detach_txn", txn).await?.succeeded() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Sets a node's `draining` mark, keeping its record's lease. `None`
     /// when the node has no record (not attached anywhere).
     pub async fn set_draining(&self, node_id: &str, draining: bool) -> Result<Option<NodeRecord>> {

@@ -169,6 +169,7 @@ impl Store {
             fencing_token: claim.fencing_token,
             reason: reason.to_string(),
             at_unix_ms: unix_ms(),
+            taken_by: String::new(),
         };
         // The record outlives the revoke long enough for every replica's
         // view to see it, then goes by itself.
@@ -184,5 +185,55 @@ impl Store {
         .await?;
         self.revoke(claim.lease_id).await?;
         Ok(Some(claim))
+    }
+
+    /// Asks the owner of `broadcast` to let its claim go to `taker`'s node:
+    /// writes the request (a forced record naming the taker) if the claim
+    /// is still the one with `fencing_token` and the taker's node record is
+    /// still on `guard_lease`, in one transaction. The owner's replica sees
+    /// it, tells its node and releases (a checked delete); the taker,
+    /// standing by, then claims anew with a larger token. False when the
+    /// claim or the taker's record changed; nothing is written then.
+    pub async fn request_takeover(
+        &self,
+        broadcast: &str,
+        fencing_token: i64,
+        taker: &Holder,
+        guard_lease: i64,
+    ) -> Result<bool> {
+        let record = ForcedRecord {
+            node_id: String::new(),
+            fencing_token,
+            reason: format!("taken over by node {}", taker.node_id),
+            at_unix_ms: unix_ms(),
+            taken_by: taker.node_id.to_string(),
+        };
+        let lease_id = self.grant(Duration::from_secs(60)).await?;
+        let layout = &self.inner.layout;
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(
+                    layout.broadcast(broadcast),
+                    CompareOp::Equal,
+                    fencing_token,
+                ),
+                Compare::lease(layout.node(&taker.node_id), CompareOp::Equal, guard_lease),
+            ])
+            .and_then([TxnOp::put(
+                layout.forced(broadcast),
+                record.to_json(),
+                Some(PutOptions::new().with_lease(lease_id)),
+            )]);
+        match self.txn("takeover_txn", txn).await {
+            Ok(resp) if resp.succeeded() => Ok(true),
+            Ok(_) => {
+                let _ = self.revoke(lease_id).await;
+                Ok(false)
+            }
+            Err(e) => {
+                let _ = self.revoke(lease_id).await;
+                Err(e)
+            }
+        }
     }
 }

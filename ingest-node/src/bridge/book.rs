@@ -7,7 +7,9 @@
 //! Invariants: a broadcast has a state exactly while it has a live track as
 //! far as the session has forwarded; an answer about a broadcast that is no
 //! longer live changes nothing; a refused extra track never undoes a claim;
-//! while no session is open every state is `Unknown`.
+//! while no session is open every state is `Unknown`; a takeover is asked
+//! for at most once per claim answer, only under the `takeover` policy, and
+//! never of an owner that is gone (its claim moves by itself).
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -16,7 +18,7 @@ use claims_proto::v1 as pb;
 use pb::node_message::Msg as NodeMsg;
 use pb::service_message::Msg as ServiceMsg;
 
-use super::{BridgeView, ClaimState, Decision};
+use super::{BridgeView, ClaimState, Decision, DuplicatePolicy};
 use crate::registry::{Change, Lifecycle};
 
 /// Live tracks per broadcast as of the last change the session forwarded
@@ -25,9 +27,17 @@ use crate::registry::{Change, Lifecycle};
 #[derive(Debug, Default)]
 pub struct ClaimBook {
     live: HashMap<String, usize>,
+    duplicates: DuplicatePolicy,
 }
 
 impl ClaimBook {
+    pub fn new(duplicates: DuplicatePolicy) -> Self {
+        Self {
+            live: HashMap::new(),
+            duplicates,
+        }
+    }
+
     /// A session to `service` was welcomed, its `hello` listing `live` as
     /// of registry change `seq`: every live broadcast waits for its answer,
     /// nothing else has a state.
@@ -93,11 +103,13 @@ impl ClaimBook {
         msg
     }
 
-    /// Applies what the claim service said to the picture.
-    pub fn answer(&self, msg: ServiceMsg, view: &mut BridgeView) {
+    /// Applies what the claim service said to the picture; what to ask in
+    /// turn: under the `takeover` policy, a broadcast that just became live
+    /// here and met an owner that is there asks for its claim.
+    pub fn answer(&self, msg: ServiceMsg, view: &mut BridgeView) -> Option<NodeMsg> {
         let (broadcast, next) = match msg {
             ServiceMsg::Claimed(c) => {
-                let Some(claim) = c.claim else { return };
+                let Some(claim) = c.claim else { return None };
                 let state = ClaimState::Claimed {
                     fencing_token: claim.fencing_token,
                     lease_id: claim.lease_id,
@@ -112,12 +124,34 @@ impl ClaimBook {
                     owner_http: owner.endpoints.get("http").cloned(),
                     owner_node: owner.node_id,
                     fencing_token: owner.fencing_token,
+                    owner_detached: owner.detached,
+                    grace_ends_unix_ms: owner.grace_ends_unix_ms,
                 };
-                (c.broadcast, state)
+                let ask = self.duplicates == DuplicatePolicy::Takeover
+                    && !owner.detached
+                    && self.live.contains_key(&c.broadcast)
+                    && view.states.get(&c.broadcast) == Some(&ClaimState::Pending);
+                let takeover = ask.then(|| {
+                    NodeMsg::Takeover(pb::Takeover {
+                        broadcast: c.broadcast.clone(),
+                        fencing_token: owner.fencing_token,
+                    })
+                });
+                if !self.live.contains_key(&c.broadcast) {
+                    return None;
+                }
+                view.states.insert(c.broadcast, state);
+                return takeover;
             }
             // Still live: published again, the service claims it anew.
             ServiceMsg::Released(r) => (r.broadcast, ClaimState::Pending),
-            ServiceMsg::Lost(l) => (l.broadcast, ClaimState::Lost { reason: l.reason }),
+            ServiceMsg::Lost(l) => {
+                let state = ClaimState::Lost {
+                    reason: l.reason,
+                    taken_by: Some(l.taken_by).filter(|by| !by.is_empty()),
+                };
+                (l.broadcast, state)
+            }
             ServiceMsg::Retrying(r) => (r.broadcast, ClaimState::Retrying { reason: r.reason }),
             ServiceMsg::Rejected(r) => {
                 // One track over a limit does not undo the broadcast's claim.
@@ -125,20 +159,21 @@ impl ClaimBook {
                     view.states.get(&r.broadcast),
                     Some(ClaimState::Claimed { .. })
                 ) {
-                    return;
+                    return None;
                 }
                 (r.broadcast, ClaimState::Rejected { reason: r.reason })
             }
             ServiceMsg::Draining(d) => {
                 view.draining = d.draining;
-                return;
+                return None;
             }
-            ServiceMsg::Welcome(_) => return,
+            ServiceMsg::Welcome(_) => return None,
         };
         // Answers about broadcasts no longer live here are history.
         if self.live.contains_key(&broadcast) {
             view.states.insert(broadcast, next);
         }
+        None
     }
 
     /// Whether `broadcast` has a live track as far as the session knows.
@@ -175,15 +210,19 @@ pub fn decision(view: &BridgeView, broadcast: &str, seq: u64) -> Option<Decision
         Some(ClaimState::Standby {
             owner_node,
             owner_rtmp,
+            owner_detached,
+            grace_ends_unix_ms,
             ..
         }) => Decision::OwnedElsewhere {
             owner_node: owner_node.clone(),
             owner_rtmp: owner_rtmp.clone(),
+            owner_detached: *owner_detached,
+            grace_ends_unix_ms: *grace_ends_unix_ms,
         },
         Some(ClaimState::Rejected { reason }) => Decision::Rejected {
             reason: reason.clone(),
         },
-        Some(ClaimState::Retrying { reason }) | Some(ClaimState::Lost { reason }) => {
+        Some(ClaimState::Retrying { reason }) | Some(ClaimState::Lost { reason, .. }) => {
             Decision::Unavailable {
                 reason: reason.clone(),
             }
@@ -192,6 +231,56 @@ pub fn decision(view: &BridgeView, broadcast: &str, seq: u64) -> Option<Decision
             reason: "claim state unknown".into(),
         },
     })
+}
+
+/// How long a publish that met another owner is held before it is told
+/// so: under `standby` and `takeover`, up to the claim wait (the owner's
+/// publisher may leave, or the takeover land); whatever the policy, while
+/// the owner's node is gone, until its grace ends and the claim moves —
+/// even past the claim wait — plus [`Hold::SETTLE`] for the claim to land.
+#[derive(Debug, Clone, Copy)]
+pub struct Hold {
+    pub duplicates: DuplicatePolicy,
+    pub claim_wait: Duration,
+}
+
+impl Hold {
+    /// Time for a released claim to reach this node, past a grace's end.
+    pub const SETTLE: Duration = Duration::from_secs(2);
+    /// How long a gone owner whose grace end is unknown (its replica died
+    /// too) may keep its claim: the longest lease TTL a service grants by
+    /// default.
+    pub const UNKNOWN_GRACE: Duration = Duration::from_secs(60);
+
+    /// Whether a publish told `decision` keeps waiting.
+    pub fn holds(&self, decision: &Decision) -> bool {
+        match decision {
+            Decision::OwnedElsewhere { owner_detached, .. } => {
+                *owner_detached || self.duplicates != DuplicatePolicy::Refuse
+            }
+            _ => false,
+        }
+    }
+
+    /// How long after it began a publish may wait, holding behind `held`
+    /// (if anything), at `now_unix_ms`.
+    pub fn limit(&self, held: Option<&Decision>, now_unix_ms: i64) -> Duration {
+        match held {
+            Some(Decision::OwnedElsewhere {
+                owner_detached: true,
+                grace_ends_unix_ms,
+                ..
+            }) => {
+                let grace = if *grace_ends_unix_ms > 0 {
+                    Duration::from_millis((*grace_ends_unix_ms - now_unix_ms).max(0) as u64)
+                } else {
+                    Self::UNKNOWN_GRACE
+                };
+                self.claim_wait.max(grace + Self::SETTLE)
+            }
+            _ => self.claim_wait,
+        }
+    }
 }
 
 /// Reconnect backoff: 200 ms doubling to 5 s, reset by a session that

@@ -171,6 +171,8 @@ impl World {
             | Action::KeepRecord { .. }
             | Action::FindEarlierClaims
             | Action::StartGrace
+            | Action::MarkDetached { .. }
+            | Action::RequestTakeover { .. }
             | Action::Send(_)
             | Action::Finished => {}
         }
@@ -451,6 +453,7 @@ pub fn session(data: &[u8]) {
     let limits = Limits {
         max_claims: 3,
         max_tracks_per_broadcast: 2,
+        takeover: true,
     };
     let mut world = World {
         nodes: ["node-a", "node-b"]

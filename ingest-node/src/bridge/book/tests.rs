@@ -145,7 +145,9 @@ fn decisions_wait_for_the_answer_to_their_own_publish() {
         decision(&view, "live/a", 3),
         Some(Decision::OwnedElsewhere {
             owner_node: "node-b".into(),
-            owner_rtmp: Some("rtmp://b:1935".into())
+            owner_rtmp: Some("rtmp://b:1935".into()),
+            owner_detached: false,
+            grace_ends_unix_ms: 0,
         })
     );
     disconnected(&mut view);
@@ -189,7 +191,7 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         4 => (0..3u8, 0..3u8).prop_map(|(b, t)| Step::Created(b, t)),
         3 => (0..3u8, 0..3u8).prop_map(|(b, t)| Step::Closed(b, t)),
-        4 => (0..3u8, 0..6u8).prop_map(|(b, k)| Step::Answer(b, k)),
+        4 => (0..3u8, 0..7u8).prop_map(|(b, k)| Step::Answer(b, k)),
         1 => Just(Step::Disconnect),
         1 => Just(Step::Welcome),
     ]
@@ -202,7 +204,7 @@ proptest! {
     /// shown only as answered for a live broadcast, and a lost session
     /// leaves nothing but `Unknown`.
     #[test]
-    fn the_picture_follows_the_live_tracks(steps in proptest::collection::vec(step(), 1..80)) {
+    fn the_picture_follows_the_live_tracks(steps in proptest::collection::vec(step(), 1..80), takeover in any::<bool>()) {
         // The registry: what is live, with its sequence (closing what is
         // not live is not a change it makes).
         let mut registry: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -240,10 +242,18 @@ proptest! {
                         1 => conflict(&b),
                         2 => rejected(&b),
                         3 => ServiceMsg::Released(pb::Released { broadcast: b.clone() }),
-                        4 => ServiceMsg::Lost(pb::Lost { broadcast: b.clone(), reason: "expired".into() }),
+                        4 => ServiceMsg::Lost(pb::Lost { broadcast: b.clone(), reason: "expired".into(), taken_by: String::new() }),
+                        5 => ServiceMsg::Lost(pb::Lost { broadcast: b.clone(), reason: "taken".into(), taken_by: "node-b".into() }),
                         _ => ServiceMsg::Retrying(pb::Retrying { broadcast: b.clone(), reason: "down".into(), retry_in_ms: 200 }),
                     };
-                    book.answer(msg, &mut view);
+                    let asked = book.answer(msg, &mut view);
+                    // A takeover only under its policy, for a broadcast
+                    // live here that met its first answer.
+                    if asked.is_some() {
+                        prop_assert!(takeover, "a takeover asked under another policy");
+                        prop_assert_eq!(before.as_ref(), Some(&ClaimState::Pending));
+                        prop_assert!(registry.contains_key(&b));
+                    }
                     if !registry.contains_key(&b) {
                         prop_assert_eq!(view.states.get(&b), None, "an answer about {} that is not live", b);
                     }
@@ -261,7 +271,7 @@ proptest! {
                         .iter()
                         .flat_map(|(b, ts)| ts.iter().map(move |t| (b.clone(), t.clone())))
                         .collect();
-                    book = ClaimBook::default();
+                    book = ClaimBook::new(if takeover { DuplicatePolicy::Takeover } else { DuplicatePolicy::Refuse });
                     book.welcome(&live, seq, "http://cs:50051", &mut view);
                     prop_assert!(view.states.values().all(|s| *s == ClaimState::Pending));
                 }
@@ -277,4 +287,88 @@ proptest! {
             }
         }
     }
+}
+
+fn gone_owner(grace_ends_unix_ms: i64) -> Decision {
+    Decision::OwnedElsewhere {
+        owner_node: "node-b".into(),
+        owner_rtmp: None,
+        owner_detached: true,
+        grace_ends_unix_ms,
+    }
+}
+
+#[test]
+fn a_publish_is_held_behind_an_owner_only_as_the_policy_or_a_gone_owner_says() {
+    let there = Decision::OwnedElsewhere {
+        owner_node: "node-b".into(),
+        owner_rtmp: None,
+        owner_detached: false,
+        grace_ends_unix_ms: 0,
+    };
+    let wait = Duration::from_secs(5);
+    let hold = |duplicates| Hold {
+        duplicates,
+        claim_wait: wait,
+    };
+    assert!(!hold(DuplicatePolicy::Refuse).holds(&there));
+    assert!(hold(DuplicatePolicy::Standby).holds(&there));
+    assert!(hold(DuplicatePolicy::Takeover).holds(&there));
+    for policy in [
+        DuplicatePolicy::Refuse,
+        DuplicatePolicy::Standby,
+        DuplicatePolicy::Takeover,
+    ] {
+        assert!(hold(policy).holds(&gone_owner(0)), "{policy:?}");
+        assert!(!hold(policy).holds(&Decision::Claimed { fencing_token: 1 }));
+    }
+    let hold = hold(DuplicatePolicy::Refuse);
+    assert_eq!(hold.limit(None, 1_000), wait);
+    assert_eq!(hold.limit(Some(&there), 1_000), wait);
+    // Past a gone owner's grace, even beyond the claim wait.
+    assert_eq!(
+        hold.limit(Some(&gone_owner(1_000 + 9_000)), 1_000),
+        Duration::from_secs(9) + Hold::SETTLE
+    );
+    assert_eq!(hold.limit(Some(&gone_owner(1_500)), 1_000), wait);
+    assert_eq!(
+        hold.limit(Some(&gone_owner(0)), 1_000),
+        Hold::UNKNOWN_GRACE + Hold::SETTLE
+    );
+}
+
+#[test]
+fn under_takeover_a_new_publish_meeting_an_owner_asks_once_and_never_of_a_gone_one() {
+    let mut view = BridgeView::default();
+    let mut book = ClaimBook::new(DuplicatePolicy::Takeover);
+    book.welcome(&[], 0, "http://cs:50051", &mut view);
+    book.forward(change(1, true, "live/a", "video"), &mut view);
+    let asked = book.answer(conflict("live/a"), &mut view);
+    assert_eq!(
+        asked,
+        Some(NodeMsg::Takeover(pb::Takeover {
+            broadcast: "live/a".into(),
+            fencing_token: 3,
+        }))
+    );
+    // The same owner told again asks nothing more.
+    assert_eq!(book.answer(conflict("live/a"), &mut view), None);
+    book.forward(change(2, true, "live/g", "video"), &mut view);
+    let gone = ServiceMsg::Conflict(pb::Conflict {
+        broadcast: "live/g".into(),
+        owner: Some(pb::Claim {
+            node_id: "node-b".into(),
+            fencing_token: 4,
+            detached: true,
+            ..Default::default()
+        }),
+    });
+    assert_eq!(book.answer(gone, &mut view), None);
+    assert!(matches!(
+        view.states["live/g"],
+        ClaimState::Standby {
+            owner_detached: true,
+            ..
+        }
+    ));
 }
