@@ -538,13 +538,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         // few clients read, is not sent.
         let _ = self.session().reject_request(request_id, code, description);
         self.close_after_write = true;
-        let bytes = status::error(code, description)?;
-        Ok(vec![ServerSessionResult::OutboundResponse(
-            rml_rtmp::chunk_io::Packet {
-                bytes,
-                can_be_dropped: false,
-            },
-        )])
+        status::refusal(code, description)?
+            .into_iter()
+            .map(|bytes| {
+                Ok(ServerSessionResult::OutboundResponse(
+                    rml_rtmp::chunk_io::Packet {
+                        bytes,
+                        can_be_dropped: false,
+                    },
+                ))
+            })
+            .collect()
     }
 
     fn on_media(&mut self, app: &str, key: &str, video: bool, data: &[u8], timestamp: u32) {

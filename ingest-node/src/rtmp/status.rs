@@ -24,6 +24,24 @@ use rml_rtmp::time::RtmpTimestamp;
 /// reads the status: none of them checks its stream id.
 const STREAM_ID: u32 = 1;
 
+/// The refusal of a request: an `onStatus` error with `code` and
+/// `description`, then, for a client that did not act on that code, one
+/// with the generic `NetStream.Failed`. librtmp 2.4 (Debian's; GStreamer's
+/// `rtmpsink`) acts only on `NetStream.Failed`, `NetStream.Play.Failed`,
+/// `NetStream.Play.StreamNotFound` and `NetConnection.Connect.InvalidApp`:
+/// on `NetStream.Publish.BadName` it logs "Unhandled" and keeps sending
+/// until the closed socket kills it (SIGPIPE). Every other client stops at
+/// the first.
+pub fn refusal(code: &str, description: &str) -> Result<Vec<Vec<u8>>, String> {
+    let mut packets = vec![error(code, description)?];
+    if code != GENERIC {
+        packets.push(error(GENERIC, description)?);
+    }
+    Ok(packets)
+}
+
+const GENERIC: &str = "NetStream.Failed";
+
 /// The bytes of an `onStatus` error with `code` and `description`.
 ///
 /// Serialized with a fresh chunk serializer at the session's chunk size
