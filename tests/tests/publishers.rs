@@ -96,7 +96,10 @@ async fn every_rtmp_client_is_told_who_owns_a_broadcast_it_cannot_publish() -> R
     let status = librtmp.wait_exit().await?;
     let said = librtmp.log_text();
     assert_eq!(status.code(), Some(1), "{status:?}: {said}");
-    assert!(said.contains("Could not open resource for writing"), "{said}");
+    assert!(
+        said.contains("Could not open resource for writing"),
+        "{said}"
+    );
 
     // The owner's publisher is undisturbed.
     assert!(owner.alive(), "{}", owner.log_text());
@@ -123,7 +126,11 @@ async fn a_standby_publisher_is_accepted_the_moment_the_owners_publisher_leaves(
     let mut standby = Publisher::start(&c.b.rtmp_url("live/s"))?;
     c.b.wait_broadcast("live/s", state_is("standby")).await?;
     // Held: no media accepted, nothing claimed.
-    nothing_happens_for(Duration::from_millis(500), "a held publisher is neither accepted nor refused").await;
+    nothing_happens_for(
+        Duration::from_millis(500),
+        "a held publisher is neither accepted nor refused",
+    )
+    .await;
     assert_eq!(c.b.metric("ingest_publishers").await?, 0.0);
     assert!(standby.alive(), "{}", standby.log_text());
 
@@ -137,14 +144,21 @@ async fn a_standby_publisher_is_accepted_the_moment_the_owners_publisher_leaves(
         state_is("claimed")(e) && e["tracks"].as_array().is_some_and(|t| t.len() >= 2)
     })
     .await?;
-    eprintln!("standby accepted {:?} after the owner's publisher left", left.elapsed());
+    eprintln!(
+        "standby accepted {:?} after the owner's publisher left",
+        left.elapsed()
+    );
     assert!(standby.alive(), "{}", standby.log_text());
     Ok(())
 }
 
 #[tokio::test]
 async fn a_takeover_moves_the_claim_fenced_and_drops_the_former_publisher() -> Result<()> {
-    let c = Cluster::start("publishers-takeover", &["--duplicate-publisher", "takeover"]).await?;
+    let c = Cluster::start(
+        "publishers-takeover",
+        &["--duplicate-publisher", "takeover"],
+    )
+    .await?;
     let mut watcher = Watcher::open(&c.stack.svc, "live/", 0).await?;
     let mut checker = Checker::default();
     let mut former = Publisher::start(&c.a.rtmp_url("live/t"))?;
@@ -176,6 +190,22 @@ async fn a_takeover_moves_the_claim_fenced_and_drops_the_former_publisher() -> R
     Ok(())
 }
 
+async fn take_over(node: &Node, broadcast: &str, fencing_token: i64) -> Result<()> {
+    node.send(NodeMsg::Takeover(pb::Takeover {
+        broadcast: broadcast.into(),
+        fencing_token,
+    }))
+    .await
+}
+
+async fn rejected(node: &mut Node, broadcast: &str) -> Result<pb::Rejected> {
+    node.expect("rejected", |m| match m {
+        Msg::Rejected(r) if r.broadcast == broadcast => Some(r.clone()),
+        _ => None,
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_takeover_never_tells_two_nodes_claimed_at_once_and_is_refused_when_stale_or_off(
 ) -> Result<()> {
@@ -186,57 +216,66 @@ async fn a_takeover_never_tells_two_nodes_claimed_at_once_and_is_refused_when_st
     let mut b = Node::attach(&addr, hello("node-b")).await?;
     a.created("live/p", "video").await?;
     let held = a.expect_claimed("live/p").await?.claim.unwrap_or_default();
-    checker.node_saw("node-a", &Msg::Claimed(pb::Claimed { claim: Some(held.clone()), adopted: false }));
+    checker.node_saw(
+        "node-a",
+        &Msg::Claimed(pb::Claimed {
+            claim: Some(held.clone()),
+            adopted: false,
+        }),
+    );
     b.created("live/p", "video").await?;
     let owner = b.expect_conflict("live/p").await?;
     assert_eq!(owner.fencing_token, held.fencing_token);
 
     // A stale token is refused; nothing moves.
-    b.send(NodeMsg::Takeover(pb::Takeover {
-        broadcast: "live/p".into(),
-        fencing_token: held.fencing_token - 1,
-    }))
-    .await?;
-    let refused = b
-        .expect("rejected", |m| match m {
-            Msg::Rejected(r) if r.broadcast == "live/p" => Some(r.clone()),
-            _ => None,
-        })
-        .await?;
-    assert_eq!(refused.code, tonic::Code::FailedPrecondition as i32, "{refused:?}");
+    take_over(&b, "live/p", held.fencing_token - 1).await?;
+    let refused = rejected(&mut b, "live/p").await?;
+    assert_eq!(
+        refused.code,
+        tonic::Code::FailedPrecondition as i32,
+        "{refused:?}"
+    );
 
-    b.send(NodeMsg::Takeover(pb::Takeover {
-        broadcast: "live/p".into(),
-        fencing_token: held.fencing_token,
-    }))
-    .await?;
+    take_over(&b, "live/p", held.fencing_token).await?;
     let reason = a.expect_lost("live/p").await?;
-    checker.node_saw("node-a", &Msg::Lost(pb::Lost { broadcast: "live/p".into(), reason: reason.clone(), taken_by: "node-b".into() }));
+    checker.node_saw(
+        "node-a",
+        &Msg::Lost(pb::Lost {
+            broadcast: "live/p".into(),
+            reason: reason.clone(),
+            taken_by: "node-b".into(),
+        }),
+    );
     assert!(reason.contains("taken over by node node-b"), "{reason}");
     let moved = b.expect_claimed("live/p").await?.claim.unwrap_or_default();
-    checker.node_saw("node-b", &Msg::Claimed(pb::Claimed { claim: Some(moved.clone()), adopted: false }));
+    checker.node_saw(
+        "node-b",
+        &Msg::Claimed(pb::Claimed {
+            claim: Some(moved.clone()),
+            adopted: false,
+        }),
+    );
     assert!(moved.fencing_token > held.fencing_token);
     assert_eq!(checker.check(), Vec::<String>::new());
     // The former owner, still live, stands by: it claims nothing back.
     assert_eq!(a.silent_for(Duration::from_millis(500)).await, None);
-    assert_eq!(stack.owner("live/p", true).await?.map(|c| c.node_id), Some("node-b".into()));
+    assert_eq!(
+        stack.owner("live/p", true).await?.map(|c| c.node_id),
+        Some("node-b".into())
+    );
 
     // A service that does not allow takeovers says so.
-    let off = ClaimService::start(&stack.etcd.endpoint(), &stack.prefix, &["--takeover", "deny"]).await?;
+    let off = ClaimService::start(
+        &stack.etcd.endpoint(),
+        &stack.prefix,
+        &["--takeover", "deny"],
+    )
+    .await?;
     let mut c = Node::attach(&off.addr(), hello("node-c")).await?;
     c.created("live/p", "video").await?;
     let owner = c.expect_conflict("live/p").await?;
-    c.send(NodeMsg::Takeover(pb::Takeover {
-        broadcast: "live/p".into(),
-        fencing_token: owner.fencing_token,
-    }))
-    .await?;
-    let refused = c
-        .expect("rejected", |m| match m {
-            Msg::Rejected(r) if r.broadcast == "live/p" => Some(r.clone()),
-            _ => None,
-        })
-        .await?;
+    take_over(&c, "live/p", owner.fencing_token).await?;
+    let refused = rejected(&mut c, "live/p").await?;
     assert!(refused.reason.contains("--takeover deny"), "{refused:?}");
     Ok(())
 }
@@ -272,7 +311,10 @@ async fn a_publisher_moving_from_a_dead_node_is_held_not_refused_and_claimed_aft
         0.0
     );
     // The default detach grace is 5 s.
-    assert!(after < Duration::from_secs(6), "claimed {after:?} after the kill");
+    assert!(
+        after < Duration::from_secs(6),
+        "claimed {after:?} after the kill"
+    );
     eprintln!("failover: claimed at node B {after:?} after node A was killed");
     Ok(())
 }
