@@ -13,7 +13,9 @@
 //! - `node.rs`: the rules of each broadcast (tracks, claim, standby, retry,
 //!   release, goodbye, detach);
 //! - `fence.rs`: the node record as the rules know it, and the claims
-//!   waiting for it.
+//!   waiting for it;
+//! - `takeover.rs`: newest publisher wins, fenced (asking for another
+//!   node's claim, and letting one's own go).
 //!
 //! Invariants it keeps:
 //! - one claim per broadcast, however many tracks it has;
@@ -33,6 +35,7 @@ use std::time::Duration;
 mod events;
 mod fence;
 mod node;
+mod takeover;
 
 pub use node::NodeClaims;
 
@@ -382,5 +385,7 @@ impl Action {
 mod fence_tests;
 #[cfg(test)]
 mod properties;
+#[cfg(test)]
+mod takeover_tests;
 #[cfg(test)]
 mod tests;

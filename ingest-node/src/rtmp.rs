@@ -484,7 +484,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     self,
                     "NetStream.Publish.BadName",
                     "owned_elsewhere",
-                    format!("{broadcast} is still claimed by node {owner_node}, which is gone; its claim did not move here in time; publish again shortly"),
+                    format!("{broadcast} is still claimed by node {owner_node}: its node went away and its claim did not move here within its grace (it may have come back); publish again shortly"),
                 );
             }
             Decision::OwnedElsewhere {

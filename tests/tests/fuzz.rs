@@ -73,6 +73,34 @@ proptest! {
 }
 
 proptest! {
+    #![proptest_config(bounded(500))]
+    /// Random programs seldom build an owner, a standby and a takeover
+    /// with the right token: these start from the seed that does, with a
+    /// few bytes changed and random steps after it.
+    #[test]
+    fn session_under_mutated_takeovers(
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+        tail in proptest::collection::vec(any::<u8>(), 0..200),
+    ) {
+        let mut data = session_seed("seed-takeover");
+        for (at, byte) in flips {
+            let i = at.index(data.len());
+            data[i] = byte;
+        }
+        data.extend(tail);
+        fuzz::session(&data);
+    }
+}
+
+fn session_seed(name: &str) -> Vec<u8> {
+    corpus("session")
+        .into_iter()
+        .find(|(p, _)| p.ends_with(name))
+        .map(|(_, d)| d)
+        .unwrap_or_else(|| panic!("fuzz/corpus/session/{name}"))
+}
+
+proptest! {
     #![proptest_config(bounded(5000))]
     #[test]
     fn names_under_random_bytes(data in proptest::collection::vec(any::<u8>(), 0..300)) {
@@ -136,6 +164,16 @@ fn write_seeds() {
     std::fs::write(
         root.join("session/seed-lost-retry"),
         [0, 1, 0, 6, 0, 1, 10, 0, 6, 0, 0, 13, 0, 6, 0, 1],
+    )
+    .unwrap();
+    // a claims live/a, b stands by, b asks for a takeover with a's token,
+    // a lets go, b claims it.
+    std::fs::write(
+        root.join("session/seed-takeover"),
+        [
+            0, 0, 0, 6, 0, 1, 6, 0, 1, 6, 0, 1, 128, 0, 0, 6, 0, 1, 132, 0, 0, 3, 0, 6, 0, 1, 6, 0,
+            1, 6, 0, 1,
+        ],
     )
     .unwrap();
     for (name, text) in [

@@ -236,8 +236,10 @@ async fn a_takeover_never_tells_two_nodes_claimed_at_once_and_is_refused_when_st
         "{refused:?}"
     );
 
+    let asked = Instant::now();
     take_over(&b, "live/p", held.fencing_token).await?;
     let reason = a.expect_lost("live/p").await?;
+    let lost = asked.elapsed();
     checker.node_saw(
         "node-a",
         &Msg::Lost(pb::Lost {
@@ -255,6 +257,8 @@ async fn a_takeover_never_tells_two_nodes_claimed_at_once_and_is_refused_when_st
             adopted: false,
         }),
     );
+    let claimed = asked.elapsed();
+    eprintln!("takeover at the claim plane: former owner told lost after {lost:?}, new owner told claimed after {claimed:?}");
     assert!(moved.fencing_token > held.fencing_token);
     assert_eq!(checker.check(), Vec::<String>::new());
     // The former owner, still live, stands by: it claims nothing back.
@@ -280,10 +284,15 @@ async fn a_takeover_never_tells_two_nodes_claimed_at_once_and_is_refused_when_st
     Ok(())
 }
 
-#[tokio::test]
-async fn a_publisher_moving_from_a_dead_node_is_held_not_refused_and_claimed_after_the_grace(
-) -> Result<()> {
-    let mut c = Cluster::start("publishers-failover", &[]).await?;
+/// The owner's node is killed and its encoder republishes at node B (whose
+/// duplicate-publisher policy is `policy`): held there, not refused, and
+/// claimed when the grace ends.
+async fn failover(policy: &str) -> Result<Duration> {
+    let mut c = Cluster::start(
+        &format!("publishers-failover-{policy}"),
+        &["--duplicate-publisher", policy],
+    )
+    .await?;
     let mut first = Publisher::start(&c.a.rtmp_url("live/f"))?;
     c.a.wait_broadcast("live/f", state_is("claimed")).await?;
     c.a.kill();
@@ -304,17 +313,25 @@ async fn a_publisher_moving_from_a_dead_node_is_held_not_refused_and_claimed_aft
     c.b.wait_broadcast("live/f", state_is("claimed")).await?;
     let after = killed.elapsed();
     assert!(moved.alive(), "{}", moved.log_text());
-    assert_eq!(
+    let refused =
         c.b.metric("ingest_publishes_refused_total{reason=\"owned_elsewhere\"}")
             .await
-            .unwrap_or(0.0),
-        0.0
-    );
+            .unwrap_or(0.0);
+    assert_eq!(refused, 0.0, "node B refused a publisher");
     // The default detach grace is 5 s.
     assert!(
         after < Duration::from_secs(6),
         "claimed {after:?} after the kill"
     );
-    eprintln!("failover: claimed at node B {after:?} after node A was killed");
+    eprintln!("failover ({policy}): claimed at node B {after:?} after node A was killed");
+    Ok(after)
+}
+
+#[tokio::test]
+async fn a_publisher_moving_from_a_dead_node_is_held_not_refused_whatever_the_policy() -> Result<()>
+{
+    for policy in ["refuse", "standby", "takeover"] {
+        failover(policy).await?;
+    }
     Ok(())
 }

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 
 use super::backoff;
 use super::fence::Fence;
-use super::{Action, Claim, ClaimOutcome, Limits, Reply, TakeoverOutcome};
+use super::{Action, Claim, ClaimOutcome, Limits, Reply};
 
 #[derive(Debug, Clone, PartialEq)]
-enum State {
+pub(super) enum State {
     /// A claim attempt is in flight.
     Claiming,
     Held(Claim),
@@ -28,7 +28,7 @@ enum State {
 /// The live tracks of one broadcast: a few names, so a plain vector (a
 /// B-tree set costs a 300-byte node for one track).
 #[derive(Debug, Default)]
-struct Tracks(Vec<String>);
+pub(super) struct Tracks(Vec<String>);
 
 impl Tracks {
     fn contains(&self, track: &str) -> bool {
@@ -48,7 +48,7 @@ impl Tracks {
     fn len(&self) -> usize {
         self.0.len()
     }
-    fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
     fn clear(&mut self) {
@@ -57,21 +57,21 @@ impl Tracks {
 }
 
 #[derive(Debug)]
-struct Entry {
-    tracks: Tracks,
-    state: State,
+pub(super) struct Entry {
+    pub(super) tracks: Tracks,
+    pub(super) state: State,
     /// Consecutive failed attempts, for backoff.
     failures: u32,
     /// The node was told `claimed` for the current claim.
-    announced: bool,
+    pub(super) announced: bool,
     /// Fencing token of the owner the node was last told of in `conflict`.
-    told_owner: Option<i64>,
+    pub(super) told_owner: Option<i64>,
     /// This node's claim was taken over: it stands by behind the taker and
     /// does not claim again while these tracks live.
-    yielded: bool,
+    pub(super) yielded: bool,
     /// Another node asked for the claim this entry stands by for: when it
     /// is released, let the taker claim first.
-    deferred: bool,
+    pub(super) deferred: bool,
 }
 
 /// How long a standby behind a takeover waits, once the claim is released,
@@ -92,8 +92,8 @@ pub(super) enum Mode {
 /// The claims of one node's session.
 #[derive(Debug)]
 pub struct NodeClaims {
-    broadcasts: BTreeMap<String, Entry>,
-    limits: Limits,
+    pub(super) broadcasts: BTreeMap<String, Entry>,
+    pub(super) limits: Limits,
     pub(super) mode: Mode,
     pub(super) fence: Fence,
     next_timer: u64,
@@ -258,7 +258,7 @@ impl NodeClaims {
         Self::tell_in(self.mode, reply, out)
     }
 
-    fn tell_in(mode: Mode, reply: Reply, out: &mut Vec<Action>) {
+    pub(super) fn tell_in(mode: Mode, reply: Reply, out: &mut Vec<Action>) {
         if matches!(mode, Mode::Attached | Mode::Closing) {
             out.push(Action::Send(reply));
         }
@@ -523,123 +523,6 @@ impl NodeClaims {
             out.push(Action::claim(broadcast));
         } else {
             self.broadcasts.remove(&broadcast);
-        }
-    }
-
-    /// The node asks for the claim of `broadcast` from the owner with
-    /// `fencing_token`: asked of the owner's replica if the node has it live
-    /// and stands by behind exactly that owner; refused otherwise.
-    pub(super) fn takeover_asked(
-        &mut self,
-        broadcast: String,
-        fencing_token: i64,
-        out: &mut Vec<Action>,
-    ) {
-        if self.mode != Mode::Attached {
-            return;
-        }
-        let refusal = match self.broadcasts.get(&broadcast) {
-            _ if !self.limits.takeover => Some(
-                "takeover is turned off on this claim service (--takeover deny)".to_string(),
-            ),
-            None => Some(format!("{broadcast} is not live on this node; publish it first")),
-            Some(e) if e.tracks.is_empty() => {
-                Some(format!("{broadcast} is not live on this node; publish it first"))
-            }
-            Some(Entry {
-                state: State::Held(_),
-                ..
-            }) => Some(format!("this node already owns {broadcast}")),
-            Some(Entry {
-                state: State::Standby { .. },
-                told_owner,
-                ..
-            }) if *told_owner != Some(fencing_token) => Some(format!(
-                "the owner of {broadcast} is no longer the one with fencing token {fencing_token}; ask again for the owner told in the last conflict"
-            )),
-            Some(Entry {
-                state: State::Standby { .. },
-                ..
-            }) if self.fence.lease.is_none() => Some(
-                "this session's node record is being written again; ask again shortly".into(),
-            ),
-            Some(Entry {
-                state: State::Standby { .. },
-                ..
-            }) => None,
-            Some(_) => Some(format!(
-                "{broadcast} is being claimed, retried or released here; ask again after its conflict"
-            )),
-        };
-        match refusal {
-            Some(reason) => self.tell(Reply::TakeoverRefused { broadcast, reason }, out),
-            None => out.push(Action::RequestTakeover {
-                broadcast,
-                fencing_token,
-                guard_lease: self.fence.lease.unwrap_or_default(),
-            }),
-        }
-    }
-
-    /// The store answered a takeover request: written (the claim comes
-    /// when the owner lets it go), or not, and then this standby asks for
-    /// the claim again, which says who owns it now.
-    pub(super) fn takeover_answered(
-        &mut self,
-        broadcast: String,
-        outcome: TakeoverOutcome,
-        out: &mut Vec<Action>,
-    ) {
-        let Some(entry) = self.broadcasts.get_mut(&broadcast) else {
-            return;
-        };
-        if !matches!(entry.state, State::Standby { .. }) || entry.tracks.is_empty() {
-            return;
-        }
-        let reason = match outcome {
-            TakeoverOutcome::Requested => return,
-            TakeoverOutcome::Changed => None,
-            TakeoverOutcome::Unavailable { reason } => Some(reason),
-        };
-        entry.state = State::Claiming;
-        // Whoever owns it now is told anew, so the node may ask again.
-        entry.told_owner = None;
-        out.push(Action::claim(broadcast.clone()));
-        if let Some(reason) = reason {
-            let reason = format!("takeover not requested: {reason}");
-            self.tell(Reply::TakeoverRefused { broadcast, reason }, out);
-        }
-    }
-
-    /// The view saw node `by` ask for the claim with `fencing_token`. The
-    /// owner (this session, if it holds exactly that claim) tells its node
-    /// and lets the claim go, then stands by; another standby lets the
-    /// taker claim first.
-    pub(super) fn taken_over(
-        &mut self,
-        broadcast: String,
-        fencing_token: i64,
-        by: String,
-        by_this_node: bool,
-        out: &mut Vec<Action>,
-    ) {
-        if by_this_node {
-            return;
-        }
-        let mode = self.mode;
-        let Some(entry) = self.broadcasts.get_mut(&broadcast) else {
-            return;
-        };
-        match &entry.state {
-            State::Held(claim) if claim.fencing_token == fencing_token => {
-                out.push(Action::release(broadcast.clone(), claim));
-                entry.state = State::Releasing;
-                entry.announced = false;
-                entry.yielded = true;
-                Self::tell_in(mode, Reply::TakenOver { broadcast, by }, out);
-            }
-            State::Standby { .. } => entry.deferred = true,
-            _ => {}
         }
     }
 

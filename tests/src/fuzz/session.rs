@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use claim_service::claims::{Action, Claim, ClaimOutcome, Event, Limits, NodeClaims, Reply};
+use claim_service::claims::{
+    Action, Claim, ClaimOutcome, Event, Limits, NodeClaims, Reply, TakeoverOutcome,
+};
 use claim_service::intake::{admit, Intake};
 use claims_proto::v1 as pb;
 use pb::node_message::Msg as NodeMsg;
@@ -61,6 +63,8 @@ enum Pending {
     Revoke(String, i64),
     /// The node record's write (replacing this lost lease).
     Record(Option<i64>),
+    /// A takeover request: the broadcast, the owner's token, the guard.
+    Takeover(String, i64, i64),
 }
 
 /// A node's record in the model of etcd: who wrote it, on which lease.
@@ -94,6 +98,9 @@ struct World {
     pending: Vec<(usize, Pending)>,
     revision: i64,
     next_lease: i64,
+    /// Owners told their claim was taken over: they release it with its
+    /// tracks still live.
+    yielding: BTreeSet<(usize, String)>,
 }
 
 impl World {
@@ -142,9 +149,12 @@ impl World {
                 ..
             } => {
                 // Released only when its owner closed it (last track,
-                // goodbye, or the detach grace ran out).
+                // goodbye, or the detach grace ran out), or was told it
+                // was taken over.
+                let yielded = self.yielding.remove(&(n, broadcast.clone()));
+                let node = &self.nodes[n];
                 assert!(
-                    !node.wants(&broadcast),
+                    yielded || !node.wants(&broadcast),
                     "{} revokes {broadcast} while its tracks {:?} are live",
                     node.id,
                     node.live.get(&broadcast)
@@ -165,6 +175,20 @@ impl World {
             } => {
                 self.nodes[n].timers.insert(broadcast, timer);
             }
+            Action::RequestTakeover {
+                broadcast,
+                fencing_token,
+                guard_lease,
+            } => {
+                assert!(
+                    node.wants(&broadcast),
+                    "{} asked to take {broadcast} over without a live track of it",
+                    node.id
+                );
+                assert_eq!(node.core.record_lease(), Some(guard_lease));
+                self.pending
+                    .push((n, Pending::Takeover(broadcast, fencing_token, guard_lease)));
+            }
             Action::ReleaseStale { .. }
             | Action::KeepAlive { .. }
             | Action::Forget { .. }
@@ -172,7 +196,6 @@ impl World {
             | Action::FindEarlierClaims
             | Action::StartGrace
             | Action::MarkDetached { .. }
-            | Action::RequestTakeover { .. }
             | Action::Send(_)
             | Action::Finished => {}
         }
@@ -312,6 +335,46 @@ impl World {
                 };
                 self.apply(n, Event::ClaimAnswered { broadcast, outcome });
             }
+            Pending::Takeover(broadcast, token, guard) => {
+                let owner = self.store.get(&broadcast).cloned();
+                let fenced = self.records.get(&n).is_some_and(|r| r.lease == guard);
+                let outcome = match owner.filter(|h| h.token == token) {
+                    _ if unavailable => TakeoverOutcome::Unavailable {
+                        reason: "etcd unreachable".into(),
+                    },
+                    Some(owner) if fenced => {
+                        // Written: every session's view sees the request.
+                        self.revision += 1;
+                        self.apply(
+                            n,
+                            Event::TakeoverAnswered {
+                                broadcast: broadcast.clone(),
+                                outcome: TakeoverOutcome::Requested,
+                            },
+                        );
+                        for other in 0..self.nodes.len() {
+                            if other == owner.node
+                                && self.nodes[other]
+                                    .core
+                                    .held()
+                                    .any(|(b, c)| b == broadcast && c.fencing_token == token)
+                            {
+                                self.yielding.insert((other, broadcast.clone()));
+                            }
+                            let seen = Event::TakenOver {
+                                broadcast: broadcast.clone(),
+                                fencing_token: token,
+                                by: self.nodes[n].id.clone(),
+                                by_this_node: other == n,
+                            };
+                            self.apply(other, seen);
+                        }
+                        return;
+                    }
+                    _ => TakeoverOutcome::Changed,
+                };
+                self.apply(n, Event::TakeoverAnswered { broadcast, outcome });
+            }
             Pending::Revoke(broadcast, lease) => {
                 if unavailable {
                     // The shell retries a revoke until it lands.
@@ -391,7 +454,8 @@ impl World {
                         node.live.clear();
                         node.gone = true;
                     }
-                    _ => unreachable!("intake yields only created, closed, goodbye"),
+                    Event::TakeoverAsked { .. } => {}
+                    _ => unreachable!("intake yields only created, closed, goodbye, takeover"),
                 }
                 self.apply(n, event);
             }
@@ -471,6 +535,7 @@ pub fn session(data: &[u8]) {
         pending: Vec::new(),
         revision: 1,
         next_lease: 100,
+        yielding: BTreeSet::new(),
     };
     for n in 0..world.nodes.len() {
         world.apply(n, Event::Began);
@@ -496,6 +561,12 @@ pub fn session(data: &[u8]) {
                         0 => Some(NodeMsg::Goodbye(pb::Goodbye {})),
                         1 => Some(NodeMsg::Hello(pb::Hello::default())),
                         2 => None,
+                        3 | 4 => Some(NodeMsg::Takeover(pb::Takeover {
+                            // The owner's token, or a stale one.
+                            fencing_token: world.store.get(b).map_or(1, |h| h.token)
+                                - i64::from(input.byte() % 2),
+                            broadcast: track.broadcast,
+                        })),
                         _ => Some(NodeMsg::Created(track)),
                     },
                 };
