@@ -176,6 +176,11 @@ pub enum Event {
         broadcast: String,
         outcome: TakeoverOutcome,
     },
+    /// The view saw another node's session break (its record marked
+    /// detached, or gone): standbys behind it are told so.
+    OwnerGone {
+        node_id: String,
+    },
     /// The view saw a node, `by` (this session's own node when
     /// `by_this_node`), ask for the claim with this fencing token.
     TakenOver {

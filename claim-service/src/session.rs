@@ -316,11 +316,23 @@ impl Session {
                 session_id,
                 draining,
                 revision,
+                ..
             }) if *node_id == *self.holder.node_id => Event::NodeSeen {
                 session_id: session_id.to_string(),
                 draining,
                 revision,
             },
+            Ok(ViewEvent::Node {
+                node_id,
+                detached: true,
+                ..
+            })
+            | Ok(ViewEvent::NodeGone { node_id }) => {
+                if *node_id == *self.holder.node_id {
+                    return;
+                }
+                Event::OwnerGone { node_id }
+            }
             Ok(ViewEvent::Node { .. }) | Err(broadcast::error::RecvError::Closed) => return,
             Err(broadcast::error::RecvError::Lagged(_)) => Event::ViewLagged,
         };

@@ -72,12 +72,18 @@ pub enum ViewEvent {
         reason: String,
         taken_by: Option<String>,
     },
-    /// A node's record was written (attached, or marked draining).
+    /// A node's record was written (attached, marked draining, or marked
+    /// detached).
     Node {
         node_id: String,
         session_id: String,
         draining: bool,
+        detached: bool,
         revision: i64,
+    },
+    /// A node's record is gone (its session ended, or its lease expired).
+    NodeGone {
+        node_id: String,
     },
 }
 
@@ -417,6 +423,7 @@ impl View {
                         node_id: node_id.clone(),
                         session_id: record.session_id.clone(),
                         draining: record.draining,
+                        detached: record.grace_ends_unix_ms != 0,
                         revision: rev,
                     });
                     state.nodes.insert(node_id, record);
@@ -430,6 +437,9 @@ impl View {
                     });
                 }
                 Change::NodeGone { node_id } => {
+                    let _ = self.events.send(ViewEvent::NodeGone {
+                        node_id: node_id.clone(),
+                    });
                     state.nodes.remove(&node_id);
                 }
             }

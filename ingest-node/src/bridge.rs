@@ -214,12 +214,13 @@ impl Bridge {
     /// owns it, as long as [`Hold`] says (standing by behind an owner that
     /// may leave; past a gone owner's grace). Then the last answer.
     pub async fn decide(&self, broadcast: &str, seq: u64, hold: Hold) -> Decision {
-        let started = tokio::time::Instant::now();
+        let started = std::time::Instant::now();
         let mut rx = self.view.subscribe();
         let mut held: Option<Decision> = None;
         loop {
-            let limit = hold.limit(held.as_ref(), unix_ms());
-            let deadline = started + limit;
+            let now = std::time::Instant::now();
+            let deadline = hold.deadline(held.as_ref(), started, now, unix_ms());
+            let deadline = tokio::time::Instant::from_std(deadline);
             let next = tokio::time::timeout_at(
                 deadline,
                 rx.wait_for(|v| {
@@ -237,7 +238,7 @@ impl Bridge {
                 Some(d) => return d,
                 None => {
                     return held.unwrap_or(Decision::Unavailable {
-                        reason: format!("no claim answer within {limit:?}"),
+                        reason: format!("no claim answer within {:?}", started.elapsed()),
                     })
                 }
             }

@@ -335,3 +335,30 @@ async fn a_publisher_moving_from_a_dead_node_is_held_not_refused_whatever_the_po
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_standby_behind_an_owner_that_dies_is_held_past_the_claim_wait_until_the_grace_ends(
+) -> Result<()> {
+    let mut c = Cluster::start(
+        "publishers-standby-owner-dies",
+        &["--duplicate-publisher", "standby", "--claim-wait", "2s"],
+    )
+    .await?;
+    let mut first = Publisher::start(&c.a.rtmp_url("live/d"))?;
+    c.a.wait_broadcast("live/d", state_is("claimed")).await?;
+    let mut standby = Publisher::start(&c.b.rtmp_url("live/d"))?;
+    c.b.wait_broadcast("live/d", state_is("standby")).await?;
+    c.a.kill();
+    let killed = Instant::now();
+    first.kill();
+    c.b.wait_broadcast("live/d", |e| {
+        e["claim"]["state"] == "standby" && e["claim"]["owner_detached"] == true
+    })
+    .await?;
+    c.b.wait_broadcast("live/d", state_is("claimed")).await?;
+    let after = killed.elapsed();
+    assert!(standby.alive(), "{}", standby.log_text());
+    // Held past its 2 s claim wait, until the owner's 5 s grace ended.
+    assert!(after > Duration::from_secs(2), "{after:?}");
+    Ok(())
+}

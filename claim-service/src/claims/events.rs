@@ -76,6 +76,7 @@ impl NodeClaims {
                 reason,
             } => self.forced(broadcast, fencing_token, reason, &mut out),
             Event::ViewLagged => self.view_lagged(&mut out),
+            Event::OwnerGone { node_id } => self.owner_gone(&node_id, &mut out),
             Event::TakeoverAsked {
                 broadcast,
                 fencing_token,

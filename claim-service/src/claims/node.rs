@@ -64,8 +64,8 @@ pub(super) struct Entry {
     failures: u32,
     /// The node was told `claimed` for the current claim.
     pub(super) announced: bool,
-    /// Fencing token of the owner the node was last told of in `conflict`.
-    pub(super) told_owner: Option<i64>,
+    /// The owner the node was last told of in `conflict`.
+    pub(super) told_owner: Option<Claim>,
     /// This node's claim was taken over: it stands by behind the taker and
     /// does not claim again while these tracks live.
     pub(super) yielded: bool,
@@ -420,8 +420,9 @@ impl NodeClaims {
                     entry.state = State::Standby { revision };
                     // A standby that tried again and met the same owner has
                     // nothing new to tell.
-                    if entry.told_owner != Some(owner.fencing_token) {
-                        entry.told_owner = Some(owner.fencing_token);
+                    let told = entry.told_owner.as_ref().map(|o| o.fencing_token);
+                    if told != Some(owner.fencing_token) {
+                        entry.told_owner = Some(owner.clone());
                         Self::tell_in(mode, Reply::Conflict { broadcast, owner }, out);
                     }
                 } else {
@@ -523,6 +524,23 @@ impl NodeClaims {
             out.push(Action::claim(broadcast));
         } else {
             self.broadcasts.remove(&broadcast);
+        }
+    }
+
+    /// The node `node_id` is gone (its session broke, or its record
+    /// expired): every standby behind it is told its owner again, which the
+    /// shell marks detached, so that the node holds its publisher until the
+    /// claim moves instead of refusing it.
+    pub(super) fn owner_gone(&mut self, node_id: &str, out: &mut Vec<Action>) {
+        let behind: Vec<(String, Claim)> = self
+            .broadcasts
+            .iter()
+            .filter(|(_, e)| matches!(e.state, State::Standby { .. }))
+            .filter_map(|(b, e)| e.told_owner.clone().map(|o| (b.clone(), o)))
+            .filter(|(_, o)| &*o.node_id == node_id)
+            .collect();
+        for (broadcast, owner) in behind {
+            self.tell(Reply::Conflict { broadcast, owner }, out);
         }
     }
 

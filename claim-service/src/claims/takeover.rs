@@ -45,7 +45,7 @@ impl NodeClaims {
                 state: State::Standby { .. },
                 told_owner,
                 ..
-            }) if *told_owner != Some(fencing_token) => Some(format!(
+            }) if told_owner.as_ref().map(|o| o.fencing_token) != Some(fencing_token) => Some(format!(
                 "the owner of {broadcast} is no longer the one with fencing token {fencing_token}; ask again for the owner told in the last conflict"
             )),
             Some(Entry {

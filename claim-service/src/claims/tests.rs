@@ -519,3 +519,29 @@ fn answer_for_an_unknown_broadcast_never_leaks_its_lease() {
         }]
     );
 }
+
+#[test]
+fn standbys_behind_a_node_that_is_gone_are_told_their_owner_again() {
+    let mut core = fenced(Limits::default());
+    core.handle(created("s", "video"));
+    let owner = claim("s", 5, 5);
+    core.handle(Event::ClaimAnswered {
+        broadcast: "s".into(),
+        outcome: ClaimOutcome::Conflict {
+            owner: owner.clone(),
+            revision: 6,
+        },
+    });
+    // Another node going away changes nothing here.
+    let gone = |node_id: &str| Event::OwnerGone {
+        node_id: node_id.into(),
+    };
+    assert_eq!(core.handle(gone("elsewhere")), vec![]);
+    assert_eq!(
+        core.handle(gone(&owner.node_id)),
+        vec![Action::Send(Reply::Conflict {
+            broadcast: "s".into(),
+            owner,
+        })]
+    );
+}

@@ -12,7 +12,7 @@
 //! never of an owner that is gone (its claim moves by itself).
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use claims_proto::v1 as pb;
 use pb::node_message::Msg as NodeMsg;
@@ -262,9 +262,17 @@ impl Hold {
         }
     }
 
-    /// How long after it began a publish may wait, holding behind `held`
-    /// (if anything), at `now_unix_ms`.
-    pub fn limit(&self, held: Option<&Decision>, now_unix_ms: i64) -> Duration {
+    /// Until when a publish that began at `started` may wait, holding
+    /// behind `held` (if anything), seen at `now` (`now_unix_ms` on the
+    /// wall clock claims carry times on).
+    pub fn deadline(
+        &self,
+        held: Option<&Decision>,
+        started: Instant,
+        now: Instant,
+        now_unix_ms: i64,
+    ) -> Instant {
+        let waited = started + self.claim_wait;
         match held {
             Some(Decision::OwnedElsewhere {
                 owner_detached: true,
@@ -276,9 +284,9 @@ impl Hold {
                 } else {
                     Self::UNKNOWN_GRACE
                 };
-                self.claim_wait.max(grace + Self::SETTLE)
+                waited.max(now + grace + Self::SETTLE)
             }
-            _ => self.claim_wait,
+            _ => waited,
         }
     }
 }

@@ -306,7 +306,7 @@ fn a_publish_is_held_behind_an_owner_only_as_the_policy_or_a_gone_owner_says() {
         owner_detached: false,
         grace_ends_unix_ms: 0,
     };
-    let wait = Duration::from_secs(5);
+    let wait = Duration::from_secs(10);
     let hold = |duplicates| Hold {
         duplicates,
         claim_wait: wait,
@@ -323,17 +323,23 @@ fn a_publish_is_held_behind_an_owner_only_as_the_policy_or_a_gone_owner_says() {
         assert!(!hold(policy).holds(&Decision::Claimed { fencing_token: 1 }));
     }
     let hold = hold(DuplicatePolicy::Refuse);
-    assert_eq!(hold.limit(None, 1_000), wait);
-    assert_eq!(hold.limit(Some(&there), 1_000), wait);
-    // Past a gone owner's grace, even beyond the claim wait.
+    let started = std::time::Instant::now();
+    // Seen 3 s after the publish began, at 1,000 ms on the wall clock.
+    let now = started + Duration::from_secs(3);
+    let deadline = |held: Option<&Decision>| hold.deadline(held, started, now, 1_000);
+    assert_eq!(deadline(None), started + wait);
+    assert_eq!(deadline(Some(&there)), started + wait);
+    // Past a gone owner's grace (counted from now), even beyond the claim
+    // wait (counted from the start).
     assert_eq!(
-        hold.limit(Some(&gone_owner(1_000 + 9_000)), 1_000),
-        Duration::from_secs(9) + Hold::SETTLE
+        deadline(Some(&gone_owner(1_000 + 9_000))),
+        now + Duration::from_secs(9) + Hold::SETTLE
     );
-    assert_eq!(hold.limit(Some(&gone_owner(1_500)), 1_000), wait);
+    // A grace about to end: the claim wait still governs.
+    assert_eq!(deadline(Some(&gone_owner(1_500))), started + wait);
     assert_eq!(
-        hold.limit(Some(&gone_owner(0)), 1_000),
-        Hold::UNKNOWN_GRACE + Hold::SETTLE
+        deadline(Some(&gone_owner(0))),
+        now + Hold::UNKNOWN_GRACE + Hold::SETTLE
     );
 }
 
