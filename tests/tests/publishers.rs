@@ -362,3 +362,28 @@ async fn a_standby_behind_an_owner_that_dies_is_held_past_the_claim_wait_until_t
     assert!(after > Duration::from_secs(2), "{after:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_node_that_cannot_claim_tells_each_encoder_why() -> Result<()> {
+    let services = vec![format!("http://127.0.0.1:{}", free_port())];
+    let strict =
+        IngestNode::start("node-s", &services, &["--on-claim-unavailable", "refuse"]).await?;
+    let url = strict.rtmp_url("live/u");
+    let mut rtmp2 = gstreamer("rtmp2sink", &url)?;
+    rtmp2.wait_exit().await?;
+    let said = rtmp2.log_text();
+    assert!(said.contains("NetStream.Publish.Denied"), "{said}");
+    assert!(said.contains("cannot be claimed now"), "{said}");
+    let mut librtmp = gstreamer("rtmpsink", &url)?;
+    let status = librtmp.wait_exit().await?;
+    assert_eq!(status.code(), Some(1), "{status:?}: {}", librtmp.log_text());
+    // A bad name, before any claim is asked for.
+    let mut ffmpeg = Publisher::start(&strict.rtmp_url("live/../x"))?;
+    assert!(!ffmpeg.wait_exit().await?.success());
+    let said = ffmpeg.log_text();
+    assert!(
+        said.contains(r#"Server error: broadcast name "live/../x" has a ".." segment"#),
+        "{said}"
+    );
+    Ok(())
+}
