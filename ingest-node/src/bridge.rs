@@ -176,6 +176,7 @@ pub struct BridgeConfig {
 
 pub struct Bridge {
     view: watch::Sender<BridgeView>,
+    node_id: String,
 }
 
 enum SessionEnd {
@@ -192,9 +193,17 @@ impl Bridge {
         shutdown: CancellationToken,
     ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
         let (view, _) = watch::channel(BridgeView::default());
-        let bridge = Arc::new(Self { view });
+        let bridge = Arc::new(Self {
+            view,
+            node_id: config.node_id.clone(),
+        });
         let task = tokio::spawn(bridge.clone().run(config, registry, shutdown));
         (bridge, task)
+    }
+
+    /// The node this bridge attaches as.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
     }
 
     pub fn view(&self) -> BridgeView {

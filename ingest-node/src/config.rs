@@ -6,6 +6,7 @@ use std::time::Duration;
 use claims_proto::listen::Limits;
 
 use crate::bridge::{ClaimServices, DuplicatePolicy};
+use crate::hooks::Kind as HookKind;
 use clap::{Parser, ValueEnum};
 
 use crate::rtmp::UnavailablePolicy;
@@ -104,6 +105,51 @@ pub struct Config {
     /// Longest a publish waits for its claim answer.
     #[arg(long, env = "INGEST_CLAIM_WAIT", default_value = "5s", value_parser = duration)]
     pub claim_wait: Duration,
+
+    /// Claim for a media server already in place instead of ingesting RTMP
+    /// here: serve its publish/play hooks (on --hooks-listen, at
+    /// /nginx-rtmp, /srs, /mediamtx or /ome) and turn our RTMP listener
+    /// off. --advertise-rtmp is then the media server's.
+    #[arg(long, env = "INGEST_MEDIA_SERVER", value_enum, help_heading = "Media-server hooks")]
+    pub media_server: Option<HookKind>,
+
+    /// Where the media server's hooks are served.
+    #[arg(
+        long,
+        env = "INGEST_HOOKS_LISTEN",
+        default_value = "127.0.0.1:8090",
+        help_heading = "Media-server hooks"
+    )]
+    pub hooks_listen: SocketAddr,
+
+    /// Where the media server lists its live streams (nginx-rtmp's
+    /// `rtmp_stat` page, SRS's /api/v1/streams, MediaMTX's
+    /// /v3/paths/list): read at start, so that a restarted sidecar adopts
+    /// what is still published, and every --media-server-api-interval, so
+    /// that a missed hook converges to the truth.
+    #[arg(long, env = "INGEST_MEDIA_SERVER_API", help_heading = "Media-server hooks")]
+    pub media_server_api: Option<String>,
+
+    #[arg(
+        long,
+        env = "INGEST_MEDIA_SERVER_API_INTERVAL",
+        default_value = "10s",
+        value_parser = duration,
+        help_heading = "Media-server hooks"
+    )]
+    pub media_server_api_interval: Duration,
+
+    /// A publisher the media server sends no update for this long is gone
+    /// (nginx-rtmp: set it above `notify_update_timeout`; [default: 35s for
+    /// nginx-rtmp, off for servers without an update hook]).
+    #[arg(long, env = "INGEST_HOOKS_UPDATE_TIMEOUT", value_parser = duration, help_heading = "Media-server hooks")]
+    pub hooks_update_timeout: Option<Duration>,
+
+    /// File holding OvenMediaEngine's AdmissionWebhooks secret key: every
+    /// request must carry its HMAC-SHA1 in X-OME-Signature (required with
+    /// --media-server ome).
+    #[arg(long, env = "INGEST_OME_SECRET_FILE", help_heading = "Media-server hooks")]
+    pub ome_secret_file: Option<std::path::PathBuf>,
 
     /// An RTMP connection that completes no message for this long is closed
     /// (its tracks end), and so is a publish that sends no media for this
@@ -255,6 +301,14 @@ impl Config {
                 self.claim_service
             ));
         }
+        if self.media_server == Some(HookKind::Ome) && self.ome_secret_file.is_none() {
+            return Err("--media-server ome needs --ome-secret-file (INGEST_OME_SECRET_FILE): the AdmissionWebhooks secret key every request is signed with".into());
+        }
+        if let Some(api) = &self.media_server_api {
+            if !(api.starts_with("http://") || api.starts_with("https://")) {
+                return Err(format!("--media-server-api {api:?} must be an http:// URL"));
+            }
+        }
         if self.rtmp_listen == self.http_listen {
             return Err(format!(
                 "--rtmp-listen and --http-listen are both {}",
@@ -344,5 +398,18 @@ mod tests {
         }
         let bad = Config::try_parse_from(["ingest-node", "--node-id", "Bad_Id"]).unwrap();
         assert!(bad.validate().unwrap_err().contains("node id"));
+    }
+}
+
+impl Config {
+    /// How long a publisher may go without an update from the media
+    /// server: as set, or 35 s for nginx-rtmp (its `notify_update_timeout`
+    /// defaults to 30 s), none for the others.
+    pub fn update_timeout(&self) -> Option<Duration> {
+        match (self.hooks_update_timeout, self.media_server) {
+            (Some(t), _) => Some(t),
+            (None, Some(HookKind::NginxRtmp)) => Some(Duration::from_secs(35)),
+            _ => None,
+        }
     }
 }

@@ -11,7 +11,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -21,17 +20,14 @@ use axum::routing::get;
 use axum::Router;
 use claims_proto::v1 as pb;
 use futures::StreamExt;
-use pb::ownership_client::OwnershipClient;
 use serde::Serialize;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 use crate::bridge::{Bridge, ClaimServices, ClaimState};
+use crate::lookup::OwnerLookup;
 use crate::media::Hub;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-
-const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct HttpState {
     pub node_id: String,
@@ -41,7 +37,7 @@ pub struct HttpState {
     pub registry: Registry,
     pub bridge: Arc<Bridge>,
     pub metrics: Arc<Metrics>,
-    lookup: tokio::sync::Mutex<Option<Channel>>,
+    lookup: OwnerLookup,
 }
 
 impl HttpState {
@@ -57,12 +53,12 @@ impl HttpState {
         Self {
             node_id,
             advertise_http,
+            lookup: OwnerLookup::new(claim_services.clone()),
             claim_services,
             hub,
             registry,
             bridge,
             metrics,
-            lookup: tokio::sync::Mutex::new(None),
         }
     }
 }
@@ -207,36 +203,6 @@ fn play_local(s: &Arc<HttpState>, rx: tokio::sync::mpsc::Receiver<bytes::Bytes>)
         .unwrap_or_else(|e| text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
-async fn owner_of(s: &HttpState, broadcast: &str) -> Result<Option<pb::Claim>, String> {
-    let mut cached = s.lookup.lock().await;
-    let channel = match cached.as_ref() {
-        Some(c) => c.clone(),
-        None => {
-            let c = s.claim_services.query_channel().await?;
-            *cached = Some(c.clone());
-            c
-        }
-    };
-    drop(cached);
-    let mut client = OwnershipClient::new(channel);
-    let request = pb::GetOwnerRequest {
-        broadcast: broadcast.to_string(),
-        consistent: true,
-    };
-    match tokio::time::timeout(LOOKUP_TIMEOUT, client.get_owner(request)).await {
-        Ok(Ok(claim)) => Ok(Some(claim.into_inner())),
-        Ok(Err(status)) if status.code() == tonic::Code::NotFound => Ok(None),
-        Ok(Err(status)) => {
-            *s.lookup.lock().await = None;
-            Err(status.message().to_string())
-        }
-        Err(_) => {
-            *s.lookup.lock().await = None;
-            Err(format!("no answer within {LOOKUP_TIMEOUT:?}"))
-        }
-    }
-}
-
 /// The owner's node is gone and its claim not yet moved: a redirect there
 /// would end in a refused connection, so the viewer is told to come back
 /// when the grace ends (`503` with `Retry-After`), by which time the
@@ -267,7 +233,7 @@ fn owner_gone(broadcast: &str, owner: &pb::Claim) -> Response {
 }
 
 async fn redirect(s: &Arc<HttpState>, broadcast: &str, uri: &axum::http::Uri) -> Response {
-    let owner = match owner_of(s, broadcast).await {
+    let owner = match s.lookup.owner(broadcast).await {
         Ok(Some(owner)) => owner,
         Ok(None) => {
             return text(

@@ -13,7 +13,9 @@
 pub mod bridge;
 pub mod config;
 pub mod flv;
+pub mod hooks;
 pub mod http;
+pub mod lookup;
 pub mod media;
 pub mod metrics;
 pub mod node;

@@ -1,5 +1,6 @@
-//! Assembles an ingest node: registry, claim bridge, RTMP ingest and HTTP,
-//! and shuts them down in order.
+//! Assembles an ingest node: registry, claim bridge, a front end (our RTMP
+//! ingest, or a media server's hooks) and HTTP, and shuts them down in
+//! order.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,7 +10,9 @@ use claims_proto::listen::{self, Gate};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::bridge::{Bridge, BridgeConfig};
+use crate::bridge::{Bridge, BridgeConfig, Hold};
+use crate::hooks::{self, publishers::Publishers, Kind, Sidecar};
+use crate::lookup::OwnerLookup;
 use crate::config::Config;
 use crate::http::{router, HttpState};
 use crate::media::Hub;
@@ -17,15 +20,34 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::rtmp::{self, Ingest};
 
+/// Where publishers come in: our RTMP listener, or a media server's hooks.
+enum Front {
+    Rtmp(TcpListener),
+    Hooks(Kind, TcpListener),
+}
+
 /// How long open HTTP requests may go on once the node stops.
 const HTTP_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the node until `shutdown` resolves: then RTMP stops (its tracks
 /// close), the bridge says goodbye (claims released at once), HTTP stops.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), String> {
-    let rtmp_listener = TcpListener::bind(config.rtmp_listen)
-        .await
-        .map_err(|e| format!("cannot listen for RTMP on {}: {e}", config.rtmp_listen))?;
+    let front = match config.media_server {
+        None => Front::Rtmp(
+            TcpListener::bind(config.rtmp_listen)
+                .await
+                .map_err(|e| format!("cannot listen for RTMP on {}: {e}", config.rtmp_listen))?,
+        ),
+        Some(kind) => Front::Hooks(
+            kind,
+            TcpListener::bind(config.hooks_listen).await.map_err(|e| {
+                format!(
+                    "cannot listen for media-server hooks on {}: {e}",
+                    config.hooks_listen
+                )
+            })?,
+        ),
+    };
     let http_listener = TcpListener::bind(config.http_listen)
         .await
         .map_err(|e| format!("cannot listen for HTTP on {}: {e}", config.http_listen))?;
@@ -35,6 +57,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let registry = Registry::new();
     let hub = Hub::default();
     let metrics = Arc::new(Metrics::new());
+    // A sidecar that restarted finds what its media server still publishes
+    // before its claim session starts, so the claims are adopted.
+    let restored = match (&front, &config.media_server_api) {
+        (Front::Hooks(kind, _), Some(api)) => match hooks::read_listing(*kind, api).await {
+            Ok(listed) => hooks::restore(&registry, &listed, &metrics),
+            Err(e) => {
+                tracing::warn!(%api, error = %e, "cannot read the media server's publishers at start; its hooks will tell");
+                Publishers::default()
+            }
+        },
+        _ => Publishers::default(),
+    };
     let bridge_stop = CancellationToken::new();
     let (bridge, bridge_task) = Bridge::start(
         BridgeConfig {
@@ -64,26 +98,69 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         "ingest node starting"
     );
 
-    let rtmp_stop = CancellationToken::new();
-    let ingest = Arc::new(Ingest {
-        registry: registry.clone(),
-        hub: hub.clone(),
-        bridge: bridge.clone(),
-        metrics: metrics.clone(),
-        on_unavailable: config.on_claim_unavailable,
-        claim_wait: config.claim_wait,
-        duplicates: config.duplicate_publisher,
-        idle_timeout: config.idle_timeout,
-        max_message: config.max_rtmp_message,
-        advertise_http: advertise_http.clone(),
-    });
+    let front_stop = CancellationToken::new();
     let (rtmp_limits, http_limits) = config.listen_limits();
-    let rtmp_task = tokio::spawn(rtmp::serve(
-        rtmp_listener,
-        Gate::new("rtmp", rtmp_limits),
-        ingest,
-        rtmp_stop.clone(),
-    ));
+    let hold = Hold {
+        duplicates: config.duplicate_publisher,
+        claim_wait: config.claim_wait,
+    };
+    let front_task = match front {
+        Front::Rtmp(listener) => {
+            let ingest = Arc::new(Ingest {
+                registry: registry.clone(),
+                hub: hub.clone(),
+                bridge: bridge.clone(),
+                metrics: metrics.clone(),
+                on_unavailable: config.on_claim_unavailable,
+                claim_wait: config.claim_wait,
+                duplicates: config.duplicate_publisher,
+                idle_timeout: config.idle_timeout,
+                max_message: config.max_rtmp_message,
+                advertise_http: advertise_http.clone(),
+            });
+            tokio::spawn(rtmp::serve(
+                listener,
+                Gate::new("rtmp", rtmp_limits),
+                ingest,
+                front_stop.clone(),
+            ))
+        }
+        Front::Hooks(kind, listener) => {
+            let ome_secret = match &config.ome_secret_file {
+                Some(path) => Some(std::fs::read(path).map_err(|e| {
+                    format!("cannot read --ome-secret-file {}: {e}", path.display())
+                })?),
+                None => None,
+            };
+            let sidecar = Arc::new(Sidecar {
+                kind,
+                registry: registry.clone(),
+                bridge: bridge.clone(),
+                lookup: OwnerLookup::new(claim_services.clone()),
+                metrics: metrics.clone(),
+                hold,
+                on_unavailable: config.on_claim_unavailable,
+                ome_secret: ome_secret.map(|s| s.trim_ascii().to_vec()),
+                publishers: std::sync::Mutex::new(restored),
+            });
+            tracing::info!(media_server = ?kind, hooks = %config.hooks_listen, path = kind.path(), api = ?config.media_server_api, "serving the media server's hooks instead of RTMP");
+            tokio::spawn(hooks::watch(
+                sidecar.clone(),
+                config.update_timeout(),
+                config.media_server_api.clone(),
+                config.media_server_api_interval,
+                front_stop.clone(),
+            ));
+            tokio::spawn(listen::serve_http(
+                listener,
+                Gate::new("hooks", http_limits),
+                hooks::router(sidecar),
+                config.handshake_timeout,
+                front_stop.clone(),
+                HTTP_GRACE,
+            ))
+        }
+    };
 
     let http_stop = CancellationToken::new();
     let state = Arc::new(HttpState::new(
@@ -106,8 +183,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     shutdown.await;
     tracing::info!("shutting down: closing publishers, saying goodbye, stopping HTTP");
-    rtmp_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(2), rtmp_task).await;
+    front_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), front_task).await;
     bridge_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), bridge_task).await;
     http_stop.cancel();

@@ -1,0 +1,379 @@
+//! The hooks front end: the same registry and claim bridge behind a media
+//! server's HTTP hooks instead of our RTMP ingest (`--media-server`).
+//!
+//! The media server (nginx-rtmp, SRS, MediaMTX, OvenMediaEngine) asks
+//! before it lets a publisher in; the sidecar opens a `publish` track for
+//! it, waits for the claim like the RTMP gate does (the duplicate-publisher
+//! policy and a gone owner's grace included), and answers allow or refuse
+//! naming the owner. The end of the publish closes the track (the claim is
+//! released at once). A player at a node that does not own the broadcast
+//! is sent to the owner (nginx-rtmp relays it from there) or told where it
+//! is. Liveness is the sidecar's: a publisher whose updates stop (nginx's
+//! `on_update`), or that the server's API no longer lists, is gone.
+//!
+//! - `model.rs`: what a hook means, and the answers;
+//! - `nginx.rs`, `srs.rs`, `mediamtx.rs`, `ome.rs`: each server's requests
+//!   and answers;
+//! - `publishers.rs`: who publishes what (the rules, without I/O);
+//! - `listing.rs`: what a server's API lists as published.
+
+mod listing;
+mod mediamtx;
+pub mod model;
+mod nginx;
+pub mod ome;
+pub mod publishers;
+mod srs;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::post;
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+use crate::bridge::{Bridge, ClaimState, Decision, Hold};
+use crate::lookup::OwnerLookup;
+use crate::metrics::Metrics;
+use crate::registry::{Registry, TrackGuard};
+use crate::rtmp::UnavailablePolicy;
+use model::{Answer, Hook};
+use publishers::{Publishers, Seen, Start};
+
+/// Which media server's hooks are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    NginxRtmp,
+    Srs,
+    Mediamtx,
+    Ome,
+}
+
+impl Kind {
+    /// The one URL path every hook of this server points at.
+    pub fn path(self) -> &'static str {
+        match self {
+            Kind::NginxRtmp => "/nginx-rtmp",
+            Kind::Srs => "/srs",
+            Kind::Mediamtx => "/mediamtx",
+            Kind::Ome => "/ome",
+        }
+    }
+
+    fn parse(self, body: &[u8]) -> Result<Hook, String> {
+        match self {
+            Kind::NginxRtmp => nginx::parse(body),
+            Kind::Srs => srs::parse(body),
+            Kind::Mediamtx => mediamtx::parse(body),
+            Kind::Ome => ome::parse(body),
+        }
+    }
+
+    fn answer(self, answer: Answer) -> Response {
+        match self {
+            Kind::NginxRtmp => nginx::answer(answer),
+            Kind::Srs => srs::answer(answer),
+            Kind::Mediamtx => mediamtx::answer(answer),
+            Kind::Ome => ome::answer(answer),
+        }
+    }
+}
+
+/// Largest hook body accepted: nginx-rtmp's form with every field is well
+/// under 4 KiB; an OME admission with long URLs under 16 KiB.
+pub const MAX_HOOK_BODY: usize = 64 * 1024;
+
+pub struct Sidecar {
+    pub kind: Kind,
+    pub registry: Registry,
+    pub bridge: Arc<Bridge>,
+    pub lookup: OwnerLookup,
+    pub metrics: Arc<Metrics>,
+    pub hold: Hold,
+    pub on_unavailable: UnavailablePolicy,
+    /// OME's shared secret: its requests must be signed with it.
+    pub ome_secret: Option<Vec<u8>>,
+    pub publishers: Mutex<Publishers<TrackGuard>>,
+}
+
+pub fn router(sidecar: Arc<Sidecar>) -> Router {
+    Router::new()
+        .route(sidecar.kind.path(), post(hook))
+        .layer(DefaultBodyLimit::max(MAX_HOOK_BODY))
+        .with_state(sidecar)
+}
+
+async fn hook(State(s): State<Arc<Sidecar>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let (Kind::Ome, Some(secret)) = (s.kind, s.ome_secret.as_ref()) {
+        let signature = headers
+            .get("x-ome-signature")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !ome::signed(secret, &body, signature) {
+            tracing::warn!("hook refused: X-OME-Signature does not sign the body with the configured secret");
+            return s.kind.answer(Answer::Bad {
+                reason: "X-OME-Signature does not match the body and this sidecar's secret".into(),
+            });
+        }
+    }
+    let answer = match s.kind.parse(&body) {
+        Ok(hook) => s.handle(hook).await,
+        Err(reason) => {
+            tracing::info!(%reason, "hook refused: not understood");
+            Answer::Bad { reason }
+        }
+    };
+    s.kind.answer(answer)
+}
+
+impl Sidecar {
+    async fn handle(&self, hook: Hook) -> Answer {
+        match hook {
+            Hook::Publish { broadcast, client } => self.publish(broadcast, client).await,
+            Hook::Update { broadcast, client } => self.update(broadcast, client).await,
+            Hook::PublishDone { broadcast, client } => {
+                let done = self.lock().done(&broadcast, &client);
+                match done {
+                    Some(_track) => tracing::info!(%broadcast, %client, "publish ended"),
+                    None => tracing::info!(%broadcast, %client, "publish end for a publisher not known here; nothing changed"),
+                }
+                Answer::Allow
+            }
+            Hook::Play { broadcast } => self.play(broadcast).await,
+            Hook::Relay { broadcast } => {
+                tracing::debug!(%broadcast, "the media server's relay from the owner: allowed, not claimed");
+                Answer::Allow
+            }
+            Hook::Ignored { what } => {
+                tracing::debug!(%what, "hook not acted on");
+                Answer::Allow
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Publishers<TrackGuard>> {
+        self.publishers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn refuse(&self, broadcast: &str, label: &str, reason: String) -> Answer {
+        self.metrics
+            .publishes_refused
+            .with_label_values(&[label])
+            .inc();
+        tracing::info!(%broadcast, %reason, "publish refused");
+        Answer::Refuse { reason }
+    }
+
+    /// A publisher asks to start: allowed once claimed.
+    async fn publish(&self, broadcast: String, client: String) -> Answer {
+        if let Err(reason) = claims_proto::names::check_broadcast(&broadcast) {
+            return self.refuse(&broadcast, "bad_name", reason);
+        }
+        if self.bridge.view().draining {
+            let reason =
+                "this node is draining and takes no new publishers; publish to another node";
+            return self.refuse(&broadcast, "draining", reason.into());
+        }
+        let start = self.lock().start(&broadcast, &client);
+        match start {
+            Start::Busy { client: other } => {
+                let reason = format!("{broadcast} is already published here by client {other}");
+                return self.refuse(&broadcast, "busy", reason);
+            }
+            Start::Again => return Answer::Allow,
+            Start::New => {}
+        }
+        let Some(track) = self.registry.open(&broadcast, "publish") else {
+            let reason = format!("{broadcast} is already being admitted here");
+            return self.refuse(&broadcast, "busy", reason);
+        };
+        let decision = self.bridge.decide(&broadcast, track.seq, self.hold).await;
+        let reason = match decision {
+            Decision::Claimed { fencing_token } => {
+                tracing::info!(%broadcast, %client, fencing_token, "publish allowed: claimed");
+                None
+            }
+            Decision::Unavailable { reason } if self.on_unavailable == UnavailablePolicy::Allow => {
+                tracing::warn!(%broadcast, %reason, "publish allowed without a claim (policy allow)");
+                None
+            }
+            Decision::Unavailable { reason } => Some(("unavailable", format!(
+                "{broadcast} cannot be claimed now ({reason}); this node refuses publishes it cannot claim"
+            ))),
+            Decision::OwnedElsewhere { owner_node, owner_rtmp, .. } => {
+                let target = owner_rtmp
+                    .map(|url| format!("{}/{broadcast}", url.trim_end_matches('/')))
+                    .unwrap_or_else(|| "its RTMP endpoint is unknown".into());
+                Some(("owned_elsewhere", format!("{broadcast} is owned by node {owner_node}; publish to {target}")))
+            }
+            Decision::Rejected { reason } => Some(("bad_name", reason)),
+        };
+        if let Some((label, reason)) = reason {
+            return self.refuse(&broadcast, label, reason);
+        }
+        if !self
+            .lock()
+            .insert(&broadcast, &client, track, Instant::now())
+        {
+            return self.refuse(&broadcast, "busy", format!("{broadcast} was taken by another client meanwhile"));
+        }
+        self.metrics.publishers.inc();
+        Answer::Allow
+    }
+
+    /// A publisher is still there; a claim lost to a takeover (or never
+    /// made) ends it.
+    async fn update(&self, broadcast: String, client: String) -> Answer {
+        let seen = self.lock().seen(&broadcast, &client, Instant::now());
+        match seen {
+            Seen::Known => {}
+            // A publisher this sidecar does not know (it restarted, or
+            // missed the start): claimed now, or dropped.
+            Seen::Unknown => return self.publish(broadcast, client).await,
+            Seen::Other { client: other } => {
+                return self.refuse(&broadcast, "busy", format!("{broadcast} is published here by client {other}"))
+            }
+        }
+        match self.bridge.state(&broadcast) {
+            Some(ClaimState::Lost {
+                taken_by: Some(by), ..
+            }) => {
+                self.lock().done(&broadcast, &client);
+                self.metrics
+                    .publishes_refused
+                    .with_label_values(&["taken_over"])
+                    .inc();
+                tracing::info!(%broadcast, %by, "claim taken over by another node; the media server is told to drop its publisher");
+                Answer::Refuse {
+                    reason: format!("{broadcast} was taken over by node {by} (a newer publisher there won)"),
+                }
+            }
+            _ => Answer::Allow,
+        }
+    }
+
+    /// A player: allowed where the broadcast is claimed, sent to the owner
+    /// elsewhere.
+    async fn play(&self, broadcast: String) -> Answer {
+        if let Err(reason) = claims_proto::names::check_broadcast(&broadcast) {
+            return Answer::Bad { reason };
+        }
+        if matches!(self.bridge.state(&broadcast), Some(ClaimState::Claimed { .. })) {
+            return Answer::Allow;
+        }
+        match self.lookup.owner(&broadcast).await {
+            Ok(None) => Answer::NotFound {
+                reason: format!("{broadcast} is not live anywhere"),
+            },
+            Ok(Some(owner)) if owner.detached => Answer::NotFound {
+                reason: format!("{broadcast} is owned by node {}, which is gone; retry shortly", owner.node_id),
+            },
+            Ok(Some(owner)) => match owner.endpoints.get("rtmp") {
+                Some(rtmp) if owner.node_id != self.bridge_node() => {
+                    self.metrics.redirects.inc();
+                    Answer::Redirect {
+                        location: format!("{}/{broadcast}", rtmp.trim_end_matches('/')),
+                    }
+                }
+                _ => Answer::NotFound {
+                    reason: format!("{broadcast} is not live here and its claim points nowhere else"),
+                },
+            },
+            Err(e) => Answer::Refuse {
+                reason: format!("cannot ask who owns {broadcast}: {e}"),
+            },
+        }
+    }
+
+    fn bridge_node(&self) -> String {
+        self.bridge.node_id().to_string()
+    }
+
+    /// Publishers without an update for `timeout` are gone (the media
+    /// server died or lost them): their tracks close, their claims go.
+    fn reap(&self, timeout: Duration) {
+        for (broadcast, _track) in self.lock().expired(Instant::now(), timeout) {
+            tracing::warn!(%broadcast, ?timeout, "no update from the media server for this publisher; it is gone");
+        }
+    }
+
+    /// Converges to what the media server lists: publishers it no longer
+    /// lists go; ones it lists that are not known here are claimed.
+    async fn converge(self: &Arc<Self>, listed: listing::Listed, read_at: Instant) {
+        let gone = self.lock().unlisted(&listed, read_at);
+        for (broadcast, _track) in gone {
+            tracing::warn!(%broadcast, "the media server no longer lists this publisher; it is gone");
+        }
+        for (broadcast, client) in listed {
+            if self.lock().start(&broadcast, &client) == Start::New {
+                let s = self.clone();
+                tokio::spawn(async move {
+                    tracing::info!(%broadcast, %client, "the media server lists a publisher not known here; claiming it");
+                    s.publish(broadcast, client).await;
+                });
+            }
+        }
+    }
+}
+
+/// Before the claim session starts: every publisher the media server
+/// lists is live here, so that `hello.live` names it and its claim (left by
+/// this node's previous run) is adopted, same fencing token.
+pub fn restore(registry: &Registry, listed: &listing::Listed, metrics: &Metrics) -> Publishers<TrackGuard> {
+    let now = Instant::now();
+    let mut book = Publishers::default();
+    for (broadcast, client) in listed {
+        if claims_proto::names::check_broadcast(broadcast).is_err() {
+            continue;
+        }
+        if let Some(track) = registry.open(broadcast, "publish") {
+            if book.insert(broadcast, client, track, now) {
+                metrics.publishers.inc();
+                tracing::info!(%broadcast, %client, "publisher listed by the media server at start");
+            }
+        }
+    }
+    book
+}
+
+/// Reads the media server's list of publishers at `api`.
+pub async fn read_listing(kind: Kind, api: &str) -> Result<listing::Listed, String> {
+    let body = crate::lookup::http_get(api).await?;
+    listing::parse(kind, &body)
+}
+
+/// Keeps the sidecar true to the media server until `stop`: reaps
+/// publishers whose updates stopped (`update_timeout`), and every
+/// `interval` reads `api` (if set) and converges to it.
+pub async fn watch(
+    sidecar: Arc<Sidecar>,
+    update_timeout: Option<Duration>,
+    api: Option<String>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut reap = tokio::time::interval(Duration::from_secs(1));
+    let mut poll = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = reap.tick() => {
+                if let Some(timeout) = update_timeout {
+                    sidecar.reap(timeout);
+                }
+            }
+            _ = poll.tick(), if api.is_some() => {
+                let api = api.as_deref().unwrap_or_default();
+                let read_at = Instant::now();
+                match read_listing(sidecar.kind, api).await {
+                    Ok(listed) => sidecar.converge(listed, read_at).await,
+                    Err(e) => tracing::warn!(%api, error = %e, "cannot read the media server's publishers"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! What a media server's hook means to the sidecar, whatever server sent
+//! it, and what the sidecar answers; each server's module translates its
+//! own requests and answers to and from these.
+
+/// One hook call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hook {
+    /// A publisher wants to start `broadcast`: allow only once claimed.
+    Publish { broadcast: String, client: String },
+    /// The media server's own relay (pulling from the owner) publishes
+    /// `broadcast` locally: allowed, never claimed.
+    Relay { broadcast: String },
+    /// The publisher is still there (a periodic update).
+    Update { broadcast: String, client: String },
+    /// The publisher ended.
+    PublishDone { broadcast: String, client: String },
+    /// A viewer wants to play `broadcast`.
+    Play { broadcast: String },
+    /// Nothing the sidecar acts on (a viewer leaving, a connect, another
+    /// action), with what it was.
+    Ignored { what: String },
+}
+
+/// The sidecar's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Allow,
+    /// Refused, saying why (for a broadcast owned elsewhere: the owner).
+    Refuse { reason: String },
+    /// Play it from the owner: its RTMP URL of the broadcast.
+    Redirect { location: String },
+    /// Nobody owns it.
+    NotFound { reason: String },
+    /// The request itself is wrong (unparsable, a bad name, a bad
+    /// signature): nothing changed.
+    Bad { reason: String },
+}

@@ -1,0 +1,82 @@
+//! Who owns a broadcast, asked of the claim service (a linearizable
+//! `GetOwner`), over one cached channel: what the HTTP redirects and the
+//! media-server hooks send viewers by; and a plain `GET` of a media
+//! server's API.
+
+use std::time::Duration;
+
+use claims_proto::v1 as pb;
+use pb::ownership_client::OwnershipClient;
+use tonic::transport::Channel;
+
+use crate::bridge::ClaimServices;
+
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub struct OwnerLookup {
+    claim_services: ClaimServices,
+    channel: tokio::sync::Mutex<Option<Channel>>,
+}
+
+impl OwnerLookup {
+    pub fn new(claim_services: ClaimServices) -> Self {
+        Self {
+            claim_services,
+            channel: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The owner of `broadcast`, `None` when nobody owns it, or why no
+    /// claim service could say.
+    pub async fn owner(&self, broadcast: &str) -> Result<Option<pb::Claim>, String> {
+        let mut cached = self.channel.lock().await;
+        let channel = match cached.as_ref() {
+            Some(c) => c.clone(),
+            None => {
+                let c = self.claim_services.query_channel().await?;
+                *cached = Some(c.clone());
+                c
+            }
+        };
+        drop(cached);
+        let mut client = OwnershipClient::new(channel);
+        let request = pb::GetOwnerRequest {
+            broadcast: broadcast.to_string(),
+            consistent: true,
+        };
+        match tokio::time::timeout(LOOKUP_TIMEOUT, client.get_owner(request)).await {
+            Ok(Ok(claim)) => Ok(Some(claim.into_inner())),
+            Ok(Err(status)) if status.code() == tonic::Code::NotFound => Ok(None),
+            Ok(Err(status)) => {
+                *self.channel.lock().await = None;
+                Err(status.message().to_string())
+            }
+            Err(_) => {
+                *self.channel.lock().await = None;
+                Err(format!("no answer within {LOOKUP_TIMEOUT:?}"))
+            }
+        }
+    }
+}
+
+/// The body of `GET url` (a media server's API), or why not.
+pub async fn http_get(url: &str) -> Result<Vec<u8>, String> {
+    let client = reqwest::Client::builder()
+        .timeout(LOOKUP_TIMEOUT)
+        .build()
+        .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(format!("GET {url}: {status}"));
+    }
+    response
+        .bytes()
+        .await
+        .map(|b| b.to_vec())
+        .map_err(|e| format!("GET {url}: {e}"))
+}
