@@ -110,7 +110,12 @@ pub struct Config {
     /// here: serve its publish/play hooks (on --hooks-listen, at
     /// /nginx-rtmp, /srs, /mediamtx or /ome) and turn our RTMP listener
     /// off. --advertise-rtmp is then the media server's.
-    #[arg(long, env = "INGEST_MEDIA_SERVER", value_enum, help_heading = "Media-server hooks")]
+    #[arg(
+        long,
+        env = "INGEST_MEDIA_SERVER",
+        value_enum,
+        help_heading = "Media-server hooks"
+    )]
     pub media_server: Option<HookKind>,
 
     /// Where the media server's hooks are served.
@@ -127,7 +132,11 @@ pub struct Config {
     /// /v3/paths/list): read at start, so that a restarted sidecar adopts
     /// what is still published, and every --media-server-api-interval, so
     /// that a missed hook converges to the truth.
-    #[arg(long, env = "INGEST_MEDIA_SERVER_API", help_heading = "Media-server hooks")]
+    #[arg(
+        long,
+        env = "INGEST_MEDIA_SERVER_API",
+        help_heading = "Media-server hooks"
+    )]
     pub media_server_api: Option<String>,
 
     #[arg(
@@ -148,7 +157,11 @@ pub struct Config {
     /// File holding OvenMediaEngine's AdmissionWebhooks secret key: every
     /// request must carry its HMAC-SHA1 in X-OME-Signature (required with
     /// --media-server ome).
-    #[arg(long, env = "INGEST_OME_SECRET_FILE", help_heading = "Media-server hooks")]
+    #[arg(
+        long,
+        env = "INGEST_OME_SECRET_FILE",
+        help_heading = "Media-server hooks"
+    )]
     pub ome_secret_file: Option<std::path::PathBuf>,
 
     /// An RTMP connection that completes no message for this long is closed

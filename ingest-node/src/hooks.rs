@@ -114,7 +114,9 @@ async fn hook(State(s): State<Arc<Sidecar>>, headers: HeaderMap, body: Bytes) ->
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         if !ome::signed(secret, &body, signature) {
-            tracing::warn!("hook refused: X-OME-Signature does not sign the body with the configured secret");
+            tracing::warn!(
+                "hook refused: X-OME-Signature does not sign the body with the configured secret"
+            );
             return s.kind.answer(Answer::Bad {
                 reason: "X-OME-Signature does not match the body and this sidecar's secret".into(),
             });
@@ -139,7 +141,9 @@ impl Sidecar {
                 let done = self.lock().done(&broadcast, &client);
                 match done {
                     Some(_track) => tracing::info!(%broadcast, %client, "publish ended"),
-                    None => tracing::info!(%broadcast, %client, "publish end for a publisher not known here; nothing changed"),
+                    None => {
+                        tracing::info!(%broadcast, %client, "publish end for a publisher not known here; nothing changed")
+                    }
                 }
                 Answer::Allow
             }
@@ -219,7 +223,11 @@ impl Sidecar {
             .lock()
             .insert(&broadcast, &client, track, Instant::now())
         {
-            return self.refuse(&broadcast, "busy", format!("{broadcast} was taken by another client meanwhile"));
+            return self.refuse(
+                &broadcast,
+                "busy",
+                format!("{broadcast} was taken by another client meanwhile"),
+            );
         }
         self.metrics.publishers.inc();
         Answer::Allow
@@ -235,7 +243,11 @@ impl Sidecar {
             // missed the start): claimed now, or dropped.
             Seen::Unknown => return self.publish(broadcast, client).await,
             Seen::Other { client: other } => {
-                return self.refuse(&broadcast, "busy", format!("{broadcast} is published here by client {other}"))
+                return self.refuse(
+                    &broadcast,
+                    "busy",
+                    format!("{broadcast} is published here by client {other}"),
+                )
             }
         }
         match self.bridge.state(&broadcast) {
@@ -249,7 +261,9 @@ impl Sidecar {
                     .inc();
                 tracing::info!(%broadcast, %by, "claim taken over by another node; the media server is told to drop its publisher");
                 Answer::Refuse {
-                    reason: format!("{broadcast} was taken over by node {by} (a newer publisher there won)"),
+                    reason: format!(
+                        "{broadcast} was taken over by node {by} (a newer publisher there won)"
+                    ),
                 }
             }
             _ => Answer::Allow,
@@ -262,7 +276,10 @@ impl Sidecar {
         if let Err(reason) = claims_proto::names::check_broadcast(&broadcast) {
             return Answer::Bad { reason };
         }
-        if matches!(self.bridge.state(&broadcast), Some(ClaimState::Claimed { .. })) {
+        if matches!(
+            self.bridge.state(&broadcast),
+            Some(ClaimState::Claimed { .. })
+        ) {
             return Answer::Allow;
         }
         match self.lookup.owner(&broadcast).await {
@@ -270,7 +287,10 @@ impl Sidecar {
                 reason: format!("{broadcast} is not live anywhere"),
             },
             Ok(Some(owner)) if owner.detached => Answer::NotFound {
-                reason: format!("{broadcast} is owned by node {}, which is gone; retry shortly", owner.node_id),
+                reason: format!(
+                    "{broadcast} is owned by node {}, which is gone; retry shortly",
+                    owner.node_id
+                ),
             },
             Ok(Some(owner)) => match owner.endpoints.get("rtmp") {
                 Some(rtmp) if owner.node_id != self.bridge_node() => {
@@ -280,7 +300,9 @@ impl Sidecar {
                     }
                 }
                 _ => Answer::NotFound {
-                    reason: format!("{broadcast} is not live here and its claim points nowhere else"),
+                    reason: format!(
+                        "{broadcast} is not live here and its claim points nowhere else"
+                    ),
                 },
             },
             Err(e) => Answer::Refuse {
@@ -323,7 +345,11 @@ impl Sidecar {
 /// Before the claim session starts: every publisher the media server
 /// lists is live here, so that `hello.live` names it and its claim (left by
 /// this node's previous run) is adopted, same fencing token.
-pub fn restore(registry: &Registry, listed: &listing::Listed, metrics: &Metrics) -> Publishers<TrackGuard> {
+pub fn restore(
+    registry: &Registry,
+    listed: &listing::Listed,
+    metrics: &Metrics,
+) -> Publishers<TrackGuard> {
     let now = Instant::now();
     let mut book = Publishers::default();
     for (broadcast, client) in listed {

@@ -11,10 +11,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{Bridge, BridgeConfig, Hold};
-use crate::hooks::{self, publishers::Publishers, Kind, Sidecar};
-use crate::lookup::OwnerLookup;
 use crate::config::Config;
+use crate::hooks::{self, publishers::Publishers, Kind, Sidecar};
 use crate::http::{router, HttpState};
+use crate::lookup::OwnerLookup;
 use crate::media::Hub;
 use crate::metrics::Metrics;
 use crate::registry::Registry;

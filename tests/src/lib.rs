@@ -32,6 +32,7 @@ pub mod fuzz;
 pub mod hostile;
 pub mod ingest;
 pub mod netns;
+pub mod nginx;
 pub mod pki;
 pub mod processes;
 pub mod rtmp_client;

@@ -79,7 +79,10 @@ mod tests {
         let api = br#"{"user":"","password":"","ip":"127.0.0.1","action":"api","path":"","protocol":"","id":null,"query":""}"#;
         assert!(matches!(parse(api).unwrap(), Hook::Ignored { .. }));
         let unpublish = br#"{"action":"unpublish","path":"live/cam1"}"#;
-        assert!(matches!(parse(unpublish).unwrap(), Hook::PublishDone { .. }));
+        assert!(matches!(
+            parse(unpublish).unwrap(),
+            Hook::PublishDone { .. }
+        ));
         assert!(parse(b"[]").is_err());
     }
 

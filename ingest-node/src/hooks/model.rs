@@ -26,12 +26,20 @@ pub enum Hook {
 pub enum Answer {
     Allow,
     /// Refused, saying why (for a broadcast owned elsewhere: the owner).
-    Refuse { reason: String },
+    Refuse {
+        reason: String,
+    },
     /// Play it from the owner: its RTMP URL of the broadcast.
-    Redirect { location: String },
+    Redirect {
+        location: String,
+    },
     /// Nobody owns it.
-    NotFound { reason: String },
+    NotFound {
+        reason: String,
+    },
     /// The request itself is wrong (unparsable, a bad name, a bad
     /// signature): nothing changed.
-    Bad { reason: String },
+    Bad {
+        reason: String,
+    },
 }

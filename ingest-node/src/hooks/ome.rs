@@ -73,8 +73,8 @@ fn broadcast_of(url: &str) -> Result<String, String> {
 }
 
 pub fn parse(body: &[u8]) -> Result<Hook, String> {
-    let a: Admission = serde_json::from_slice(body)
-        .map_err(|e| format!("not an OME admission request: {e}"))?;
+    let a: Admission =
+        serde_json::from_slice(body).map_err(|e| format!("not an OME admission request: {e}"))?;
     let broadcast = broadcast_of(&a.request.url)?;
     let client = format!("{}:{}", a.client.address, a.client.port);
     Ok(
@@ -101,7 +101,10 @@ pub fn answer(answer: Answer) -> Response {
         ),
         Answer::Refuse { reason } | Answer::NotFound { reason } => (false, reason),
         Answer::Bad { reason } => {
-            return (StatusCode::BAD_REQUEST, axum::Json(serde_json::json!({"allowed": false, "reason": reason})))
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(serde_json::json!({"allowed": false, "reason": reason})),
+            )
                 .into_response()
         }
     };
@@ -140,7 +143,9 @@ mod tests {
             }
         );
         let play = br#"{"client":{"address":"10.0.0.9","port":5000},"request":{"direction":"outgoing","protocol":"llhls","status":"opening","url":"https://ome:3334/app/stream/llhls.m3u8"}}"#;
-        assert!(matches!(parse(play).unwrap(), Hook::Play { broadcast } if broadcast == "app/stream"));
+        assert!(
+            matches!(parse(play).unwrap(), Hook::Play { broadcast } if broadcast == "app/stream")
+        );
         let no_path = br#"{"client":{},"request":{"direction":"incoming","status":"opening","url":"rtmp://ome"}}"#;
         assert!(parse(no_path).is_err());
     }

@@ -161,16 +161,12 @@ mod tests {
         assert_eq!(book.start("live/a", "7"), Start::Again);
         assert_eq!(
             book.start("live/a", "8"),
-            Start::Busy {
-                client: "7".into()
-            }
+            Start::Busy { client: "7".into() }
         );
         assert!(!book.insert("live/a", "8", "other", t0));
         assert_eq!(
             book.seen("live/a", "8", t0),
-            Seen::Other {
-                client: "7".into()
-            }
+            Seen::Other { client: "7".into() }
         );
         assert_eq!(book.seen("live/b", "7", t0), Seen::Unknown);
         // An end from another client, or twice, changes nothing.

@@ -22,8 +22,8 @@ struct Callback {
 }
 
 pub fn parse(body: &[u8]) -> Result<Hook, String> {
-    let c: Callback = serde_json::from_slice(body)
-        .map_err(|e| format!("not an SRS http_hooks callback: {e}"))?;
+    let c: Callback =
+        serde_json::from_slice(body).map_err(|e| format!("not an SRS http_hooks callback: {e}"))?;
     let broadcast = format!("{}/{}", c.app, c.stream);
     Ok(match c.action.as_str() {
         "on_publish" => Hook::Publish {
@@ -81,10 +81,14 @@ mod tests {
             }
         );
         let unpublish = br#"{"action":"on_unpublish","client_id":"341w361a","ip":"127.0.0.1","vhost":"__defaultVhost__","app":"live","stream":"livestream","param":""}"#;
-        assert!(matches!(parse(unpublish).unwrap(), Hook::PublishDone { .. }));
+        assert!(matches!(
+            parse(unpublish).unwrap(),
+            Hook::PublishDone { .. }
+        ));
         let play = br#"{"action":"on_play","client_id":"3y1y2c0d","ip":"127.0.0.1","vhost":"__defaultVhost__","app":"live","stream":"livestream","param":"","pageUrl":""}"#;
         assert!(matches!(parse(play).unwrap(), Hook::Play { .. }));
-        let stop = br#"{"action":"on_stop","client_id":"3y1y2c0d","app":"live","stream":"livestream"}"#;
+        let stop =
+            br#"{"action":"on_stop","client_id":"3y1y2c0d","app":"live","stream":"livestream"}"#;
         assert!(matches!(parse(stop).unwrap(), Hook::Ignored { .. }));
         assert!(parse(b"{}").is_err());
         assert!(parse(b"0").is_err());
