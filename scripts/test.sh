@@ -7,6 +7,7 @@ source scripts/lib.sh
 need_build_and_test_tools
 need_grpcurl
 need_gstreamer
+need_nginx_rtmp
 cargo build --workspace --all-targets --locked
 # The binaries the system tests start are built: the harness need not build them again.
 export CLAIMS_TEST_BUILT=1

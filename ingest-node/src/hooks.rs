@@ -64,7 +64,9 @@ impl Kind {
         }
     }
 
-    fn parse(self, body: &[u8]) -> Result<Hook, String> {
+    /// What a hook body from this server means (untrusted input: any
+    /// bytes give a hook or a reason).
+    pub fn parse(self, body: &[u8]) -> Result<Hook, String> {
         match self {
             Kind::NginxRtmp => nginx::parse(body),
             Kind::Srs => srs::parse(body),
@@ -73,7 +75,7 @@ impl Kind {
         }
     }
 
-    fn answer(self, answer: Answer) -> Response {
+    pub fn answer(self, answer: Answer) -> Response {
         match self {
             Kind::NginxRtmp => nginx::answer(answer),
             Kind::Srs => srs::answer(answer),
@@ -364,6 +366,12 @@ pub fn restore(
         }
     }
     book
+}
+
+/// What a listing from this server's API says is published (untrusted
+/// input, like the hooks).
+pub fn parse_listing(kind: Kind, body: &[u8]) -> Result<listing::Listed, String> {
+    listing::parse(kind, body)
 }
 
 /// Reads the media server's list of publishers at `api`.

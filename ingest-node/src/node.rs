@@ -85,9 +85,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         registry.clone(),
         bridge_stop.clone(),
     );
+    let ingest = match config.media_server {
+        None => format!("rtmp on {}", config.rtmp_listen),
+        Some(kind) => format!("{kind:?} hooks on {}{}", config.hooks_listen, kind.path()),
+    };
     tracing::info!(
         node_id = %config.node_id,
-        rtmp = %config.rtmp_listen,
+        %ingest,
         http = %config.http_listen,
         %advertise_rtmp,
         %advertise_http,

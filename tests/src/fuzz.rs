@@ -10,12 +10,16 @@
 //!   and leases expiring, operators forcing releases and the view lagging;
 //! - [`names`]: arbitrary bytes through the name rules;
 //! - [`rtmp`]: arbitrary bytes after an RTMP handshake into the ingest
-//!   node's RTMP front end.
+//!   node's RTMP front end;
+//! - [`hooks`]: arbitrary bytes as the hook bodies and API listings of the
+//!   media servers the sidecar speaks to.
 
+mod hooks;
 mod names;
 mod rtmp;
 mod session;
 
+pub use hooks::hooks;
 pub use names::names;
 pub use rtmp::{rtmp, rtmp_seed};
 pub use session::session;

@@ -101,6 +101,30 @@ fn session_seed(name: &str) -> Vec<u8> {
 }
 
 proptest! {
+    #![proptest_config(bounded(2000))]
+    #[test]
+    fn hooks_under_random_bytes(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+        fuzz::hooks(&data);
+    }
+
+    /// Near-valid bodies: JSON and form fields the parsers look for, with
+    /// hostile values.
+    #[test]
+    fn hooks_under_near_valid_bodies(
+        action in "(on_publish|on_unpublish|on_play|publish|read|unpublish|incoming|outgoing|opening|closing|update_publish|publish_done|play|x)",
+        name in "[a-z0-9./~_ %&=\\\\\"-]{0,40}",
+    ) {
+        let form = format!("call={action}&app=live&name={name}&clientid=1&addr=a%2Fb&tcurl=");
+        let srs = format!(r#"{{"action":"{action}","client_id":"1","app":"live","stream":"{name}"}}"#);
+        let mtx = format!(r#"{{"action":"{action}","path":"{name}"}}"#);
+        let ome = format!(r#"{{"client":{{"address":"a","port":1}},"request":{{"direction":"{action}","status":"opening","url":"rtmp://h/{name}"}}}}"#);
+        for body in [form, srs, mtx, ome] {
+            fuzz::hooks(body.as_bytes());
+        }
+    }
+}
+
+proptest! {
     #![proptest_config(bounded(5000))]
     #[test]
     fn names_under_random_bytes(data in proptest::collection::vec(any::<u8>(), 0..300)) {
