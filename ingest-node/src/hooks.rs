@@ -268,6 +268,19 @@ impl Sidecar {
                     ),
                 }
             }
+            // Its claim went, and another node claimed the broadcast
+            // meanwhile: two publishers of one broadcast; this one ends.
+            Some(ClaimState::Standby { owner_node, .. }) => {
+                self.lock().done(&broadcast, &client);
+                self.metrics
+                    .publishes_refused
+                    .with_label_values(&["owned_elsewhere"])
+                    .inc();
+                tracing::warn!(%broadcast, owner = %owner_node, "claim now held by another node; the media server is told to drop its publisher");
+                Answer::Refuse {
+                    reason: format!("{broadcast} is now owned by node {owner_node}"),
+                }
+            }
             _ => Answer::Allow,
         }
     }

@@ -33,10 +33,19 @@ struct Site {
 
 impl Site {
     async fn start(node_id: &str, stack: &Stack, updates: Updates) -> Result<Self> {
+        Self::start_with(node_id, stack, updates, &[]).await
+    }
+
+    async fn start_with(
+        node_id: &str,
+        stack: &Stack,
+        updates: Updates,
+        extra: &[&str],
+    ) -> Result<Self> {
         let hooks_port = free_port();
         let hooks_url = format!("http://127.0.0.1:{hooks_port}/nginx-rtmp");
         let nginx = NginxRtmp::start(&hooks_url, updates.every_s).await?;
-        let sidecar = Self::sidecar(node_id, stack, &nginx, hooks_port, updates).await?;
+        let sidecar = Self::sidecar(node_id, stack, &nginx, hooks_port, updates, extra).await?;
         Ok(Self {
             nginx,
             sidecar,
@@ -50,6 +59,7 @@ impl Site {
         nginx: &NginxRtmp,
         hooks_port: u16,
         updates: Updates,
+        extra: &[&str],
     ) -> Result<IngestNode> {
         let hooks = format!("127.0.0.1:{hooks_port}");
         let timeout = format!("{}s", updates.timeout_s);
@@ -69,7 +79,10 @@ impl Site {
                 &api,
                 "--hooks-update-timeout",
                 &timeout,
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect::<Vec<_>>(),
         )
         .await?;
         until(
@@ -176,7 +189,7 @@ async fn a_restarted_sidecar_adopts_what_nginx_still_publishes() -> Result<()> {
     )
     .await?;
     a.sidecar.kill();
-    a.sidecar = Site::sidecar("node-a", &stack, &a.nginx, a.hooks_port, updates).await?;
+    a.sidecar = Site::sidecar("node-a", &stack, &a.nginx, a.hooks_port, updates, &[]).await?;
     let adopted = watcher.expect(Kind::Adopted, "live/r").await.map_err(|e| {
         anyhow::anyhow!(
             "{e}; the sidecar said:\n{}\nnginx said:\n{}",
@@ -197,5 +210,36 @@ async fn a_restarted_sidecar_adopts_what_nginx_still_publishes() -> Result<()> {
         None
     );
     assert!(publisher.alive(), "{}", publisher.log_text());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_takeover_through_nginx_moves_the_claim_and_the_former_nginx_drops_its_publisher(
+) -> Result<()> {
+    let stack = Stack::start("nginx-takeover", &[]).await?;
+    let a = Site::start("node-a", &stack, QUICK).await?;
+    let b = Site::start_with(
+        "node-b",
+        &stack,
+        QUICK,
+        &["--duplicate-publisher", "takeover"],
+    )
+    .await?;
+    let mut watcher = Watcher::open(&stack.svc, "live/", 0).await?;
+    let mut former = Publisher::start(&a.nginx.rtmp_url("live/t"))?;
+    let first = watcher.expect(Kind::Claimed, "live/t").await?;
+    let mut newest = Publisher::start(&b.nginx.rtmp_url("live/t"))?;
+    let moved = watcher.expect(Kind::Claimed, "live/t").await?;
+    let claim = moved.claim.unwrap_or_default();
+    assert_eq!(claim.node_id, "node-b");
+    assert!(claim.fencing_token > first.claim.unwrap_or_default().fencing_token);
+    // nginx A drops its publisher at its next update (every second here).
+    former.wait_exit().await?;
+    a.sidecar
+        .wait_log(
+            "claim taken over by another node; the media server is told to drop its publisher",
+        )
+        .await?;
+    assert!(newest.alive(), "{}", newest.log_text());
     Ok(())
 }
