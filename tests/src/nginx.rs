@@ -27,6 +27,23 @@ impl NginxRtmp {
     /// `hooks_url`, updates every `update_s` seconds; waits until its stat
     /// page answers.
     pub async fn start(hooks_url: &str, update_s: u32) -> Result<Self> {
+        let hooks = format!(
+            "notify_method post;
+      on_publish {hooks_url};
+      on_publish_done {hooks_url};
+      on_play {hooks_url};
+      on_update {hooks_url};
+      notify_update_timeout {update_s}s;"
+        );
+        Self::launch(&hooks).await
+    }
+
+    /// nginx-rtmp with no hooks at all: the baseline.
+    pub async fn start_plain() -> Result<Self> {
+        Self::launch("").await
+    }
+
+    async fn launch(hooks: &str) -> Result<Self> {
         let dir = scratch_dir("nginx");
         let (rtmp_port, stat_port) = (free_port(), free_port());
         let d = dir.display();
@@ -43,12 +60,7 @@ rtmp {{
     listen 127.0.0.1:{rtmp_port};
     application live {{
       live on;
-      notify_method post;
-      on_publish {hooks_url};
-      on_publish_done {hooks_url};
-      on_play {hooks_url};
-      on_update {hooks_url};
-      notify_update_timeout {update_s}s;
+      {hooks}
     }}
   }}
 }}
