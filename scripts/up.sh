@@ -4,6 +4,10 @@
 # release mode. Ctrl-C stops everything this script started.
 #
 #   scripts/up.sh          plaintext
+#   scripts/up.sh --nginx  also two nginx-rtmp servers (Debian's nginx +
+#                          libnginx-mod-rtmp), each with its sidecar
+#                          (ingest-node --media-server nginx-rtmp): the
+#                          claim plane for a media server already in place
 #   scripts/up.sh --tls    mutual TLS everywhere: a development CA and
 #                          certificates (scripts/certs.sh, in .run/certs);
 #                          etcd serves TLS and wants a client certificate;
@@ -14,13 +18,16 @@
 #
 # Ports (override with the environment): etcd 2379/2380, claim-service gRPC
 # 50051, metrics 9464; ingest node A RTMP 1935 / HTTP 8080, node B RTMP 1936 /
-# HTTP 8081.
+# HTTP 8081; with --nginx, nginx-a RTMP 1945 (stat 8088, sidecar hooks 8090,
+# HTTP 8082), nginx-b RTMP 1946 (stat 8089, hooks 8091, HTTP 8083).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TLS=0
+NGINX=0
 for arg in "$@"; do
   case $arg in
     --tls) TLS=1 ;;
+    --nginx) NGINX=1 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
@@ -29,6 +36,7 @@ source scripts/lib.sh
 need_build_and_test_tools
 need_grpcurl
 need_packages curl:curl
+[[ $NGINX == 1 ]] && need_nginx_rtmp
 
 ETCD_PORT=${ETCD_PORT:-2379}
 ETCD_PEER_PORT=${ETCD_PEER_PORT:-2380}
@@ -81,6 +89,12 @@ for p in "$ETCD_PORT" "$ETCD_PEER_PORT" "$CLAIMS_PORT" "$METRICS_PORT" "$A_RTMP"
   port_free "$p" || { echo "port $p is in use: stop what holds it, or set ETCD_PORT / ETCD_PEER_PORT / CLAIMS_PORT / METRICS_PORT / A_RTMP / A_HTTP / B_RTMP / B_HTTP" >&2; exit 1; }
 done
 
+if [[ $NGINX == 1 ]]; then
+  for p in 1945 1946 8088 8089 8090 8091 8082 8083; do
+    port_free "$p" || { echo "port $p is in use (wanted by --nginx): stop what holds it" >&2; exit 1; }
+  done
+fi
+
 echo ">> starting etcd on $SCHEME://127.0.0.1:$ETCD_PORT (log: $RUN/etcd.log)"
 ETCDCTL_FLAGS=$ETCDCTL_TLS start_etcd up "$ETCD_DATA" "$SCHEME://127.0.0.1:$ETCD_PORT" \
   "$ETCD_PEER_PORT" "$RUN/etcd.log" "${ETCD_TLS[@]}"
@@ -121,6 +135,50 @@ start_node() { # id rtmp http
 }
 start_node ingest-a "$A_RTMP" "$A_HTTP"
 start_node ingest-b "$B_RTMP" "$B_HTTP"
+
+start_nginx() { # id rtmp stat hooks http: nginx-rtmp and its sidecar
+  local dir=$PWD/$RUN/$1
+  mkdir -p "$dir"
+  cat >"$dir/nginx.conf" <<CONF
+load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;
+daemon off;
+master_process off;
+error_log $dir/error.log info;
+pid $dir/nginx.pid;
+events { worker_connections 1024; }
+rtmp { server { listen 127.0.0.1:$2; application live {
+  live on;
+  notify_method post;
+  on_publish http://127.0.0.1:$4/nginx-rtmp;
+  on_publish_done http://127.0.0.1:$4/nginx-rtmp;
+  on_play http://127.0.0.1:$4/nginx-rtmp;
+  on_update http://127.0.0.1:$4/nginx-rtmp;
+  notify_update_timeout 10s;
+} } }
+http {
+  access_log off;
+  client_body_temp_path $dir/body; proxy_temp_path $dir/proxy; fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi; scgi_temp_path $dir/scgi;
+  server { listen 127.0.0.1:$3; location /stat { rtmp_stat all; } }
+}
+CONF
+  echo ">> starting $1: nginx-rtmp on RTMP $2, its sidecar's hooks on $4 (logs: $RUN/$1/error.log, $RUN/$1-sidecar.log)"
+  nginx -c "$dir/nginx.conf" -p "$dir" >"$dir/out.log" 2>&1 &
+  pids+=($!)
+  INGEST_NODE_ID="$1" \
+  INGEST_CLAIM_SERVICE="$SCHEME://127.0.0.1:$CLAIMS_PORT" \
+  INGEST_MEDIA_SERVER=nginx-rtmp INGEST_HOOKS_LISTEN="127.0.0.1:$4" \
+  INGEST_MEDIA_SERVER_API="http://127.0.0.1:$3/stat" INGEST_HOOKS_UPDATE_TIMEOUT=25s \
+  INGEST_HTTP_LISTEN="127.0.0.1:$5" \
+  INGEST_ADVERTISE_RTMP="rtmp://127.0.0.1:$2" INGEST_ADVERTISE_HTTP="http://127.0.0.1:$5" \
+    target/release/ingest-node >"$RUN/$1-sidecar.log" 2>&1 &
+  pids+=($!)
+}
+if [[ $NGINX == 1 ]]; then
+  [[ $TLS == 1 ]] && { echo "--nginx with --tls: the sidecars would need certificates; run them apart" >&2; exit 2; }
+  start_nginx nginx-a 1945 8088 8090 8082
+  start_nginx nginx-b 1946 8089 8091 8083
+fi
 for _ in $(seq 100); do
   curl -sf "http://127.0.0.1:$A_HTTP/healthz" 2>/dev/null | grep -q '"claim_service_connected":true' &&
     curl -sf "http://127.0.0.1:$B_HTTP/healthz" 2>/dev/null | grep -q '"claim_service_connected":true' && break
@@ -136,6 +194,12 @@ The stack is up.
   ingest-a        rtmp://127.0.0.1:$A_RTMP   http://127.0.0.1:$A_HTTP
   ingest-b        rtmp://127.0.0.1:$B_RTMP   http://127.0.0.1:$B_HTTP
 
+$([[ $NGINX == 1 ]] && echo "  nginx-a         rtmp://127.0.0.1:1945   (sidecar hooks http://127.0.0.1:8090/nginx-rtmp)
+  nginx-b         rtmp://127.0.0.1:1946   (sidecar hooks http://127.0.0.1:8091/nginx-rtmp)
+  Publish to nginx-a and play from nginx-b (relayed from the owner):
+    ffmpeg -re -f lavfi -i testsrc -c:v libx264 -pix_fmt yuv420p -f flv rtmp://127.0.0.1:1945/live/cam9
+    ffprobe rtmp://127.0.0.1:1946/live/cam9
+")
 Publish a test pattern to ingest-a:
   ffmpeg -re -f lavfi -i testsrc=size=640x360:rate=25 -f lavfi -i sine=frequency=440 \\
     -c:v libx264 -preset veryfast -tune zerolatency -g 50 -c:a aac -f flv rtmp://127.0.0.1:$A_RTMP/live/cam1

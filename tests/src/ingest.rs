@@ -170,6 +170,17 @@ impl IngestNode {
         format!("http://127.0.0.1:{}/{broadcast}.flv", self.http_port)
     }
 
+    /// Waits until the node's claim session is attached.
+    pub async fn wait_attached(&self) -> Result<()> {
+        until(
+            std::time::Duration::from_millis(50),
+            async || self.healthz().await,
+            |h| h["claim_service_connected"] == true,
+        )
+        .await
+        .map(|_| ())
+    }
+
     pub async fn healthz(&self) -> Result<serde_json::Value> {
         let answer = http_get_at(&self.ip, self.http_port, "/healthz").await?;
         Ok(serde_json::from_str(&answer.body)?)

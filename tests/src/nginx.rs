@@ -109,3 +109,32 @@ http {{
         std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
     }
 }
+
+/// A sidecar (`ingest-node --media-server nginx-rtmp`) for `nginx`, its
+/// hooks on `hooks_port`, attached to `claim_service`; `extra` flags after
+/// the sidecar's own.
+pub async fn sidecar(
+    node_id: &str,
+    claim_service: &str,
+    nginx: &NginxRtmp,
+    hooks_port: u16,
+    extra: &[&str],
+) -> Result<crate::IngestNode> {
+    let hooks = format!("127.0.0.1:{hooks_port}");
+    let advertise = format!("rtmp://127.0.0.1:{}", nginx.rtmp_port);
+    let api = nginx.stat_url();
+    let mut args = vec![
+        "--media-server",
+        "nginx-rtmp",
+        "--hooks-listen",
+        &hooks,
+        "--advertise-rtmp",
+        &advertise,
+        "--media-server-api",
+        &api,
+    ];
+    args.extend_from_slice(extra);
+    let node = crate::IngestNode::start(node_id, &[claim_service.to_string()], &args).await?;
+    node.wait_attached().await?;
+    Ok(node)
+}

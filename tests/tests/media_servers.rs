@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use system_tests::nginx::NginxRtmp;
+use system_tests::nginx::{self, NginxRtmp};
 use system_tests::v1 as pb;
 use system_tests::*;
 
@@ -61,37 +61,10 @@ impl Site {
         updates: Updates,
         extra: &[&str],
     ) -> Result<IngestNode> {
-        let hooks = format!("127.0.0.1:{hooks_port}");
         let timeout = format!("{}s", updates.timeout_s);
-        let advertise = format!("rtmp://127.0.0.1:{}", nginx.rtmp_port);
-        let api = nginx.stat_url();
-        let node = IngestNode::start(
-            node_id,
-            &[stack.svc.addr()],
-            &[
-                "--media-server",
-                "nginx-rtmp",
-                "--hooks-listen",
-                &hooks,
-                "--advertise-rtmp",
-                &advertise,
-                "--media-server-api",
-                &api,
-                "--hooks-update-timeout",
-                &timeout,
-            ]
-            .into_iter()
-            .chain(extra.iter().copied())
-            .collect::<Vec<_>>(),
-        )
-        .await?;
-        until(
-            Duration::from_millis(50),
-            async || node.healthz().await,
-            |h| h["claim_service_connected"] == true,
-        )
-        .await?;
-        Ok(node)
+        let mut args = vec!["--hooks-update-timeout", &timeout];
+        args.extend_from_slice(extra);
+        nginx::sidecar(node_id, &stack.svc.addr(), nginx, hooks_port, &args).await
     }
 }
 

@@ -29,12 +29,7 @@ impl Cluster {
         let a = IngestNode::start("node-a", &services, &[]).await?;
         let b = IngestNode::start("node-b", &services, b_args).await?;
         for node in [&a, &b] {
-            until(
-                Duration::from_millis(50),
-                async || node.healthz().await,
-                |h| h["claim_service_connected"] == true,
-            )
-            .await?;
+            node.wait_attached().await?;
         }
         Ok(Self { stack, a, b })
     }

@@ -40,27 +40,9 @@ async fn main() -> Result<()> {
     let hooks_port = free_port();
     let hooked = NginxRtmp::start(&format!("http://127.0.0.1:{hooks_port}/nginx-rtmp"), 30).await?;
     let plain = NginxRtmp::start_plain().await?;
-    let hooks = format!("127.0.0.1:{hooks_port}");
-    let advertise = format!("rtmp://127.0.0.1:{}", hooked.rtmp_port);
-    let sidecar = IngestNode::start(
-        "bench-sidecar",
-        &[svc.addr()],
-        &[
-            "--media-server",
-            "nginx-rtmp",
-            "--hooks-listen",
-            &hooks,
-            "--advertise-rtmp",
-            &advertise,
-        ],
-    )
-    .await?;
-    until(
-        Duration::from_millis(50),
-        async || sidecar.healthz().await,
-        |h| h["claim_service_connected"] == true,
-    )
-    .await?;
+    let _sidecar =
+        system_tests::nginx::sidecar("bench-sidecar", &svc.addr(), &hooked, hooks_port, &[])
+            .await?;
 
     eprintln!("timing {} publishes on each side", args.publishes);
     let (mut with, mut without) = (Vec::new(), Vec::new());
