@@ -101,7 +101,7 @@ impl ClaimState {
 }
 
 /// Milliseconds since the Unix epoch, as claims carry times.
-fn unix_ms() -> i64 {
+pub(crate) fn unix_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -308,7 +308,7 @@ impl Sidecar {
                 ),
             },
             Ok(Some(owner)) => match owner.endpoints.get("rtmp") {
-                Some(rtmp) if owner.node_id != self.bridge_node() => {
+                Some(rtmp) if owner.node_id != self.bridge.node_id() => {
                     self.metrics.redirects.inc();
                     Answer::Redirect {
                         location: format!("{}/{broadcast}", rtmp.trim_end_matches('/')),
@@ -324,10 +324,6 @@ impl Sidecar {
                 reason: format!("cannot ask who owns {broadcast}: {e}"),
             },
         }
-    }
-
-    fn bridge_node(&self) -> String {
-        self.bridge.node_id().to_string()
     }
 
     /// Publishers without an update for `timeout` are gone (the media

@@ -208,10 +208,7 @@ fn play_local(s: &Arc<HttpState>, rx: tokio::sync::mpsc::Receiver<bytes::Bytes>)
 /// when the grace ends (`503` with `Retry-After`), by which time the
 /// broadcast is claimed anew wherever its publisher went.
 fn owner_gone(broadcast: &str, owner: &pb::Claim) -> Response {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now = crate::bridge::unix_ms();
     let wait_s = if owner.grace_ends_unix_ms > 0 {
         ((owner.grace_ends_unix_ms - now).max(0) as u64)
             .div_ceil(1000)
