@@ -11,6 +11,10 @@ use clap::{Parser, Subcommand};
 use pb::admin_client::AdminClient;
 use pb::ownership_client::OwnershipClient;
 use serde_json::{json, Value};
+
+mod output;
+
+use output::{claim_json, endpoints, event_json, node_json, table, when};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -19,14 +23,16 @@ use tonic::{Code, Status};
 #[derive(Parser)]
 #[command(name = "claimctl", version)]
 struct Cli {
-    /// Claim-service gRPC URL.
+    /// Claim-service gRPC URLs, comma-separated: commands use the first;
+    /// `watch` moves to the next when its stream ends.
     #[arg(
         long,
-        env = "CLAIMS_SERVER",
+        env = "CLAIMCTL_SERVER",
         default_value = "http://127.0.0.1:50051",
+        value_delimiter = ',',
         global = true
     )]
-    server: String,
+    server: Vec<String>,
 
     /// Print JSON (one object, or one per line for watch) instead of tables.
     #[arg(long, global = true)]
@@ -35,19 +41,19 @@ struct Cli {
     /// Admin bearer token (for release and drain).
     #[arg(
         long,
-        env = "CLAIMS_ADMIN_TOKEN",
+        env = "CLAIMCTL_ADMIN_TOKEN",
         global = true,
         hide_env_values = true
     )]
     admin_token: Option<String>,
 
     /// File holding the admin bearer token.
-    #[arg(long, env = "CLAIMS_ADMIN_TOKEN_FILE", global = true)]
+    #[arg(long, env = "CLAIMCTL_ADMIN_TOKEN_FILE", global = true)]
     admin_token_file: Option<std::path::PathBuf>,
 
     /// File holding the read token, when the service requires one for reads
     /// (otherwise the admin token is sent, if given).
-    #[arg(long, env = "CLAIMS_READ_TOKEN_FILE", global = true)]
+    #[arg(long, env = "CLAIMCTL_READ_TOKEN_FILE", global = true)]
     read_token_file: Option<std::path::PathBuf>,
 
     /// PEM CA of the service's certificate: connect over TLS (https:// URL).
@@ -71,6 +77,7 @@ struct Cli {
 enum Cmd {
     /// Who owns BROADCAST (exit 3 when nobody does).
     Owner {
+        /// A broadcast name, APP/STREAM (e.g. live/cam1).
         broadcast: String,
         /// Read etcd linearizably instead of the service's view.
         #[arg(long)]
@@ -85,11 +92,14 @@ enum Cmd {
         #[arg(long, default_value = "")]
         prefix: String,
     },
-    /// Claims and releases as they happen (Ctrl-C stops).
+    /// Claims and releases as they happen, each with the time it was seen
+    /// (Ctrl-C stops). When the stream ends (its replica stopped), it goes
+    /// on from the next revision at the next --server URL, missing nothing.
     Watch {
         /// Replay from this etcd revision (0 = from now on).
         #[arg(long, default_value_t = 0)]
         from: i64,
+        /// Only broadcasts whose name starts with this (e.g. live/).
         #[arg(long, default_value = "")]
         prefix: String,
     },
@@ -97,12 +107,15 @@ enum Cmd {
     Nodes,
     /// Revoke BROADCAST's claim (admin); the owner is told the reason.
     Release {
+        /// The broadcast whose claim is revoked, APP/STREAM.
         broadcast: String,
+        /// Why, told to the owner node in its `lost` (required).
         #[arg(long)]
         reason: String,
     },
     /// Mark NODE draining (admin): it takes no new publishers.
     Drain {
+        /// The node's id.
         node: String,
         /// Clear the mark instead.
         #[arg(long)]
@@ -118,67 +131,6 @@ fn exit_code(status: &Status) -> i32 {
         Code::Unavailable | Code::DeadlineExceeded => 5,
         _ => 1,
     }
-}
-
-fn claim_json(c: &pb::Claim) -> Value {
-    json!({
-        "broadcast": c.broadcast,
-        "node_id": c.node_id,
-        "endpoints": c.endpoints,
-        "lease_id": c.lease_id,
-        "fencing_token": c.fencing_token,
-        "claimed_at_unix_ms": c.claimed_at_unix_ms,
-        "lease_ttl_ms": c.lease_ttl_ms,
-        "session_id": c.session_id,
-        "service_id": c.service_id,
-    })
-}
-
-fn node_json(n: &pb::Node) -> Value {
-    json!({
-        "node_id": n.node_id,
-        "endpoints": n.endpoints,
-        "session_id": n.session_id,
-        "service_id": n.service_id,
-        "attached_at_unix_ms": n.attached_at_unix_ms,
-        "claims": n.claims,
-        "draining": n.draining,
-    })
-}
-
-/// Left-aligned columns.
-fn table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let parts: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", parts.join("  ").trim_end());
-    };
-    line(header.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
-    }
-}
-
-fn endpoints(e: &std::collections::HashMap<String, String>) -> String {
-    let mut v: Vec<String> = e.iter().map(|(k, u)| format!("{k}={u}")).collect();
-    v.sort();
-    v.join(",")
-}
-
-fn when(unix_ms: i64) -> String {
-    humantime::format_rfc3339_seconds(
-        std::time::UNIX_EPOCH + Duration::from_millis(unix_ms.max(0) as u64),
-    )
-    .to_string()
 }
 
 fn read_token_file(
@@ -224,27 +176,108 @@ impl Cli {
             None if self.tls_cert.is_some() => None,
             None => {
                 return Err(Status::unauthenticated(
-                    "this command needs an admin credential: --admin-token, CLAIMS_ADMIN_TOKEN, --admin-token-file, or an admin certificate (--tls-cert)",
+                    "this command needs an admin credential: --admin-token, CLAIMCTL_ADMIN_TOKEN, --admin-token-file, or an admin certificate (--tls-cert)",
                 ))
             }
         };
         Ok(req)
     }
 
-    async fn run(&self, channel: Channel) -> Result<(), Status> {
+    /// A lazy channel to the `i`-th --server URL (wrapping around).
+    fn channel(&self, i: usize) -> Result<Channel, Status> {
+        let tls = claims_proto::client::TlsFiles {
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+        };
+        let server = &self.server[i % self.server.len()];
+        tls.load()
+            .and_then(|tls| claims_proto::client::endpoint(server, tls.as_ref()))
+            .map(|e| e.connect_lazy())
+            .map_err(|e| Status::invalid_argument(format!("--server {server}: {e}")))
+    }
+
+    /// An `Ownership` client on `channel` sending the read credential.
+    fn reader(&self, channel: Channel) -> Result<Reader, Status> {
         let credential = match self.read_token()? {
             Some(token) => Some(bearer(&token)?),
             None => None,
         };
-        let mut read = OwnershipClient::with_interceptor(
-            channel.clone(),
-            move |mut req: tonic::Request<()>| {
+        Ok(OwnershipClient::with_interceptor(
+            channel,
+            Box::new(move |mut req: tonic::Request<()>| {
                 if let Some(value) = &credential {
                     req.metadata_mut().insert("authorization", value.clone());
                 }
                 Ok(req)
-            },
-        );
+            }),
+        ))
+    }
+
+    /// Follows claim changes from `from`; when a stream ends or breaks, goes
+    /// on from the revision after the last one seen at the next server.
+    async fn watch(&self, mut read: Reader, from: i64, prefix: &str) -> Result<(), Status> {
+        let mut next = from;
+        let mut server = 0;
+        let mut failures = 0u32;
+        loop {
+            let request = pb::WatchClaimsRequest {
+                prefix: prefix.to_string(),
+                start_revision: next,
+            };
+            let why = match read.watch_claims(request).await {
+                Ok(stream) => {
+                    let mut stream = stream.into_inner();
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(e)) => {
+                                failures = 0;
+                                next = e.revision + 1;
+                                self.print_event(&e);
+                            }
+                            Ok(None) => break "the stream ended".to_string(),
+                            Err(status) => break status.message().to_string(),
+                        }
+                    }
+                }
+                // A revision etcd no longer has cannot be resumed from.
+                Err(status) if status.code() == Code::OutOfRange => return Err(status),
+                Err(status) => status.message().to_string(),
+            };
+            failures += 1;
+            if failures > 3 * self.server.len() as u32 {
+                return Err(Status::unavailable(format!(
+                    "no claim-service kept the watch open (last: {why})"
+                )));
+            }
+            server += 1;
+            let url = &self.server[server % self.server.len()];
+            eprintln!(
+                "claimctl: watch interrupted ({why}); resuming at {url} from revision {next}"
+            );
+            tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(10)))).await;
+            read = self.reader(self.channel(server)?)?;
+        }
+    }
+
+    fn print_event(&self, e: &pb::ClaimEvent) {
+        let kind = pb::claim_event::Kind::try_from(e.kind)
+            .map(|k| k.as_str_name())
+            .unwrap_or("UNKNOWN");
+        let seen_at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        if self.json {
+            println!("{}", event_json(kind, e, &seen_at));
+        } else {
+            let c = e.claim.clone().unwrap_or_default();
+            println!(
+                "{seen_at} {:<9} {:<40} node={} fencing={} revision={}",
+                kind, c.broadcast, c.node_id, c.fencing_token, e.revision
+            );
+        }
+    }
+
+    async fn run(&self, channel: Channel) -> Result<(), Status> {
+        let mut read = self.reader(channel.clone())?;
         match &self.command {
             Cmd::Owner {
                 broadcast,
@@ -316,32 +349,7 @@ impl Cli {
                     table(&["BROADCAST", "NODE", "FENCING", "CLAIMED AT"], &rows);
                 }
             }
-            Cmd::Watch { from, prefix } => {
-                let mut stream = read
-                    .watch_claims(pb::WatchClaimsRequest {
-                        prefix: prefix.clone(),
-                        start_revision: *from,
-                    })
-                    .await?
-                    .into_inner();
-                while let Some(e) = stream.message().await? {
-                    let kind = pb::claim_event::Kind::try_from(e.kind)
-                        .map(|k| k.as_str_name())
-                        .unwrap_or("UNKNOWN");
-                    let c = e.claim.unwrap_or_default();
-                    if self.json {
-                        println!(
-                            "{}",
-                            json!({"kind": kind, "revision": e.revision, "claim": claim_json(&c)})
-                        );
-                    } else {
-                        println!(
-                            "{:<9} {:<40} node={} fencing={} revision={}",
-                            kind, c.broadcast, c.node_id, c.fencing_token, e.revision
-                        );
-                    }
-                }
-            }
+            Cmd::Watch { from, prefix } => self.watch(read, *from, prefix).await?,
             Cmd::Nodes => {
                 let nodes = read
                     .list_nodes(pb::ListNodesRequest {})
@@ -422,21 +430,33 @@ impl Cli {
     }
 }
 
+type Reader = OwnershipClient<
+    tonic::service::interceptor::InterceptedService<
+        Channel,
+        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, Status> + Send>,
+    >,
+>;
+
+/// Environment names claimctl read before they all began with CLAIMCTL_.
+const RENAMED: [(&str, &str); 4] = [
+    ("CLAIMS_SERVER", "CLAIMCTL_SERVER"),
+    ("CLAIMS_ADMIN_TOKEN", "CLAIMCTL_ADMIN_TOKEN"),
+    ("CLAIMS_ADMIN_TOKEN_FILE", "CLAIMCTL_ADMIN_TOKEN_FILE"),
+    ("CLAIMS_READ_TOKEN_FILE", "CLAIMCTL_READ_TOKEN_FILE"),
+];
+
 #[tokio::main]
 async fn main() {
+    for (old, new) in RENAMED {
+        if std::env::var_os(old).is_some() && std::env::var_os(new).is_none() {
+            eprintln!("claimctl: {old} is no longer read; set {new} instead");
+        }
+    }
     let cli = Cli::parse();
-    let tls = claims_proto::client::TlsFiles {
-        ca: cli.tls_ca.clone(),
-        cert: cli.tls_cert.clone(),
-        key: cli.tls_key.clone(),
-    };
-    let channel = match tls
-        .load()
-        .and_then(|tls| claims_proto::client::endpoint(&cli.server, tls.as_ref()))
-    {
-        Ok(e) => e.connect_lazy(),
+    let channel = match cli.channel(0) {
+        Ok(c) => c,
         Err(e) => {
-            eprintln!("claimctl: --server: {e}");
+            eprintln!("claimctl: {}", e.message());
             std::process::exit(2);
         }
     };
@@ -444,7 +464,7 @@ async fn main() {
         let what = match status.code() {
             Code::Unavailable => format!(
                 "cannot reach the claim-service at {}: {}",
-                cli.server,
+                cli.server.join(","),
                 status.message()
             ),
             _ => status.message().to_string(),

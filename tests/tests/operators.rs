@@ -23,7 +23,7 @@ struct Out {
 impl Ctl<'_> {
     async fn run(&self, args: &[&str]) -> Result<Out> {
         let mut cmd = Command::new(binary("claimctl"));
-        cmd.env_remove("CLAIMS_ADMIN_TOKEN")
+        cmd.env_remove("CLAIMCTL_ADMIN_TOKEN")
             .arg("--server")
             .arg(self.svc.addr())
             .args(args);
@@ -63,7 +63,10 @@ async fn claimctl_reads_with_tables_json_and_exit_codes() -> Result<()> {
         .await?;
     assert_eq!(out.code, 0);
     let v: serde_json::Value = serde_json::from_str(&out.stdout)?;
-    assert_eq!(v["fencing_token"], claim.fencing_token);
+    // proto3's JSON mapping: 64-bit integers are strings, so that a
+    // JavaScript reader loses nothing (etcd's lease ids pass 2^53).
+    assert_eq!(v["fencing_token"], claim.fencing_token.to_string());
+    assert_eq!(v["lease_id"], claim.lease_id.to_string());
     assert_eq!(v["node_id"], "node-a");
 
     let out = ctl.run(&["owner", "live/nobody"]).await?;
@@ -110,6 +113,10 @@ async fn claimctl_reads_with_tables_json_and_exit_codes() -> Result<()> {
     let event: serde_json::Value = serde_json::from_str(&first)?;
     assert_eq!(event["kind"], "CLAIMED");
     assert_eq!(event["claim"]["broadcast"], "live/cam1");
+    assert!(
+        event["seen_at"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{event}"
+    );
 
     // Unreachable service: exit 5.
     let mut cmd = Command::new(binary("claimctl"));
@@ -294,6 +301,54 @@ async fn healthcheck_subcommands_report_what_containers_need() -> Result<()> {
         ok.status.success(),
         "{}",
         String::from_utf8_lossy(&ok.stdout)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn claimctl_watch_resumes_at_the_next_replica_without_missing_a_change() -> Result<()> {
+    let stack = Stack::start("ctl-watch-resume", &[]).await?;
+    let mut other = ClaimService::start(&stack.etcd.endpoint(), &stack.prefix, &[]).await?;
+    let servers = format!("{},{}", other.addr(), stack.svc.addr());
+    let mut cmd = tokio::process::Command::new(binary("claimctl"));
+    cmd.args(["--server", &servers, "watch", "--prefix", "live/"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn()?;
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut next_line = async || {
+        tokio::time::timeout(WAIT, lines.next_line())
+            .await??
+            .ok_or_else(|| anyhow::anyhow!("claimctl watch ended"))
+    };
+
+    let mut a = Node::attach(&stack.svc.addr(), hello("node-a")).await?;
+    a.created("live/one", "video").await?;
+    a.expect_claimed("live/one").await?;
+    let first = next_line().await?;
+    assert!(
+        first.contains("CLAIMED") && first.contains("live/one"),
+        "{first}"
+    );
+    // Each line starts with when it was seen.
+    let stamp = first.split_whitespace().next().unwrap_or("");
+    assert!(humantime::parse_rfc3339(stamp).is_ok(), "{first}");
+
+    // Its replica stops; a change made meanwhile is not missed.
+    other.terminate().await?;
+    a.closed("live/one", "video").await?;
+    a.expect_released("live/one").await?;
+    a.created("live/two", "video").await?;
+    a.expect_claimed("live/two").await?;
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("live/two")) {
+        seen.push(next_line().await?);
+    }
+    assert!(
+        seen[0].contains("RELEASED") && seen[0].contains("live/one"),
+        "{seen:?}"
     );
     Ok(())
 }

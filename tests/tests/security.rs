@@ -333,7 +333,7 @@ async fn admin_and_read_apis_need_their_credentials() -> Result<()> {
     // credential exits 4.
     let ctl = |args: &[&str]| {
         std::process::Command::new(binary("claimctl"))
-            .env_remove("CLAIMS_ADMIN_TOKEN")
+            .env_remove("CLAIMCTL_ADMIN_TOKEN")
             .env_remove("CLAIMS_ADMIN_TOKEN_FILE")
             .env_remove("CLAIMS_READ_TOKEN_FILE")
             .arg("--server")
