@@ -88,13 +88,14 @@ need_grpcurl() {
 }
 
 # start_etcd NAME DATA_DIR CLIENT_URL PEER_PORT LOG [ETCD_ARGS...] — one etcd
-# member on loopback, in the background (its pid in ETCD_PID); waits up to
-# 10 s for it to answer a health check (etcdctl flags, e.g. TLS, from
-# ETCDCTL_FLAGS).
+# member on loopback, in the background and in a session of its own (a
+# terminal's Ctrl-C reaches the script, which stops things in order; its pid
+# in ETCD_PID); waits up to 10 s for it to answer a health check (etcdctl
+# flags, e.g. TLS, from ETCDCTL_FLAGS); returns 1 if it never did.
 start_etcd() {
   local name=$1 data=$2 client=$3 peer=http://127.0.0.1:$4 log=$5
   shift 5
-  etcd --name "$name" --data-dir "$data" "$@" \
+  setsid etcd --name "$name" --data-dir "$data" "$@" \
     --listen-client-urls "$client" --advertise-client-urls "$client" \
     --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
     --initial-cluster "$name=$peer" >"$log" 2>&1 &
@@ -104,6 +105,7 @@ start_etcd() {
     ETCDCTL_API=3 etcdctl ${ETCDCTL_FLAGS:-} --endpoints "$client" endpoint health >/dev/null 2>&1 && return 0
     sleep 0.1
   done
+  return 1
 }
 
 # port_free PORT — true when nothing listens on 127.0.0.1:PORT.

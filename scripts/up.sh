@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Runs the stack on this machine: a single-member etcd (data under .run/,
 # which git ignores), the claim-service, and two ingest nodes, built in
-# release mode. Ctrl-C stops everything this script started.
+# release mode. Ctrl-C stops everything this script started, in order: the
+# ingest nodes first (they say goodbye, so their claims are released at once),
+# then the claim-service, then etcd. A service that exits (try `kill -9
+# $(cat .run/ingest-a.pid)`, as in the README's fault table) is reported and
+# the rest keeps running. Each service runs in a session of its own, so a
+# terminal's Ctrl-C reaches only this script; pids are in .run/NAME.pid.
 #
 #   scripts/up.sh          plaintext
 #   scripts/up.sh --nginx  also two nginx-rtmp servers (Debian's nginx +
@@ -71,14 +76,23 @@ echo ">> building (release)"
 cargo build --release --locked -p claim-service -p claimctl -p ingest-node
 
 pids=()
+names=()
+# started NAME PID — a service this script stops, in reverse order.
+started() {
+  pids+=("$2")
+  names+=("$1")
+  echo "$2" >"$RUN/$1.pid"
+}
 stop() {
   trap - INT TERM EXIT
+  [[ -n ${tailer:-} ]] && kill "$tailer" 2>/dev/null
   echo
   echo ">> stopping"
   # The claim-service first, gracefully; then etcd.
   for ((i=${#pids[@]}-1; i>=0; i--)); do
     kill -TERM "${pids[$i]}" 2>/dev/null || true
     wait "${pids[$i]}" 2>/dev/null || true
+    rm -f "$RUN/${names[$i]}.pid"
   done
   echo ">> stopped; etcd data kept in $ETCD_DATA (delete it for a clean start)"
   exit "${1:-0}"
@@ -96,9 +110,14 @@ if [[ $NGINX == 1 ]]; then
 fi
 
 echo ">> starting etcd on $SCHEME://127.0.0.1:$ETCD_PORT (log: $RUN/etcd.log)"
-ETCDCTL_FLAGS=$ETCDCTL_TLS start_etcd up "$ETCD_DATA" "$SCHEME://127.0.0.1:$ETCD_PORT" \
-  "$ETCD_PEER_PORT" "$RUN/etcd.log" "${ETCD_TLS[@]}"
-pids+=("$ETCD_PID")
+if ! ETCDCTL_FLAGS=$ETCDCTL_TLS start_etcd up "$ETCD_DATA" "$SCHEME://127.0.0.1:$ETCD_PORT" \
+  "$ETCD_PEER_PORT" "$RUN/etcd.log" "${ETCD_TLS[@]}"; then
+  started etcd "$ETCD_PID"
+  echo "etcd did not answer a health check within 10 s; its log:" >&2
+  tail -n 20 "$RUN/etcd.log" >&2
+  stop 1
+fi
+started etcd "$ETCD_PID"
 
 # The Admin API's bearer token (claimctl --admin-token-file .run/admin-token).
 [[ -s $RUN/admin-token ]] || (umask 077; head -c 24 /dev/urandom | base64 | tr -d '/+=\n' >"$RUN/admin-token")
@@ -113,13 +132,19 @@ CLAIMS_ADMIN_TOKEN_FILE="$RUN/admin-token" \
 CLAIMS_LISTEN="127.0.0.1:$CLAIMS_PORT" \
 CLAIMS_METRICS_LISTEN="127.0.0.1:$METRICS_PORT" \
 CLAIMS_ETCD_ENDPOINTS="$SCHEME://127.0.0.1:$ETCD_PORT" \
-  target/release/claim-service >"$RUN/claim-service.log" 2>&1 &
-pids+=($!)
+  setsid target/release/claim-service >"$RUN/claim-service.log" 2>&1 &
+started claim-service $!
+ready=0
 for _ in $(seq 100); do
-  grep -q "etcd reachable: SERVING" "$RUN/claim-service.log" 2>/dev/null && break
-  kill -0 "${pids[1]}" 2>/dev/null || { cat "$RUN/claim-service.log"; exit 1; }
+  grep -q "etcd reachable: SERVING" "$RUN/claim-service.log" 2>/dev/null && { ready=1; break; }
+  kill -0 "${pids[1]}" 2>/dev/null || break
   sleep 0.1
 done
+if [[ $ready == 0 ]]; then
+  echo "the claim-service did not report etcd reachable within 10 s; its log:" >&2
+  tail -n 20 "$RUN/claim-service.log" >&2
+  stop 1
+fi
 
 start_node() { # id rtmp http
   echo ">> starting ingest node $1 on RTMP $2, HTTP $3 (log: $RUN/$1.log)"
@@ -130,8 +155,8 @@ start_node() { # id rtmp http
   INGEST_CLAIM_SERVICE="$SCHEME://127.0.0.1:$CLAIMS_PORT" \
   INGEST_RTMP_LISTEN="127.0.0.1:$2" INGEST_HTTP_LISTEN="127.0.0.1:$3" \
   INGEST_ADVERTISE_RTMP="rtmp://127.0.0.1:$2" INGEST_ADVERTISE_HTTP="http://127.0.0.1:$3" \
-    target/release/ingest-node >"$RUN/$1.log" 2>&1 &
-  pids+=($!)
+    setsid target/release/ingest-node >"$RUN/$1.log" 2>&1 &
+  started "$1" $!
 }
 start_node ingest-a "$A_RTMP" "$A_HTTP"
 start_node ingest-b "$B_RTMP" "$B_HTTP"
@@ -163,27 +188,35 @@ http {
 }
 CONF
   echo ">> starting $1: nginx-rtmp on RTMP $2, its sidecar's hooks on $4 (logs: $RUN/$1/error.log, $RUN/$1-sidecar.log)"
-  nginx -c "$dir/nginx.conf" -p "$dir" >"$dir/out.log" 2>&1 &
-  pids+=($!)
+  setsid nginx -c "$dir/nginx.conf" -p "$dir" >"$dir/out.log" 2>&1 &
+  started "$1-nginx" $!
   INGEST_NODE_ID="$1" \
   INGEST_CLAIM_SERVICE="$SCHEME://127.0.0.1:$CLAIMS_PORT" \
   INGEST_MEDIA_SERVER=nginx-rtmp INGEST_HOOKS_LISTEN="127.0.0.1:$4" \
   INGEST_MEDIA_SERVER_API="http://127.0.0.1:$3/stat" INGEST_HOOKS_UPDATE_TIMEOUT=25s \
   INGEST_HTTP_LISTEN="127.0.0.1:$5" \
   INGEST_ADVERTISE_RTMP="rtmp://127.0.0.1:$2" INGEST_ADVERTISE_HTTP="http://127.0.0.1:$5" \
-    target/release/ingest-node >"$RUN/$1-sidecar.log" 2>&1 &
-  pids+=($!)
+    setsid target/release/ingest-node >"$RUN/$1-sidecar.log" 2>&1 &
+  started "$1-sidecar" $!
 }
 if [[ $NGINX == 1 ]]; then
   [[ $TLS == 1 ]] && { echo "--nginx with --tls: the sidecars would need certificates; run them apart" >&2; exit 2; }
   start_nginx nginx-a 1945 8088 8090 8082
   start_nginx nginx-b 1946 8089 8091 8083
 fi
+attached() { curl -sf "http://127.0.0.1:$1/healthz" 2>/dev/null | grep -q '"claim_service_connected":true'; }
+ready=0
 for _ in $(seq 100); do
-  curl -sf "http://127.0.0.1:$A_HTTP/healthz" 2>/dev/null | grep -q '"claim_service_connected":true' &&
-    curl -sf "http://127.0.0.1:$B_HTTP/healthz" 2>/dev/null | grep -q '"claim_service_connected":true' && break
+  attached "$A_HTTP" && attached "$B_HTTP" && { ready=1; break; }
   sleep 0.1
 done
+if [[ $ready == 0 ]]; then
+  for n in "ingest-a $A_HTTP" "ingest-b $B_HTTP"; do
+    set -- $n
+    attached "$2" || { echo "$1 did not attach to the claim-service within 10 s; its log:" >&2; tail -n 20 "$RUN/$1.log" >&2; }
+  done
+  stop 1
+fi
 
 cat <<TXT
 
@@ -225,17 +258,20 @@ Query the claim-service:
   target/release/claimctl $CLAIMCTL_TLS nodes
   target/release/claimctl $CLAIMCTL_TLS --admin-token-file $RUN/admin-token release live/cam1 --reason test
 
+Try a fault: kill -9 \$(cat $RUN/ingest-a.pid) — the rest keeps running.
 Ctrl-C stops everything.
 TXT
 tail -n 0 -f "$RUN/claim-service.log" "$RUN/ingest-a.log" "$RUN/ingest-b.log" &
-services=("${pids[@]}")
-pids+=("$!")
-# Stop when Ctrl-C comes, or when any service dies.
+tailer=$!
+# Report a service that exits; the rest keeps running until Ctrl-C.
+declare -A gone=()
 while true; do
-  for p in "${services[@]}"; do
-    kill -0 "$p" 2>/dev/null || break 2
+  for i in "${!pids[@]}"; do
+    if [[ -z ${gone[$i]:-} ]] && ! kill -0 "${pids[$i]}" 2>/dev/null; then
+      gone[$i]=1
+      echo ">> ${names[$i]} (pid ${pids[$i]}) exited; the rest keeps running (see $RUN/${names[$i]}.log; Ctrl-C stops everything)" >&2
+    fi
   done
-  sleep 1
+  sleep 1 &
+  wait $! || true
 done
-echo ">> a service exited; see $RUN/*.log" >&2
-stop 1

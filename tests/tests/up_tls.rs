@@ -1,7 +1,9 @@
 //! `scripts/up.sh --tls`, the documented way to run the whole stack with
 //! mutual TLS, run for real: a real ffmpeg publishes through an ingest node
 //! that attaches with its own certificate, grpcurl reads over mTLS, a
-//! client without a certificate is refused, and Ctrl-C stops everything.
+//! client without a certificate is refused, a node killed with -9 leaves
+//! the rest running, and Ctrl-C stops everything in order (the nodes say
+//! goodbye before the claim-service stops).
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -151,9 +153,28 @@ async fn up_tls_runs_the_whole_stack_with_mutual_tls() -> Result<()> {
     assert!(out.contains("Unauthenticated"), "{out}");
     let (code, out) = grpcurl(&["-plaintext", &addr, "list"])?;
     assert_ne!(code, 0, "{out}");
-    drop(publisher);
 
-    // Ctrl-C stops everything it started.
+    // A node dies (kill -9, as in the README's fault table): reported, and
+    // the rest keeps running.
+    let pid = std::fs::read_to_string(run.join("ingest-b.pid"))?;
+    Command::new("kill").args(["-9", pid.trim()]).status()?;
+    until(
+        Duration::from_millis(200),
+        async || Ok(up.log() + &std::fs::read_to_string(run.join("up.err")).unwrap_or_default()),
+        |out| out.contains("ingest-b (pid"),
+    )
+    .await?;
+    assert!(
+        up.child.try_wait()?.is_none(),
+        "up.sh stopped:\n{}",
+        up.log()
+    );
+    let (code, out) = grpcurl(&get)?;
+    assert!(code == 0 && out.contains("ingest-a"), "{out}");
+
+    // Ctrl-C (to the whole process group, as a terminal sends it) stops
+    // everything it started, the publisher still live: ingest-a says
+    // goodbye before the claim-service stops.
     up.signal("-INT");
     let deadline = Instant::now() + Duration::from_secs(30);
     while up.child.try_wait()?.is_none() {
@@ -163,6 +184,12 @@ async fn up_tls_runs_the_whole_stack_with_mutual_tls() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(up.log().contains("stopped"), "{}", up.log());
+    let service_log = std::fs::read_to_string(run.join("claim-service.log"))?;
+    assert!(
+        service_log.contains("goodbye: releasing every claim"),
+        "{service_log}"
+    );
+    drop(publisher);
     let _ = std::fs::remove_dir_all(&run);
     Ok(())
 }
