@@ -21,6 +21,7 @@ use tokio::sync::broadcast;
 
 use crate::claims::Claim;
 use crate::error::{Error, Result};
+use crate::log_budget::{Say, Trouble};
 use crate::store::watch::Change;
 use crate::store::{NodeRecord, Purpose, Store};
 
@@ -334,17 +335,29 @@ impl View {
 
     async fn follow(self: Arc<Self>, store: Store) {
         let mut failures = 0;
+        let mut trouble = Trouble::new(std::time::Duration::from_secs(10));
         loop {
             let snapshot = match store.snapshot().await {
                 Ok(s) => s,
                 Err(e) => {
                     failures += 1;
-                    tracing::warn!(error = %e, "ownership view cannot read etcd; retrying");
+                    match trouble.failed(&e.to_string(), std::time::Instant::now()) {
+                        Say::New => {
+                            tracing::warn!(error = %e, "ownership view cannot read etcd; retrying")
+                        }
+                        Say::Still { since, times } => tracing::warn!(
+                            ?since,
+                            times,
+                            "ownership view still cannot read etcd; retrying"
+                        ),
+                        Say::Quiet => {}
+                    }
                     tokio::time::sleep(crate::claims::backoff(failures)).await;
                     continue;
                 }
             };
             failures = 0;
+            trouble.recovered(std::time::Instant::now());
             self.replace(snapshot.claims, snapshot.nodes, snapshot.revision);
             tracing::info!(revision = snapshot.revision, "ownership view synced");
             let mut watch = store.watch_everything(Purpose::View, snapshot.revision + 1);

@@ -31,10 +31,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::time::{delay_queue, DelayQueue};
 
+use crate::log_budget::{Say, Trouble};
 use crate::metrics::Metrics;
 
 const ANCHOR_TTL: Duration = Duration::from_secs(60);
 const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
+/// A keep-alive failure that repeats is summed up at most this often.
+const TROUBLE_EVERY: Duration = Duration::from_secs(10);
 /// Renewals sent, and no answer at all for this long: the stream is stuck
 /// (its connection blackholed); treat it as broken and reopen it.
 const STUCK_AFTER: Duration = Duration::from_secs(2);
@@ -273,6 +276,8 @@ struct Shard {
     /// the network, so deadlines are checked on time even when etcd hangs).
     opening: bool,
     failures: u32,
+    /// What of the failures to open or keep a stream is logged.
+    trouble: Trouble,
     reopen_at: Instant,
     /// When the oldest renewal still without any answer on this stream was
     /// sent; `None` while every send has been followed by an answer.
@@ -299,6 +304,7 @@ impl Shard {
             anchor: None,
             opening: false,
             failures: 0,
+            trouble: Trouble::new(TROUBLE_EVERY),
             reopen_at: Instant::now(),
             unanswered_since: None,
             events_tx,
@@ -524,7 +530,19 @@ impl Shard {
         self.failures += 1;
         self.metrics.keepalive_failures.inc();
         let delay = crate::claims::backoff(self.failures).min(Duration::from_secs(1));
-        tracing::warn!(error = %error, retry_in = ?delay, "keep-alive stream broke; reopening");
+        match self.trouble.failed(&error, Instant::now().into_std()) {
+            Say::New => {
+                tracing::warn!(error = %error, retry_in = ?delay, "keep-alive stream broke; reopening")
+            }
+            Say::Still { since, times } => {
+                tracing::warn!(
+                    ?since,
+                    times,
+                    "keep-alive streams still failing the same way; retrying"
+                )
+            }
+            Say::Quiet => {}
+        }
         self.reopen_at = Instant::now() + delay;
     }
 
@@ -592,7 +610,19 @@ impl Shard {
         self.failures += 1;
         self.metrics.keepalive_failures.inc();
         let delay = crate::claims::backoff(self.failures).min(Duration::from_secs(1));
-        tracing::warn!(error = %error, retry_in = ?delay, "cannot open a keep-alive stream");
+        match self.trouble.failed(&error, Instant::now().into_std()) {
+            Say::New => {
+                tracing::warn!(error = %error, retry_in = ?delay, "cannot open a keep-alive stream")
+            }
+            Say::Still { since, times } => {
+                tracing::warn!(
+                    ?since,
+                    times,
+                    "keep-alive streams still failing the same way; retrying"
+                )
+            }
+            Say::Quiet => {}
+        }
         self.reopen_at = Instant::now() + delay;
     }
 
@@ -605,6 +635,9 @@ impl Shard {
     ) {
         self.opening = false;
         self.failures = 0;
+        if let Some((after, times)) = self.trouble.recovered(Instant::now().into_std()) {
+            tracing::info!(?after, failures = times, "keep-alive stream open again");
+        }
         self.metrics.keepalive_streams.inc();
         if granted {
             self.anchor = Some(anchor);
