@@ -139,6 +139,16 @@ pub struct Config {
     )]
     pub media_server_api: Option<String>,
 
+    /// File holding the credential the media server's API wants, sent as
+    /// `Authorization: Basic base64(CONTENT)`: OME's AccessToken, or
+    /// `user:password` for SRS's or MediaMTX's API.
+    #[arg(
+        long,
+        env = "INGEST_MEDIA_SERVER_API_TOKEN_FILE",
+        help_heading = "Media-server hooks"
+    )]
+    pub media_server_api_token_file: Option<std::path::PathBuf>,
+
     #[arg(
         long,
         env = "INGEST_MEDIA_SERVER_API_INTERVAL",
@@ -415,6 +425,31 @@ mod tests {
 }
 
 impl Config {
+    /// Where the media server lists its publishers, with its credential.
+    pub fn media_server_api(&self) -> Result<Option<crate::hooks::Api>, String> {
+        let Some(url) = &self.media_server_api else {
+            return Ok(None);
+        };
+        let token = match &self.media_server_api_token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        format!(
+                            "cannot read --media-server-api-token-file {}: {e}",
+                            path.display()
+                        )
+                    })?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        Ok(Some(crate::hooks::Api {
+            url: url.clone(),
+            token,
+        }))
+    }
+
     /// How long a publisher may go without an update from the media
     /// server: as set, or 35 s for nginx-rtmp (its `notify_update_timeout`
     /// defaults to 30 s), none for the others.

@@ -377,16 +377,25 @@ pub fn restore(
     book
 }
 
-/// What a listing from this server's API says is published (untrusted
-/// input, like the hooks).
-pub fn parse_listing(kind: Kind, body: &[u8]) -> Result<listing::Listed, String> {
-    listing::parse(kind, body)
+/// What a listing from this server's API at `url` says is published
+/// (untrusted input, like the hooks).
+pub fn parse_listing(kind: Kind, url: &str, body: &[u8]) -> Result<listing::Listed, String> {
+    listing::parse(kind, url, body)
 }
 
-/// Reads the media server's list of publishers at `api`.
-pub async fn read_listing(kind: Kind, api: &str) -> Result<listing::Listed, String> {
-    let body = crate::lookup::http_get(api).await?;
-    listing::parse(kind, &body)
+/// Where a media server lists its publishers, and the credential it wants.
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub url: String,
+    /// Sent as `Authorization: Basic base64(token)`: OME's AccessToken, or
+    /// `user:password` for SRS's or MediaMTX's API.
+    pub token: Option<String>,
+}
+
+/// Reads the media server's list of publishers.
+pub async fn read_listing(kind: Kind, api: &Api) -> Result<listing::Listed, String> {
+    let body = crate::lookup::http_get(&api.url, api.token.as_deref()).await?;
+    listing::parse(kind, &api.url, &body)
 }
 
 /// Keeps the sidecar true to the media server until `stop`: reaps
@@ -395,7 +404,7 @@ pub async fn read_listing(kind: Kind, api: &str) -> Result<listing::Listed, Stri
 pub async fn watch(
     sidecar: Arc<Sidecar>,
     update_timeout: Option<Duration>,
-    api: Option<String>,
+    api: Option<Api>,
     interval: Duration,
     stop: CancellationToken,
 ) {
@@ -409,12 +418,12 @@ pub async fn watch(
                     sidecar.reap(timeout);
                 }
             }
-            _ = poll.tick(), if api.is_some() => {
-                let api = api.as_deref().unwrap_or_default();
+            _ = poll.tick() => {
+                let Some(api) = &api else { continue };
                 let read_at = Instant::now();
                 match read_listing(sidecar.kind, api).await {
                     Ok(listed) => sidecar.converge(listed, read_at).await,
-                    Err(e) => tracing::warn!(%api, error = %e, "cannot read the media server's publishers"),
+                    Err(e) => tracing::warn!(api = %api.url, error = %e, "cannot read the media server's publishers"),
                 }
             }
         }

@@ -59,14 +59,20 @@ impl OwnerLookup {
     }
 }
 
-/// The body of `GET url` (a media server's API), or why not.
-pub async fn http_get(url: &str) -> Result<Vec<u8>, String> {
+/// The body of `GET url` (a media server's API; `token` sent as
+/// `Authorization: Basic base64(token)`), or why not.
+pub async fn http_get(url: &str, token: Option<&str>) -> Result<Vec<u8>, String> {
     let client = reqwest::Client::builder()
         .timeout(LOOKUP_TIMEOUT)
         .build()
         .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
-    let response = client
-        .get(url)
+    let mut request = client.get(url);
+    if let Some(token) = token {
+        use base64::Engine;
+        let basic = base64::engine::general_purpose::STANDARD.encode(token);
+        request = request.header("authorization", format!("Basic {basic}"));
+    }
+    let response = request
         .send()
         .await
         .map_err(|e| format!("GET {url}: {e}"))?;

@@ -59,11 +59,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let metrics = Arc::new(Metrics::new());
     // A sidecar that restarted finds what its media server still publishes
     // before its claim session starts, so the claims are adopted.
-    let restored = match (&front, &config.media_server_api) {
+    let api = config.media_server_api()?;
+    let restored = match (&front, &api) {
         (Front::Hooks(kind, _), Some(api)) => match hooks::read_listing(*kind, api).await {
             Ok(listed) => hooks::restore(&registry, &listed, &metrics),
             Err(e) => {
-                tracing::warn!(%api, error = %e, "cannot read the media server's publishers at start; its hooks will tell");
+                tracing::warn!(api = %api.url, error = %e, "cannot read the media server's publishers at start; its hooks will tell");
                 Publishers::default()
             }
         },
@@ -151,7 +152,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             tokio::spawn(hooks::watch(
                 sidecar.clone(),
                 config.update_timeout(),
-                config.media_server_api.clone(),
+                api,
                 config.media_server_api_interval,
                 front_stop.clone(),
             ));

@@ -1,10 +1,11 @@
 //! What a media server lists as published, read from its API: nginx-rtmp's
-//! `rtmp_stat` XML, SRS's `/api/v1/streams`, MediaMTX's `/v3/paths/list`.
-//! Each is parsed to `(broadcast, client)` pairs, the client as that
-//! server's hooks name it, so a sidecar that restarted, or missed a hook,
-//! converges to what the server really has. (OvenMediaEngine's REST API
-//! needs an access token and a walk over virtual hosts and applications;
-//! it is not read: with OME, only its hooks count.)
+//! `rtmp_stat` XML, SRS's `/api/v1/streams`, MediaMTX's `/v3/paths/list`,
+//! OvenMediaEngine's `/v1/vhosts/VHOST/apps/APP/streams` (one application
+//! per sidecar; its name is taken from that URL). Each is parsed to
+//! `(broadcast, client)` pairs, the client as that server's hooks name it
+//! (empty where the list does not say: any publisher of the broadcast), so
+//! a sidecar that restarted, or missed a hook, converges to what the server
+//! really has.
 
 use quick_xml::events::Event;
 use quick_xml::Reader;
@@ -15,13 +16,42 @@ use super::Kind;
 /// Publishers the server lists: `(broadcast, client)`.
 pub type Listed = Vec<(String, String)>;
 
-pub fn parse(kind: Kind, body: &[u8]) -> Result<Listed, String> {
+/// The publishers listed in `body`, read from `url`.
+pub fn parse(kind: Kind, url: &str, body: &[u8]) -> Result<Listed, String> {
     match kind {
         Kind::NginxRtmp => nginx(body),
         Kind::Srs => srs(body),
         Kind::Mediamtx => mediamtx(body),
-        Kind::Ome => Err("OvenMediaEngine's stream list is not read; its hooks alone count".into()),
+        Kind::Ome => ome(url, body),
     }
+}
+
+#[derive(Deserialize)]
+struct OmeStreams {
+    #[serde(default)]
+    response: Vec<String>,
+}
+
+/// OME's stream names of the application its URL names
+/// (`.../apps/APP/streams`); OME's admission hooks name a publisher by its
+/// address, the list does not: any publisher of a listed stream is there.
+fn ome(url: &str, body: &[u8]) -> Result<Listed, String> {
+    let path = url.split(['?', '#']).next().unwrap_or("");
+    let mut segments = path.split('/');
+    let app = segments
+        .by_ref()
+        .skip_while(|s| *s != "apps")
+        .nth(1)
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| {
+            format!("--media-server-api {url:?} names no application (…/v1/vhosts/VHOST/apps/APP/streams)")
+        })?;
+    let s: OmeStreams =
+        serde_json::from_slice(body).map_err(|e| format!("not OME's stream list: {e}"))?;
+    Ok(s.response
+        .into_iter()
+        .map(|name| (format!("{app}/{name}"), String::new()))
+        .collect())
 }
 
 /// nginx-rtmp's `rtmp_stat all` XML: every publishing client of every
@@ -156,10 +186,10 @@ mod tests {
 </stream>
 <nclients>3</nclients></live></application></server></rtmp>"#;
         assert_eq!(
-            parse(Kind::NginxRtmp, xml).unwrap(),
+            parse(Kind::NginxRtmp, "", xml).unwrap(),
             vec![("live/cam1".to_string(), "5".to_string())]
         );
-        assert!(parse(Kind::NginxRtmp, b"<rtmp><server><").is_err());
+        assert!(parse(Kind::NginxRtmp, "", b"<rtmp><server><").is_err());
     }
 
     #[test]
@@ -169,16 +199,26 @@ mod tests {
            "publish":{"active":true,"cid":"341w361a"},"video":null,"audio":null},
           {"id":"vid-2","name":"gone","vhost":"v","app":"live","publish":{"active":false,"cid":""}}]}"#;
         assert_eq!(
-            parse(Kind::Srs, srs_body).unwrap(),
+            parse(Kind::Srs, "", srs_body).unwrap(),
             vec![("live/livestream".to_string(), "341w361a".to_string())]
         );
         let mtx = br#"{"itemCount":2,"pageCount":1,"items":[
           {"name":"live/cam1","confName":"all_others","source":{"type":"rtmpConn","id":"9f3c"},"ready":true,"tracks":["H264"]},
           {"name":"live/idle","confName":"all_others","source":null,"ready":false,"tracks":[]}]}"#;
         assert_eq!(
-            parse(Kind::Mediamtx, mtx).unwrap(),
+            parse(Kind::Mediamtx, "", mtx).unwrap(),
             vec![("live/cam1".to_string(), String::new())]
         );
-        assert!(parse(Kind::Ome, b"{}").is_err());
+        // OME's REST API documentation: GET /v1/vhosts/{vhost}/apps/{app}/streams.
+        let ome = br#"{"message":"OK","response":["stream","stream2"],"statusCode":200}"#;
+        let url = "http://ome:8081/v1/vhosts/default/apps/app/streams";
+        assert_eq!(
+            parse(Kind::Ome, url, ome).unwrap(),
+            vec![
+                ("app/stream".to_string(), String::new()),
+                ("app/stream2".to_string(), String::new())
+            ]
+        );
+        assert!(parse(Kind::Ome, "http://ome:8081/v1/vhosts", ome).is_err());
     }
 }

@@ -123,14 +123,18 @@ impl<T> Publishers<T> {
     }
 
     /// Publishers the media server no longer lists (`listed`: broadcast
-    /// and client), removed, unless started after `since` (a listing taken
-    /// before their start cannot show them).
+    /// and client, an empty client standing for any), removed, unless
+    /// started after `since` (a listing taken before their start cannot
+    /// show them).
     pub fn unlisted(&mut self, listed: &[(String, String)], since: Instant) -> Vec<(String, T)> {
         let gone: Vec<String> = self
             .by_broadcast
             .iter()
             .filter(|(b, p)| {
-                p.seen < since && !listed.iter().any(|(lb, lc)| lb == *b && *lc == p.client)
+                p.seen < since
+                    && !listed
+                        .iter()
+                        .any(|(lb, lc)| lb == *b && (lc.is_empty() || *lc == p.client))
             })
             .map(|(b, _)| b.clone())
             .collect();
@@ -205,5 +209,9 @@ mod tests {
             vec!["live/b"]
         );
         assert_eq!(book.len(), 2);
+        // A list that does not name clients keeps any publisher it lists.
+        let listed = vec![("live/a".to_string(), String::new())];
+        let gone = book.unlisted(&listed, listed_at);
+        assert!(gone.is_empty());
     }
 }

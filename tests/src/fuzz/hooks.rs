@@ -23,7 +23,11 @@ pub fn hooks(data: &[u8]) {
             Ok(Hook::Ignored { .. }) => {}
             Err(reason) => assert!(!reason.is_empty(), "{kind:?}: a refusal without a reason"),
         }
-        let _ = parse_listing(kind, data);
+        let _ = parse_listing(
+            kind,
+            "http://ome:8081/v1/vhosts/default/apps/app/streams",
+            data,
+        );
         // The answer to any of it renders.
         let _ = kind.answer(ingest_node::hooks::model::Answer::Bad {
             reason: String::from_utf8_lossy(data).into_owned(),
