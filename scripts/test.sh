@@ -8,6 +8,10 @@ need_build_and_test_tools
 need_grpcurl
 need_gstreamer
 need_nginx_rtmp
+# The alert rules: valid, and doing what their unit tests say.
+need_packages promtool:prometheus
+promtool check rules docker/prometheus/alerts.yml
+promtool test rules docker/prometheus/alerts.test.yml
 cargo build --workspace --all-targets --locked
 # The binaries the system tests start are built: the harness need not build them again.
 export CLAIMS_TEST_BUILT=1

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub keepalive_renewals: IntCounter,
     /// Open keep-alive streams to etcd.
     pub keepalive_streams: IntGauge,
+    /// 1 while this replica can make claims (health SERVING), else 0.
+    pub serving: IntGauge,
     /// Lease grants that waited for due renewals to go out first.
     pub grants_held: IntCounter,
     /// etcd unary round trips, by `op`.
@@ -97,6 +99,10 @@ impl Metrics {
                 "keepalive_streams",
                 "open keep-alive streams to etcd",
             )),
+            serving: must(IntGauge::new(
+                "serving",
+                "1 while this replica can make claims (etcd answers and the view has read it), else 0",
+            )),
             grants_held: must(IntCounter::new(
                 "grants_held_total",
                 "lease grants that waited because renewals were behind",
@@ -148,6 +154,7 @@ impl Metrics {
             Box::new(m.claim_latency.clone()),
             Box::new(m.keepalive_failures.clone()),
             Box::new(m.keepalive_streams.clone()),
+            Box::new(m.serving.clone()),
             Box::new(m.keepalive_renewals.clone()),
             Box::new(m.grants_held.clone()),
             Box::new(m.etcd_rtt.clone()),

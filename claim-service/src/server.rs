@@ -105,6 +105,7 @@ pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = (
         view.clone(),
         health.clone(),
         serving.clone(),
+        metrics.clone(),
         token.clone(),
     ));
 
@@ -234,6 +235,7 @@ async fn watch_health(
     view: Arc<View>,
     health: tonic_health::server::HealthReporter,
     serving_flag: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
     token: CancellationToken,
 ) {
     let mut serving = None;
@@ -266,6 +268,7 @@ async fn watch_health(
                 health.set_service_status(s, status).await;
             }
             serving_flag.store(ok, Ordering::Relaxed);
+            metrics.serving.set(i64::from(ok));
             serving = Some(ok);
         }
         // Until the view has read etcd, look again soon.

@@ -604,7 +604,22 @@ async fn etcd_gone_longer_than_the_ttl_is_lost_then_claimed_again() -> Result<()
     let mut a = Node::attach(&stack.svc.addr(), hello("node-a")).await?;
     a.created("live/x", "video").await?;
     let before = a.expect_claimed("live/x").await?.claim.unwrap();
+    let serving =
+        async |svc: &ClaimService| Ok(metric_value(&svc.metrics().await?, "claims_serving"));
+    until(
+        Duration::from_millis(100),
+        async || serving(&stack.svc).await,
+        |v| *v == Some(1.0),
+    )
+    .await?;
     stack.etcd.kill();
+    // The replica says it cannot make claims (what the alert rules watch).
+    until(
+        Duration::from_millis(100),
+        async || serving(&stack.svc).await,
+        |v| *v == Some(0.0),
+    )
+    .await?;
     // No renewal can be confirmed for a whole TTL: the node is told.
     let reason = a.expect_lost("live/x").await?;
     assert!(reason.contains("whole TTL"), "{reason}");
@@ -625,6 +640,12 @@ async fn etcd_gone_longer_than_the_ttl_is_lost_then_claimed_again() -> Result<()
     }
     let owner = stack.owner("live/x", true).await?.expect("owned again");
     assert_eq!(owner.lease_id, claim.lease_id);
+    until(
+        Duration::from_millis(100),
+        async || serving(&stack.svc).await,
+        |v| *v == Some(1.0),
+    )
+    .await?;
     Ok(())
 }
 
