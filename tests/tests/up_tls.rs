@@ -66,6 +66,16 @@ async fn up_tls_runs_the_whole_stack_with_mutual_tls() -> Result<()> {
         .stdout(std::fs::File::create(&log)?)
         .stderr(std::fs::File::create(run.join("up.err"))?)
         .process_group(0);
+    // As from a terminal: Ctrl-C reaches the script. A test runner started
+    // in the background of a non-interactive shell inherits SIGINT ignored,
+    // and bash cannot trap a signal ignored on entry.
+    // SAFETY: between fork and exec, only the async-signal-safe signal(2).
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
     for (name, port) in [
         "ETCD_PORT",
         "ETCD_PEER_PORT",
