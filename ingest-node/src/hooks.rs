@@ -198,28 +198,17 @@ impl Sidecar {
             return self.refuse(&broadcast, "busy", reason);
         };
         let decision = self.bridge.decide(&broadcast, track.seq, self.hold).await;
-        let reason = match decision {
+        match &decision {
             Decision::Claimed { fencing_token } => {
                 tracing::info!(%broadcast, %client, fencing_token, "publish allowed: claimed");
-                None
             }
             Decision::Unavailable { reason } if self.on_unavailable == UnavailablePolicy::Allow => {
                 tracing::warn!(%broadcast, %reason, "publish allowed without a claim (policy allow)");
-                None
             }
-            Decision::Unavailable { reason } => Some(("unavailable", format!(
-                "{broadcast} cannot be claimed now ({reason}); this node refuses publishes it cannot claim"
-            ))),
-            Decision::OwnedElsewhere { owner_node, owner_rtmp, .. } => {
-                let target = owner_rtmp
-                    .map(|url| format!("{}/{broadcast}", url.trim_end_matches('/')))
-                    .unwrap_or_else(|| "its RTMP endpoint is unknown".into());
-                Some(("owned_elsewhere", format!("{broadcast} is owned by node {owner_node}; publish to {target}")))
+            refused => {
+                let (label, reason) = refused.refusal(&broadcast).unwrap_or_default();
+                return self.refuse(&broadcast, label, reason);
             }
-            Decision::Rejected { reason } => Some(("bad_name", reason)),
-        };
-        if let Some((label, reason)) = reason {
-            return self.refuse(&broadcast, label, reason);
         }
         if !self
             .lock()
@@ -252,37 +241,31 @@ impl Sidecar {
                 )
             }
         }
-        match self.bridge.state(&broadcast) {
+        let (label, reason) = match self.bridge.state(&broadcast) {
             Some(ClaimState::Lost {
                 taken_by: Some(by), ..
             }) => {
-                self.lock().done(&broadcast, &client);
-                self.metrics
-                    .publishes_refused
-                    .with_label_values(&["taken_over"])
-                    .inc();
                 tracing::info!(%broadcast, %by, "claim taken over by another node; the media server is told to drop its publisher");
-                Answer::Refuse {
-                    reason: format!(
-                        "{broadcast} was taken over by node {by} (a newer publisher there won)"
-                    ),
-                }
+                let reason = format!(
+                    "{broadcast} was taken over by node {by} (a newer publisher there won)"
+                );
+                ("taken_over", reason)
             }
             // Its claim went, and another node claimed the broadcast
             // meanwhile: two publishers of one broadcast; this one ends.
             Some(ClaimState::Standby { owner_node, .. }) => {
-                self.lock().done(&broadcast, &client);
-                self.metrics
-                    .publishes_refused
-                    .with_label_values(&["owned_elsewhere"])
-                    .inc();
                 tracing::warn!(%broadcast, owner = %owner_node, "claim now held by another node; the media server is told to drop its publisher");
-                Answer::Refuse {
-                    reason: format!("{broadcast} is now owned by node {owner_node}"),
-                }
+                let reason = format!("{broadcast} is now owned by node {owner_node}");
+                ("owned_elsewhere", reason)
             }
-            _ => Answer::Allow,
-        }
+            _ => return Answer::Allow,
+        };
+        self.lock().done(&broadcast, &client);
+        self.metrics
+            .publishes_refused
+            .with_label_values(&[label])
+            .inc();
+        Answer::Refuse { reason }
     }
 
     /// A player: allowed where the broadcast is claimed, sent to the owner

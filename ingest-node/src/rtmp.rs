@@ -26,7 +26,7 @@ use tracing::Instrument;
 
 mod status;
 
-use crate::bridge::{Bridge, BridgeView, ClaimState, Decision, DuplicatePolicy, Hold};
+use crate::bridge::{Bridge, BridgeView, ClaimState, Decision, Hold};
 use crate::media::{Hub, Publishing};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, TrackGuard};
@@ -46,10 +46,8 @@ pub struct Ingest {
     pub bridge: Arc<Bridge>,
     pub metrics: Arc<Metrics>,
     pub on_unavailable: UnavailablePolicy,
-    /// Longest a publish waits for its claim answer.
-    pub claim_wait: Duration,
-    /// What to do with a publisher of a broadcast another node owns.
-    pub duplicates: DuplicatePolicy,
+    /// How long a publish waits for its claim answer, and behind whom.
+    pub hold: Hold,
     /// A connection whose peer completes no RTMP message for this long is
     /// closed; so is a publish that sends no media for this long.
     pub idle_timeout: Duration,
@@ -447,16 +445,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let decision = self
             .ingest
             .bridge
-            .decide(
-                &broadcast,
-                gate.seq,
-                Hold {
-                    duplicates: self.ingest.duplicates,
-                    claim_wait: self.ingest.claim_wait,
-                },
-            )
+            .decide(&broadcast, gate.seq, self.ingest.hold)
             .await;
-        match decision {
+        match &decision {
             Decision::Claimed { fencing_token } => {
                 tracing::info!(%broadcast, fencing_token, "publish accepted: claimed");
             }
@@ -465,47 +456,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             {
                 tracing::warn!(%broadcast, %reason, "publish accepted without a claim (policy allow); it is claimed once a claim service answers");
             }
-            Decision::Unavailable { reason } => {
+            refused => {
                 drop((gate, media));
-                return refuse(
-                    self,
-                    "NetStream.Publish.Denied",
-                    "unavailable",
-                    format!("{broadcast} cannot be claimed now ({reason}); this node refuses publishes it cannot claim"),
-                );
-            }
-            Decision::OwnedElsewhere {
-                owner_node,
-                owner_detached: true,
-                ..
-            } => {
-                drop((gate, media));
-                return refuse(
-                    self,
-                    "NetStream.Publish.BadName",
-                    "owned_elsewhere",
-                    format!("{broadcast} is still claimed by node {owner_node}: its node went away and its claim did not move here within its grace (it may have come back); publish again shortly"),
-                );
-            }
-            Decision::OwnedElsewhere {
-                owner_node,
-                owner_rtmp,
-                ..
-            } => {
-                drop((gate, media));
-                let target = owner_rtmp
-                    .map(|url| format!("{}/{broadcast}", url.trim_end_matches('/')))
-                    .unwrap_or_else(|| "its RTMP endpoint is unknown".into());
-                return refuse(
-                    self,
-                    "NetStream.Publish.BadName",
-                    "owned_elsewhere",
-                    format!("{broadcast} is owned by node {owner_node}; publish to {target}"),
-                );
-            }
-            Decision::Rejected { reason } => {
-                drop((gate, media));
-                return refuse(self, "NetStream.Publish.BadName", "bad_name", reason);
+                let (label, reason) = refused.refusal(&broadcast).unwrap_or_default();
+                let code = match label {
+                    "unavailable" => "NetStream.Publish.Denied",
+                    _ => "NetStream.Publish.BadName",
+                };
+                return refuse(self, code, label, reason);
             }
         }
         self.ingest.metrics.publishers.inc();

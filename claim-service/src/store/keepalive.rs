@@ -527,13 +527,18 @@ impl Shard {
         self.unanswered_since = None;
         self.in_flight = 0;
         self.generation += 1;
+        self.failed(&error, "keep-alive stream broke; reopening");
+    }
+
+    /// Opening or keeping the stream failed (`what`, with `error`): count
+    /// it, say it unless it is the same trouble again, and reopen after a
+    /// backoff.
+    fn failed(&mut self, error: &str, what: &str) {
         self.failures += 1;
         self.metrics.keepalive_failures.inc();
         let delay = crate::claims::backoff(self.failures).min(Duration::from_secs(1));
-        match self.trouble.failed(&error, Instant::now().into_std()) {
-            Say::New => {
-                tracing::warn!(error = %error, retry_in = ?delay, "keep-alive stream broke; reopening")
-            }
+        match self.trouble.failed(error, Instant::now().into_std()) {
+            Say::New => tracing::warn!(%error, retry_in = ?delay, "{what}"),
             Say::Still { since, times } => {
                 tracing::warn!(
                     ?since,
@@ -607,23 +612,7 @@ impl Shard {
                 self.remove(anchor);
             }
         }
-        self.failures += 1;
-        self.metrics.keepalive_failures.inc();
-        let delay = crate::claims::backoff(self.failures).min(Duration::from_secs(1));
-        match self.trouble.failed(&error, Instant::now().into_std()) {
-            Say::New => {
-                tracing::warn!(error = %error, retry_in = ?delay, "cannot open a keep-alive stream")
-            }
-            Say::Still { since, times } => {
-                tracing::warn!(
-                    ?since,
-                    times,
-                    "keep-alive streams still failing the same way; retrying"
-                )
-            }
-            Say::Quiet => {}
-        }
-        self.reopen_at = Instant::now() + delay;
+        self.failed(&error, "cannot open a keep-alive stream");
     }
 
     fn opened(

@@ -60,8 +60,10 @@ fn front() -> &'static Front {
                     bridge,
                     metrics: Arc::new(ingest_node::metrics::Metrics::new()),
                     on_unavailable: ingest_node::rtmp::UnavailablePolicy::Allow,
-                    claim_wait: Duration::from_millis(1),
-                    duplicates: ingest_node::bridge::DuplicatePolicy::Refuse,
+                    hold: ingest_node::bridge::Hold {
+                        duplicates: Default::default(),
+                        claim_wait: Duration::from_millis(1),
+                    },
                     idle_timeout: Duration::from_millis(200),
                     max_message: 4 * 1024 * 1024,
                     advertise_http: "http://fuzz:8080".into(),
