@@ -21,8 +21,10 @@
 //! - one claim per broadcast, however many tracks it has;
 //! - at most one store operation (claim or release) in flight per broadcast,
 //!   so an answer always belongs to the entry's current state;
-//! - a claim is asked for only under the lease of this session's own node
-//!   record (the fence), never before it is written;
+//! - a claim is asked for, and released, only under the lease of this
+//!   session's own node record (the fence), never before it is written;
+//!   new claims go on that same lease, so a node's claims live and expire
+//!   together;
 //! - a lease this session acquired is either kept alive, or released, or
 //!   reported lost: never silently dropped;
 //! - after `goodbye`, a detach or being superseded, the node is told nothing
@@ -39,6 +41,13 @@ mod takeover;
 
 pub use node::NodeClaims;
 
+/// The broadcasts of `held` on `lease_id`.
+fn on_lease<'a>(held: impl Iterator<Item = (&'a str, &'a Claim)>, lease_id: i64) -> Vec<String> {
+    held.filter(|(_, c)| c.lease_id == lease_id)
+        .map(|(b, _)| b.to_string())
+        .collect()
+}
+
 /// A claim as etcd holds it: the owner of one broadcast.
 ///
 /// What every claim of one node's session has in common (node, endpoints,
@@ -53,10 +62,7 @@ pub struct Claim {
     pub lease_id: i64,
     /// The etcd create revision of the claim key.
     pub fencing_token: i64,
-    /// The etcd revision of the claim key's last write (its mod revision):
-    /// a session releases a claim only while the key is still its own write,
-    /// so a claim adopted since by a newer session of the node, even on the
-    /// same lease, is never touched by the older one.
+    /// The etcd revision of the claim key's last write (its mod revision).
     pub revision: i64,
     pub claimed_at_unix_ms: i64,
     pub lease_ttl_ms: u64,
@@ -123,12 +129,15 @@ pub enum Event {
         broadcast: String,
         timer: u64,
     },
-    /// This session's node record (the fence of every claim) is written on
-    /// `lease_id` at `revision`, marked draining or not.
+    /// This session's node record (the fence of every claim, and the lease
+    /// its claims are on) is written on `lease_id` at `revision`, marked
+    /// draining or not; `earlier` says where an earlier session of the node
+    /// left claims.
     RecordWritten {
         lease_id: i64,
         revision: i64,
         draining: bool,
+        earlier: Earlier,
     },
     /// Writing the node record failed (it is retried): claims waiting for
     /// it are told why.
@@ -189,6 +198,19 @@ pub enum Event {
         by: String,
         by_this_node: bool,
     },
+}
+
+/// Where an earlier session of a node left claims, as its record said
+/// when this session's record replaced it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Earlier {
+    /// No earlier session's record (or this session's own, written again).
+    None,
+    /// On this lease: the earlier record's, which its claims shared.
+    OnLease(i64),
+    /// Anywhere: the record was written by a replica of the model before
+    /// (a lease per claim), so every claim naming the node is looked at.
+    Anywhere,
 }
 
 /// What the store answered to a takeover request.
@@ -276,43 +298,50 @@ impl Default for Limits {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// Try to claim the broadcast (grant a lease, create-if-absent, adopt a
-    /// key that already names this node) if the node record is still on
-    /// `guard_lease`; answer with `ClaimAnswered`, or `Fenced`.
+    /// Try to claim the broadcast (create-if-absent on the node record's
+    /// lease, or adopt a key that already names this node, on the lease it
+    /// is on) if the node record is still on `guard_lease`; answer with
+    /// `ClaimAnswered`, or `Fenced`.
     Claim {
         broadcast: String,
         guard_lease: i64,
     },
-    /// Keep this lease alive until told otherwise; report `LeaseLost`.
+    /// A claim is held on this lease: keep the lease alive while any claim
+    /// is on it (the record's is kept anyway); report `LeaseLost`.
     KeepAlive {
         lease_id: i64,
         broadcast: String,
         ttl_ms: u64,
     },
-    /// Stop keeping the lease alive and release the claim: delete its key if
-    /// it is still the write at `revision`, and let the lease go; answer
-    /// with `Released`.
+    /// Release the claim: delete its key if it still has `fencing_token`
+    /// and the node record is still on `guard_lease` (so a session that a
+    /// newer one of its node superseded deletes nothing), and let its lease
+    /// go once no claim is on it; answer with `Released`.
     Release {
         broadcast: String,
         lease_id: i64,
-        revision: i64,
+        fencing_token: i64,
+        guard_lease: i64,
     },
     /// Release a claim left by an earlier session the same way (no answer
     /// needed).
     ReleaseStale {
         broadcast: String,
         lease_id: i64,
-        revision: i64,
+        fencing_token: i64,
+        guard_lease: i64,
     },
-    /// Stop keeping a lease alive that is already gone; `forced` when an
-    /// operator took the claim away.
+    /// A claim on this lease is gone (the lease, or an operator, took it;
+    /// `forced` for the latter): keep the lease alive only for the others.
     Forget {
         lease_id: i64,
         forced: bool,
     },
-    /// Read the claims an earlier session of this node left; answer with
-    /// `Existing`.
-    FindEarlierClaims,
+    /// Read the claims an earlier session of this node left (`earlier` is
+    /// never `None`); answer with `Existing`.
+    FindEarlierClaims {
+        earlier: Earlier,
+    },
     /// Write this session's node record on a lease of its own, retrying
     /// until etcd answers (`replaces`: the record's lost lease, so that a
     /// newer session's record is never overwritten); answer with
@@ -376,18 +405,21 @@ impl Action {
         }
     }
 
-    /// Releases `claim`, as this session wrote it.
+    /// Releases `claim`, under the fence [`NodeClaims::handle`] fills in.
     fn release(broadcast: String, claim: &Claim) -> Self {
         Action::Release {
             broadcast,
             lease_id: claim.lease_id,
-            revision: claim.revision,
+            fencing_token: claim.fencing_token,
+            guard_lease: 0,
         }
     }
 }
 
 #[cfg(test)]
 mod fence_tests;
+#[cfg(test)]
+mod lease_tests;
 #[cfg(test)]
 mod properties;
 #[cfg(test)]

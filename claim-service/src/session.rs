@@ -9,10 +9,10 @@
 //! a combinator. The work it starts in etcd without waiting for it, and what
 //! it logs of the replies, are in `work.rs`.
 
+mod leases;
 mod work;
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use claims_proto::v1 as pb;
@@ -49,8 +49,9 @@ pub struct Session {
     loss_tx: mpsc::UnboundedSender<LeaseLoss>,
     loss_rx: mpsc::UnboundedReceiver<LeaseLoss>,
     timers: DelayQueue<Event>,
-    /// Leases this session asked the keep-alive to renew.
-    kept: HashSet<i64>,
+    /// The leases this session's claims are on (shared with the callbacks
+    /// of releases, which let a lease go once no claim is on it).
+    leases: Arc<Mutex<leases::Leases>>,
     /// Still reading the node's messages (not after goodbye, a protocol
     /// error, a half-close, a detach or being superseded).
     reading: bool,
@@ -62,6 +63,14 @@ pub struct Session {
 }
 
 type EventLimiter = governor::DefaultDirectRateLimiter;
+
+/// Which claim on a lease is gone: a held one, or one an earlier session
+/// left (released here).
+#[derive(Clone, Copy)]
+enum Gone {
+    Held,
+    Stale,
+}
 
 fn event_limiter(per_second: u32) -> Option<EventLimiter> {
     let rate = std::num::NonZeroU32::new(per_second)?;
@@ -93,7 +102,7 @@ impl Session {
             loss_tx,
             loss_rx,
             timers: DelayQueue::new(),
-            kept: HashSet::new(),
+            leases: Default::default(),
             reading: true,
             live: hello.live,
             finished: false,
@@ -267,13 +276,12 @@ impl Session {
     }
 
     async fn on_loss(&mut self, loss: LeaseLoss) {
-        if self.kept.contains(&loss.lease_id) {
-            self.ctx
-                .metrics
-                .claims_lost
-                .with_label_values(&[loss.kind.label()])
-                .inc();
-        }
+        let lost = self.leases().on(loss.lease_id);
+        self.ctx
+            .metrics
+            .claims_lost
+            .with_label_values(&[loss.kind.label()])
+            .inc_by(lost as u64);
         self.apply(Event::LeaseLost {
             lease_id: loss.lease_id,
             reason: loss.reason,
@@ -364,66 +372,64 @@ impl Session {
                 broadcast,
                 ttl_ms,
             } => {
-                let ttl = Duration::from_millis(ttl_ms);
-                ctx.store.keep_claim(
-                    lease_id,
-                    ttl,
-                    ctx.config.renew_for(ttl),
-                    self.loss_tx.clone(),
-                );
-                if self.kept.insert(lease_id) {
-                    ctx.metrics.claims_held.inc();
+                ctx.metrics.claims_held.inc();
+                if self.leases().hold(lease_id) == leases::Next::Keep {
+                    let ttl = Duration::from_millis(ttl_ms);
+                    let renew = ctx.config.renew_for(ttl);
+                    ctx.store
+                        .keep_adopted(lease_id, ttl, renew, self.loss_tx.clone());
+                    tracing::debug!(%broadcast, lease_id, "keeping an adopted claim's lease alive");
                 }
-                tracing::debug!(%broadcast, lease_id, "keeping the claim's lease alive");
+                if self.leases().first_met(lease_id) {
+                    // Claims the earlier session left there and the node
+                    // no longer has are released.
+                    let known = self.core.known().map(String::from).collect();
+                    work::find_earlier_claims(
+                        &ctx.store,
+                        &self.holder,
+                        crate::claims::Earlier::OnLease(lease_id),
+                        known,
+                        &self.events_tx,
+                    );
+                }
             }
             Action::Release {
                 broadcast,
                 lease_id,
-                revision,
+                fencing_token,
+                guard_lease,
             } => {
-                // The store stops its renewals (see `Store::release_batch`).
-                let owner = self.kept.remove(&lease_id).then(|| {
-                    ctx.metrics.claims_held.dec();
-                    self.loss_tx.clone()
-                });
+                ctx.metrics.claims_held.dec();
                 ctx.metrics.claims_released.inc();
                 let tx = self.events_tx.clone();
-                let release = Release {
-                    session: self.holder.session_id.clone(),
-                    broadcast: broadcast.clone(),
-                    lease_id,
-                    revision,
-                    ttl: self.ttl,
-                    owner,
-                };
+                let release = self.release(broadcast.clone(), lease_id, fencing_token, guard_lease);
+                let let_go = self.let_go(lease_id, Gone::Held);
                 ctx.store.submit_release(release, move || {
+                    let_go();
                     let _ = tx.send(Event::Released { broadcast });
                 });
             }
             Action::ReleaseStale {
                 broadcast,
                 lease_id,
-                revision,
+                fencing_token,
+                guard_lease,
             } => {
                 tracing::info!(%broadcast, lease_id, "releasing a claim an earlier session of this node left and the node no longer has");
-                let release = Release {
-                    session: self.holder.session_id.clone(),
-                    broadcast,
-                    lease_id,
-                    revision,
-                    ttl: self.ttl,
-                    owner: None,
-                };
-                ctx.store.submit_release(release, || {});
+                self.leases().release_stale(lease_id);
+                let release = self.release(broadcast, lease_id, fencing_token, guard_lease);
+                let let_go = self.let_go(lease_id, Gone::Stale);
+                ctx.store.submit_release(release, let_go);
             }
             Action::Forget { lease_id, forced } => {
+                ctx.metrics.claims_held.dec();
                 if forced {
                     ctx.metrics
                         .claims_lost
                         .with_label_values(&["force_released"])
                         .inc();
                 }
-                self.unkeep(lease_id);
+                (self.let_go(lease_id, Gone::Held))();
             }
             Action::Send(reply) => {
                 work::log_reply(&reply, &ctx.refusal_log);
@@ -449,8 +455,22 @@ impl Session {
                     delay + Duration::from_millis(jitter),
                 );
             }
-            Action::FindEarlierClaims => {
-                work::find_earlier_claims(&ctx.store, &self.holder, &self.events_tx)
+            Action::FindEarlierClaims { earlier } => {
+                // A lease is looked at once, however it was met.
+                let new = match earlier {
+                    crate::claims::Earlier::OnLease(lease_id) => self.leases().first_met(lease_id),
+                    _ => true,
+                };
+                if new {
+                    let known = self.core.known().map(String::from).collect();
+                    work::find_earlier_claims(
+                        &ctx.store,
+                        &self.holder,
+                        earlier,
+                        known,
+                        &self.events_tx,
+                    )
+                }
             }
             Action::WriteRecord { replaces } => work::write_record(
                 &ctx.store,
@@ -460,13 +480,16 @@ impl Session {
                 &self.events_tx,
             ),
             Action::KeepRecord { lease_id } => {
+                self.leases().set_record(Some(lease_id));
                 let renew = ctx.config.renew_for(self.ttl);
                 ctx.store
                     .keep_record(lease_id, self.ttl, renew, self.loss_tx.clone());
             }
             Action::DropRecord { lease_id } => {
+                // Revoked unless claims a newer session adopted are on it.
+                self.leases().set_record(None);
                 ctx.store.stop_keeping(lease_id, &self.loss_tx);
-                ctx.store.revoke_until_gone(lease_id, self.ttl).await;
+                ctx.store.let_go_lease(lease_id, self.ttl).await;
             }
             Action::Supersede { by } => {
                 tracing::info!(%by, "superseded by a newer session of the same node");
@@ -507,10 +530,49 @@ impl Session {
         }
     }
 
-    fn unkeep(&mut self, lease_id: i64) {
-        if self.kept.remove(&lease_id) {
-            self.ctx.store.stop_keeping(lease_id, &self.loss_tx);
-            self.ctx.metrics.claims_held.dec();
+    fn leases(&self) -> std::sync::MutexGuard<'_, leases::Leases> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A release of this session's claim, fenced by its record.
+    fn release(
+        &self,
+        broadcast: String,
+        lease_id: i64,
+        fencing_token: i64,
+        guard_lease: i64,
+    ) -> Release {
+        Release {
+            session: self.holder.session_id.clone(),
+            node_id: self.holder.node_id.clone(),
+            broadcast,
+            lease_id,
+            fencing_token,
+            guard_lease,
+            ttl: self.ttl,
+        }
+    }
+
+    /// What to run once a claim on `lease_id` is released or gone: the
+    /// lease's counts are told, and a lease no claim of this session is on
+    /// any more stops being renewed and is let go (see
+    /// [`crate::store::Store::let_go_lease`]).
+    fn let_go(&self, lease_id: i64, gone: Gone) -> impl FnOnce() + Send + 'static {
+        let leases = self.leases.clone();
+        let store = self.ctx.store.clone();
+        let loss_tx = self.loss_tx.clone();
+        let ttl = self.ttl;
+        move || {
+            let mut leases = leases.lock().unwrap_or_else(|p| p.into_inner());
+            let next = match gone {
+                Gone::Held => leases.drop_held(lease_id),
+                Gone::Stale => leases.stale_released(lease_id),
+            };
+            drop(leases);
+            if next == leases::Next::LetGo {
+                store.stop_keeping(lease_id, &loss_tx);
+                tokio::spawn(async move { store.let_go_lease(lease_id, ttl).await });
+            }
         }
     }
 
@@ -532,7 +594,7 @@ impl Session {
             .sessions
             .detach(&self.holder.node_id, &self.holder.session_id);
         tracing::info!(
-            held = self.kept.len(),
+            held = self.leases().claims(),
             "session ended by shutdown; claims left for adoption"
         );
     }

@@ -103,6 +103,27 @@ struct State {
 }
 
 impl State {
+    /// A node's record written by `record.session_id`: every claim of the
+    /// node is that session's from now on (a newer session adopts its
+    /// node's claims as they are, without rewriting them; the record is
+    /// their fence). The claims whose session changed, as they are now.
+    fn adopt(&mut self, node_id: &str, record: &NodeRecord) -> Vec<Claim> {
+        if record.session_id.is_empty() {
+            return Vec::new();
+        }
+        let session: Arc<str> = self.shared.string(&Arc::from(record.session_id.as_str()));
+        let service: Arc<str> = self.shared.string(&Arc::from(record.service_id.as_str()));
+        let mut adopted = Vec::new();
+        for claim in self.claims.values_mut() {
+            if &*claim.node_id == node_id && claim.session_id != session {
+                claim.session_id = session.clone();
+                claim.service_id = service.clone();
+                adopted.push(claim.clone());
+            }
+        }
+        adopted
+    }
+
     fn remember(&mut self, batch: ClaimBatch) {
         self.history_events += batch.len();
         self.history.push_back(batch);
@@ -392,6 +413,9 @@ impl View {
             }
         }
         state.claims = fresh;
+        for (node_id, record) in &nodes {
+            state.adopt(node_id, record);
+        }
         state.nodes = nodes.into_iter().collect();
         if state.synced {
             // Watchers may have missed changes between the old revision and
@@ -407,29 +431,21 @@ impl View {
 
     fn apply(&self, changes: Vec<(Change, i64)>, revision: i64) {
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        let claim_changes: ClaimBatch = changes
-            .iter()
-            .filter(|(c, _)| matches!(c, Change::Claim { .. } | Change::Released { .. }))
-            .cloned()
-            .collect();
-        if !claim_changes.is_empty() {
-            // Sent under the lock, so a watcher joining sees each batch
-            // either in the state or on its receiver, never both or neither.
-            let _ = self.claims.send(Feed::Changes(claim_changes.clone()));
-            state.remember(claim_changes);
-        }
+        let mut claim_changes = Vec::new();
         for (change, rev) in changes {
             match change {
-                Change::Claim { claim, .. } => {
+                Change::Claim { claim, created } => {
                     let claim = state.shared.intern(claim);
-                    state.claims.insert(claim.broadcast.clone(), claim);
+                    state.claims.insert(claim.broadcast.clone(), claim.clone());
+                    claim_changes.push((Change::Claim { claim, created }, rev));
                 }
-                Change::Released { broadcast, .. } => {
+                Change::Released { broadcast, claim } => {
                     state.claims.remove(&broadcast);
                     let _ = self.events.send(ViewEvent::Released {
-                        broadcast,
+                        broadcast: broadcast.clone(),
                         revision: rev,
                     });
+                    claim_changes.push((Change::Released { broadcast, claim }, rev));
                 }
                 Change::Node { node_id, record } => {
                     let _ = self.events.send(ViewEvent::Node {
@@ -439,6 +455,16 @@ impl View {
                         detached: record.grace_ends_unix_ms != 0,
                         revision: rev,
                     });
+                    let adopted = state.adopt(&node_id, &record);
+                    claim_changes.extend(adopted.into_iter().map(|claim| {
+                        (
+                            Change::Claim {
+                                claim,
+                                created: false,
+                            },
+                            rev,
+                        )
+                    }));
                     state.nodes.insert(node_id, record);
                 }
                 Change::Forced { broadcast, record } => {
@@ -456,6 +482,13 @@ impl View {
                     state.nodes.remove(&node_id);
                 }
             }
+        }
+        if !claim_changes.is_empty() {
+            // Sent under the lock, so a watcher joining sees each batch
+            // either in the state or on its receiver, never both or neither.
+            let claim_changes: ClaimBatch = claim_changes.into();
+            let _ = self.claims.send(Feed::Changes(claim_changes.clone()));
+            state.remember(claim_changes);
         }
         state.revision = state.revision.max(revision);
     }

@@ -164,6 +164,15 @@ impl Node {
         bail!("no {what} within {WAIT:?}; unclaimed {:?}", self.unclaimed)
     }
 
+    /// The next `claimed`, of any broadcast.
+    pub async fn expect_any_claimed(&mut self) -> Result<pb::Claimed> {
+        self.expect("claimed", |m| match m {
+            ServiceMsg::Claimed(c) => Some(c.clone()),
+            _ => None,
+        })
+        .await
+    }
+
     pub async fn expect_claimed(&mut self, broadcast: &str) -> Result<pb::Claimed> {
         self.expect(&format!("claimed {broadcast}"), |m| match m {
             ServiceMsg::Claimed(c)

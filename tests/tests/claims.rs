@@ -468,6 +468,8 @@ async fn a_crashed_node_keeps_its_claims_for_the_grace_and_can_take_them_back() 
 
     // Back within the grace with only live/x: it is adopted in place, with
     // its fencing token and its lease; live/y, no longer live, is released.
+    // Watchers see both adopted (the new session's record makes every
+    // claim of the node its own), then live/y released.
     let mut again = hello("node-a");
     again.live.push(track("live/x", "video"));
     let mut a2 = Node::attach(&stack.svc.addr(), again).await?;
@@ -475,7 +477,7 @@ async fn a_crashed_node_keeps_its_claims_for_the_grace_and_can_take_them_back() 
     assert_eq!(claim.fencing_token, x.fencing_token);
     assert_eq!(claim.lease_id, x.lease_id);
     let mut seen = BTreeSet::new();
-    for _ in 0..2 {
+    for _ in 0..3 {
         let ev = watcher.next().await?;
         seen.insert((Kind::try_from(ev.kind)?, ev.claim.unwrap().broadcast));
     }
@@ -483,6 +485,7 @@ async fn a_crashed_node_keeps_its_claims_for_the_grace_and_can_take_them_back() 
         seen,
         BTreeSet::from([
             (Kind::Adopted, "live/x".into()),
+            (Kind::Adopted, "live/y".into()),
             (Kind::Released, "live/y".into())
         ])
     );
@@ -500,11 +503,12 @@ async fn a_crashed_node_keeps_its_claims_for_the_grace_and_can_take_them_back() 
     Ok(())
 }
 
-/// A node back asking for another lease TTL has its claim adopted onto a
-/// new lease of that TTL, with its fencing token: the lease it was on was
-/// granted for the old TTL and would be renewed on the wrong schedule.
+/// A node back asking for another lease TTL keeps its adopted claim on the
+/// lease it is on, renewed on that lease's own schedule (its TTL as
+/// granted), with its fencing token; its new claims go on the new
+/// session's lease, of the TTL asked for.
 #[tokio::test]
-async fn a_node_back_with_another_ttl_is_adopted_onto_a_lease_of_that_ttl() -> Result<()> {
+async fn a_node_back_with_another_ttl_keeps_adopted_claims_on_their_own_lease() -> Result<()> {
     let stack = Stack::start("ttl-change", &[]).await?;
     let mut a = Node::attach(&stack.svc.addr(), hello("node-a")).await?;
     a.created("live/x", "video").await?;
@@ -518,11 +522,23 @@ async fn a_node_back_with_another_ttl_is_adopted_onto_a_lease_of_that_ttl() -> R
     let mut a2 = Node::attach(&stack.svc.addr(), again).await?;
     let claim = a2.expect_adopted("live/x").await?;
     assert_eq!(claim.fencing_token, x.fencing_token);
-    assert_ne!(claim.lease_id, x.lease_id);
-    assert_eq!(claim.lease_ttl_ms, 5_000);
+    assert_eq!(claim.lease_id, x.lease_id);
+    assert_eq!(claim.lease_ttl_ms, 10_000);
+    a2.created("live/y", "video").await?;
+    let y = a2.expect_claimed("live/y").await?.claim.unwrap();
+    assert_eq!(y.lease_ttl_ms, 5_000);
+    assert_ne!(y.lease_id, x.lease_id);
     let mut etcd = stack.etcd.client().await?;
-    let lease = etcd.lease_time_to_live(claim.lease_id, None).await?;
+    let lease = etcd.lease_time_to_live(x.lease_id, None).await?;
+    assert_eq!(lease.granted_ttl(), 10);
+    let lease = etcd.lease_time_to_live(y.lease_id, None).await?;
     assert_eq!(lease.granted_ttl(), 5);
+    // Renewed on its own schedule: nothing lost past its TTL.
+    assert_eq!(a2.silent_for(Duration::from_secs(12)).await, None);
+    assert_eq!(
+        stack.owner("live/x", true).await?.map(|c| c.fencing_token),
+        Some(x.fencing_token)
+    );
     Ok(())
 }
 
@@ -755,6 +771,7 @@ async fn a_hello_of_hundreds_of_tracks_gets_each_broadcast_its_own_answer() -> R
     let mut a2 = Node::attach(&stack.svc.addr(), again).await?;
     let got = answers(&mut a2, all.len()).await?;
     let mut leases = BTreeSet::new();
+    let mut new_leases = BTreeSet::new();
     for name in &ours {
         let ServiceMsg::Claimed(c) = &got[name] else {
             panic!("{name}: {:?}", got[name]);
@@ -766,7 +783,7 @@ async fn a_hello_of_hundreds_of_tracks_gets_each_broadcast_its_own_answer() -> R
             claim.lease_id, before.lease_id,
             "{name} not adopted in place"
         );
-        assert!(leases.insert(claim.lease_id), "{name} shares a lease");
+        leases.insert(claim.lease_id);
     }
     for name in &theirs {
         let ServiceMsg::Conflict(c) = &got[name] else {
@@ -781,11 +798,13 @@ async fn a_hello_of_hundreds_of_tracks_gets_each_broadcast_its_own_answer() -> R
             panic!("{name}: {:?}", got[name]);
         };
         assert!(!c.adopted, "{name} adopted");
-        assert!(
-            leases.insert(c.claim.as_ref().unwrap().lease_id),
-            "{name} shares a lease"
-        );
+        new_leases.insert(c.claim.as_ref().unwrap().lease_id);
     }
+    // One lease per session: the earlier session's, kept for what it
+    // adopted, and the new session's for what it claimed anew.
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    assert_eq!(new_leases.len(), 1, "{new_leases:?}");
+    assert!(leases.is_disjoint(&new_leases));
 
     // etcd holds exactly that: node-a's keys on the leases it was told,
     // node-b's unchanged.

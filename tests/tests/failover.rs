@@ -51,63 +51,94 @@ async fn a_newer_session_on_another_replica_supersedes_the_older() -> Result<()>
     Ok(())
 }
 
-/// A claim adopted in place keeps its lease; released, its lease goes back
-/// to the pool and serves a later claim. The older session that first held
-/// it still remembers that lease when its grace runs out, and must leave it
-/// alone: a session only ever revokes a lease whose key it just deleted.
+/// A node's claims are on its session's lease. A newer session of the node
+/// (here on another replica) adopts them there, as they are. When the older
+/// session's grace runs out it deletes none of them (its releases are
+/// fenced by the node record, now the newer session's) and does not revoke
+/// the lease they are on; the newer session revokes that lease once it has
+/// released the last claim on it, not later, and not before.
 #[tokio::test]
-async fn a_lease_reused_after_adoption_is_not_revoked_by_the_older_session() -> Result<()> {
+async fn an_adopted_lease_outlives_the_older_session_and_goes_with_its_last_claim() -> Result<()> {
     let _one = ONE_AT_A_TIME.lock().await;
     let etcd = Etcd::start().await?;
-    let prefix = test_prefix("reused-lease");
+    let prefix = test_prefix("adopted-lease");
     let one = ClaimService::start(&etcd.endpoint(), &prefix, &["--detach-grace", "4s"]).await?;
     let two = ClaimService::start(&etcd.endpoint(), &prefix, &[]).await?;
     let mut old = Node::attach(&one.addr(), hello("node-a")).await?;
     old.created("live/x", "video").await?;
+    old.created("live/y", "video").await?;
     let x = old.expect_claimed("live/x").await?.claim.unwrap();
+    let y = old.expect_claimed("live/y").await?.claim.unwrap();
+    assert_eq!(x.lease_id, y.lease_id, "one lease per session");
 
     let mut again = hello("node-a");
     again.live.push(track("live/x", "video"));
+    again.live.push(track("live/y", "video"));
     let mut new = Node::attach(&two.addr(), again).await?;
-    let adopted = new.expect_claimed("live/x").await?.claim.unwrap();
-    assert_eq!(adopted.lease_id, x.lease_id, "adopted in place");
+    for _ in 0..2 {
+        let adopted = new.expect_any_claimed().await?;
+        assert!(adopted.adopted);
+        assert_eq!(
+            adopted.claim.unwrap().lease_id,
+            x.lease_id,
+            "adopted in place"
+        );
+    }
     let status = old.expect_status().await?;
     assert_eq!(status.code(), tonic::Code::Aborted, "{status}");
-
-    // Released on replica two, then enough new claims there to take every
-    // pooled lease, x's among them.
-    new.closed("live/x", "video").await?;
-    new.expect_released("live/x").await?;
-    let names: Vec<String> = (0..40).map(|i| format!("live/n{i:02}")).collect();
-    for name in &names {
-        new.created(name, "video").await?;
-    }
-    let mut claims = Vec::new();
-    for name in &names {
-        claims.push(new.expect_claimed(name).await?.claim.unwrap());
-    }
-    let reused = claims.iter().find(|c| c.lease_id == x.lease_id);
-    assert!(
-        reused.is_some(),
-        "no new claim got x's lease back from the pool:\n{}",
-        two.log_text()
+    new.created("live/z", "video").await?;
+    let z = new.expect_claimed("live/z").await?.claim.unwrap();
+    assert_ne!(
+        z.lease_id, x.lease_id,
+        "new claims on the new session's lease"
     );
 
-    // The old session's grace runs out on replica one: every new claim
-    // stands, on the lease it was told.
+    // The old session's grace runs out on replica one: every claim stands,
+    // and the lease the adopted ones are on is alive.
     one.wait_log("detach grace over; claims released").await?;
-    for claim in &claims {
+    for claim in [&x, &y, &z] {
         let owner = two
             .owner(&claim.broadcast, true)
             .await?
             .unwrap_or_else(|| panic!("{} released\n{}", claim.broadcast, one.log_text()));
-        assert_eq!(owner.lease_id, claim.lease_id, "{}", claim.broadcast);
         assert_eq!(
             owner.fencing_token, claim.fencing_token,
             "{}",
             claim.broadcast
         );
+        assert_eq!(owner.lease_id, claim.lease_id, "{}", claim.broadcast);
     }
+    let mut etcd_client = etcd.client().await?;
+    let ttl = etcd_client
+        .lease_time_to_live(x.lease_id, None)
+        .await?
+        .ttl();
+    assert!(ttl > 0, "the adopted claims' lease is gone: {ttl}");
+
+    // Released one by one on replica two: the lease stays while y is on
+    // it, and goes with y.
+    new.closed("live/x", "video").await?;
+    new.expect_released("live/x").await?;
+    let ttl = etcd_client
+        .lease_time_to_live(x.lease_id, None)
+        .await?
+        .ttl();
+    assert!(ttl > 0, "revoked with a claim still on it: {ttl}");
+    assert!(two.owner("live/y", true).await?.is_some());
+    new.closed("live/y", "video").await?;
+    new.expect_released("live/y").await?;
+    until(
+        Duration::from_millis(50),
+        async || {
+            Ok(etcd_client
+                .lease_time_to_live(x.lease_id, None)
+                .await?
+                .ttl())
+        },
+        |ttl| *ttl < 0,
+    )
+    .await?;
+    assert!(two.owner("live/z", true).await?.is_some(), "z stands");
     Ok(())
 }
 

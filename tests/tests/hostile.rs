@@ -214,7 +214,8 @@ async fn a_node_record_gone_bad_behind_the_service_does_not_unseat_its_session()
         .as_i64()
         .ok_or_else(|| anyhow::anyhow!("no lease in {record}"))?;
     // The record is replaced by something that is not a record (on no
-    // lease), then its lease is revoked: no newer session exists.
+    // lease), then its lease is revoked: no newer session exists. The
+    // node's claims were on that lease: lost, and claimed again.
     stack.etcd.etcdctl(&["put", &key, "not a record"])?;
     stack
         .etcd
@@ -228,9 +229,12 @@ async fn a_node_record_gone_bad_behind_the_service_does_not_unseat_its_session()
     )
     .await?;
     assert!(written.contains("node-victim") || written.contains(&node.welcome.session_id));
+    node.expect_lost("live/victim").await?;
+    let again = node.expect_claimed("live/victim").await?.claim.unwrap();
+    assert!(again.fencing_token > token, "{again:?}");
     node.created("live/after", "video").await?;
     node.expect_claimed("live/after").await?;
-    victim_unharmed(svc, &mut node, token).await?;
+    victim_unharmed(svc, &mut node, again.fencing_token).await?;
     assert!(!svc.log_text().contains("superseded"), "{}", svc.log_text());
     Ok(())
 }

@@ -12,7 +12,7 @@
 //! adopts them) and claims nothing new.
 
 use super::node::{Mode, NodeClaims};
-use super::{Action, ClaimOutcome, Event, Reply};
+use super::{Action, ClaimOutcome, Earlier, Event, Reply};
 
 impl NodeClaims {
     /// Apply one event; returns what to do, in order.
@@ -23,10 +23,7 @@ impl NodeClaims {
             return out;
         }
         match event {
-            Event::Began => {
-                out.push(Action::FindEarlierClaims);
-                out.push(Action::WriteRecord { replaces: None });
-            }
+            Event::Began => out.push(Action::WriteRecord { replaces: None }),
             Event::Created { broadcast, track } => self.created(broadcast, track, &mut out),
             Event::Closed { broadcast, track } => self.closed(&broadcast, &track, &mut out),
             Event::Existing { claims } => self.existing(claims, &mut out),
@@ -44,9 +41,9 @@ impl NodeClaims {
             }
             Event::Released { broadcast } => self.release_done(broadcast, &mut out),
             Event::LeaseLost { lease_id, reason } => {
-                if !self.record_lost(lease_id, &mut out) {
-                    self.lease_lost(lease_id, reason, false, &mut out)
-                }
+                // The record's lease carries this session's own claims too.
+                self.lease_lost(lease_id, reason, &mut out);
+                self.record_lost(lease_id, &mut out);
             }
             Event::OwnerReleased {
                 broadcast,
@@ -57,7 +54,8 @@ impl NodeClaims {
                 lease_id,
                 revision,
                 draining,
-            } => self.record_written(lease_id, revision, draining, &mut out),
+                earlier,
+            } => self.record_written(lease_id, revision, draining, earlier, &mut out),
             Event::RecordFailed { reason } => self.answer_unfenced(&reason, &mut out),
             Event::RecordTaken { by } => self.supersede(format!("session {by}"), &mut out),
             Event::Fenced {
@@ -106,17 +104,23 @@ impl NodeClaims {
         self.fence.told_draining
     }
 
-    /// The record is written: claims waiting for it go, under its lease.
+    /// The record is written: claims waiting for it go, under its lease,
+    /// and the claims an earlier session of the node left are looked for.
     fn record_written(
         &mut self,
         lease_id: i64,
         revision: i64,
         draining: bool,
+        earlier: Earlier,
         out: &mut Vec<Action>,
     ) {
         self.fence.lease = Some(lease_id);
+        self.fence.last_lease = lease_id;
         self.fence.revision = revision;
         out.push(Action::KeepRecord { lease_id });
+        if earlier != Earlier::None {
+            out.push(Action::FindEarlierClaims { earlier });
+        }
         self.tell_draining(draining, out);
         for broadcast in self.fence.take_unfenced() {
             out.push(Action::claim(broadcast));
@@ -165,9 +169,9 @@ impl NodeClaims {
         reason: String,
         out: &mut Vec<Action>,
     ) {
-        if let Some(lease_id) = self.held_with_token(&broadcast, fencing_token) {
+        if self.held_with_token(&broadcast, fencing_token) {
             let reason = format!("force-released by an operator: {reason}");
-            self.lease_lost(lease_id, reason, true, out);
+            self.lose(broadcast, reason, true, out);
         }
     }
 
@@ -180,17 +184,16 @@ impl NodeClaims {
     }
 
     /// The record's lease was lost: write the record again (unless a newer
-    /// session wrote it meanwhile). False when `lease_id` is not the
+    /// session wrote it meanwhile). Nothing when `lease_id` is not the
     /// record's.
-    fn record_lost(&mut self, lease_id: i64, out: &mut Vec<Action>) -> bool {
+    fn record_lost(&mut self, lease_id: i64, out: &mut Vec<Action>) {
         if self.fence.lease != Some(lease_id) {
-            return false;
+            return;
         }
         self.fence.lease = None;
         out.push(Action::WriteRecord {
             replaces: Some(lease_id),
         });
-        true
     }
 
     /// Claims waiting for the record are answered as if etcd had been

@@ -15,8 +15,13 @@ use super::Action;
 #[derive(Debug)]
 pub(super) struct Fence {
     pub(super) session_id: String,
-    /// The record's lease while it is written (claims are made under it).
+    /// The record's lease while it is written (claims are made under it,
+    /// and on it).
     pub(super) lease: Option<i64>,
+    /// The lease the record was last written on (0: never): releases are
+    /// fenced by it even while the record is being written again (if the
+    /// record moved, they delete nothing).
+    pub(super) last_lease: i64,
     /// The etcd revision this session last wrote the record at (0: never).
     pub(super) revision: i64,
     /// Broadcasts whose claim waits for the record to be written.
@@ -30,6 +35,7 @@ impl Fence {
         Self {
             session_id: session_id.to_string(),
             lease: None,
+            last_lease: 0,
             revision: 0,
             unfenced: Vec::new(),
             told_draining: false,
@@ -60,11 +66,17 @@ impl Fence {
     }
 
     /// Puts every claim in `out` under the record's lease, or, while the
-    /// record is not written, holds it back until it is.
+    /// record is not written, holds it back until it is; puts every release
+    /// under the lease the record was last written on.
     pub(super) fn hold_back(&mut self, out: &mut Vec<Action>) {
         let lease = self.lease;
+        let last_lease = self.last_lease;
         let unfenced = &mut self.unfenced;
         out.retain_mut(|action| match (action, lease) {
+            (Action::Release { guard_lease, .. } | Action::ReleaseStale { guard_lease, .. }, _) => {
+                *guard_lease = last_lease;
+                true
+            }
             (Action::Claim { guard_lease, .. }, Some(lease)) => {
                 *guard_lease = lease;
                 true

@@ -32,6 +32,7 @@ fn written(lease_id: i64, revision: i64, draining: bool) -> Event {
         lease_id,
         revision,
         draining,
+        earlier: Earlier::None,
     }
 }
 
@@ -52,10 +53,7 @@ fn a_session_begins_by_writing_its_record_and_claims_wait_for_it() {
     let mut core = NodeClaims::new("s1", Limits::default());
     assert_eq!(
         core.handle(Event::Began),
-        vec![
-            Action::FindEarlierClaims,
-            Action::WriteRecord { replaces: None }
-        ]
+        vec![Action::WriteRecord { replaces: None }]
     );
     assert_eq!(core.handle(created("live/a")), vec![]);
     assert_eq!(core.handle(created("live/b")), vec![]);

@@ -122,6 +122,12 @@ impl NodeClaims {
         })
     }
 
+    /// Every broadcast this session has an entry for (live, held, being
+    /// claimed or released).
+    pub fn known(&self) -> impl Iterator<Item = &str> {
+        self.broadcasts.keys().map(String::as_str)
+    }
+
     /// Whether the node has this track live.
     pub fn is_live(&self, broadcast: &str, track: &str) -> bool {
         self.broadcasts
@@ -156,7 +162,8 @@ impl NodeClaims {
             if !self.broadcasts.contains_key(&claim.broadcast) {
                 out.push(Action::ReleaseStale {
                     lease_id: claim.lease_id,
-                    revision: claim.revision,
+                    fencing_token: claim.fencing_token,
+                    guard_lease: 0,
                     broadcast: claim.broadcast,
                 });
             }
@@ -246,12 +253,12 @@ impl NodeClaims {
         }
     }
 
-    /// The held claim of `broadcast` with this fencing token, if any.
-    pub(super) fn held_with_token(&self, broadcast: &str, fencing_token: i64) -> Option<i64> {
-        match &self.broadcasts.get(broadcast)?.state {
-            State::Held(c) if c.fencing_token == fencing_token => Some(c.lease_id),
-            _ => None,
-        }
+    /// Whether `broadcast` is held with this fencing token.
+    pub(super) fn held_with_token(&self, broadcast: &str, fencing_token: i64) -> bool {
+        matches!(
+            self.broadcasts.get(broadcast).map(|e| &e.state),
+            Some(State::Held(c)) if c.fencing_token == fencing_token
+        )
     }
 
     pub(super) fn tell(&self, reply: Reply, out: &mut Vec<Action>) {
@@ -490,21 +497,42 @@ impl NodeClaims {
         }
     }
 
-    pub(super) fn lease_lost(
+    /// Every claim held on `lease_id` is gone with it.
+    pub(super) fn lease_lost(&mut self, lease_id: i64, reason: String, out: &mut Vec<Action>) {
+        for broadcast in super::on_lease(self.held(), lease_id) {
+            self.lose(broadcast, reason.clone(), false, out);
+        }
+    }
+
+    /// The held claim of `broadcast` is gone (its lease expired, or an
+    /// operator took it, `forced`): the node is told, and it is claimed
+    /// again while live.
+    pub(super) fn lose(
         &mut self,
-        lease_id: i64,
+        broadcast: String,
         reason: String,
         forced: bool,
         out: &mut Vec<Action>,
     ) {
-        let found = self.broadcasts.iter().find_map(|(b, e)| match &e.state {
-            State::Held(c) if c.lease_id == lease_id => Some(b.clone()),
-            _ => None,
-        });
-        let Some(broadcast) = found else {
+        let Some(entry) = self.broadcasts.get_mut(&broadcast) else {
             return;
         };
-        out.push(Action::Forget { lease_id, forced });
+        let State::Held(claim) = &entry.state else {
+            return;
+        };
+        out.push(Action::Forget {
+            lease_id: claim.lease_id,
+            forced,
+        });
+        entry.announced = false;
+        let again = !entry.tracks.is_empty() && self.mode == Mode::Attached;
+        if again {
+            // Still live: claim again. A key that still names this node is
+            // adopted by the store, never reported as a conflict with itself.
+            entry.state = State::Claiming;
+        } else {
+            self.broadcasts.remove(&broadcast);
+        }
         self.tell(
             Reply::Lost {
                 broadcast: broadcast.clone(),
@@ -512,18 +540,8 @@ impl NodeClaims {
             },
             out,
         );
-        let entry = self
-            .broadcasts
-            .get_mut(&broadcast)
-            .expect("entry was found above");
-        entry.announced = false;
-        if !entry.tracks.is_empty() && self.mode == Mode::Attached {
-            // Still live: claim again. A key that still names this node is
-            // adopted by the store, never reported as a conflict with itself.
-            entry.state = State::Claiming;
+        if again {
             out.push(Action::claim(broadcast));
-        } else {
-            self.broadcasts.remove(&broadcast);
         }
     }
 

@@ -151,7 +151,7 @@ proptest! {
                     sh.revision += 1;
                     sh.next_lease += 1;
                     Some(match kind {
-                        0 | 1 => Event::RecordWritten { lease_id: sh.next_lease, revision: sh.revision, draining: kind == 1 },
+                        0 | 1 => Event::RecordWritten { lease_id: sh.next_lease, revision: sh.revision, draining: kind == 1, earlier: Earlier::None },
                         2 | 3 => {
                             // Failed: the shell retries the same write.
                             sh.record_writing = true;
@@ -248,7 +248,7 @@ proptest! {
                                     "forced release of {} with token {} took {:?}", broadcast, fencing_token, held);
                             }
                         }
-                        Action::ReleaseStale { .. } | Action::FindEarlierClaims => {}
+                        Action::ReleaseStale { .. } | Action::FindEarlierClaims { .. } => {}
                         Action::RetryAfter { broadcast, timer, .. } => { sh.timers.insert(broadcast, timer); }
                         Action::WriteRecord { replaces } => {
                             prop_assert!(!sh.record_writing && sh.record.is_none(), "a second record write");

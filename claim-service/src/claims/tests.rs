@@ -45,6 +45,7 @@ pub(super) fn fenced(limits: Limits) -> NodeClaims {
         lease_id: RECORD,
         revision: 1,
         draining: false,
+        earlier: Earlier::None,
     });
     core
 }
@@ -128,7 +129,8 @@ fn limits_refuse_a_new_broadcast_or_track_and_change_nothing_else() {
         vec![Action::Release {
             broadcast: "a".into(),
             lease_id: 1,
-            revision: 0
+            fencing_token: 10,
+            guard_lease: RECORD
         }]
     );
     // Room again once a broadcast is gone.
@@ -150,7 +152,8 @@ fn last_track_closing_revokes_then_reports_released() {
         vec![Action::Release {
             broadcast: "b".into(),
             lease_id: 7,
-            revision: 0
+            fencing_token: 100,
+            guard_lease: RECORD
         }]
     );
     assert_eq!(
@@ -266,7 +269,8 @@ fn close_while_claiming_revokes_the_claim_when_it_lands() {
         vec![Action::Release {
             broadcast: "b".into(),
             lease_id: 7,
-            revision: 0
+            fencing_token: 100,
+            guard_lease: RECORD
         }]
     );
     // The node never heard `claimed`, so it hears no `released` either.
@@ -317,12 +321,14 @@ fn goodbye_releases_everything_then_finishes() {
             Action::Release {
                 broadcast: "a".into(),
                 lease_id: 1,
-                revision: 0
+                fencing_token: 10,
+                guard_lease: RECORD
             },
             Action::Release {
                 broadcast: "b".into(),
                 lease_id: 2,
-                revision: 0
+                fencing_token: 11,
+                guard_lease: RECORD
             },
         ]
     );
@@ -337,7 +343,8 @@ fn goodbye_releases_everything_then_finishes() {
         vec![Action::Release {
             broadcast: "c".into(),
             lease_id: 3,
-            revision: 0
+            fencing_token: 12,
+            guard_lease: RECORD
         }]
     );
     core.handle(Event::Released {
@@ -397,7 +404,8 @@ fn detach_keeps_claims_until_grace_then_releases_silently() {
         vec![Action::Release {
             broadcast: "a".into(),
             lease_id: 1,
-            revision: 0
+            fencing_token: 10,
+            guard_lease: RECORD
         }]
     );
     assert_eq!(
@@ -502,7 +510,8 @@ fn existing_claims_not_live_are_released() {
         vec![Action::ReleaseStale {
             broadcast: "stale".into(),
             lease_id: 2,
-            revision: 8
+            fencing_token: 6,
+            guard_lease: RECORD
         }]
     );
 }
@@ -515,7 +524,8 @@ fn answer_for_an_unknown_broadcast_never_leaks_its_lease() {
         vec![Action::Release {
             broadcast: "ghost".into(),
             lease_id: 4,
-            revision: 0
+            fencing_token: 1,
+            guard_lease: RECORD
         }]
     );
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::claims::{backoff, Event, Reply, TakeoverOutcome};
+use crate::claims::{backoff, Earlier, Event, Reply, TakeoverOutcome};
 use crate::error::Error;
 use crate::log_budget::LogBudget;
 use crate::store::{unix_ms, Attempt, ClaimRequest, Holder, NodeRecord, Store};
@@ -44,14 +44,33 @@ pub(super) fn claim(
 }
 
 /// Reads the claims an earlier session of this node left (released unless
-/// live now), retrying until etcd answers.
-pub(super) fn find_earlier_claims(store: &Store, holder: &Holder, events: &Events) {
+/// live now), where its record said they are, retrying until etcd answers.
+/// Keys of `known` broadcasts (this session's own business) are not read.
+pub(super) fn find_earlier_claims(
+    store: &Store,
+    holder: &Holder,
+    earlier: Earlier,
+    known: std::collections::HashSet<String>,
+    events: &Events,
+) {
+    let known = std::sync::Arc::new(known);
     let store = store.clone();
     let tx = events.clone();
     let node_id = holder.node_id.clone();
     tokio::spawn(async move {
         let found = until_done("cannot read this node's earlier claims", &tx, || {
-            store.claims_of_node(&node_id)
+            let (store, node_id, known) = (store.clone(), node_id.clone(), known.clone());
+            async move {
+                match earlier {
+                    Earlier::None => Ok(Vec::new()),
+                    Earlier::OnLease(lease_id) => {
+                        store
+                            .claims_on_lease(lease_id, &node_id, |b| known.contains(b))
+                            .await
+                    }
+                    Earlier::Anywhere => store.claims_of_node(&node_id).await,
+                }
+            }
         })
         .await;
         if let Some(claims) = found {
@@ -128,6 +147,7 @@ pub(super) fn write_record(
         attached_at_unix_ms: unix_ms(),
         draining: false,
         grace_ends_unix_ms: 0,
+        claims_on_lease: true,
     };
     tokio::spawn(async move {
         let mut failures = 0;
@@ -138,6 +158,7 @@ pub(super) fn write_record(
                         lease_id: registration.lease_id,
                         revision: registration.revision,
                         draining: registration.draining,
+                        earlier: registration.earlier,
                     };
                     if tx.send(written).is_err() {
                         // The session ended meanwhile.

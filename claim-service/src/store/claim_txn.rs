@@ -1,22 +1,20 @@
 //! The claim transaction, for one claim or a batch of them.
 //!
-//! Claims queued together by one session (a hello listing thousands of live
-//! tracks, a burst of `created`) are made together: their leases are taken
-//! or granted side by side, then one transaction creates every key that is
-//! absent, and one adopts every key that already names the node (rewrites it
-//! for this session on the lease it already has). Each key gets exactly the
-//! answer it would get alone — the same compares, only several at once.
-//!
-//! When the pool cannot cover a batch, its keys are read first and those
-//! that name the node are adopted before any lease is granted: a re-attach
-//! listing 10,000 live tracks costs about 160 reads and 160 adoption
-//! transactions, and no grants (a grant is a write etcd applies one by one;
-//! 10,000 of them took this machine's etcd 1.2-1.7 s alone).
+//! A claim goes on the lease of its session's node record: one lease per
+//! session, kept alive by one renewal, however many claims the node holds,
+//! and one transaction per claim (no grant). Claims queued together by one
+//! session (a hello listing thousands of live tracks, a burst of `created`)
+//! are made together: one transaction creates every key that is absent if
+//! the record is still on that lease, else reads them all. A key that
+//! already names the node (left by an earlier session of it) is adopted as
+//! it is: no write, its lease kept alive from then on. That is safe because
+//! every write and delete of a node's claims is fenced by its record, which
+//! this session rewrote before reading the key: the earlier session can no
+//! longer touch it. Each key gets exactly the answer it would get alone.
 
 use std::time::Instant;
 
 use etcd_client::{Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse};
-use futures::future::join_all;
 
 use super::{ttl_seconds, unix_ms, Attempt, ClaimRecord, ClaimRequest, NodeRecord, Store};
 use crate::claims::{Claim, ClaimOutcome};
@@ -27,7 +25,7 @@ use crate::error::{Error, Result};
 /// plus the session's guard.
 pub const BATCH: usize = 64;
 
-/// Rounds of create-then-adopt before a key that keeps changing is answered
+/// Rounds of create-then-read before a key that keeps changing is answered
 /// `Unavailable` (and retried later by the session).
 const ROUNDS: usize = 5;
 
@@ -42,21 +40,19 @@ pub struct Pending {
     pub done: Box<dyn FnOnce(Attempt) + Send>,
 }
 
-/// One claim of a batch, with its lease.
+/// One claim of a batch.
 struct Item<'a> {
     req: &'a ClaimRequest,
     /// The broadcast's etcd key.
     key: String,
-    lease_id: i64,
     record: ClaimRecord,
 }
 
 impl<'a> Item<'a> {
-    fn new(store: &Store, req: &'a ClaimRequest, lease_id: i64) -> Self {
+    fn new(store: &Store, req: &'a ClaimRequest) -> Self {
         Item {
             req,
             key: store.inner.layout.broadcast(&req.broadcast),
-            lease_id,
             record: ClaimRecord {
                 node_id: req.holder.node_id.to_string(),
                 endpoints: (*req.holder.endpoints).clone(),
@@ -68,56 +64,51 @@ impl<'a> Item<'a> {
         }
     }
 
+    /// The key, on the session's record lease.
     fn put(&self) -> TxnOp {
         TxnOp::put(
             self.key.clone(),
             self.record.to_json(),
-            Some(PutOptions::new().with_lease(self.lease_id)),
+            Some(PutOptions::new().with_lease(self.req.guard_lease)),
         )
     }
 
-    /// Whether `kv`, a key of this node claimed as `owner`, can be adopted
-    /// on the lease it is on: it has one, granted for this session's TTL
-    /// (a node that asks for another TTL than before gets a new lease).
-    fn adoptable_in_place(&self, kv: &KeyValue, owner: &Claim) -> bool {
-        kv.lease() != 0 && owner.lease_ttl_ms == self.record.lease_ttl_ms
-    }
-
-    /// The item that adopts `kv`, a key of this node left by an earlier
-    /// session as `owner`: this session's record on the key's own lease
-    /// (where [`Item::adoptable_in_place`], else on this item's), keeping the
-    /// first claim's time.
-    fn adopting(&self, kv: &KeyValue, owner: &Claim) -> Self {
-        Item {
-            req: self.req,
-            key: self.key.clone(),
-            lease_id: if self.adoptable_in_place(kv, owner) {
-                kv.lease()
-            } else {
-                self.lease_id
-            },
-            record: ClaimRecord {
-                claimed_at_unix_ms: owner.claimed_at_unix_ms,
-                ..self.record.clone()
-            },
-        }
-    }
-
-    /// The claim this item makes (written at `revision`), sharing the
+    /// The claim this item made (created at `revision`), sharing the
     /// session's node and ids.
-    fn claim(&self, fencing_token: i64, revision: i64) -> Claim {
+    fn created(&self, revision: i64) -> Claim {
         let holder = &self.req.holder;
         Claim {
             broadcast: self.req.broadcast.clone(),
             node_id: holder.node_id.clone(),
             endpoints: holder.endpoints.clone(),
-            lease_id: self.lease_id,
-            fencing_token,
+            lease_id: self.req.guard_lease,
+            fencing_token: revision,
             revision,
             claimed_at_unix_ms: self.record.claimed_at_unix_ms,
             lease_ttl_ms: self.record.lease_ttl_ms,
             session_id: holder.session_id.clone(),
             service_id: holder.service_id.clone(),
+        }
+    }
+
+    /// `kv`, a key of this node an earlier session left as `owner`, now
+    /// this session's: same lease, same fencing token, the first claim's
+    /// time, and the TTL the lease was granted with.
+    fn adopted(&self, kv: &KeyValue, owner: &Claim) -> Claim {
+        let holder = &self.req.holder;
+        Claim {
+            lease_ttl_ms: match owner.lease_ttl_ms {
+                0 => self.record.lease_ttl_ms,
+                ttl => ttl,
+            },
+            node_id: holder.node_id.clone(),
+            endpoints: holder.endpoints.clone(),
+            session_id: holder.session_id.clone(),
+            service_id: holder.service_id.clone(),
+            lease_id: kv.lease(),
+            fencing_token: kv.create_revision(),
+            revision: kv.mod_revision(),
+            ..owner.clone()
         }
     }
 }
@@ -127,38 +118,10 @@ impl Store {
     /// [`BATCH`]; each `done` gets its own answer (never an error: a store
     /// that cannot be reached is `Unavailable`).
     pub(super) async fn claim_batch(&self, batch: Vec<Pending>) {
-        // Leases would have to be granted for this batch: adopt what can be
-        // adopted first, so that only new claims need a lease.
-        let ttl_s = batch.first().map_or(0, |p| ttl_seconds(p.req.ttl));
-        let batch = if batch.len() > self.inner.pool.ready(ttl_s) {
-            self.adopt_first(batch).await
-        } else {
-            batch
-        };
-        if batch.is_empty() {
-            return;
-        }
-        let leases = join_all(batch.iter().map(|p| self.lease_for(p.req.ttl))).await;
-        let mut items = Vec::new();
-        // Where each item's answer goes, and when its lease was granted.
-        let mut slots = Vec::new();
-        let mut answers: Vec<Option<Answer>> = Vec::new();
-        for (p, lease) in batch.iter().zip(leases) {
-            match lease {
-                Ok((lease_id, granted_at)) => {
-                    items.push(Item::new(self, &p.req, lease_id));
-                    slots.push((answers.len(), granted_at));
-                    answers.push(None);
-                }
-                Err(e) => answers.push(Some(Err(e.public()))),
-            }
-        }
-        let results = self.claim_with_leases(&items).await;
-        for ((item, (at, granted_at)), result) in items.iter().zip(slots).zip(results) {
-            self.settle_lease(item, granted_at, &result);
-            answers[at] = Some(result);
-        }
-        for (p, answer) in batch.into_iter().zip(finish(answers)) {
+        let items: Vec<Item<'_>> = batch.iter().map(|p| Item::new(self, &p.req)).collect();
+        let answers = self.claim_items(&items).await;
+        drop(items);
+        for (p, answer) in batch.into_iter().zip(answers) {
             let attempt = match answer {
                 Ok(Attempt::Outcome(outcome)) => Attempt::Outcome(self.count(outcome, p.queued)),
                 Ok(fenced) => fenced,
@@ -185,193 +148,50 @@ impl Store {
         outcome
     }
 
-    /// What becomes of a claim's lease once the claim is answered.
-    fn settle_lease(&self, item: &Item<'_>, granted_at: tokio::time::Instant, result: &Answer) {
-        let ttl = item.req.ttl;
-        match result {
-            Ok(Attempt::Outcome(ClaimOutcome::Claimed { claim, .. }))
-                if claim.lease_id == item.lease_id =>
-            {
-                self.inner
-                    .granted
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(item.lease_id, granted_at);
-            }
-            // A definite "no", or an adoption that kept the claim's own
-            // lease: this one is unused and can serve again.
-            Ok(_)
-                if self
-                    .inner
-                    .pool
-                    .put(ttl_seconds(ttl), item.lease_id, granted_at) => {}
-            // On error the transaction may still have landed: revoking the
-            // lease removes such a key rather than leaving an orphan claim.
-            _ => self.submit_revoke(item.lease_id, ttl, || {}),
-        }
-    }
-
-    /// A lease for a claim: from the pool when a fresh one is there (no
-    /// round trip), else granted now. Takes trigger a refill.
-    async fn lease_for(&self, ttl: std::time::Duration) -> Result<(i64, tokio::time::Instant)> {
-        let ttl_s = ttl_seconds(ttl);
-        let taken = self.inner.pool.take(ttl_s);
-        for stale in taken.stale {
-            self.submit_revoke(stale, ttl, || {});
-        }
-        if taken.short > 0
-            && !self
-                .inner
-                .refilling
-                .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
-            let store = self.clone();
-            tokio::spawn(async move {
-                for _ in 0..taken.short {
-                    let granted_at = tokio::time::Instant::now();
-                    match store.grant(ttl).await {
-                        Ok(id) if store.inner.pool.put(ttl_s, id, granted_at) => {}
-                        Ok(id) => {
-                            let _ = store.revoke(id).await;
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                store
-                    .inner
-                    .refilling
-                    .store(false, std::sync::atomic::Ordering::Release);
-            });
-        }
-        match taken.lease {
-            Some(lease) => Ok(lease),
-            None => {
-                let granted_at = tokio::time::Instant::now();
-                Ok((self.grant(ttl).await?, granted_at))
-            }
-        }
-    }
-
-    /// Adopts `moved` (made by [`Item::adopting`], each with the key as it
-    /// was read) in one transaction that checks the session's guard and that
-    /// no key changed since: their claims, or `None` when something changed
-    /// (read them again).
-    async fn adopt(
+    /// A key of this node with no lease (written by hand): moved onto the
+    /// session's lease, if unchanged since read and the guard holds, so
+    /// that it goes when the node does. Its claim, or `None` when
+    /// something changed (read it again).
+    async fn adopt_leaseless(
         &self,
         guard: &Compare,
-        moved: &[(Item<'_>, KeyValue)],
-    ) -> Result<Option<Vec<Claim>>> {
+        item: &Item<'_>,
+        kv: &KeyValue,
+        owner: &Claim,
+    ) -> Result<Option<Claim>> {
+        let record = ClaimRecord {
+            claimed_at_unix_ms: owner.claimed_at_unix_ms,
+            ..item.record.clone()
+        };
         let txn = Txn::new()
-            .when(
-                std::iter::once(guard.clone())
-                    .chain(moved.iter().map(|(m, kv)| {
-                        Compare::mod_revision(m.key.clone(), CompareOp::Equal, kv.mod_revision())
-                    }))
-                    .collect::<Vec<_>>(),
-            )
-            .and_then(moved.iter().map(|(m, _)| m.put()).collect::<Vec<_>>());
+            .when([
+                guard.clone(),
+                Compare::mod_revision(item.key.clone(), CompareOp::Equal, kv.mod_revision()),
+            ])
+            .and_then([TxnOp::put(
+                item.key.clone(),
+                record.to_json(),
+                Some(PutOptions::new().with_lease(item.req.guard_lease)),
+            )]);
         let resp = self.txn("adopt_txn", txn).await?;
-        if !resp.succeeded() {
-            return Ok(None);
-        }
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        for (m, kv) in moved {
-            if m.lease_id == kv.lease() {
-                self.adopted_lease(m.lease_id, m.req.ttl);
-            }
-        }
-        Ok(Some(
-            moved
-                .iter()
-                .map(|(m, kv)| m.claim(kv.create_revision(), revision))
-                .collect(),
-        ))
+        Ok(resp.succeeded().then(|| Claim {
+            lease_id: item.req.guard_lease,
+            revision,
+            ..item.adopted(kv, owner)
+        }))
     }
 
-    /// An adopted claim's lease is renewed at once: how much of its TTL is
-    /// left is not known (its last renewal was another session's).
-    fn adopted_lease(&self, lease_id: i64, ttl: std::time::Duration) {
-        let now = tokio::time::Instant::now();
-        self.inner
-            .granted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(lease_id, now.checked_sub(ttl / 4).unwrap_or(now));
-    }
-
-    /// Adopts the keys of `batch` that already name its node, before any
-    /// lease is taken for them: one read of them all, then one adoption
-    /// transaction. Answers those and returns the rest, for the usual way.
-    /// Anything unexpected (etcd errors, a fenced session, a key that
-    /// changed) returns the whole batch, whose usual way answers it.
-    async fn adopt_first(&self, batch: Vec<Pending>) -> Vec<Pending> {
-        let Some(first) = batch.first() else {
-            return batch;
-        };
-        let node_id = first.req.holder.node_id.clone();
-        let guard_lease = first.req.guard_lease;
-        let node_key = self.inner.layout.node(&node_id);
-        let adopted = {
-            let items: Vec<Item<'_>> = batch.iter().map(|p| Item::new(self, &p.req, 0)).collect();
-            let read = Txn::new().and_then(reads_of(&node_key, items.iter()));
-            let Ok(resp) = self.txn("adopt_read", read).await else {
-                return batch;
-            };
-            let mut reads = read_back(resp);
-            if reads.next().flatten().map(|kv| kv.lease()) != Some(guard_lease) {
-                return batch;
-            }
-            let mut at = Vec::new();
-            let mut moved = Vec::new();
-            for (i, kv) in reads.enumerate() {
-                let Some(kv) = kv else {
-                    continue;
-                };
-                let Some(owner) = ClaimRecord::claim_from(&items[i].req.broadcast, &kv) else {
-                    continue;
-                };
-                if owner.node_id == node_id && items[i].adoptable_in_place(&kv, &owner) {
-                    at.push(i);
-                    moved.push((items[i].adopting(&kv, &owner), kv));
-                }
-            }
-            if moved.is_empty() {
-                return batch;
-            }
-            let guard = Compare::lease(node_key, CompareOp::Equal, guard_lease);
-            match self.adopt(&guard, &moved).await {
-                Ok(Some(claims)) => at.into_iter().zip(claims).collect::<Vec<_>>(),
-                _ => return batch,
-            }
-        };
-        let mut adopted = adopted.into_iter().peekable();
-        let mut rest = Vec::new();
-        for (i, p) in batch.into_iter().enumerate() {
-            match adopted.next_if(|(at, _)| *at == i) {
-                Some((_, claim)) => {
-                    let outcome = ClaimOutcome::Claimed {
-                        claim,
-                        adopted: true,
-                    };
-                    (p.done)(Attempt::Outcome(self.count(outcome, p.queued)));
-                }
-                None => rest.push(p),
-            }
-        }
-        rest
-    }
-
-    /// The claim transactions for `items` (one session's, each with its own
-    /// lease): answers in the same order.
+    /// The claim transactions for `items` (one session's): answers in the
+    /// same order.
     ///
-    /// Each round, one transaction creates every open key if all are absent
-    /// and the session's node record is still on its guard lease; else it
-    /// reads them all. A key naming another node is a conflict; one naming
-    /// this node (an earlier session's) is adopted ([`Item::adopting`]) by a
-    /// second transaction that checks it is unchanged, keeping its fencing
-    /// token; an absent one is tried again next round.
-    async fn claim_with_leases(&self, items: &[Item<'_>]) -> Vec<Answer> {
+    /// Each round, one transaction creates every open key, on the session's
+    /// lease, if all are absent and the session's node record is still on
+    /// that lease; else it reads the record and them all at one revision. A
+    /// key naming another node is a conflict; one naming this node (an
+    /// earlier session's) is adopted as it is ([`Item::adopted`]); an absent
+    /// one is tried again next round.
+    async fn claim_items(&self, items: &[Item<'_>]) -> Vec<Answer> {
         let mut answers: Vec<Option<Answer>> = items.iter().map(|_| None).collect();
         let Some(first) = items.first() else {
             return Vec::new();
@@ -405,7 +225,7 @@ impl Store {
             if resp.succeeded() {
                 settle(&mut answers, &open, |i| {
                     Ok(Attempt::Outcome(ClaimOutcome::Claimed {
-                        claim: items[i].claim(revision, revision),
+                        claim: items[i].created(revision),
                         adopted: false,
                     }))
                 });
@@ -426,10 +246,6 @@ impl Store {
                 });
                 return finish(answers);
             }
-            // Ours from an earlier session: to be adopted if still exactly
-            // what was read.
-            let mut at = Vec::new();
-            let mut moved = Vec::new();
             let mut absent = Vec::new();
             for (&i, kv) in open.iter().zip(reads) {
                 let Some(kv) = kv else {
@@ -437,41 +253,39 @@ impl Store {
                     absent.push(i);
                     continue;
                 };
-                let broadcast = &items[i].req.broadcast;
+                let item = &items[i];
+                let broadcast = &item.req.broadcast;
                 let owner = ClaimRecord::claim_from(broadcast, &kv).unwrap_or_else(|| Claim {
                     broadcast: broadcast.clone(),
                     lease_id: kv.lease(),
                     fencing_token: kv.create_revision(),
                     ..Claim::default()
                 });
-                if owner.node_id != items[i].req.holder.node_id {
-                    answers[i] = Some(Ok(Attempt::Outcome(ClaimOutcome::Conflict {
-                        owner,
-                        revision,
-                    })));
+                let answer = if owner.node_id != item.req.holder.node_id {
+                    ClaimOutcome::Conflict { owner, revision }
+                } else if kv.lease() != 0 {
+                    // Ours from an earlier session, read under this
+                    // session's fence: adopted as it is.
+                    ClaimOutcome::Claimed {
+                        claim: item.adopted(&kv, &owner),
+                        adopted: true,
+                    }
                 } else {
-                    at.push(i);
-                    moved.push((items[i].adopting(&kv, &owner), kv));
-                }
-            }
-            open = absent;
-            if moved.is_empty() {
-                continue;
-            }
-            match self.adopt(&guard, &moved).await {
-                Ok(Some(claims)) => {
-                    for (&i, claim) in at.iter().zip(claims) {
-                        answers[i] = Some(Ok(Attempt::Outcome(ClaimOutcome::Claimed {
+                    match self.adopt_leaseless(&guard, item, &kv, &owner).await {
+                        Ok(Some(claim)) => ClaimOutcome::Claimed {
                             claim,
                             adopted: true,
-                        })));
+                        },
+                        Ok(None) => {
+                            absent.push(i);
+                            continue;
+                        }
+                        Err(e) => ClaimOutcome::Unavailable { reason: e.public() },
                     }
-                }
-                // One of them changed under us (another replica adopting it
-                // too, a release, the guard): read them again next round.
-                Ok(None) => open.extend(at),
-                Err(e) => settle(&mut answers, &at, |_| Err(e.public())),
+                };
+                answers[i] = Some(Ok(Attempt::Outcome(answer)));
             }
+            open = absent;
             open.sort_unstable();
         }
         settle(&mut answers, &open, |i| {

@@ -2,7 +2,7 @@
 //!
 //! | key | value | lease |
 //! | --- | --- | --- |
-//! | `{prefix}broadcasts/{broadcast}` | [`ClaimRecord`] | the claim's own |
+//! | `{prefix}broadcasts/{broadcast}` | [`ClaimRecord`] | the session's that claimed it |
 //! | `{prefix}nodes/{node_id}` | [`NodeRecord`] | the session's |
 //! | `{prefix}forced/{broadcast}` | [`ForcedRecord`]: why an operator revoked a claim | a short one of its own |
 //!
@@ -135,6 +135,11 @@ pub struct NodeRecord {
     /// session's record has none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub grace_ends_unix_ms: i64,
+    /// The session's claims are on this record's lease (every record this
+    /// build writes); absent in a record written by a replica of the model
+    /// before, which put each claim on a lease of its own.
+    #[serde(default)]
+    pub claims_on_lease: bool,
 }
 
 fn is_zero(n: &i64) -> bool {

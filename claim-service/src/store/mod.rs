@@ -5,25 +5,29 @@
 //! ([`claim_txn`], batched per session), release and revoke, the reads, the
 //! multiplexed keep-alive ([`keepalive`]) and the resuming watch ([`watch`]).
 //!
-//! A claim is one transaction: *if the key's create revision is 0, put it with
-//! the new lease, else read it*, so a conflict names the owner from the same
+//! One lease per node session: the session's node record and every claim it
+//! makes are on it, so keeping a node's claims alive is one renewal per
+//! TTL/4 however many it holds, and they expire together when nobody renews
+//! them. A claim is one transaction: *if the key's create revision is 0 and
+//! the node's record is still on this session's lease, put it on that
+//! lease, else read them*, so a conflict names the owner from the same
 //! atomic step. Its fencing token is the key's create revision. A key that
-//! already names the claiming node is adopted in place: rewritten for the new
-//! session on the lease it already has, by a transaction that checks the key
-//! is unchanged, which keeps the create revision and so the fencing token,
-//! and needs no lease grant (a failover re-adopts as fast as etcd takes the
-//! transactions, not at etcd's grant rate).
+//! already names the claiming node (an earlier session's) is adopted as it
+//! is, on the lease it is on, which the new session keeps alive: no write,
+//! so a failover re-adopts as fast as etcd answers reads.
 //!
-//! A release deletes the key only while it is still the releasing session's
-//! own write (its mod revision), then revokes the lease or pools it for the
-//! next claim. A lease may be renewed by more than one session (an older one
-//! in its detach grace, a newer one that adopted its claim), so no session
-//! ever revokes a lease whose key it did not just delete itself.
+//! The node record is the fence: a release deletes the key only if it still
+//! has the claim's fencing token *and* the record is still on the releasing
+//! session's lease, so a session that a newer one of its node superseded
+//! (on any replica, even after a pause) deletes nothing. A lease may be
+//! renewed by more than one session (an older one in its grace, a newer one
+//! that adopted its claims), so a lease is revoked only when etcd says no
+//! claim is on it any more ([`Store::let_go_lease`]): only the session whose
+//! record is on a lease puts claims on it, so none can appear after.
 
 mod claim_txn;
 pub mod keepalive;
 pub mod layout;
-mod lease_pool;
 mod nodes;
 mod queue;
 mod reads;
@@ -47,16 +51,14 @@ pub use keepalive::{KeepAlive, LeaseLoss, LossKind};
 pub use layout::{ClaimRecord, ForcedRecord, Key, Layout, NodeRecord};
 use queue::FairQueue;
 
-/// Workers taking claims and revokes from the queue. Each takes up to
+/// Workers taking claims and releases from the queue. Each takes up to
 /// [`BATCH`] jobs at once, so this many times that are in flight at most:
 /// enough to keep etcd busy, few enough that a burst leaves little behind
 /// in memory (more workers were no faster; figures in docs/PERFORMANCE.md).
 const WORKERS: usize = 16;
-/// Lease grants in flight at once. Batched claims would otherwise ask for
-/// thousands together, which etcd takes no faster while every batch waits
-/// for its slowest (measured: docs/PERFORMANCE.md).
+/// Lease grants in flight at once (node records, forced records).
 const GRANTS_IN_FLIGHT: usize = 256;
-/// The queue's line for the store's own jobs (revoking leases it let go).
+/// The queue's line for the store's own jobs (revoking leases let go).
 const STORE_LINE: queue::Line = 0;
 
 enum Job {
@@ -72,19 +74,21 @@ enum Job {
     },
 }
 
-/// A claim to give up, as the releasing session wrote it.
+/// A claim to give up, fenced as the releasing session holds it.
 #[derive(Debug, Clone)]
 pub struct Release {
     /// The releasing session's id (its line in the queue).
     pub session: Arc<str>,
+    pub node_id: Arc<str>,
     pub broadcast: String,
+    /// The claim's lease, for the logs.
     pub lease_id: i64,
-    /// The key's mod revision when this session wrote it.
-    pub revision: i64,
+    /// The key is deleted only while it still has this create revision...
+    pub fencing_token: i64,
+    /// ...and the node's record is still on this lease (the session's).
+    pub guard_lease: i64,
+    /// How long etcd is retried for: by then the lease is gone anyway.
     pub ttl: Duration,
-    /// The channel the session's lease losses go to, when the session keeps
-    /// the lease alive (see [`KeepAlive::forget`]).
-    pub owner: Option<mpsc::UnboundedSender<LeaseLoss>>,
 }
 
 /// Which of the store's etcd connections a call goes on.
@@ -164,11 +168,14 @@ pub enum Attempt {
 /// A session's record of its node, written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Registration {
-    /// The record's lease: the session's fence (see [`ClaimRequest::guard_lease`]).
+    /// The record's lease: the session's fence (see [`ClaimRequest::guard_lease`])
+    /// and the lease its claims go on.
     pub lease_id: i64,
     pub draining: bool,
     /// The etcd revision of the write: a record written later supersedes it.
     pub revision: i64,
+    /// Where the session whose record this one replaced left its claims.
+    pub earlier: crate::claims::Earlier,
 }
 
 /// The whole prefix at one revision.
@@ -197,13 +204,7 @@ struct Inner {
     /// of flooding etcd past its time-outs or holding thousands of tasks,
     /// in a line of its session's own (see [`queue`]).
     jobs: FairQueue<Job>,
-    pool: lease_pool::LeasePool,
-    /// When each lease a claim was just made with counts as renewed from
-    /// (its grant; for an adopted lease, early enough that its first renewal
-    /// goes at once), until it is kept alive.
-    granted: std::sync::Mutex<HashMap<i64, tokio::time::Instant>>,
     granting: tokio::sync::Semaphore,
-    refilling: std::sync::atomic::AtomicBool,
     layout: Layout,
     op_timeout: Duration,
     metrics: Arc<Metrics>,
@@ -269,10 +270,7 @@ impl Store {
                 view,
                 reads,
                 jobs: FairQueue::default(),
-                pool: lease_pool::LeasePool::default(),
-                granted: Default::default(),
                 granting: tokio::sync::Semaphore::new(GRANTS_IN_FLIGHT),
-                refilling: Default::default(),
                 layout: Layout::new(config.prefix.clone()),
                 op_timeout: config.op_timeout,
                 metrics,
@@ -523,23 +521,20 @@ impl Store {
         }
     }
 
-    /// Keeps a claim's lease alive, its TTL counted from its grant.
-    pub fn keep_claim(
+    /// Keeps an adopted claim's lease alive for `notify`. Its first renewal
+    /// goes at once: how much of its TTL is left is not known (its last
+    /// renewal was another session's).
+    pub fn keep_adopted(
         &self,
         lease_id: i64,
         ttl: Duration,
         renew: Duration,
         notify: mpsc::UnboundedSender<LeaseLoss>,
     ) {
-        let granted_at = self
-            .inner
-            .granted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&lease_id)
-            .unwrap_or_else(tokio::time::Instant::now);
+        let now = tokio::time::Instant::now();
+        let valid_from = now.checked_sub(ttl / 4).unwrap_or(now);
         self.inner
             .keepalive
-            .keep(lease_id, ttl, renew, notify, granted_at);
+            .keep(lease_id, ttl, renew, notify, valid_from);
     }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use etcd_client::{Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp};
 
 use super::{NodeRecord, Purpose, Registration, Store};
+use crate::claims::Earlier as Left;
 use crate::error::{Error, Result};
 
 /// Reads and conditional writes a registration makes before giving up
@@ -93,8 +94,19 @@ impl Store {
         for _ in 0..ROUNDS {
             let (earlier, _) = self.read_key(Purpose::Claims, &key).await?;
             let mut record = record.clone();
-            if let Some(old) = earlier.as_ref().and_then(NodeRecord::from_kv) {
+            record.claims_on_lease = true;
+            let mut left = Left::None;
+            if let Some((kv, old)) = earlier
+                .as_ref()
+                .and_then(|kv| Some((kv, NodeRecord::from_kv(kv)?)))
+            {
                 record.draining = old.draining;
+                if old.session_id != record.session_id {
+                    left = match old.claims_on_lease {
+                        true => Left::OnLease(kv.lease()),
+                        false => Left::Anywhere,
+                    };
+                }
             }
             let condition = match rewrite(
                 &record.session_id,
@@ -125,6 +137,7 @@ impl Store {
                         lease_id,
                         draining: record.draining,
                         revision: resp.header().map(|h| h.revision()).unwrap_or(0),
+                        earlier: left,
                     })
                 }
                 // Changed since read: read again and decide again.

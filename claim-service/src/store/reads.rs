@@ -2,6 +2,7 @@
 //! claim and node for the view, the current revision.
 
 use etcd_client::{GetOptions, KeyValue, SortOrder, SortTarget};
+use futures::future::join_all;
 
 use crate::claims::Claim;
 use crate::error::Result;
@@ -40,7 +41,71 @@ impl Store {
             .map(|c| (c, revision)))
     }
 
-    /// Every claim that names `node_id`.
+    /// The claims naming `node_id` on `lease_id`: the keys etcd says are
+    /// attached to it, but those of broadcasts `skip` names, read in
+    /// transactions of up to 128 (etcd's `--max-txn-ops`), side by side.
+    pub async fn claims_on_lease(
+        &self,
+        lease_id: i64,
+        node_id: &str,
+        skip: impl Fn(&str) -> bool,
+    ) -> Result<Vec<Claim>> {
+        let attached = self
+            .call("lease_time_to_live", move |mut c| async move {
+                c.lease_time_to_live(
+                    lease_id,
+                    Some(etcd_client::LeaseTimeToLiveOptions::new().with_keys()),
+                )
+                .await
+            })
+            .await?;
+        let layout = &self.inner.layout;
+        let names: Vec<String> = attached
+            .keys()
+            .iter()
+            .filter_map(|k| match layout.parse(k) {
+                Some(Key::Broadcast(b)) if !skip(b) => Some(b.to_string()),
+                _ => None,
+            })
+            .collect();
+        let mut claims = Vec::new();
+        for group in names.chunks(128 * 16) {
+            let parts = join_all(group.chunks(128).map(|chunk| self.claims_named(chunk))).await;
+            for part in parts {
+                claims.extend(part?.into_iter().filter(|c| &*c.node_id == node_id));
+            }
+        }
+        Ok(claims)
+    }
+
+    /// The claims of `names` (128 at most: one transaction), read at once.
+    async fn claims_named(&self, names: &[String]) -> Result<Vec<Claim>> {
+        let layout = &self.inner.layout;
+        let txn = etcd_client::Txn::new().and_then(
+            names
+                .iter()
+                .map(|b| etcd_client::TxnOp::get(layout.broadcast(b), None))
+                .collect::<Vec<_>>(),
+        );
+        let resp = self.txn("adopt_read", txn).await?;
+        Ok(resp
+            .op_responses()
+            .into_iter()
+            .zip(names)
+            .filter_map(|(op, b)| match op {
+                etcd_client::TxnOpResponse::Get(mut g) => g
+                    .take_kvs()
+                    .into_iter()
+                    .next()
+                    .and_then(|kv| ClaimRecord::claim_from(b, &kv)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Every claim that names `node_id`, wherever it is (a full read of the
+    /// claims: for a node whose earlier session put each claim on a lease
+    /// of its own, as replicas of the model before did).
     pub async fn claims_of_node(&self, node_id: &str) -> Result<Vec<Claim>> {
         let snapshot = self
             .snapshot_of(Purpose::Claims, &self.inner.layout.broadcasts(""))

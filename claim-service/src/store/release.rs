@@ -1,5 +1,6 @@
-//! Giving claims up: a release deletes a key only while it is still the
-//! releasing session's own write, then pools or revokes the lease (see the
+//! Giving claims up: a release deletes a key only while it still has the
+//! claim's fencing token and the node's record is still on the releasing
+//! session's lease; a lease is revoked only when no claim is on it (see the
 //! store's module doc); an operator's forced release deletes whatever key
 //! holds the broadcast and says so to its holder.
 
@@ -56,42 +57,40 @@ impl Store {
         }
     }
 
-    /// Gives up claims: deletes each key if it is still the write at its
-    /// `revision`, retrying while etcd is unreachable (for the TTL at most:
-    /// by then the lease has expired on its own, since this session no
-    /// longer renews it). A lease whose key was deleted here is pooled for
-    /// the next claim, or revoked. A key that changed meanwhile (adopted by
-    /// a newer session of the node, force-released, expired) is left alone,
-    /// and so is its lease: another session may hold a claim on it.
+    /// Gives up claims: deletes each key if it still has the claim's
+    /// fencing token and the node's record is still on the session's guard
+    /// lease, retrying while etcd is unreachable (for the TTL at most: by
+    /// then the lease has expired on its own). A key that changed meanwhile
+    /// (force-released, expired) or whose node a newer session now holds
+    /// (which adopted it) is left alone. The lease stays: other claims of
+    /// the node are on it (see [`Store::let_go_lease`]).
     ///
     /// Several at once (a goodbye, a grace running out) are one transaction
-    /// deleting every key; if any changed, each is released on its own.
-    /// Each `done` runs once its own release is over.
+    /// per node deleting every key; if anything changed, each is released
+    /// on its own. Each `done` runs once its own release is over.
     pub(super) async fn release_batch(&self, releases: Vec<(Release, Box<dyn FnOnce() + Send>)>) {
         if releases.is_empty() {
             return;
         }
-        let valid_from = join_all(releases.iter().map(|(r, _)| async {
-            match &r.owner {
-                Some(owner) => self.inner.keepalive.take_back(r.lease_id, owner).await,
-                None => None,
-            }
-        }))
-        .await;
         let keys: Vec<String> = releases
             .iter()
             .map(|(r, _)| self.inner.layout.broadcast(&r.broadcast))
             .collect();
-        // A transaction etcd refuses (one key twice, from two sessions) or
-        // cannot take falls back to one per key too.
-        let deleted = if releases.len() > 1 {
+        // One guard for all, so only releases of one node under one lease
+        // go together; a transaction etcd refuses (one key twice) or cannot
+        // take falls back to one per key too.
+        let (first, _) = &releases[0];
+        let together = releases.len() > 1
+            && releases
+                .iter()
+                .all(|(r, _)| r.node_id == first.node_id && r.guard_lease == first.guard_lease);
+        let deleted = together && {
             let txn = Txn::new()
                 .when(
-                    keys.iter()
-                        .zip(&releases)
-                        .map(|(k, (r, _))| {
-                            Compare::mod_revision(k.clone(), CompareOp::Equal, r.revision)
-                        })
+                    std::iter::once(self.guard(first))
+                        .chain(keys.iter().zip(&releases).map(|(k, (r, _))| {
+                            Compare::create_revision(k.clone(), CompareOp::Equal, r.fencing_token)
+                        }))
                         .collect::<Vec<_>>(),
                 )
                 .and_then(
@@ -100,29 +99,38 @@ impl Store {
                         .collect::<Vec<_>>(),
                 );
             matches!(self.txn("release_txn", txn).await, Ok(resp) if resp.succeeded())
-        } else {
-            false
         };
-        join_all(releases.into_iter().zip(keys).zip(valid_from).map(
-            |(((r, done), key), valid_from)| async move {
-                if deleted || self.delete_if_unchanged(&r, key).await {
-                    self.let_go(&r, valid_from).await;
-                }
-                done()
-            },
-        ))
+        join_all(
+            releases
+                .into_iter()
+                .zip(keys)
+                .map(|((r, done), key)| async move {
+                    if !deleted {
+                        self.delete_if_held(&r, key).await;
+                    }
+                    done()
+                }),
+        )
         .await;
     }
 
-    /// Deletes a released claim's key if it is still the write at
-    /// `release.revision`; whether it did.
-    pub(super) async fn delete_if_unchanged(&self, release: &Release, key: String) -> bool {
+    /// The release's fence: the node's record still on its guard lease.
+    fn guard(&self, release: &Release) -> Compare {
+        Compare::lease(
+            self.inner.layout.node(&release.node_id),
+            CompareOp::Equal,
+            release.guard_lease,
+        )
+    }
+
+    /// Deletes a released claim's key if it still has the claim's fencing
+    /// token and the release's guard holds; whether it did.
+    pub(super) async fn delete_if_held(&self, release: &Release, key: String) -> bool {
         let delete = Txn::new()
-            .when([Compare::mod_revision(
-                key.clone(),
-                CompareOp::Equal,
-                release.revision,
-            )])
+            .when([
+                self.guard(release),
+                Compare::create_revision(key.clone(), CompareOp::Equal, release.fencing_token),
+            ])
             .and_then([TxnOp::delete(key, None)]);
         let answer = self
             .within_ttl("release", release.lease_id, release.ttl, || {
@@ -135,8 +143,8 @@ impl Store {
             Some(_) => {
                 tracing::info!(
                     broadcast = %release.broadcast,
-                    lease_id = release.lease_id,
-                    "claim changed since this session wrote it (adopted by a newer session of the node, or gone); left as it is"
+                    fencing_token = release.fencing_token,
+                    "claim not released here: a newer session of the node holds it, or it is gone"
                 );
                 false
             }
@@ -144,18 +152,51 @@ impl Store {
         }
     }
 
-    /// The lease of a claim whose key was just deleted here: back to the
-    /// pool while fresh (`valid_from` is when it was last known renewed),
-    /// else revoked.
-    pub(super) async fn let_go(&self, release: &Release, valid_from: Option<tokio::time::Instant>) {
-        let pooled = valid_from.is_some_and(|at| {
-            self.inner
-                .pool
-                .put(ttl_seconds(release.ttl), release.lease_id, at)
-        });
-        if !pooled {
-            self.revoke_until_gone(release.lease_id, release.ttl).await;
+    /// Lets a lease go that this session keeps no claim on any more:
+    /// revoked (retrying while etcd is away, for `ttl`) if etcd says no
+    /// claim key is attached to it; else left to whoever holds those claims
+    /// (a newer session of the node that adopted them), who revokes it when
+    /// they are released, or to expire with nobody renewing it. Whether it
+    /// was revoked.
+    ///
+    /// Safe against a race: only the session whose node record is on a
+    /// lease puts claims on it, and that is this session, which is letting
+    /// it go, or a session superseded (fenced) before it.
+    pub async fn let_go_lease(&self, lease_id: i64, ttl: Duration) -> bool {
+        let layout = &self.inner.layout;
+        let attached = self
+            .within_ttl("lease look-up", lease_id, ttl, || {
+                self.call("lease_time_to_live", move |mut c| async move {
+                    c.lease_time_to_live(
+                        lease_id,
+                        Some(etcd_client::LeaseTimeToLiveOptions::new().with_keys()),
+                    )
+                    .await
+                })
+            })
+            .await;
+        let Some(attached) = attached else {
+            return false;
+        };
+        let claims = attached
+            .keys()
+            .iter()
+            .filter(|k| matches!(layout.parse(k), Some(Key::Broadcast(_))))
+            .count();
+        if attached.ttl() < 0 {
+            // Already gone.
+            return true;
         }
+        if claims > 0 {
+            tracing::info!(
+                lease_id,
+                claims,
+                "lease left alone: claims a newer session of the node adopted are on it"
+            );
+            return false;
+        }
+        self.revoke_until_gone(lease_id, ttl).await;
+        true
     }
 
     /// Revokes a broadcast's claim for an operator, first recording why so
@@ -171,20 +212,36 @@ impl Store {
             at_unix_ms: unix_ms(),
             taken_by: String::new(),
         };
-        // The record outlives the revoke long enough for every replica's
-        // view to see it, then goes by itself.
+        // The record outlives the claim long enough for every replica's
+        // view to see it, then goes by itself. The claim's key goes alone
+        // (its lease carries the node's other claims), if it is still the
+        // claim read.
         let lease_id = self.grant(Duration::from_secs(60)).await?;
-        let key = self.inner.layout.forced(broadcast);
-        self.call("put", |mut c| {
-            let (key, value) = (key.clone(), record.to_json());
-            async move {
-                c.put(key, value, Some(PutOptions::new().with_lease(lease_id)))
-                    .await
-            }
-        })
-        .await?;
-        self.revoke(claim.lease_id).await?;
-        Ok(Some(claim))
+        let layout = &self.inner.layout;
+        let key = layout.broadcast(broadcast);
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                claim.fencing_token,
+            )])
+            .and_then([
+                TxnOp::put(
+                    layout.forced(broadcast),
+                    record.to_json(),
+                    Some(PutOptions::new().with_lease(lease_id)),
+                ),
+                TxnOp::delete(key, None),
+            ]);
+        let resp = self.txn("force_release_txn", txn).await;
+        if !matches!(&resp, Ok(r) if r.succeeded()) {
+            let _ = self.revoke(lease_id).await;
+        }
+        match resp? {
+            r if r.succeeded() => Ok(Some(claim)),
+            // Released or claimed anew since read: try again from the top.
+            _ => Box::pin(self.force_release(broadcast, reason)).await,
+        }
     }
 
     /// Asks the owner of `broadcast` to let its claim go to `taker`'s node:

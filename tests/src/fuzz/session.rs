@@ -60,7 +60,8 @@ struct Held {
 enum Pending {
     /// A claim, fenced by the node record's lease.
     Claim(String, i64),
-    Revoke(String, i64),
+    /// A release: the broadcast, the claim's token, the guard lease.
+    Release(String, i64, i64),
     /// The node record's write (replacing this lost lease).
     Record(Option<i64>),
     /// A takeover request: the broadcast, the owner's token, the guard.
@@ -145,7 +146,8 @@ impl World {
             }
             Action::Release {
                 broadcast,
-                lease_id,
+                fencing_token,
+                guard_lease,
                 ..
             } => {
                 // Released only when its owner closed it (last track,
@@ -159,7 +161,8 @@ impl World {
                     node.id,
                     node.live.get(&broadcast)
                 );
-                self.pending.push((n, Pending::Revoke(broadcast, lease_id)));
+                self.pending
+                    .push((n, Pending::Release(broadcast, fencing_token, guard_lease)));
             }
             Action::Send(Reply::Claimed { claim, .. }) => {
                 let held = self.store.get(&claim.broadcast);
@@ -193,7 +196,7 @@ impl World {
             | Action::KeepAlive { .. }
             | Action::Forget { .. }
             | Action::KeepRecord { .. }
-            | Action::FindEarlierClaims
+            | Action::FindEarlierClaims { .. }
             | Action::StartGrace
             | Action::MarkDetached { .. }
             | Action::Send(_)
@@ -222,9 +225,15 @@ impl World {
                 .core
                 .held()
                 .any(|(b, c)| b == broadcast && c.lease_id == held.lease);
-            let revoking = self.pending.iter().any(|(p, w)| {
+            // A newer session of the node (outside the model) took it
+            // over: the key is that session's to adopt or release.
+            let taken = self
+                .records
+                .get(&held.node)
+                .is_some_and(|r| r.session.ends_with("-newer"));
+            let revoking = taken || self.pending.iter().any(|(p, w)| {
                 *p == held.node
-                    && matches!(w, Pending::Revoke(b, l) if b == broadcast && *l == held.lease)
+                    && matches!(w, Pending::Release(b, t, _) if b == broadcast && *t == held.token)
             });
             assert!(
                 holds || revoking,
@@ -275,6 +284,7 @@ impl World {
                     lease_id: lease,
                     revision: self.revision,
                     draining: false,
+                    earlier: claim_service::claims::Earlier::None,
                 };
                 self.apply(n, written);
             }
@@ -299,13 +309,12 @@ impl World {
                     }
                 } else {
                     self.revision += 1;
-                    self.next_lease += 1;
                     match self.store.get(&broadcast).cloned() {
-                        // Create-if-absent.
+                        // Create-if-absent, on the record's lease.
                         None => {
                             let held = Held {
                                 node: n,
-                                lease: self.next_lease,
+                                lease: guard_lease,
                                 token: self.revision,
                             };
                             self.store.insert(broadcast.clone(), held.clone());
@@ -314,19 +323,12 @@ impl World {
                                 adopted: false,
                             }
                         }
-                        // The key names this node: adopted onto a new lease,
-                        // same fencing token.
-                        Some(old) if old.node == n => {
-                            let held = Held {
-                                lease: self.next_lease,
-                                ..old
-                            };
-                            self.store.insert(broadcast.clone(), held.clone());
-                            ClaimOutcome::Claimed {
-                                claim: self.claim(&broadcast, n, &held),
-                                adopted: true,
-                            }
-                        }
+                        // The key names this node: adopted as it is, on
+                        // its lease, same fencing token.
+                        Some(held) if held.node == n => ClaimOutcome::Claimed {
+                            claim: self.claim(&broadcast, n, &held),
+                            adopted: true,
+                        },
                         Some(owner) => ClaimOutcome::Conflict {
                             owner: self.claim(&broadcast, owner.node, &owner),
                             revision: self.revision,
@@ -375,32 +377,42 @@ impl World {
                 };
                 self.apply(n, Event::TakeoverAnswered { broadcast, outcome });
             }
-            Pending::Revoke(broadcast, lease) => {
+            Pending::Release(broadcast, token, guard) => {
                 if unavailable {
-                    // The shell retries a revoke until it lands.
-                    self.pending.push((n, Pending::Revoke(broadcast, lease)));
+                    // The shell retries a release until it lands.
+                    self.pending
+                        .push((n, Pending::Release(broadcast, token, guard)));
                     return;
                 }
-                self.remove_key(&broadcast, lease);
+                // Deleted only if still that claim and the record still the
+                // releasing session's fence.
+                let fenced = self.records.get(&n).is_some_and(|r| r.lease == guard);
+                let same = self.store.get(&broadcast).is_some_and(|h| h.token == token);
+                if fenced && same {
+                    self.store.remove(&broadcast);
+                    self.revision += 1;
+                    self.tell_standbys(&broadcast);
+                }
                 self.apply(n, Event::Released { broadcast });
             }
         }
     }
 
-    /// Deletes the key if it is still on `lease`; tells the standbys.
-    fn remove_key(&mut self, broadcast: &str, lease: i64) {
-        if self.delete_key(broadcast, lease) {
-            self.tell_standbys(broadcast);
+    /// A lease expires: etcd deletes every key on it (claims and a node
+    /// record); the broadcasts whose claims went.
+    fn expire_lease(&mut self, lease: i64) -> Vec<String> {
+        let gone: Vec<String> = self
+            .store
+            .iter()
+            .filter(|(_, h)| h.lease == lease)
+            .map(|(b, _)| b.clone())
+            .collect();
+        for b in &gone {
+            self.store.remove(b);
         }
-    }
-
-    fn delete_key(&mut self, broadcast: &str, lease: i64) -> bool {
-        let on_lease = self.store.get(broadcast).is_some_and(|h| h.lease == lease);
-        if on_lease {
-            self.store.remove(broadcast);
-            self.revision += 1;
-        }
-        on_lease
+        self.records.retain(|_, r| r.lease != lease);
+        self.revision += 1;
+        gone
     }
 
     /// The watch tells every standby of `broadcast` that its key is gone.
@@ -594,11 +606,10 @@ pub fn session(data: &[u8]) {
                     .map(|(b, c)| (b.to_string(), c.lease_id))
                     .collect();
                 if !held.is_empty() {
-                    let (broadcast, lease_id) =
-                        held[usize::from(input.byte()) % held.len()].clone();
+                    let (_, lease_id) = held[usize::from(input.byte()) % held.len()].clone();
                     // The holder hears of the loss before anyone else can
                     // claim (the keep-alive reports it ahead of the TTL).
-                    world.delete_key(&broadcast, lease_id);
+                    let gone = world.expire_lease(lease_id);
                     world.apply(
                         n,
                         Event::LeaseLost {
@@ -606,7 +617,9 @@ pub fn session(data: &[u8]) {
                             reason: "expired".into(),
                         },
                     );
-                    world.tell_standbys(&broadcast);
+                    for broadcast in gone {
+                        world.tell_standbys(&broadcast);
+                    }
                 }
             }
             11 => world.detach(n),
@@ -651,12 +664,16 @@ pub fn session(data: &[u8]) {
                     // The node record's lease expires; the session hears.
                     if let Some(record) = world.records.get(&n).cloned() {
                         if world.nodes[n].core.record_lease() == Some(record.lease) {
-                            world.records.remove(&n);
+                            // The node's claims on it go with it.
+                            let gone = world.expire_lease(record.lease);
                             let lost = Event::LeaseLost {
                                 lease_id: record.lease,
                                 reason: "expired".into(),
                             };
                             world.apply(n, lost);
+                            for broadcast in gone {
+                                world.tell_standbys(&broadcast);
+                            }
                         }
                     }
                 }
@@ -683,9 +700,20 @@ pub fn session(data: &[u8]) {
         assert!(rounds < 10_000, "work never settles: {:?}", world.pending);
         world.deliver(0, false);
     }
+    // Only a newer session of a node (outside the model) may still have
+    // claims: the older one, fenced by the record, deleted none of them.
+    let left: Vec<_> = world
+        .store
+        .iter()
+        .filter(|(_, h)| {
+            !world
+                .records
+                .get(&h.node)
+                .is_some_and(|r| r.session.ends_with("-newer"))
+        })
+        .collect();
     assert!(
-        world.store.is_empty(),
-        "claims left in etcd after every node left: {:?}",
-        world.store
+        left.is_empty(),
+        "claims left in etcd after every node left: {left:?}"
     );
 }

@@ -1,0 +1,158 @@
+//! The leases a session's claims are on, and how many each carries.
+//!
+//! A session's own claims are on its node record's lease, which the record
+//! keeps alive. Claims it adopted are on the lease an earlier session of the
+//! node put them on: kept alive while this session holds any claim there,
+//! let go (revoked once etcd shows no claim on it) when it holds none and no
+//! release of a claim found there is still in flight. The store acts; this
+//! only counts, so the rule is tested here without etcd.
+
+use std::collections::{HashMap, HashSet};
+
+#[derive(Debug, Default)]
+pub(super) struct Leases {
+    /// Claims held on each lease, the record's included.
+    held: HashMap<i64, usize>,
+    /// Releases of claims an earlier session left, in flight, per lease.
+    stale: HashMap<i64, usize>,
+    /// The node record's lease (kept alive by the record, never let go
+    /// here).
+    record: Option<i64>,
+    /// Leases whose keys were looked at for claims an earlier session left.
+    looked_at: HashSet<i64>,
+}
+
+/// What to do about a lease after a claim on it came or went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Next {
+    Nothing,
+    /// The first claim on a lease other than the record's: keep it alive.
+    Keep,
+    /// No claim of this session is on it any more: stop keeping it alive
+    /// and let it go.
+    LetGo,
+}
+
+impl Leases {
+    pub(super) fn set_record(&mut self, lease: Option<i64>) {
+        self.record = lease;
+    }
+
+    /// Claims held, on every lease.
+    pub(super) fn claims(&self) -> usize {
+        self.held.values().sum()
+    }
+
+    /// Claims held on `lease`.
+    pub(super) fn on(&self, lease: i64) -> usize {
+        self.held.get(&lease).copied().unwrap_or(0)
+    }
+
+    /// A claim on `lease` is held.
+    pub(super) fn hold(&mut self, lease: i64) -> Next {
+        let held = self.held.entry(lease).or_default();
+        *held += 1;
+        if *held == 1 && self.record != Some(lease) {
+            Next::Keep
+        } else {
+            Next::Nothing
+        }
+    }
+
+    /// A held claim on `lease` is released or gone.
+    pub(super) fn drop_held(&mut self, lease: i64) -> Next {
+        match self.held.get_mut(&lease) {
+            Some(held) if *held > 1 => *held -= 1,
+            Some(_) => {
+                self.held.remove(&lease);
+                return self.unused(lease);
+            }
+            None => {}
+        }
+        Next::Nothing
+    }
+
+    /// A claim an earlier session left on `lease` is being released.
+    pub(super) fn release_stale(&mut self, lease: i64) {
+        *self.stale.entry(lease).or_default() += 1;
+    }
+
+    /// That release is over.
+    pub(super) fn stale_released(&mut self, lease: i64) -> Next {
+        match self.stale.get_mut(&lease) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                self.stale.remove(&lease);
+                return self.unused(lease);
+            }
+            None => {}
+        }
+        Next::Nothing
+    }
+
+    /// Whether `lease`'s keys are to be looked at for claims an earlier
+    /// session left (the first time it is met).
+    pub(super) fn first_met(&mut self, lease: i64) -> bool {
+        self.record != Some(lease) && self.looked_at.insert(lease)
+    }
+
+    fn unused(&self, lease: i64) -> Next {
+        let idle = !self.held.contains_key(&lease) && !self.stale.contains_key(&lease);
+        if idle && self.record != Some(lease) {
+            Next::LetGo
+        } else {
+            Next::Nothing
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_on_the_record_lease_need_no_keep_alive_of_their_own() {
+        let mut l = Leases::default();
+        l.set_record(Some(1));
+        assert_eq!(l.hold(1), Next::Nothing);
+        assert_eq!(l.hold(1), Next::Nothing);
+        assert_eq!(l.drop_held(1), Next::Nothing);
+        assert_eq!(l.drop_held(1), Next::Nothing);
+        assert_eq!(l.claims(), 0);
+    }
+
+    #[test]
+    fn an_adopted_lease_is_kept_while_held_and_let_go_after_its_last_claim() {
+        let mut l = Leases::default();
+        l.set_record(Some(1));
+        assert_eq!(l.hold(7), Next::Keep);
+        assert_eq!(l.hold(7), Next::Nothing);
+        assert_eq!(l.on(7), 2);
+        assert_eq!(l.drop_held(7), Next::Nothing);
+        assert_eq!(l.drop_held(7), Next::LetGo);
+        assert_eq!(l.drop_held(7), Next::Nothing, "once");
+    }
+
+    #[test]
+    fn a_lease_is_let_go_only_when_no_stale_release_is_in_flight_on_it() {
+        let mut l = Leases::default();
+        l.set_record(Some(1));
+        l.release_stale(7);
+        l.release_stale(7);
+        assert_eq!(l.hold(7), Next::Keep);
+        assert_eq!(l.drop_held(7), Next::Nothing, "a release still in flight");
+        assert_eq!(l.stale_released(7), Next::Nothing);
+        assert_eq!(l.stale_released(7), Next::LetGo);
+    }
+
+    #[test]
+    fn the_record_lease_is_never_let_go_here_and_each_lease_is_looked_at_once() {
+        let mut l = Leases::default();
+        l.set_record(Some(1));
+        l.release_stale(1);
+        assert_eq!(l.stale_released(1), Next::Nothing);
+        assert!(!l.first_met(1));
+        assert!(l.first_met(7));
+        assert!(!l.first_met(7));
+    }
+}
