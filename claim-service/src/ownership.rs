@@ -1,7 +1,7 @@
 //! The `Ownership` read API: who owns what, for anyone.
 //!
-//! `GetOwner`, `ListClaims` and `ListNodes` answer from the watch-fed
-//! [`View`]; `GetOwner { consistent: true }` reads etcd linearizably instead.
+//! `GetOwner`, `ListClaims`, `ListNodes` and `WatchNodes` answer from the
+//! watch-fed [`View`]; `GetOwner { consistent: true }` reads etcd linearizably instead.
 //! `WatchClaims` is served by [`crate::watchers`]: from the view's feed, or
 //! from etcd's history for revisions older than the view keeps. Who may read
 //! is checked in front of this service (see [`crate::access::Access::reads`]).
@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use base64::Engine;
 use claims_proto::v1 as pb;
-use futures::Stream;
+use futures::{Stream, StreamExt};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -19,7 +20,7 @@ use crate::claims::Claim;
 use crate::error::Error;
 use crate::names;
 use crate::store::{Purpose, Store};
-use crate::view::View;
+use crate::view::{View, ViewEvent};
 use crate::watchers::{self, WatchContext, Watches};
 
 const DEFAULT_PAGE: usize = 100;
@@ -180,22 +181,95 @@ impl pb::ownership_server::Ownership for OwnershipService {
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         let (nodes, revision) = self.view.nodes()?;
         Ok(Response::new(pb::ListNodesResponse {
-            nodes: nodes
-                .into_iter()
-                .map(|n| pb::Node {
-                    node_id: n.node_id,
-                    endpoints: n.record.endpoints,
-                    session_id: n.record.session_id,
-                    service_id: n.record.service_id,
-                    attached_at_unix_ms: n.record.attached_at_unix_ms,
-                    detached: n.record.grace_ends_unix_ms != 0,
-                    grace_ends_unix_ms: n.record.grace_ends_unix_ms,
-                    claims: n.claims,
-                    draining: n.record.draining,
-                })
-                .collect(),
+            nodes: nodes.into_iter().map(node).collect(),
             revision,
         }))
+    }
+
+    type WatchNodesStream = Pin<Box<dyn Stream<Item = Result<pb::NodeEvent, Status>> + Send>>;
+
+    async fn watch_nodes(
+        &self,
+        _request: Request<pb::WatchNodesRequest>,
+    ) -> Result<Response<Self::WatchNodesStream>, Status> {
+        // Subscribed first, so that no change after the list is missed (one
+        // may come twice: applying it again changes nothing).
+        let changes = self.view.subscribe();
+        let (nodes, _) = self.view.nodes()?;
+        let first = nodes.into_iter().map(|n| {
+            Ok(pb::NodeEvent {
+                node: Some(node(n)),
+                gone: false,
+            })
+        });
+        let shutdown = self.shutdown.clone();
+        let changes = futures::stream::unfold((changes, false), move |(mut changes, ended)| {
+            let shutdown = shutdown.clone();
+            async move {
+                if ended {
+                    return None;
+                }
+                loop {
+                    let change = tokio::select! {
+                        c = changes.recv() => c,
+                        _ = shutdown.cancelled() => return None,
+                    };
+                    let event = match change {
+                        Ok(ViewEvent::Node {
+                            node_id,
+                            session_id,
+                            draining,
+                            detached,
+                            grace_ends_unix_ms,
+                            ..
+                        }) => pb::NodeEvent {
+                            node: Some(pb::Node {
+                                node_id,
+                                session_id,
+                                draining,
+                                detached,
+                                grace_ends_unix_ms,
+                                ..Default::default()
+                            }),
+                            gone: false,
+                        },
+                        Ok(ViewEvent::NodeGone { node_id }) => pb::NodeEvent {
+                            node: Some(pb::Node {
+                                node_id,
+                                ..Default::default()
+                            }),
+                            gone: true,
+                        },
+                        Ok(_) => continue,
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            let behind = Status::resource_exhausted(
+                                "this watch of nodes fell behind; watch again",
+                            );
+                            return Some((Err(behind), (changes, true)));
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    };
+                    return Some((Ok(event), (changes, false)));
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            futures::stream::iter(first).chain(changes),
+        )))
+    }
+}
+
+fn node(n: crate::view::NodeView) -> pb::Node {
+    pb::Node {
+        node_id: n.node_id,
+        endpoints: n.record.endpoints,
+        session_id: n.record.session_id,
+        service_id: n.record.service_id,
+        attached_at_unix_ms: n.record.attached_at_unix_ms,
+        detached: n.record.grace_ends_unix_ms != 0,
+        grace_ends_unix_ms: n.record.grace_ends_unix_ms,
+        claims: n.claims,
+        draining: n.record.draining,
     }
 }
 

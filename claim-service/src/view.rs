@@ -80,6 +80,7 @@ pub enum ViewEvent {
         session_id: String,
         draining: bool,
         detached: bool,
+        grace_ends_unix_ms: i64,
         revision: i64,
     },
     /// A node's record is gone (its session ended, or its lease expired).
@@ -91,6 +92,9 @@ pub enum ViewEvent {
 #[derive(Default)]
 struct State {
     claims: BTreeMap<String, Claim>,
+    /// Claims per node, kept with `claims` (ListNodes is asked often: by
+    /// every ingest node's owner cache).
+    counts: HashMap<Arc<str>, u32>,
     nodes: BTreeMap<String, NodeRecord>,
     revision: i64,
     synced: bool,
@@ -103,6 +107,30 @@ struct State {
 }
 
 impl State {
+    /// Puts a claim in, keeping the counts.
+    fn insert(&mut self, claim: Claim) {
+        *self.counts.entry(claim.node_id.clone()).or_default() += 1;
+        if let Some(old) = self.claims.insert(claim.broadcast.clone(), claim) {
+            self.uncount(&old.node_id);
+        }
+    }
+
+    /// Takes a claim out, keeping the counts.
+    fn remove(&mut self, broadcast: &str) {
+        if let Some(old) = self.claims.remove(broadcast) {
+            self.uncount(&old.node_id);
+        }
+    }
+
+    fn uncount(&mut self, node_id: &Arc<str>) {
+        if let Some(n) = self.counts.get_mut(node_id) {
+            *n -= 1;
+            if *n == 0 {
+                self.counts.remove(node_id);
+            }
+        }
+    }
+
     /// A node's record written by `record.session_id`: every claim of the
     /// node is that session's from now on (a newer session adopts its
     /// node's claims as they are, without rewriting them; the record is
@@ -338,17 +366,13 @@ impl View {
 
     pub fn nodes(&self) -> Result<(Vec<NodeView>, i64)> {
         let state = self.read()?;
-        let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
-        for claim in state.claims.values() {
-            *counts.entry(&*claim.node_id).or_default() += 1;
-        }
         let nodes = state
             .nodes
             .iter()
             .map(|(id, record)| NodeView {
                 node_id: id.clone(),
                 record: record.clone(),
-                claims: counts.get(id.as_str()).copied().unwrap_or(0),
+                claims: state.counts.get(id.as_str()).copied().unwrap_or(0),
             })
             .collect();
         Ok((nodes, state.revision))
@@ -412,6 +436,10 @@ impl View {
                 });
             }
         }
+        state.counts.clear();
+        for claim in fresh.values() {
+            *state.counts.entry(claim.node_id.clone()).or_default() += 1;
+        }
         state.claims = fresh;
         for (node_id, record) in &nodes {
             state.adopt(node_id, record);
@@ -436,11 +464,11 @@ impl View {
             match change {
                 Change::Claim { claim, created } => {
                     let claim = state.shared.intern(claim);
-                    state.claims.insert(claim.broadcast.clone(), claim.clone());
+                    state.insert(claim.clone());
                     claim_changes.push((Change::Claim { claim, created }, rev));
                 }
                 Change::Released { broadcast, claim } => {
-                    state.claims.remove(&broadcast);
+                    state.remove(&broadcast);
                     let _ = self.events.send(ViewEvent::Released {
                         broadcast: broadcast.clone(),
                         revision: rev,
@@ -453,6 +481,7 @@ impl View {
                         session_id: record.session_id.clone(),
                         draining: record.draining,
                         detached: record.grace_ends_unix_ms != 0,
+                        grace_ends_unix_ms: record.grace_ends_unix_ms,
                         revision: rev,
                     });
                     let adopted = state.adopt(&node_id, &record);

@@ -174,6 +174,13 @@ pub struct Config {
     )]
     pub ome_secret_file: Option<std::path::PathBuf>,
 
+    /// Answer viewer redirects from a cache of who owns what, fed by one
+    /// `WatchClaims` stream (no etcd read per redirect; a redirected
+    /// request that finds no stream at the node it was sent to is looked up
+    /// linearizably there). `false`: a linearizable `GetOwner` per redirect.
+    #[arg(long, env = "INGEST_OWNER_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub owner_cache: bool,
+
     /// An RTMP connection that completes no message for this long is closed
     /// (its tracks end), and so is a publish that sends no media for this
     /// long.

@@ -37,7 +37,7 @@ use axum::Router;
 use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{Bridge, ClaimState, Decision, Hold};
-use crate::lookup::OwnerLookup;
+use crate::lookup::{Freshness, OwnerLookup};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, TrackGuard};
 use crate::rtmp::UnavailablePolicy;
@@ -280,7 +280,7 @@ impl Sidecar {
         ) {
             return Answer::Allow;
         }
-        match self.lookup.owner(&broadcast).await {
+        match self.lookup.owner(&broadcast, Freshness::Linearizable).await {
             Ok(None) => Answer::NotFound {
                 reason: format!("{broadcast} is not live anywhere"),
             },

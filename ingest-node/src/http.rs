@@ -24,7 +24,7 @@ use serde::Serialize;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::bridge::{Bridge, ClaimServices, ClaimState};
-use crate::lookup::OwnerLookup;
+use crate::lookup::{Freshness, OwnerLookup};
 use crate::media::Hub;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -45,6 +45,7 @@ impl HttpState {
         node_id: String,
         advertise_http: String,
         claim_services: ClaimServices,
+        owners: Option<Arc<crate::owners::OwnerCache>>,
         hub: Hub,
         registry: Registry,
         bridge: Arc<Bridge>,
@@ -53,7 +54,7 @@ impl HttpState {
         Self {
             node_id,
             advertise_http,
-            lookup: OwnerLookup::new(claim_services.clone()),
+            lookup: OwnerLookup::cached(claim_services.clone(), owners, metrics.clone()),
             claim_services,
             hub,
             registry,
@@ -229,8 +230,18 @@ fn owner_gone(broadcast: &str, owner: &pb::Claim) -> Response {
     response
 }
 
+/// Marks a redirected request, so that the node it is sent to looks the
+/// owner up linearizably if it does not own the broadcast itself: two stale
+/// caches can then never send a viewer back and forth.
+const HOP: &str = "claims_hop=1";
+
 async fn redirect(s: &Arc<HttpState>, broadcast: &str, uri: &axum::http::Uri) -> Response {
-    let owner = match s.lookup.owner(broadcast).await {
+    let hopped = uri.query().is_some_and(|q| q.split('&').any(|p| p == HOP));
+    let freshness = match hopped {
+        true => Freshness::Linearizable,
+        false => Freshness::Cached,
+    };
+    let owner = match s.lookup.owner(broadcast, freshness).await {
         Ok(Some(owner)) => owner,
         Ok(None) => {
             return text(
@@ -260,10 +271,15 @@ async fn redirect(s: &Arc<HttpState>, broadcast: &str, uri: &axum::http::Uri) ->
             ),
         );
     };
-    let mut location = format!("{http}{}", uri.path());
-    if let Some(q) = uri.query() {
-        location.push('?');
+    let mut location = format!("{http}{}?", uri.path());
+    if let Some(q) = uri.query().filter(|q| !q.is_empty()) {
         location.push_str(q);
+        location.push('&');
+    }
+    if !hopped {
+        location.push_str(HOP);
+    } else {
+        location.pop();
     }
     let Ok(value) = HeaderValue::from_str(&location) else {
         return text(

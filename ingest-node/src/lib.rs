@@ -19,5 +19,6 @@ pub mod lookup;
 pub mod media;
 pub mod metrics;
 pub mod node;
+pub mod owners;
 pub mod registry;
 pub mod rtmp;

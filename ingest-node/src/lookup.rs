@@ -1,8 +1,10 @@
-//! Who owns a broadcast, asked of the claim service (a linearizable
-//! `GetOwner`), over one cached channel: what the HTTP redirects and the
-//! media-server hooks send viewers by; and a plain `GET` of a media
-//! server's API.
+//! Who owns a broadcast: from the node's owner cache when it follows the
+//! claim plane (see [`crate::owners`]), else asked of the claim service (a
+//! linearizable `GetOwner`) over one cached channel; what the HTTP
+//! redirects and the media-server hooks send viewers by. And a plain `GET`
+//! of a media server's API.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use claims_proto::v1 as pb;
@@ -10,25 +12,75 @@ use pb::ownership_client::OwnershipClient;
 use tonic::transport::Channel;
 
 use crate::bridge::ClaimServices;
+use crate::metrics::Metrics;
+use crate::owners::OwnerCache;
 
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Where an owner's answer may come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// The owner cache, when it follows the claim plane.
+    Cached,
+    /// A linearizable read (a request already redirected once, a hook).
+    Linearizable,
+}
 
 pub struct OwnerLookup {
     claim_services: ClaimServices,
     channel: tokio::sync::Mutex<Option<Channel>>,
+    cache: Option<Arc<OwnerCache>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl OwnerLookup {
+    /// Lookups asked of the claim service only.
     pub fn new(claim_services: ClaimServices) -> Self {
         Self {
             claim_services,
             channel: tokio::sync::Mutex::new(None),
+            cache: None,
+            metrics: None,
+        }
+    }
+
+    /// Lookups answered from `cache` while it follows the claim plane,
+    /// counted in `metrics`.
+    pub fn cached(
+        claim_services: ClaimServices,
+        cache: Option<Arc<OwnerCache>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            cache,
+            metrics: Some(metrics),
+            ..Self::new(claim_services)
+        }
+    }
+
+    fn count(&self, source: &str) {
+        if let Some(m) = &self.metrics {
+            m.owner_lookups.with_label_values(&[source]).inc();
         }
     }
 
     /// The owner of `broadcast`, `None` when nobody owns it, or why no
     /// claim service could say.
-    pub async fn owner(&self, broadcast: &str) -> Result<Option<pb::Claim>, String> {
+    pub async fn owner(
+        &self,
+        broadcast: &str,
+        freshness: Freshness,
+    ) -> Result<Option<pb::Claim>, String> {
+        if freshness == Freshness::Cached {
+            // Only an owner is taken from the cache: "nobody" may be a claim
+            // made a moment ago that its watch has not brought yet, and is
+            // asked of the claim service.
+            if let Some(Some(owner)) = self.cache.as_ref().and_then(|c| c.owner(broadcast)) {
+                self.count("cache");
+                return Ok(Some(owner));
+            }
+        }
+        self.count("claim_service");
         let mut cached = self.channel.lock().await;
         let channel = match cached.as_ref() {
             Some(c) => c.clone(),

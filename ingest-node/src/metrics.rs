@@ -13,6 +13,8 @@ pub struct Metrics {
     pub bytes_in: IntCounter,
     pub bytes_out: IntCounter,
     pub redirects: IntCounter,
+    /// Owners looked up for redirects, by where the answer came from.
+    pub owner_lookups: IntCounterVec,
     pub viewers_dropped: IntCounter,
     pub publishes_refused: IntCounterVec,
     pub rtmp_connections: IntGauge,
@@ -46,6 +48,13 @@ impl Metrics {
                 "redirects_total",
                 "viewers sent to the owning node",
             )),
+            owner_lookups: must(IntCounterVec::new(
+                Opts::new(
+                    "owner_lookups_total",
+                    "owners looked up for a viewer, by source: cache (the node's watch-fed owner cache, no round trip) or claim_service (a linearizable GetOwner: an etcd read)",
+                ),
+                &["source"],
+            )),
             viewers_dropped: must(IntCounter::new(
                 "viewers_dropped_total",
                 "viewers dropped for falling behind",
@@ -74,6 +83,7 @@ impl Metrics {
             Box::new(m.bytes_in.clone()),
             Box::new(m.bytes_out.clone()),
             Box::new(m.redirects.clone()),
+            Box::new(m.owner_lookups.clone()),
             Box::new(m.viewers_dropped.clone()),
             Box::new(m.publishes_refused.clone()),
             Box::new(m.rtmp_connections.clone()),

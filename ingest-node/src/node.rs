@@ -167,10 +167,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
 
     let http_stop = CancellationToken::new();
+    // Redirects answered from a watch-fed cache: no etcd read per viewer.
+    let owners = config
+        .owner_cache
+        .then(|| crate::owners::OwnerCache::start(claim_services.clone()));
     let state = Arc::new(HttpState::new(
         config.node_id.clone(),
         advertise_http,
         claim_services.clone(),
+        owners,
         hub,
         registry,
         bridge,

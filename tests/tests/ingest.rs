@@ -70,13 +70,51 @@ async fn publish_claims_plays_redirects_and_refuses_a_second_publisher() -> Resu
     );
     assert!(decode(&c.a.flv_url("live/x"), 2).await? > 10);
 
-    // From the other node: 302 to the owner, same path and query.
+    // From the other node: 302 to the owner, same path and query, marked
+    // as redirected once.
     let answer = http_get(c.b.http_port, "/live/x.flv?token=abc&x=1").await?;
     assert_eq!(answer.status, 302, "{answer:?}");
     assert_eq!(
         answer.header("location"),
-        Some(format!("{}?token=abc&x=1", c.a.flv_url("live/x")).as_str())
+        Some(format!("{}?token=abc&x=1&claims_hop=1", c.a.flv_url("live/x")).as_str())
     );
+    // Redirects at a non-owner cost etcd nothing: answered from node B's
+    // watch-fed owner cache, no GetOwner asked of the claim service.
+    let get_owner = async || -> Result<f64> {
+        let text = c.stack.svc.metrics().await?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with("claims_rpc_requests_total") && l.contains("GetOwner"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    };
+    let cached = "ingest_owner_lookups_total{source=\"cache\"}";
+    // The cache has the claim once a redirect is answered from it.
+    until(
+        Duration::from_millis(20),
+        async || {
+            http_get(c.b.http_port, "/live/x.flv").await?;
+            Ok(c.b.metric(cached).await.unwrap_or(0.0))
+        },
+        |n| *n > 0.0,
+    )
+    .await?;
+    let (asked, from_cache) = (get_owner().await?, c.b.metric(cached).await?);
+    for _ in 0..50 {
+        let answer = http_get(c.b.http_port, "/live/x.flv").await?;
+        assert_eq!(answer.status, 302, "{answer:?}");
+    }
+    assert_eq!(get_owner().await?, asked, "GetOwner asked for a redirect");
+    assert_eq!(c.b.metric(cached).await?, from_cache + 50.0);
+    // A request already redirected once is looked up linearizably at a
+    // node that does not own the broadcast (two stale caches can never
+    // send a viewer back and forth), and not marked again.
+    let again = http_get(c.b.http_port, "/live/x.flv?claims_hop=1").await?;
+    assert_eq!(
+        again.header("location"),
+        Some(format!("{}?claims_hop=1", c.a.flv_url("live/x")).as_str())
+    );
+    assert_eq!(get_owner().await?, asked + 1.0);
     // A client that follows it decodes.
     assert_eq!(
         probe(&format!("{}?via=b", c.b.flv_url("live/x"))).await?,
@@ -337,7 +375,7 @@ async fn a_stale_claim_never_redirects_a_node_to_itself() -> Result<()> {
     assert_eq!(at_b.status, 302);
     assert_eq!(
         at_b.header("location"),
-        Some(c.a.flv_url("live/stale").as_str())
+        Some(format!("{}?claims_hop=1", c.a.flv_url("live/stale")).as_str())
     );
     Ok(())
 }

@@ -9,6 +9,28 @@ use crate::error::Result;
 
 use super::*;
 
+/// Whether etcd's answer was too large to take: a lease with more keys
+/// attached than one answer (4 MB) lists.
+pub(super) fn too_many_keys(e: &crate::error::Error) -> bool {
+    e.to_string().contains("message length too large")
+}
+
+/// Keys per page of a snapshot read.
+const SNAPSHOT_PAGE: i64 = 5_000;
+
+/// The first key after every key that starts with `prefix`.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Every key: etcd's "\0" range end.
+    vec![0]
+}
+
 impl Store {
     /// One key, read linearizably on the connection for `purpose`: what it
     /// holds (if anything) and the store's revision of the read.
@@ -50,15 +72,19 @@ impl Store {
         node_id: &str,
         skip: impl Fn(&str) -> bool,
     ) -> Result<Vec<Claim>> {
-        let attached = self
-            .call("lease_time_to_live", move |mut c| async move {
-                c.lease_time_to_live(
-                    lease_id,
-                    Some(etcd_client::LeaseTimeToLiveOptions::new().with_keys()),
-                )
-                .await
-            })
-            .await?;
+        let attached = match self.attached_keys(lease_id).await {
+            Ok(attached) => attached,
+            Err(e) if too_many_keys(&e) => {
+                // More keys than one answer carries (some 130,000): read
+                // every claim instead, in pages.
+                let all = self.claims_of_node(node_id).await?;
+                return Ok(all
+                    .into_iter()
+                    .filter(|c| c.lease_id == lease_id && !skip(&c.broadcast))
+                    .collect());
+            }
+            Err(e) => return Err(e),
+        };
         let layout = &self.inner.layout;
         let names: Vec<String> = attached
             .keys()
@@ -103,6 +129,21 @@ impl Store {
             .collect())
     }
 
+    /// The keys etcd says are attached to `lease_id` (none when it is gone).
+    pub(super) async fn attached_keys(
+        &self,
+        lease_id: i64,
+    ) -> Result<etcd_client::LeaseTimeToLiveResponse> {
+        self.call("lease_time_to_live", move |mut c| async move {
+            c.lease_time_to_live(
+                lease_id,
+                Some(etcd_client::LeaseTimeToLiveOptions::new().with_keys()),
+            )
+            .await
+        })
+        .await
+    }
+
     /// Every claim that names `node_id`, wherever it is (a full read of the
     /// claims: for a node whose earlier session put each claim on a lease
     /// of its own, as replicas of the model before did).
@@ -123,29 +164,50 @@ impl Store {
             .await
     }
 
+    /// Every key under `key_prefix` at one revision, read in pages of
+    /// [`SNAPSHOT_PAGE`] keys (one answer must stay under gRPC's 4 MB: a
+    /// hundred thousand claims are some 30 MB), each page at the first
+    /// one's revision.
     pub(super) async fn snapshot_of(&self, purpose: Purpose, key_prefix: &str) -> Result<Snapshot> {
-        let key = key_prefix.to_string();
-        let mut resp = self
-            .call_on(purpose, "range", |mut c| {
-                let key = key.clone();
-                async move {
-                    c.get(
-                        key,
-                        Some(
-                            GetOptions::new()
-                                .with_prefix()
-                                .with_sort(SortTarget::Key, SortOrder::Ascend),
-                        ),
-                    )
-                    .await
-                }
-            })
-            .await?;
-        let mut snapshot = Snapshot {
-            revision: resp.header().map(|h| h.revision()).unwrap_or(0),
-            ..Snapshot::default()
-        };
-        for kv in resp.take_kvs() {
+        let end = prefix_end(key_prefix);
+        let mut from = key_prefix.as_bytes().to_vec();
+        let mut snapshot = Snapshot::default();
+        loop {
+            let at = snapshot.revision;
+            let mut resp = self
+                .call_on(purpose, "range", |mut c| {
+                    let (from, end) = (from.clone(), end.clone());
+                    async move {
+                        let mut options = GetOptions::new()
+                            .with_range(end)
+                            .with_limit(SNAPSHOT_PAGE)
+                            .with_sort(SortTarget::Key, SortOrder::Ascend);
+                        if at > 0 {
+                            options = options.with_revision(at);
+                        }
+                        c.get(from, Some(options)).await
+                    }
+                })
+                .await?;
+            if at == 0 {
+                snapshot.revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            let more = resp.more();
+            let kvs = resp.take_kvs();
+            if let Some(last) = kvs.last() {
+                // The next page starts just after this one's last key.
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            self.add_to(&mut snapshot, kvs);
+            if !more {
+                return Ok(snapshot);
+            }
+        }
+    }
+
+    fn add_to(&self, snapshot: &mut Snapshot, kvs: Vec<KeyValue>) {
+        for kv in kvs {
             match self.inner.layout.parse(kv.key()) {
                 Some(Key::Broadcast(b)) => match ClaimRecord::claim_from(b, &kv) {
                     Some(claim) => snapshot.claims.push(claim),
@@ -162,7 +224,6 @@ impl Store {
                 Some(Key::Forced(_)) | None => {}
             }
         }
-        Ok(snapshot)
     }
 
     /// The current revision of the store, asked on the connection for

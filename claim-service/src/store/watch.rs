@@ -15,6 +15,9 @@ use super::{ClaimRecord, ForcedRecord, Key, NodeRecord, Purpose, Store};
 use crate::claims::Claim;
 use crate::error::Error;
 
+/// Largest watch answer taken (one etcd revision's events, whole).
+const WATCH_ANSWER_MAX: usize = 512 * 1024 * 1024;
+
 /// One change under the prefix.
 #[derive(Debug, Clone)]
 pub enum Change {
@@ -107,7 +110,13 @@ impl Store {
                 .with_prefix()
                 .with_prev_key()
                 .with_start_revision(next);
-            let mut client = self.client_for(purpose);
+            // One revision's events come in one answer: a node's lease
+            // expiring with 100,000 claims on it is some 10 MB of deletes
+            // (with their previous values), past gRPC's 4 MB default.
+            let mut client = self
+                .client_for(purpose)
+                .watch_client()
+                .max_decoding_message_size(WATCH_ANSWER_MAX);
             let opened = tokio::select! {
                 r = client.watch(key_prefix.clone(), Some(options)) => r,
                 _ = tx.closed() => return,

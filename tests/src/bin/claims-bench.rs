@@ -46,9 +46,13 @@ struct Args {
     /// re-attaching node lists them all in one `hello` (gRPC's 4 MB).
     #[arg(long, default_value_t = 120_000)]
     failover_max: usize,
-    /// Skip parts 1-4 (latency, throughput, reads): only the held claims.
+    /// Skip parts 1-4 and 7 (latency, throughput, reads, fan-out): only
+    /// the held claims.
     #[arg(long)]
     held_only: bool,
+    /// `WatchClaims` clients on one replica in part 7 (0 skips).
+    #[arg(long, default_value_t = 1000)]
+    watchers: usize,
     /// How long held claims are kept alive while measured.
     #[arg(long, default_value_t = 30)]
     hold_seconds: u64,
@@ -831,7 +835,170 @@ async fn main() -> Result<()> {
         );
     }
 
+    if args.watchers > 0 {
+        fan_out(&setup, &mut node, &raw_prefix, args.watchers, 50).await?;
+    }
     held(args, setup, raw, raw_prefix).await
+}
+
+/// When each watcher first saw each round's change, by round.
+type Sightings = Arc<std::sync::Mutex<Vec<std::collections::HashMap<usize, Instant>>>>;
+
+fn saw(sightings: &Sightings, round: usize, watcher: usize) {
+    let mut s = sightings.lock().unwrap();
+    if s.len() <= round {
+        s.resize(round + 1, Default::default());
+    }
+    s[round].entry(watcher).or_insert_with(Instant::now);
+}
+
+/// Waits until `n` watchers saw `round` (or `within`).
+async fn all_saw(
+    sightings: &Sightings,
+    round: usize,
+    n: usize,
+    within: Duration,
+) -> Result<Vec<Instant>> {
+    let deadline = Instant::now() + within;
+    loop {
+        let seen: Vec<Instant> = sightings
+            .lock()
+            .unwrap()
+            .get(round)
+            .map(|m| m.values().copied().collect())
+            .unwrap_or_default();
+        if seen.len() >= n {
+            return Ok(seen);
+        }
+        if Instant::now() > deadline {
+            bail!("round {round}: {} of {n} watchers saw it", seen.len());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Part 7: `watchers` `WatchClaims` clients on one replica (over 10
+/// connections) see each of `rounds` releases: from `closed` sent to each
+/// seeing RELEASED; against as many raw etcd watchers (10 clients) seeing a
+/// raw delete.
+async fn fan_out(
+    setup: &Setup,
+    node: &mut Node,
+    raw_prefix: &str,
+    watchers: usize,
+    rounds: usize,
+) -> Result<()> {
+    eprintln!("fan-out: {watchers} watchers, {rounds} releases");
+    let ours: Sightings = Default::default();
+    let mut channels = Vec::new();
+    for _ in 0..10 {
+        channels.push(setup.svc.channel().await?);
+    }
+    let mut tasks = Vec::new();
+    for w in 0..watchers {
+        let mut client = OwnershipClient::new(channels[w % channels.len()].clone());
+        let mut stream = client
+            .watch_claims(pb::WatchClaimsRequest {
+                prefix: "fan/".into(),
+                start_revision: 0,
+            })
+            .await?
+            .into_inner();
+        let ours = ours.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Ok(Some(e)) = stream.message().await {
+                let name = e.claim.map(|c| c.broadcast).unwrap_or_default();
+                let Some(round) = name.strip_prefix("fan/r").and_then(|r| r.parse().ok()) else {
+                    continue;
+                };
+                if e.kind == pb::claim_event::Kind::Released as i32 {
+                    saw(&ours, round, w);
+                }
+            }
+        }));
+    }
+    let theirs: Sightings = Default::default();
+    let mut raw_clients = Vec::new();
+    for _ in 0..10 {
+        raw_clients.push(setup.etcd.client().await?);
+    }
+    let fan_prefix = format!("{raw_prefix}fan/");
+    for w in 0..watchers {
+        let mut c = raw_clients[w % raw_clients.len()].clone();
+        let mut stream = c
+            .watch(fan_prefix.as_str(), Some(WatchOptions::new().with_prefix()))
+            .await?;
+        let theirs = theirs.clone();
+        let fan_prefix = fan_prefix.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Ok(Some(m)) = stream.message().await {
+                for e in m.events() {
+                    let Some(kv) = e.kv() else { continue };
+                    let name = kv.key_str().unwrap_or_default();
+                    let Some(round) = name
+                        .strip_prefix(fan_prefix.as_str())
+                        .and_then(|r| r.strip_prefix('r'))
+                        .and_then(|r| r.parse().ok())
+                    else {
+                        continue;
+                    };
+                    if e.event_type() == EventType::Delete {
+                        saw(&theirs, round, w);
+                    }
+                }
+            }
+        }));
+    }
+    let mut raw = setup.etcd.client().await?;
+    let (mut ours_lat, mut theirs_lat) = (Vec::new(), Vec::new());
+    // Round 0 is repeated until every stream is seen open; not counted.
+    let settle = Duration::from_secs(30);
+    for round in 0..=rounds {
+        let name = format!("fan/r{round}");
+        let key = format!("{fan_prefix}r{round}");
+        let (mut seen, mut seen_raw);
+        let (mut t, mut t_raw);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            node.created(&name, "video").await?;
+            node.expect_claimed(&name).await?;
+            t = Instant::now();
+            node.closed(&name, "video").await?;
+            let within = if round == 0 {
+                Duration::from_secs(2)
+            } else {
+                settle
+            };
+            seen = all_saw(&ours, round, watchers, within).await;
+            node.expect_released(&name).await?;
+            raw.put(key.as_str(), "x", None).await?;
+            t_raw = Instant::now();
+            raw.delete(key.as_str(), None).await?;
+            seen_raw = all_saw(&theirs, round, watchers, within).await;
+            if (seen.is_ok() && seen_raw.is_ok()) || round > 0 || tries > 10 {
+                break;
+            }
+        }
+        let (seen, seen_raw) = (seen?, seen_raw?);
+        if round > 0 {
+            ours_lat.extend(seen.iter().map(|s| s.duration_since(t)));
+            theirs_lat.extend(seen_raw.iter().map(|s| s.duration_since(t_raw)));
+        }
+    }
+    for t in tasks {
+        t.abort();
+    }
+    for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
+        let (a, b) = (percentile(&mut ours_lat, q), percentile(&mut theirs_lat, q));
+        row(
+            &format!("7. {watchers} watchers on one replica: release → each sees it, {label}"),
+            ms(a),
+            format!("{} ({watchers} raw etcd watchers)", ms(b)),
+            ratio(a.as_secs_f64(), b.as_secs_f64()),
+        );
+    }
+    Ok(())
 }
 
 /// Parts 5 and 6: claims held at the default lease, their failover, and a
