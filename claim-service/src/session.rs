@@ -57,6 +57,9 @@ pub struct Session {
     reading: bool,
     /// The tracks `hello` listed as live, created once the session began.
     live: Vec<pb::Track>,
+    /// Their broadcasts, until first claimed: likely adopted (see
+    /// [`crate::store::ClaimRequest::adopting`]).
+    relive: std::collections::HashSet<String>,
     finished: bool,
     /// Lifecycle events per second this session may send.
     events: Option<EventLimiter>,
@@ -104,6 +107,7 @@ impl Session {
             timers: DelayQueue::new(),
             leases: Default::default(),
             reading: true,
+            relive: hello.live.iter().map(|t| t.broadcast.clone()).collect(),
             live: hello.live,
             finished: false,
         }
@@ -359,14 +363,18 @@ impl Session {
             Action::Claim {
                 broadcast,
                 guard_lease,
-            } => work::claim(
-                &ctx.store,
-                &self.holder,
-                self.ttl,
-                broadcast,
-                guard_lease,
-                &self.events_tx,
-            ),
+            } => {
+                let adopting = self.relive.remove(&broadcast);
+                work::claim(
+                    &ctx.store,
+                    &self.holder,
+                    self.ttl,
+                    broadcast,
+                    guard_lease,
+                    adopting,
+                    &self.events_tx,
+                )
+            }
             Action::KeepAlive {
                 lease_id,
                 broadcast,

@@ -102,6 +102,13 @@ impl Node {
             .map_err(|_| anyhow!("session send queue closed"))
     }
 
+    /// A sender of this session's messages, for a task of its own (a node
+    /// reads its answers while it sends: one that sends a million messages
+    /// before reading any stalls on flow control).
+    pub fn sender(&self) -> mpsc::Sender<pb::NodeMessage> {
+        self.tx.clone()
+    }
+
     pub async fn created(&self, broadcast: &str, t: &str) -> Result<()> {
         self.send(NodeMsg::Created(track(broadcast, t))).await
     }

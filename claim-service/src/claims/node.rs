@@ -65,7 +65,7 @@ pub(super) struct Entry {
     /// The node was told `claimed` for the current claim.
     pub(super) announced: bool,
     /// The owner the node was last told of in `conflict`.
-    pub(super) told_owner: Option<Claim>,
+    pub(super) told_owner: Option<Box<Claim>>,
     /// This node's claim was taken over: it stands by behind the taker and
     /// does not claim again while these tracks live.
     pub(super) yielded: bool,
@@ -429,7 +429,7 @@ impl NodeClaims {
                     // nothing new to tell.
                     let told = entry.told_owner.as_ref().map(|o| o.fencing_token);
                     if told != Some(owner.fencing_token) {
-                        entry.told_owner = Some(owner.clone());
+                        entry.told_owner = Some(Box::new(owner.clone()));
                         Self::tell_in(mode, Reply::Conflict { broadcast, owner }, out);
                     }
                 } else {
@@ -554,7 +554,7 @@ impl NodeClaims {
             .broadcasts
             .iter()
             .filter(|(_, e)| matches!(e.state, State::Standby { .. }))
-            .filter_map(|(b, e)| e.told_owner.clone().map(|o| (b.clone(), o)))
+            .filter_map(|(b, e)| e.told_owner.clone().map(|o| (b.clone(), *o)))
             .filter(|(_, o)| &*o.node_id == node_id)
             .collect();
         for (broadcast, owner) in behind {

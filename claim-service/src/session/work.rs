@@ -21,6 +21,7 @@ pub(super) fn claim(
     ttl: Duration,
     broadcast: String,
     guard_lease: i64,
+    adopting: bool,
     events: &Events,
 ) {
     let req = ClaimRequest {
@@ -28,6 +29,7 @@ pub(super) fn claim(
         holder: holder.clone(),
         ttl,
         guard_lease,
+        adopting,
     };
     let tx = events.clone();
     store.submit_claim(req, move |attempt| {

@@ -119,7 +119,10 @@ impl Store {
     /// that cannot be reached is `Unavailable`).
     pub(super) async fn claim_batch(&self, batch: Vec<Pending>) {
         let items: Vec<Item<'_>> = batch.iter().map(|p| Item::new(self, &p.req)).collect();
-        let answers = self.claim_items(&items).await;
+        let answers = match items.iter().any(|i| i.req.adopting) {
+            true => self.adopt_then_claim(&items).await,
+            false => self.claim_items(&items).await,
+        };
         drop(items);
         for (p, answer) in batch.into_iter().zip(answers) {
             let attempt = match answer {
@@ -146,6 +149,52 @@ impl Store {
             ClaimOutcome::Unavailable { .. } => {}
         }
         outcome
+    }
+
+    /// Reads every key first (one read-only transaction, answered without
+    /// a Raft entry) and adopts those that name this node under its fence;
+    /// the rest are claimed the usual way ([`Store::claim_items`]).
+    async fn adopt_then_claim(&self, items: &[Item<'_>]) -> Vec<Answer> {
+        let mut answers: Vec<Option<Answer>> = items.iter().map(|_| None).collect();
+        let Some(first) = items.first() else {
+            return Vec::new();
+        };
+        let node_key = self.inner.layout.node(&first.req.holder.node_id);
+        let read = Txn::new().and_then(reads_of(&node_key, items.iter()));
+        if let Ok(resp) = self.txn("adopt_read", read).await {
+            let mut reads = read_back(resp);
+            let fenced = reads.next().flatten().map(|kv| kv.lease()) == Some(first.req.guard_lease);
+            for (i, kv) in reads.enumerate().filter(|_| fenced) {
+                let Some(kv) = kv.filter(|kv| kv.lease() != 0) else {
+                    continue;
+                };
+                let item = &items[i];
+                match ClaimRecord::claim_from(&item.req.broadcast, &kv) {
+                    Some(owner) if owner.node_id == item.req.holder.node_id => {
+                        answers[i] = Some(Ok(Attempt::Outcome(ClaimOutcome::Claimed {
+                            claim: item.adopted(&kv, &owner),
+                            adopted: true,
+                        })));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let rest: Vec<usize> = (0..items.len()).filter(|&i| answers[i].is_none()).collect();
+        if !rest.is_empty() {
+            let others: Vec<Item<'_>> = rest
+                .iter()
+                .map(|&i| Item {
+                    req: items[i].req,
+                    key: items[i].key.clone(),
+                    record: items[i].record.clone(),
+                })
+                .collect();
+            for (i, answer) in rest.into_iter().zip(self.claim_items(&others).await) {
+                answers[i] = Some(answer);
+            }
+        }
+        finish(answers)
     }
 
     /// A key of this node with no lease (written by hand): moved onto the

@@ -152,6 +152,11 @@ pub struct ClaimRequest {
     /// it: a session superseded by a newer one of its node (on any replica)
     /// can change no claim, even if it was paused and wakes up late.
     pub guard_lease: i64,
+    /// The node listed it live when it (re)attached: its key most likely
+    /// names the node already, so it is read before any write (a failover
+    /// adopts by linearizable reads, which etcd answers without a Raft
+    /// entry, instead of by failing writes).
+    pub adopting: bool,
 }
 
 /// What a claim attempt came to.
