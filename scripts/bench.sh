@@ -6,7 +6,9 @@
 # (neighbours-bench), and the media-server hooks front end beside a bare
 # nginx-rtmp (hooks-bench). Set CLAIMS_BENCH_ARGS / INGEST_BENCH_ARGS /
 # NEIGHBOURS_BENCH_ARGS / HOOKS_BENCH_ARGS to change their sizes, e.g.
-# CLAIMS_BENCH_ARGS="--claims 1000 --held 10000".
+# CLAIMS_BENCH_ARGS="--claims 1000 --held 100000" (failover of 100,000), or
+# CLAIMS_BENCH_ARGS="--held 1000000 --hold-seconds 300 --held-only" (a
+# million claims at the default lease for 5 minutes: about 8 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh

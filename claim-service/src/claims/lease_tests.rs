@@ -2,18 +2,8 @@
 //! lease, so they are lost together; a release is fenced by the record; an
 //! operator's forced release takes one claim, not its lease-mates.
 
-use super::tests::{claim, claimed, created, fenced, RECORD};
+use super::tests::{claim, claimed, created, fenced, sends, RECORD};
 use super::*;
-
-fn sends(actions: &[Action]) -> Vec<&Reply> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Send(r) => Some(r),
-            _ => None,
-        })
-        .collect()
-}
 
 #[test]
 fn losing_the_record_lease_loses_every_claim_on_it_and_writes_the_record_again() {

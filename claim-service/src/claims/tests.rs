@@ -58,7 +58,7 @@ pub(super) fn claim_action(b: &str) -> Action {
     }
 }
 
-fn sends(actions: &[Action]) -> Vec<&Reply> {
+pub(super) fn sends(actions: &[Action]) -> Vec<&Reply> {
     actions
         .iter()
         .filter_map(|a| match a {

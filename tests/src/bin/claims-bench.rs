@@ -142,32 +142,14 @@ fn metric(text: &str, name: &str) -> f64 {
 
 async fn raw_claim(client: &mut etcd_client::Client, key: &str) -> Result<i64> {
     let lease = client.lease_grant(10, None).await?.id();
-    let txn = Txn::new()
-        .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(
-            key,
-            r#"{"node_id":"raw"}"#,
-            Some(PutOptions::new().with_lease(lease)),
-        )])
-        .or_else([TxnOp::get(key, None)]);
-    if !client.txn(txn).await?.succeeded() {
-        bail!("raw claim of {key} conflicted");
-    }
+    raw_claim_on(client, key, lease).await?;
     Ok(lease)
 }
 
 /// The floor of a claim: one create-if-absent transaction on a lease granted
 /// beforehand (one Raft write, one round trip).
 async fn raw_claim_on(client: &mut etcd_client::Client, key: &str, lease: i64) -> Result<()> {
-    let txn = Txn::new()
-        .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(
-            key,
-            r#"{"node_id":"raw"}"#,
-            Some(PutOptions::new().with_lease(lease)),
-        )])
-        .or_else([TxnOp::get(key, None)]);
-    if !client.txn(txn).await?.succeeded() {
+    if !client.txn(raw_claim_txn(key, lease)).await?.succeeded() {
         bail!("raw claim of {key} conflicted");
     }
     Ok(())
@@ -177,17 +159,16 @@ async fn raw_claim_on(client: &mut etcd_client::Client, key: &str, lease: i64) -
 /// directly: `n` keys created on one lease, in transactions of 64 that check
 /// each is absent, 16 in flight. Returns the lease and the time it took.
 async fn raw_hold(client: &etcd_client::Client, prefix: &str, n: usize) -> Result<(i64, Duration)> {
-    use futures::stream::{self, StreamExt, TryStreamExt};
     // Long enough to outlast the writes (a million take a while), revoked
     // after.
     let lease = client.clone().lease_grant(3600, None).await?.id();
     let value = claim_sized_value();
-    let t = Instant::now();
-    stream::iter((0..n).collect::<Vec<_>>().chunks(64).map(|c| c.to_vec()))
+    let txns: Vec<Txn> = (0..n)
+        .collect::<Vec<_>>()
+        .chunks(64)
         .map(|chunk| {
-            let mut c = client.clone();
             let keys: Vec<String> = chunk.iter().map(|i| format!("{prefix}{i:07}")).collect();
-            let txn = Txn::new()
+            Txn::new()
                 .when(
                     keys.iter()
                         .map(|k| Compare::create_revision(k.as_str(), CompareOp::Equal, 0))
@@ -203,17 +184,11 @@ async fn raw_hold(client: &etcd_client::Client, prefix: &str, n: usize) -> Resul
                             )
                         })
                         .collect::<Vec<_>>(),
-                );
-            async move {
-                if !c.txn(txn).await?.succeeded() {
-                    bail!("raw hold: a key existed");
-                }
-                anyhow::Ok(())
-            }
+                )
         })
-        .buffer_unordered(16)
-        .try_collect::<Vec<()>>()
-        .await?;
+        .collect();
+    let t = Instant::now();
+    run_txns(client, txns, 16, "raw hold").await?;
     Ok((lease, t.elapsed()))
 }
 
@@ -332,10 +307,10 @@ async fn raw_adopt(
         kvs.iter().map(|kv| kv.lease()).collect()
     };
     let moves: Vec<_> = kvs.iter().zip(leases).collect();
-    stream::iter(moves.chunks(64))
+    let txns: Vec<Txn> = moves
+        .chunks(64)
         .map(|chunk| {
-            let mut c = client.clone();
-            let txn = Txn::new()
+            Txn::new()
                 .when(
                     chunk
                         .iter()
@@ -355,17 +330,10 @@ async fn raw_adopt(
                             )
                         })
                         .collect::<Vec<_>>(),
-                );
-            async move {
-                if !c.txn(txn).await?.succeeded() {
-                    bail!("raw adoption: a key changed");
-                }
-                anyhow::Ok(())
-            }
+                )
         })
-        .buffer_unordered(64)
-        .try_collect::<Vec<()>>()
-        .await?;
+        .collect();
+    run_txns(client, txns, 64, "raw adoption").await?;
     Ok(t.elapsed())
 }
 

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use system_tests::rtmp_client::RtmpClient;
 use system_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,14 +36,7 @@ struct Args {
 async fn raw_claim(client: &mut etcd_client::Client, key: &str) -> Result<Duration> {
     let t = Instant::now();
     let lease = client.lease_grant(10, None).await?.id();
-    let txn = Txn::new()
-        .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(
-            key,
-            r#"{"node_id":"raw"}"#,
-            Some(PutOptions::new().with_lease(lease)),
-        )])
-        .or_else([TxnOp::get(key, None)]);
+    let txn = raw_claim_txn(key, lease);
     anyhow::ensure!(client.txn(txn).await?.succeeded(), "raw claim conflicted");
     let took = t.elapsed();
     client.lease_revoke(lease).await?;
