@@ -843,15 +843,24 @@ async fn main() -> Result<()> {
     held(args, setup, raw, raw_prefix).await
 }
 
-/// When each watcher first saw each round's change, by round.
-type Sightings = Arc<std::sync::Mutex<Vec<std::collections::HashMap<usize, Instant>>>>;
+/// When each watcher first saw each round's change, by round; told to
+/// whoever waits on them.
+#[derive(Default)]
+struct Seen {
+    rounds: std::sync::Mutex<Vec<std::collections::HashMap<usize, Instant>>>,
+    news: tokio::sync::Notify,
+}
+
+type Sightings = Arc<Seen>;
 
 fn saw(sightings: &Sightings, round: usize, watcher: usize) {
-    let mut s = sightings.lock().unwrap();
+    let mut s = sightings.rounds.lock().unwrap();
     if s.len() <= round {
         s.resize(round + 1, Default::default());
     }
     s[round].entry(watcher).or_insert_with(Instant::now);
+    drop(s);
+    sightings.news.notify_waiters();
 }
 
 /// Waits until `n` watchers saw `round` (or `within`).
@@ -861,9 +870,12 @@ async fn all_saw(
     n: usize,
     within: Duration,
 ) -> Result<Vec<Instant>> {
-    let deadline = Instant::now() + within;
+    let deadline = tokio::time::Instant::now() + within;
     loop {
+        // Registered before looking, so no sighting in between is missed.
+        let news = sightings.news.notified();
         let seen: Vec<Instant> = sightings
+            .rounds
             .lock()
             .unwrap()
             .get(round)
@@ -872,10 +884,9 @@ async fn all_saw(
         if seen.len() >= n {
             return Ok(seen);
         }
-        if Instant::now() > deadline {
+        if tokio::time::timeout_at(deadline, news).await.is_err() {
             bail!("round {round}: {} of {n} watchers saw it", seen.len());
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
