@@ -190,8 +190,12 @@ impl pb::ownership_server::Ownership for OwnershipService {
 
     async fn watch_nodes(
         &self,
-        _request: Request<pb::WatchNodesRequest>,
+        request: Request<pb::WatchNodesRequest>,
     ) -> Result<Response<Self::WatchNodesStream>, Status> {
+        // A watch like any other: it counts against the same limits.
+        let slot = self
+            .watches
+            .admit(request.remote_addr().map(|a| a.ip()), false)?;
         // Subscribed first, so that no change after the list is missed (one
         // may come twice: applying it again changes nothing).
         let changes = self.view.subscribe();
@@ -253,9 +257,14 @@ impl pb::ownership_server::Ownership for OwnershipService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(
-            futures::stream::iter(first).chain(changes),
-        )))
+        // The slot is freed when the stream is dropped.
+        let events = futures::stream::iter(first)
+            .chain(changes)
+            .map(move |event| {
+                let _open = &slot;
+                event
+            });
+        Ok(Response::new(Box::pin(events)))
     }
 }
 
