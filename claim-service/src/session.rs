@@ -12,6 +12,7 @@
 mod leases;
 mod work;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,6 +53,9 @@ pub struct Session {
     /// The leases this session's claims are on (shared with the callbacks
     /// of releases, which let a lease go once no claim is on it).
     leases: Arc<Mutex<leases::Leases>>,
+    /// Releases that deleted their key here, and those that found it held
+    /// by a newer session of the node (or gone).
+    releases: Arc<[AtomicUsize; 2]>,
     /// Still reading the node's messages (not after goodbye, a protocol
     /// error, a half-close, a detach or being superseded).
     reading: bool,
@@ -106,6 +110,7 @@ impl Session {
             loss_rx,
             timers: DelayQueue::new(),
             leases: Default::default(),
+            releases: Default::default(),
             reading: true,
             relive: hello.live.iter().map(|t| t.broadcast.clone()).collect(),
             live: hello.live,
@@ -172,10 +177,22 @@ impl Session {
                 }
             }
         }
+        let released = self.releases[0].load(Ordering::Relaxed);
+        let left = self.releases[1].load(Ordering::Relaxed);
         if self.core.is_closing() {
-            tracing::info!("node said goodbye; every claim released");
+            tracing::info!(released, left, "node said goodbye; its claims are released");
+        } else if left == 0 && released > 0 {
+            tracing::info!(released, "detach grace over; claims released");
+        } else if left == 0 {
+            tracing::info!("detach grace over; nothing was left to release");
         } else {
-            tracing::info!("detach grace over; claims released");
+            // Superseded, or etcd away: a newer session of the node holds
+            // what this one could not release (or etcd expires it).
+            tracing::info!(
+                released,
+                left,
+                "detach grace over; claims a newer session of the node holds were left to it"
+            );
         }
         ctx.sessions
             .detach(&self.holder.node_id, &self.holder.session_id);
@@ -412,8 +429,10 @@ impl Session {
                 let tx = self.events_tx.clone();
                 let release = self.release(broadcast.clone(), lease_id, fencing_token, guard_lease);
                 let let_go = self.let_go(lease_id, Gone::Held);
-                ctx.store.submit_release(release, move || {
+                let outcome = self.releases.clone();
+                ctx.store.submit_release(release, move |deleted| {
                     let_go();
+                    outcome[usize::from(!deleted)].fetch_add(1, Ordering::Relaxed);
                     let _ = tx.send(Event::Released { broadcast });
                 });
             }
@@ -427,7 +446,7 @@ impl Session {
                 self.leases().release_stale(lease_id);
                 let release = self.release(broadcast, lease_id, fencing_token, guard_lease);
                 let let_go = self.let_go(lease_id, Gone::Stale);
-                ctx.store.submit_release(release, let_go);
+                ctx.store.submit_release(release, move |_| let_go());
             }
             Action::Forget { lease_id, forced } => {
                 ctx.metrics.claims_held.dec();

@@ -492,7 +492,7 @@ async fn a_crashed_node_keeps_its_claims_for_the_grace_and_can_take_them_back() 
     // The old session's grace runs out without touching the adopted claim.
     stack
         .svc
-        .wait_log("detach grace over; claims released")
+        .wait_log("detach grace over; claims a newer session of the node holds were left to it")
         .await?;
     let owner = stack.owner("live/x", true).await?.expect("still owned");
     assert_eq!(owner.lease_id, claim.lease_id);
@@ -833,5 +833,52 @@ async fn a_hello_of_hundreds_of_tracks_gets_each_broadcast_its_own_answer() -> R
         assert_eq!(kv.lease(), expected.lease_id, "{name}");
         assert_eq!(kv.create_revision(), expected.fencing_token, "{name}");
     }
+    Ok(())
+}
+
+/// `WatchNodes` lists every node with a record, then says when one is
+/// marked detached (its session broke: grace end given) and when it is
+/// gone (the grace ran out): what a node's owner cache needs to send
+/// nobody to a dead node.
+#[tokio::test]
+async fn watch_nodes_lists_nodes_then_tells_detached_and_gone() -> Result<()> {
+    let stack = Stack::start("watch-nodes", &["--detach-grace", "2s"]).await?;
+    let a = Node::attach(&stack.svc.addr(), hello("node-a")).await?;
+    let mut client = stack.svc.ownership().await?;
+    // The record is written just after the welcome: listed, or told.
+    let mut events = client
+        .watch_nodes(pb::WatchNodesRequest {})
+        .await?
+        .into_inner();
+    let mut next = async || -> Result<pb::NodeEvent> {
+        match tokio::time::timeout(WAIT, events.message()).await {
+            Ok(Ok(Some(e))) => Ok(e),
+            other => anyhow::bail!("no node event: {other:?}"),
+        }
+    };
+    let attached = loop {
+        let e = next().await?;
+        if e.node.as_ref().is_some_and(|n| n.node_id == "node-a") {
+            break e;
+        }
+    };
+    assert!(!attached.gone, "{attached:?}");
+    assert!(!attached.node.unwrap().detached);
+    a.vanish();
+    // (A change that came just before the list may be told once more.)
+    let detached = loop {
+        let e = next().await?;
+        if e.node.as_ref().is_some_and(|n| n.detached) || e.gone {
+            break e;
+        }
+    };
+    let node = detached.node.clone().unwrap();
+    assert!(
+        node.node_id == "node-a" && node.grace_ends_unix_ms > 0 && !detached.gone,
+        "{detached:?}"
+    );
+    let gone = next().await?;
+    assert!(gone.gone, "{gone:?}");
+    assert_eq!(gone.node.unwrap().node_id, "node-a");
     Ok(())
 }

@@ -65,7 +65,7 @@ enum Job {
     Claim(Pending),
     Release {
         release: Release,
-        done: Box<dyn FnOnce() + Send>,
+        done: Box<dyn FnOnce(bool) + Send>,
     },
     Revoke {
         lease_id: i64,
@@ -341,8 +341,9 @@ impl Store {
         self.inner.jobs.push(line, job);
     }
 
-    /// Queues a release (see [`Store::release_batch`]); `done` runs after.
-    pub fn submit_release(&self, release: Release, done: impl FnOnce() + Send + 'static) {
+    /// Queues a release (see [`Store::release_batch`]); `done` runs after,
+    /// told whether the key was deleted here.
+    pub fn submit_release(&self, release: Release, done: impl FnOnce(bool) + Send + 'static) {
         let line = queue::line_of(&release.session);
         let job = Job::Release {
             release,

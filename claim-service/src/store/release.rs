@@ -67,8 +67,12 @@ impl Store {
     ///
     /// Several at once (a goodbye, a grace running out) are one transaction
     /// per node deleting every key; if anything changed, each is released
-    /// on its own. Each `done` runs once its own release is over.
-    pub(super) async fn release_batch(&self, releases: Vec<(Release, Box<dyn FnOnce() + Send>)>) {
+    /// on its own. Each `done` runs once its own release is over, told
+    /// whether its key was deleted here.
+    pub(super) async fn release_batch(
+        &self,
+        releases: Vec<(Release, Box<dyn FnOnce(bool) + Send>)>,
+    ) {
         if releases.is_empty() {
             return;
         }
@@ -105,10 +109,7 @@ impl Store {
                 .into_iter()
                 .zip(keys)
                 .map(|((r, done), key)| async move {
-                    if !deleted {
-                        self.delete_if_held(&r, key).await;
-                    }
-                    done()
+                    done(deleted || self.delete_if_held(&r, key).await)
                 }),
         )
         .await;
