@@ -27,9 +27,49 @@ use crate::bridge::ClaimServices;
 /// Claims per `ListClaims` page while the cache fills (its maximum).
 const PAGE: u32 = 1_000;
 
+/// What claims of one node session have in common, kept once.
+#[derive(Debug, PartialEq)]
+struct Holder {
+    node_id: String,
+    endpoints: HashMap<String, String>,
+    session_id: String,
+    service_id: String,
+}
+
+/// What the cache keeps of a claim: a few numbers and its node's shared
+/// part (a million claims are a million entries on every ingest node).
+#[derive(Debug, Clone)]
+struct Owner {
+    holder: Arc<Holder>,
+    lease_id: i64,
+    fencing_token: i64,
+    claimed_at_unix_ms: i64,
+    lease_ttl_ms: u64,
+}
+
+impl Owner {
+    fn claim(&self, broadcast: &str) -> pb::Claim {
+        let h = &self.holder;
+        pb::Claim {
+            broadcast: broadcast.to_string(),
+            node_id: h.node_id.clone(),
+            endpoints: h.endpoints.clone(),
+            lease_id: self.lease_id,
+            fencing_token: self.fencing_token,
+            claimed_at_unix_ms: self.claimed_at_unix_ms,
+            lease_ttl_ms: self.lease_ttl_ms,
+            session_id: h.session_id.clone(),
+            service_id: h.service_id.clone(),
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
-    claims: HashMap<String, pb::Claim>,
+    claims: HashMap<String, Owner>,
+    /// The latest holder seen per node, shared by its claims.
+    holders: HashMap<String, Arc<Holder>>,
     /// Every node with a record: `Some(end of its grace)` when it is gone.
     nodes: HashMap<String, Option<i64>>,
     revision: i64,
@@ -60,7 +100,8 @@ impl OwnerCache {
         if !state.synced {
             return None;
         }
-        Some(state.claims.get(broadcast).cloned().map(|mut claim| {
+        Some(state.claims.get(broadcast).map(|owner| {
+            let mut claim = owner.claim(broadcast);
             // A node without a record is gone too (its grace end unknown).
             match state.nodes.get(&claim.node_id) {
                 Some(None) => {}
@@ -83,7 +124,37 @@ impl OwnerCache {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
+}
 
+impl State {
+    /// Keeps `claim`, its node's part shared with the node's other claims.
+    fn keep(&mut self, claim: pb::Claim) {
+        let holder = Holder {
+            node_id: claim.node_id,
+            endpoints: claim.endpoints,
+            session_id: claim.session_id,
+            service_id: claim.service_id,
+        };
+        let holder = match self.holders.get(&holder.node_id) {
+            Some(known) if **known == holder => known.clone(),
+            _ => {
+                let fresh = Arc::new(holder);
+                self.holders.insert(fresh.node_id.clone(), fresh.clone());
+                fresh
+            }
+        };
+        let owner = Owner {
+            holder,
+            lease_id: claim.lease_id,
+            fencing_token: claim.fencing_token,
+            claimed_at_unix_ms: claim.claimed_at_unix_ms,
+            lease_ttl_ms: claim.lease_ttl_ms,
+        };
+        self.claims.insert(claim.broadcast, owner);
+    }
+}
+
+impl OwnerCache {
     fn node(&self, event: pb::NodeEvent) {
         let Some(node) = event.node else { return };
         let mut state = self.write();
@@ -102,7 +173,7 @@ impl OwnerCache {
         state.revision = state.revision.max(event.revision);
         match Kind::try_from(event.kind) {
             Ok(Kind::Claimed | Kind::Adopted) => {
-                state.claims.insert(claim.broadcast.clone(), claim);
+                state.keep(claim);
             }
             Ok(Kind::Released) => {
                 // Only the claim that ended: a newer one may be in already.
@@ -155,7 +226,7 @@ async fn follow_once(cache: &OwnerCache, claim_services: &ClaimServices) -> Resu
         .await
         .map_err(|s| format!("WatchClaims: {}", s.message()))?
         .into_inner();
-    let mut claims = HashMap::new();
+    let mut listed = State::default();
     let mut page_token = String::new();
     let revision = loop {
         let page = client
@@ -169,7 +240,7 @@ async fn follow_once(cache: &OwnerCache, claim_services: &ClaimServices) -> Resu
             .map_err(|s| format!("ListClaims: {}", s.message()))?
             .into_inner();
         for claim in page.claims {
-            claims.insert(claim.broadcast.clone(), claim);
+            listed.keep(claim);
         }
         if page.next_page_token.is_empty() {
             break page.revision;
@@ -186,7 +257,8 @@ async fn follow_once(cache: &OwnerCache, claim_services: &ClaimServices) -> Resu
     let initial = presence(&mut client).await?;
     {
         let mut state = cache.write();
-        state.claims = claims;
+        state.claims = listed.claims;
+        state.holders = listed.holders;
         state.nodes = initial;
         state.revision = revision;
         state.synced = true;
@@ -227,4 +299,86 @@ async fn presence(
         .into_iter()
         .map(|n| (n.node_id, n.detached.then_some(n.grace_ends_unix_ms)))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::claim_event::Kind;
+
+    fn claim(broadcast: &str, node: &str, token: i64) -> pb::Claim {
+        pb::Claim {
+            broadcast: broadcast.into(),
+            node_id: node.into(),
+            endpoints: [("http".to_string(), format!("http://{node}:8080"))].into(),
+            fencing_token: token,
+            session_id: format!("{node}-s1"),
+            ..Default::default()
+        }
+    }
+
+    fn event(kind: Kind, claim: pb::Claim, revision: i64) -> pb::ClaimEvent {
+        pb::ClaimEvent {
+            kind: kind as i32,
+            claim: Some(claim),
+            revision,
+        }
+    }
+
+    fn following() -> OwnerCache {
+        OwnerCache {
+            state: RwLock::new(State {
+                synced: true,
+                nodes: [("a".to_string(), None), ("b".to_string(), Some(42))].into(),
+                ..State::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_nodes_claims_share_its_part_and_answers_carry_presence() {
+        let cache = following();
+        cache.apply(event(Kind::Claimed, claim("live/x", "a", 5), 5));
+        cache.apply(event(Kind::Claimed, claim("live/y", "a", 6), 6));
+        cache.apply(event(Kind::Claimed, claim("live/z", "b", 7), 7));
+        cache.apply(event(Kind::Claimed, claim("live/w", "c", 8), 8));
+        {
+            let state = cache.state.read().unwrap();
+            assert!(Arc::ptr_eq(
+                &state.claims["live/x"].holder,
+                &state.claims["live/y"].holder
+            ));
+        }
+        let x = cache.owner("live/x").unwrap().unwrap();
+        assert_eq!(x, {
+            let mut c = claim("live/x", "a", 5);
+            c.detached = false;
+            c
+        });
+        let z = cache.owner("live/z").unwrap().unwrap();
+        assert!(z.detached && z.grace_ends_unix_ms == 42, "{z:?}");
+        // A node without a record is gone, its grace end unknown.
+        let w = cache.owner("live/w").unwrap().unwrap();
+        assert!(w.detached && w.grace_ends_unix_ms == 0, "{w:?}");
+        assert_eq!(cache.owner("live/none"), Some(None));
+    }
+
+    #[test]
+    fn a_release_takes_only_the_claim_that_ended() {
+        let cache = following();
+        cache.apply(event(Kind::Claimed, claim("live/x", "a", 5), 5));
+        // Claimed anew (token 9) before the old claim's release is heard.
+        cache.apply(event(Kind::Claimed, claim("live/x", "b", 9), 9));
+        cache.apply(event(Kind::Released, claim("live/x", "a", 5), 10));
+        assert_eq!(cache.owner("live/x").unwrap().unwrap().fencing_token, 9);
+        cache.apply(event(Kind::Released, claim("live/x", "b", 9), 11));
+        assert_eq!(cache.owner("live/x"), Some(None));
+    }
+
+    #[test]
+    fn a_cache_not_following_answers_nothing() {
+        let cache = following();
+        cache.write().synced = false;
+        assert_eq!(cache.owner("live/x"), None);
+    }
 }
