@@ -53,9 +53,8 @@ pub struct Session {
     /// The leases this session's claims are on (shared with the callbacks
     /// of releases, which let a lease go once no claim is on it).
     leases: Arc<Mutex<leases::Leases>>,
-    /// Releases that deleted their key here, and those that found it held
-    /// by a newer session of the node (or gone).
-    releases: Arc<[AtomicUsize; 2]>,
+    /// How this session's releases went.
+    releases: Arc<Releases>,
     /// Still reading the node's messages (not after goodbye, a protocol
     /// error, a half-close, a detach or being superseded).
     reading: bool,
@@ -70,6 +69,22 @@ pub struct Session {
 }
 
 type EventLimiter = governor::DefaultDirectRateLimiter;
+
+/// How a session's releases went: keys deleted here, and keys left (held
+/// by a newer session of the node, whose record refused the delete, or
+/// gone), for the log at its end.
+#[derive(Default)]
+struct Releases {
+    here: AtomicUsize,
+    left: AtomicUsize,
+}
+
+impl Releases {
+    fn count(&self, deleted: bool) {
+        let counter = if deleted { &self.here } else { &self.left };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 /// Which claim on a lease is gone: a held one, or one an earlier session
 /// left (released here).
@@ -177,8 +192,8 @@ impl Session {
                 }
             }
         }
-        let released = self.releases[0].load(Ordering::Relaxed);
-        let left = self.releases[1].load(Ordering::Relaxed);
+        let released = self.releases.here.load(Ordering::Relaxed);
+        let left = self.releases.left.load(Ordering::Relaxed);
         if self.core.is_closing() {
             tracing::info!(released, left, "node said goodbye; its claims are released");
         } else if left == 0 && released > 0 {
@@ -432,7 +447,7 @@ impl Session {
                 let outcome = self.releases.clone();
                 ctx.store.submit_release(release, move |deleted| {
                     let_go();
-                    outcome[usize::from(!deleted)].fetch_add(1, Ordering::Relaxed);
+                    outcome.count(deleted);
                     let _ = tx.send(Event::Released { broadcast });
                 });
             }

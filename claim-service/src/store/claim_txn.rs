@@ -91,6 +91,14 @@ impl<'a> Item<'a> {
         }
     }
 
+    /// `kv`, read under this session's fence as `owner`, adopted as it is:
+    /// when it names this node (an earlier session's) and is on a lease
+    /// (one with none, written by hand, is moved onto the session's).
+    fn adopt_as_is(&self, kv: &KeyValue, owner: &Claim) -> Option<Claim> {
+        let ours = owner.node_id == self.req.holder.node_id;
+        (ours && kv.lease() != 0).then(|| self.adopted(kv, owner))
+    }
+
     /// `kv`, a key of this node an earlier session left as `owner`, now
     /// this session's: same lease, same fencing token, the first claim's
     /// time, and the TTL the lease was granted with.
@@ -165,18 +173,16 @@ impl Store {
             let mut reads = read_back(resp);
             let fenced = reads.next().flatten().map(|kv| kv.lease()) == Some(first.req.guard_lease);
             for (i, kv) in reads.enumerate().filter(|_| fenced) {
-                let Some(kv) = kv.filter(|kv| kv.lease() != 0) else {
-                    continue;
-                };
                 let item = &items[i];
-                match ClaimRecord::claim_from(&item.req.broadcast, &kv) {
-                    Some(owner) if owner.node_id == item.req.holder.node_id => {
-                        answers[i] = Some(Ok(Attempt::Outcome(ClaimOutcome::Claimed {
-                            claim: item.adopted(&kv, &owner),
-                            adopted: true,
-                        })));
-                    }
-                    _ => {}
+                let adopted = kv.and_then(|kv| {
+                    let owner = ClaimRecord::claim_from(&item.req.broadcast, &kv)?;
+                    item.adopt_as_is(&kv, &owner)
+                });
+                if let Some(claim) = adopted {
+                    answers[i] = Some(Ok(Attempt::Outcome(ClaimOutcome::Claimed {
+                        claim,
+                        adopted: true,
+                    })));
                 }
             }
         }
@@ -312,11 +318,9 @@ impl Store {
                 });
                 let answer = if owner.node_id != item.req.holder.node_id {
                     ClaimOutcome::Conflict { owner, revision }
-                } else if kv.lease() != 0 {
-                    // Ours from an earlier session, read under this
-                    // session's fence: adopted as it is.
+                } else if let Some(claim) = item.adopt_as_is(&kv, &owner) {
                     ClaimOutcome::Claimed {
-                        claim: item.adopted(&kv, &owner),
+                        claim,
                         adopted: true,
                     }
                 } else {
