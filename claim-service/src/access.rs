@@ -168,6 +168,43 @@ impl Access {
     }
 }
 
+impl Access {
+    /// The read credential as an HTTP request carries it (the ownership
+    /// page, on the metrics listener): open without `--read-token-file`;
+    /// otherwise `Authorization: Bearer TOKEN`, or Basic with the read (or
+    /// admin) token as the password, any user name — what a browser asks
+    /// for and then sends with every request of the page.
+    pub fn check_read_http(&self, headers: &http::HeaderMap) -> Result<(), Error> {
+        if self.read_token.is_none() {
+            return Ok(());
+        }
+        let given = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                if let Some(token) = v.strip_prefix("Bearer ") {
+                    return Some(token.to_string());
+                }
+                let basic = v.strip_prefix("Basic ")?;
+                let decoded = base64::Engine::decode(
+                    &base64::engine::general_purpose::STANDARD,
+                    basic.trim(),
+                )
+                .ok()?;
+                let decoded = String::from_utf8(decoded).ok()?;
+                Some(decoded.split_once(':')?.1.to_string())
+            });
+        if token_matches(given.as_deref(), &self.read_token)
+            || token_matches(given.as_deref(), &self.admin_token)
+        {
+            return Ok(());
+        }
+        Err(Error::Unauthenticated(
+            "this page needs the read token: send \"Authorization: Bearer TOKEN\", or sign in with any user name and the token as password".into(),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +214,32 @@ mod tests {
         r.metadata_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
         r
+    }
+
+    #[test]
+    fn the_page_takes_the_read_token_as_bearer_or_basic_password() {
+        let access = Access {
+            read_token: Some("s3cret".into()),
+            admin_token: Some("admin".into()),
+            ..Default::default()
+        };
+        let with = |value: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::AUTHORIZATION, value.parse().unwrap());
+            access.check_read_http(&h)
+        };
+        assert!(access.check_read_http(&http::HeaderMap::new()).is_err());
+        assert!(with("Bearer s3cret").is_ok());
+        assert!(with("Bearer admin").is_ok());
+        assert!(with("Bearer wrong").is_err());
+        // "anyone:s3cret", "anyone:wrong", "no-colon"
+        assert!(with("Basic YW55b25lOnMzY3JldA==").is_ok());
+        assert!(with("Basic YW55b25lOndyb25n").is_err());
+        assert!(with("Basic bm8tY29sb24=").is_err());
+        assert!(with("Basic !!!").is_err());
+        assert!(Access::default()
+            .check_read_http(&http::HeaderMap::new())
+            .is_ok());
     }
 
     #[test]

@@ -75,7 +75,7 @@ impl pb::claim_sessions_server::ClaimSessions for ClaimSessionsService {
             return Err(ctx.refuse(refusal));
         }
         let session_id = format!("{:016x}", rand::rng().random::<u64>());
-        let superseded = ctx
+        let attached = ctx
             .sessions
             .attach(&hello.node_id, &session_id, ctx.config.max_sessions)
             .map_err(|refusal| {
@@ -103,7 +103,7 @@ impl pb::claim_sessions_server::ClaimSessions for ClaimSessionsService {
         });
         let session = Session::new(ctx.clone(), hello, session_id, out_tx);
         let span = tracing::info_span!("session", node_id = %session.node_id(), session_id = %session.session_id());
-        tokio::spawn(session.run(in_rx, superseded).instrument(span));
+        tokio::spawn(session.run(in_rx, attached).instrument(span));
         Ok(Response::new(ReceiverStream::new(out_rx).boxed()))
     }
 }

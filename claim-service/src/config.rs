@@ -22,10 +22,17 @@ fn duration(s: &str) -> Result<Duration, String> {
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
-    /// Ask the running service for its health (GET /healthz on
-    /// --metrics-listen): exit 0 when SERVING, 1 otherwise (for container
-    /// health checks).
-    Healthcheck,
+    /// Ask the running service whether it is alive (GET /livez on
+    /// --metrics-listen): exit 0 when it answers, 1 otherwise. This is what
+    /// the images' Docker HEALTHCHECK runs: etcd trouble does not make a
+    /// replica unhealthy (restarting it would not help), only unready.
+    Healthcheck {
+        /// Ask whether it is ready instead (GET /readyz): exit 0 only while
+        /// claims can be made here (etcd has a quorum and answers, and the
+        /// ownership view has read it); prints why not.
+        #[arg(long)]
+        ready: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -15,7 +15,9 @@
 //! - [`view`]: the watch-fed in-memory view of every claim and node;
 //! - [`ownership`]: the read API, mostly over that view; [`watchers`]: its
 //!   `WatchClaims` streams and their limits; [`admin`]: the operators' API;
-//! - [`server`]: the gRPC server, health, reflection, metrics and shutdown;
+//! - [`server`]: the gRPC server, reflection, metrics and shutdown;
+//!   [`health`]: liveness and readiness, and who hears them; [`ui`]: the
+//!   live ownership page;
 //!   [`rpc`]: the layer every RPC goes through (metrics, time limit);
 //! - [`access`]: who may do what (node identity from mTLS, admin and read
 //!   credentials);
@@ -28,6 +30,7 @@ pub mod attach;
 pub mod claims;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod intake;
 pub mod log_budget;
 pub mod metrics;
@@ -38,6 +41,7 @@ pub mod server;
 pub mod session;
 pub mod sessions;
 pub mod store;
+pub mod ui;
 pub mod view;
 pub mod watchers;
 pub mod wire;

@@ -43,9 +43,10 @@ async fn shutdown_signal() {
     let _ = interrupt.await;
 }
 
-/// Exit 0 when the service reports SERVING on its metrics port's /healthz
-/// (plain HTTP, so the check needs no certificate when gRPC is on TLS).
-async fn healthcheck(config: &Config) -> i32 {
+/// Exit 0 when the service answers its metrics port's /livez (or, `ready`,
+/// /readyz) with 200 (plain HTTP, so the check needs no certificate when
+/// gRPC is on TLS).
+async fn healthcheck(config: &Config, ready: bool) -> i32 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut addr = config.metrics_listen;
     if addr.ip().is_unspecified() {
@@ -53,7 +54,8 @@ async fn healthcheck(config: &Config) -> i32 {
     }
     let check = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        let path = if ready { "/readyz" } else { "/livez" };
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
             .await?;
         let mut answer = String::new();
         s.read_to_string(&mut answer).await?;
@@ -61,9 +63,13 @@ async fn healthcheck(config: &Config) -> i32 {
     };
     match tokio::time::timeout(std::time::Duration::from_secs(3), check).await {
         Ok(Ok(answer)) => {
+            let ok = answer
+                .lines()
+                .next()
+                .is_some_and(|status| status.split(' ').nth(1) == Some("200"));
             let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").trim();
             println!("{}", if body.is_empty() { "no answer" } else { body });
-            i32::from(body != "SERVING")
+            i32::from(!ok)
         }
         Ok(Err(e)) => {
             println!("unhealthy: cannot ask {addr}: {e}");
@@ -79,8 +85,8 @@ async fn healthcheck(config: &Config) -> i32 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    if let Some(Command::Healthcheck) = config.command {
-        std::process::exit(healthcheck(&config).await);
+    if let Some(Command::Healthcheck { ready }) = config.command {
+        std::process::exit(healthcheck(&config, ready).await);
     }
     let files = match config.validate().and_then(|()| config.load_files()) {
         Ok(files) => files,

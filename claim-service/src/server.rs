@@ -2,7 +2,6 @@
 //! health and reflection, the metrics endpoint, and graceful shutdown.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,33 +13,25 @@ use claims_proto::v1::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
-use tonic_health::ServingStatus;
 
 use crate::admin::AdminService;
 use crate::attach::ClaimSessionsService;
 use crate::config::{Config, Loaded};
 use crate::error::{Error, Result};
+use crate::health::{self, Readiness};
 use crate::log_budget::LogBudget;
 use crate::metrics::Metrics;
 use crate::ownership::OwnershipService;
 use crate::rpc::RpcLayer;
 use crate::sessions::{Context, Sessions};
 use crate::store::Store;
+use crate::ui;
 use crate::view::View;
 use crate::watchers::Watches;
 
 /// Largest read-side request.
 const MAX_QUERY_MESSAGE: usize = 64 * 1024;
-const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(1);
-const VIEW_SYNC_CHECK_EVERY: Duration = Duration::from_millis(50);
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(5);
-
-const SERVICES: [&str; 4] = [
-    "",
-    "claims.v1.ClaimSessions",
-    "claims.v1.Ownership",
-    "claims.v1.Admin",
-];
 
 async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener> {
     TcpListener::bind(addr)
@@ -94,18 +85,16 @@ pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = (
     });
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    for s in SERVICES {
-        health
-            .set_service_status(s, ServingStatus::NotServing)
-            .await;
-    }
-    let serving = Arc::new(AtomicBool::new(false));
-    tokio::spawn(watch_health(
+    let readiness = Arc::new(Readiness::default());
+    let reporters = Arc::new(health::Reporters::new(
+        health,
+        readiness.clone(),
+        metrics.clone(),
+    ));
+    tokio::spawn(health::watch(
         store.clone(),
         view.clone(),
-        health.clone(),
-        serving.clone(),
-        metrics.clone(),
+        reporters.clone(),
         token.clone(),
     ));
 
@@ -128,22 +117,28 @@ pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = (
                 move || async move { metrics.render() }
             }),
         )
-        // Liveness: the process answers. It reads nothing shared, so no
-        // flood of readers and no etcd trouble can flip it.
+        // Liveness and readiness: see `health`.
         .route("/livez", axum::routing::get(|| async { "ALIVE\n" }))
+        .route(
+            "/readyz",
+            axum::routing::get({
+                let readiness = readiness.clone();
+                move || async move { readiness.answer() }
+            }),
+        )
         .route(
             "/healthz",
             axum::routing::get({
-                let serving = serving.clone();
-                move || async move {
-                    if serving.load(Ordering::Relaxed) {
-                        (axum::http::StatusCode::OK, "SERVING\n")
-                    } else {
-                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "NOT_SERVING\n")
-                    }
-                }
+                let readiness = readiness.clone();
+                move || async move { readiness.serving() }
             }),
-        );
+        )
+        .merge(ui::router(Arc::new(ui::Page {
+            ctx: ctx.clone(),
+            readiness: readiness.clone(),
+            changes: ui::Changes::start(view.clone(), token.clone()),
+            shutdown: token.clone(),
+        })));
     let metrics_server = tokio::spawn(listen::serve_http(
         metrics_listener,
         Gate::new("metrics", config.metrics_limits()),
@@ -207,12 +202,7 @@ pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = (
 
     shutdown.await;
     tracing::info!("shutting down: health NOT_SERVING, sessions end, claims stay for adoption");
-    for s in SERVICES {
-        health
-            .set_service_status(s, ServingStatus::NotServing)
-            .await;
-    }
-    serving.store(false, Ordering::Relaxed);
+    reporters.shutting_down().await;
     token.cancel();
     match tokio::time::timeout(SHUTDOWN_LIMIT, grpc).await {
         Ok(Ok(Ok(()))) => {}
@@ -225,63 +215,6 @@ pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = (
     let _ = metrics_server.await;
     tracing::info!("claim-service stopped");
     Ok(())
-}
-
-/// Health says whether this replica can make claims and answer reads:
-/// SERVING while etcd answers on the claims' own connection (so no flood
-/// of readers can flip it) and the ownership view has read etcd.
-async fn watch_health(
-    store: Store,
-    view: Arc<View>,
-    health: tonic_health::server::HealthReporter,
-    serving_flag: Arc<AtomicBool>,
-    metrics: Arc<Metrics>,
-    token: CancellationToken,
-) {
-    let mut serving = None;
-    let mut failures = 0;
-    loop {
-        // One failed ping can be a dead member of a cluster that still
-        // answers through the others: only two in a row count.
-        failures = if store.ping().await.is_ok() {
-            0
-        } else {
-            failures + 1
-        };
-        let reachable = failures < 2;
-        let ok = reachable && view.synced();
-        if token.is_cancelled() {
-            return;
-        }
-        if serving != Some(ok) {
-            let status = if ok {
-                tracing::info!("etcd reachable: SERVING");
-                ServingStatus::Serving
-            } else if reachable {
-                tracing::info!("ownership view has not read etcd yet: NOT_SERVING");
-                ServingStatus::NotServing
-            } else {
-                tracing::warn!("etcd unreachable: NOT_SERVING");
-                ServingStatus::NotServing
-            };
-            for s in SERVICES {
-                health.set_service_status(s, status).await;
-            }
-            serving_flag.store(ok, Ordering::Relaxed);
-            metrics.serving.set(i64::from(ok));
-            serving = Some(ok);
-        }
-        // Until the view has read etcd, look again soon.
-        let next = if reachable && !ok {
-            VIEW_SYNC_CHECK_EVERY
-        } else {
-            HEALTH_CHECK_EVERY
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(next) => {}
-            _ = token.cancelled() => return,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use claims_proto::v1 as pb;
 use futures::StreamExt;
 use pb::service_message::Msg as ServiceMsg;
 use rand::Rng;
-use tokio::sync::{broadcast, mpsc, Notify};
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::time::DelayQueue;
 use tonic::Status;
 
@@ -28,7 +28,7 @@ use crate::claims::{Action, Event, NodeClaims};
 use crate::error::Error;
 use crate::intake::{self, Intake};
 use crate::names;
-use crate::sessions::Context;
+use crate::sessions::{Attached, Context, STANDBY_LISTED};
 use crate::store::{Holder, LeaseLoss, Release};
 use crate::view::ViewEvent;
 use crate::wire::service_message;
@@ -146,7 +146,11 @@ impl Session {
         let _ = self.out.send(Ok(msg)).await;
     }
 
-    pub async fn run(mut self, mut inbound: Inbound, superseded: Arc<Notify>) {
+    pub async fn run(mut self, mut inbound: Inbound, attached: Attached) {
+        let Attached {
+            superseded,
+            mut asks,
+        } = attached;
         let ctx = self.ctx.clone();
         ctx.metrics.sessions_attached.inc();
         let mut view_events = ctx.view.subscribe();
@@ -185,6 +189,10 @@ impl Session {
                     self.apply(expired.into_inner()).await;
                 }
                 event = view_events.recv() => self.on_view(event).await,
+                Some(ask) = asks.recv() => {
+                    let standby = self.core.standby().take(STANDBY_LISTED).map(String::from);
+                    let _ = ask.send(standby.collect());
+                }
                 _ = superseded.notified(), if attached => self.apply(Event::Superseded).await,
                 _ = ctx.shutdown.cancelled() => {
                     self.leave_for_adoption().await;

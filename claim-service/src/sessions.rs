@@ -4,8 +4,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -17,22 +18,41 @@ use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::view::View;
 
+/// A question to a session: the broadcasts it stands by for (at most
+/// [`STANDBY_LISTED`] of them).
+pub type StandbyAsk = oneshot::Sender<Vec<String>>;
+
+/// Broadcasts a session lists when asked what it stands by for.
+pub const STANDBY_LISTED: usize = 100;
+/// How long an answer to [`Sessions::standby`] is waited for.
+const STANDBY_WAIT: Duration = Duration::from_secs(1);
+
+struct Entry {
+    session_id: String,
+    superseded: Arc<Notify>,
+    asks: mpsc::Sender<StandbyAsk>,
+}
+
+/// What a session gets from the registry when it is let in.
+pub struct Attached {
+    /// Notified when a newer session of the node attaches here.
+    pub superseded: Arc<Notify>,
+    /// Questions about the session (the ownership page asks them).
+    pub asks: mpsc::Receiver<StandbyAsk>,
+}
+
 /// The sessions attached to this replica, one per node id.
 #[derive(Default)]
 pub struct Sessions {
-    by_node: Mutex<HashMap<String, (String, Arc<Notify>)>>,
+    by_node: Mutex<HashMap<String, Entry>>,
 }
 
 impl Sessions {
     /// Registers a session, superseding an older one of the same node; a
     /// new node is let in only while fewer than `max` are attached.
-    pub fn attach(
-        &self,
-        node_id: &str,
-        session_id: &str,
-        max: usize,
-    ) -> Result<Arc<Notify>, Error> {
-        let notify = Arc::new(Notify::new());
+    pub fn attach(&self, node_id: &str, session_id: &str, max: usize) -> Result<Attached, Error> {
+        let superseded = Arc::new(Notify::new());
+        let (asks_tx, asks) = mpsc::channel(1);
         let mut map = self.by_node.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= max && !map.contains_key(node_id) {
             return Err(Error::ResourceExhausted(format!(
@@ -40,22 +60,48 @@ impl Sessions {
                 map.len()
             )));
         }
-        let older = map.insert(
-            node_id.to_string(),
-            (session_id.to_string(), notify.clone()),
-        );
-        if let Some((_, older)) = older {
-            older.notify_one();
+        let entry = Entry {
+            session_id: session_id.to_string(),
+            superseded: superseded.clone(),
+            asks: asks_tx,
+        };
+        if let Some(older) = map.insert(node_id.to_string(), entry) {
+            older.superseded.notify_one();
         }
-        Ok(notify)
+        Ok(Attached { superseded, asks })
     }
 
     /// Removes the session, unless a newer one of its node replaced it.
     pub fn detach(&self, node_id: &str, session_id: &str) {
         let mut map = self.by_node.lock().unwrap_or_else(|p| p.into_inner());
-        if map.get(node_id).is_some_and(|(s, _)| s == session_id) {
+        if map.get(node_id).is_some_and(|e| e.session_id == session_id) {
             map.remove(node_id);
         }
+    }
+
+    /// What each session of this replica stands by for (only those that
+    /// stand by for something and answered within a second), by node id.
+    pub async fn standby(&self) -> Vec<(String, Vec<String>)> {
+        let asks: Vec<(String, mpsc::Sender<StandbyAsk>)> = {
+            let map = self.by_node.lock().unwrap_or_else(|p| p.into_inner());
+            map.iter()
+                .map(|(node, e)| (node.clone(), e.asks.clone()))
+                .collect()
+        };
+        let answers = asks.into_iter().map(|(node, asks)| async move {
+            let (tx, rx) = oneshot::channel();
+            // A session busy with an earlier question is skipped.
+            asks.try_send(tx).ok()?;
+            let broadcasts = tokio::time::timeout(STANDBY_WAIT, rx).await.ok()?.ok()?;
+            (!broadcasts.is_empty()).then_some((node, broadcasts))
+        });
+        let mut found: Vec<_> = futures::future::join_all(answers)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        found.sort();
+        found
     }
 }
 

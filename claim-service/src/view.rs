@@ -364,6 +364,22 @@ impl View {
         Ok((page, more, state.revision))
     }
 
+    /// How many claims' names start with `prefix`, counted up to `cap`
+    /// (then `cap` and `true`): every claim is counted without a walk.
+    pub fn count(&self, prefix: &str, cap: usize) -> Result<(usize, bool)> {
+        let state = self.read()?;
+        if prefix.is_empty() {
+            return Ok((state.claims.len(), false));
+        }
+        let n = state
+            .claims
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(name, _)| name.starts_with(prefix))
+            .take(cap + 1)
+            .count();
+        Ok((n.min(cap), n > cap))
+    }
+
     pub fn nodes(&self) -> Result<(Vec<NodeView>, i64)> {
         let state = self.read()?;
         let nodes = state

@@ -24,6 +24,7 @@ use anyhow::{anyhow, Result};
 pub use claims_proto::v1;
 
 pub mod bench;
+pub mod browser;
 pub mod checker;
 pub mod claim_service;
 pub mod clients;

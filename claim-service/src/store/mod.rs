@@ -483,10 +483,21 @@ impl Store {
         .await
     }
 
-    /// A cheap round trip that succeeds only when etcd is reachable.
+    /// A cheap round trip that succeeds only when etcd can take a claim: a
+    /// linearizable read (of one key, counted, not fetched) needs the
+    /// cluster's leader to confirm it still leads, so a member that
+    /// answers without a quorum fails it. (Status, which any member
+    /// answers alone, made a replica look ready through a quorum loss.)
     pub async fn ping(&self) -> Result<i64> {
+        let key = self.inner.layout.prefix().to_string();
         let resp = self
-            .call("status", |mut c| async move { c.status().await })
+            .call("ping", move |mut c| {
+                let key = key.clone();
+                async move {
+                    c.get(key, Some(etcd_client::GetOptions::new().with_count_only()))
+                        .await
+                }
+            })
             .await?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
     }
