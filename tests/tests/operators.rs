@@ -305,6 +305,104 @@ async fn healthcheck_subcommands_report_what_containers_need() -> Result<()> {
     Ok(())
 }
 
+/// What a replica says through an etcd quorum loss: alive all along (the
+/// Docker health check passes: a restart would not help), not ready from
+/// the first failed reads to the quorum's return — once, without flapping
+/// on the member that still answers alone — and its claims kept.
+#[tokio::test]
+async fn through_an_etcd_quorum_loss_a_replica_stays_alive_and_is_unready_once() -> Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut cluster = EtcdCluster::start(3).await?;
+    let svc = ClaimService::start(&cluster.endpoints(), &test_prefix("quorum"), &[]).await?;
+    let mut node = Node::attach(&svc.addr(), hello("node-q")).await?;
+    node.created("live/q", "video").await?;
+    let claim = node.expect_claimed("live/q").await?.claim.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(svc.channel().await?)
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?
+        .into_inner();
+    let mut next_status = async || -> Result<i32> {
+        let said = tokio::time::timeout(WAIT, health.message()).await??;
+        Ok(said
+            .ok_or_else(|| anyhow::anyhow!("health watch ended"))?
+            .status)
+    };
+    assert_eq!(next_status().await?, ServingStatus::Serving as i32);
+    let healthcheck = |ready: bool| {
+        let mut cmd = Command::new(binary("claim-service"));
+        cmd.arg("healthcheck").env(
+            "CLAIMS_METRICS_LISTEN",
+            format!("127.0.0.1:{}", svc.metrics_port),
+        );
+        if ready {
+            cmd.arg("--ready");
+        }
+        cmd.output()
+    };
+    assert!(healthcheck(true)?.status.success());
+    assert_eq!(http_get(svc.metrics_port, "/readyz").await?.body, "READY\n");
+
+    // Two of three members gone: the third answers alone, without quorum.
+    cluster.members[1].kill();
+    cluster.members[2].kill();
+    assert_eq!(next_status().await?, ServingStatus::NotServing as i32);
+    // It has lasted a while, as the replica itself says.
+    let unready = until(
+        Duration::from_millis(200),
+        async || http_get(svc.metrics_port, "/readyz").await,
+        |r| {
+            r.body
+                .split("linearizable read for ")
+                .nth(1)
+                .and_then(|rest| rest.split('s').next())
+                .and_then(|secs| secs.parse::<u64>().ok())
+                .is_some_and(|secs| secs >= 5)
+        },
+    )
+    .await?;
+    assert_eq!(unready.status, 503);
+    assert!(
+        unready.body.starts_with("NOT_READY: etcd"),
+        "{}",
+        unready.body
+    );
+    assert_eq!(http_get(svc.metrics_port, "/healthz").await?.status, 503);
+    assert_eq!(http_get(svc.metrics_port, "/livez").await?.status, 200);
+    let alive = healthcheck(false)?;
+    assert!(
+        alive.status.success(),
+        "{}",
+        String::from_utf8_lossy(&alive.stdout)
+    );
+    let ready = healthcheck(true)?;
+    assert_eq!(ready.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&ready.stdout).contains("NOT_READY"),
+        "{}",
+        String::from_utf8_lossy(&ready.stdout)
+    );
+    let metrics = svc.metrics().await?;
+    assert_eq!(
+        metric_value(&metrics, "claims_serving"),
+        Some(0.0),
+        "{metrics}"
+    );
+
+    // Quorum back: ready again, and nothing said in between (no flap).
+    cluster.members[1].restart().await?;
+    cluster.members[2].restart().await?;
+    assert_eq!(next_status().await?, ServingStatus::Serving as i32);
+    let owner = svc
+        .owner("live/q", true)
+        .await?
+        .expect("the claim outlived the outage");
+    assert_eq!(owner.fencing_token, claim.fencing_token);
+    assert_eq!(owner.node_id, "node-q");
+    Ok(())
+}
+
 #[tokio::test]
 async fn claimctl_watch_resumes_at_the_next_replica_without_missing_a_change() -> Result<()> {
     let stack = Stack::start("ctl-watch-resume", &[]).await?;
