@@ -19,6 +19,7 @@ FROM runtime AS claim-service
 COPY --from=build /src/target/release/claim-service /src/target/release/claimctl /usr/local/bin/
 USER claims
 EXPOSE 50051 9464
+# Liveness: etcd trouble makes a replica unready (/readyz), never unhealthy.
 HEALTHCHECK --interval=3s --timeout=4s --start-period=3s --retries=5 CMD ["claim-service", "healthcheck"]
 ENTRYPOINT ["claim-service"]
 

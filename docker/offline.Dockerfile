@@ -1,5 +1,6 @@
 # Offline images: a Debian base made locally with debootstrap (no registry),
-# the binaries built on the host, etcd from Debian's etcd-server.
+# the binaries built on the host, etcd from Debian's etcd-server, Prometheus
+# from Debian's prometheus.
 # Built by scripts/images.sh from a staging folder holding the binaries.
 
 FROM claims-base:bookworm AS runtime
@@ -9,6 +10,7 @@ FROM runtime AS claim-service
 COPY claim-service claimctl /usr/local/bin/
 USER claims
 EXPOSE 50051 9464
+# Liveness: etcd trouble makes a replica unready (/readyz), never unhealthy.
 HEALTHCHECK --interval=3s --timeout=4s --start-period=3s --retries=5 CMD ["claim-service", "healthcheck"]
 ENTRYPOINT ["claim-service"]
 
@@ -25,3 +27,10 @@ RUN mkdir -p /etcd-data && chown claims:claims /etcd-data
 USER claims
 EXPOSE 2379 2380
 ENTRYPOINT ["etcd"]
+
+FROM runtime AS prometheus
+COPY prometheus /usr/local/bin/
+RUN mkdir -p /prometheus && chown claims:claims /prometheus
+USER claims
+EXPOSE 9090
+ENTRYPOINT ["prometheus"]

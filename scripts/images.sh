@@ -4,12 +4,13 @@
 #   claims/etcd:offline           etcd from Debian's etcd-server
 #   claims/claim-service:offline  claim-service + claimctl built on this host
 #   claims/ingest-node:offline    ingest-node built on this host
+#   claims/prometheus:offline     Prometheus from Debian's prometheus (compose profile `monitoring`)
 # Then: docker compose -f docker-compose.yml -f docker-compose.offline.yml up
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 need_build_and_test_tools
-need_packages debootstrap:debootstrap docker:docker.io
+need_packages debootstrap:debootstrap docker:docker.io prometheus:prometheus
 docker info >/dev/null 2>&1 || { echo "no Docker engine answers (docker info failed)" >&2; exit 1; }
 
 RUN=.run
@@ -35,10 +36,10 @@ stage="$RUN/images"
 rm -rf "$stage"
 mkdir -p "$stage"
 cp target/release/claim-service target/release/claimctl target/release/ingest-node "$stage/"
-cp "$(command -v etcd)" "$(command -v etcdctl)" "$stage/"
+cp "$(command -v etcd)" "$(command -v etcdctl)" "$(command -v prometheus)" "$stage/"
 cp docker/offline.Dockerfile "$stage/Dockerfile"
 
-for target in etcd claim-service ingest-node; do
+for target in etcd claim-service ingest-node prometheus; do
   echo ">> image claims/$target:offline"
   docker build -q --target "$target" -t "claims/$target:offline" "$stage" >/dev/null
 done

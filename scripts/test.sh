@@ -12,6 +12,7 @@ need_chromium
 # The alert rules: valid, and doing what their unit tests say.
 need_packages promtool:prometheus
 promtool check rules docker/prometheus/alerts.yml
+promtool check config docker/prometheus/prometheus.yml
 promtool test rules docker/prometheus/alerts.test.yml
 cargo build --workspace --all-targets --locked
 # The binaries the system tests start are built: the harness need not build them again.

@@ -223,7 +223,8 @@ cat <<TXT
 The stack is up.
   etcd            $SCHEME://127.0.0.1:$ETCD_PORT
   claim-service   127.0.0.1:$CLAIMS_PORT (gRPC, $([[ $TLS == 1 ]] && echo "mutual TLS, certificates in $CERTS" || echo plaintext))
-  metrics         http://127.0.0.1:$METRICS_PORT/metrics
+  metrics         http://127.0.0.1:$METRICS_PORT/metrics   (/readyz, /livez)
+  ownership page  http://127.0.0.1:$METRICS_PORT/ui/
   ingest-a        rtmp://127.0.0.1:$A_RTMP   http://127.0.0.1:$A_HTTP
   ingest-b        rtmp://127.0.0.1:$B_RTMP   http://127.0.0.1:$B_HTTP
 
@@ -235,13 +236,13 @@ $([[ $NGINX == 1 ]] && echo "  nginx-a         rtmp://127.0.0.1:1945   (sidecar 
 ")
 Publish a test pattern to ingest-a:
   ffmpeg -re -f lavfi -i testsrc=size=640x360:rate=25 -f lavfi -i sine=frequency=440 \\
-    -c:v libx264 -preset veryfast -tune zerolatency -g 50 -c:a aac -f flv rtmp://127.0.0.1:$A_RTMP/live/cam1
+    -c:v libx264 -pix_fmt yuv420p -preset veryfast -tune zerolatency -g 50 -c:a aac -f flv rtmp://127.0.0.1:$A_RTMP/live/cam1
 Watch it (from either node: ingest-b redirects to the owner):
   ffplay http://127.0.0.1:$B_HTTP/live/cam1.flv
   curl -sI http://127.0.0.1:$B_HTTP/live/cam1.flv          # 302 to ingest-a
   curl -s http://127.0.0.1:$A_HTTP/api/broadcasts          # tracks, claim state, fencing token
 A second publisher of the same name on ingest-b is refused, naming the owner:
-  ffmpeg -re -f lavfi -i testsrc -c:v libx264 -f flv rtmp://127.0.0.1:$B_RTMP/live/cam1
+  ffmpeg -re -f lavfi -i testsrc -c:v libx264 -pix_fmt yuv420p -f flv rtmp://127.0.0.1:$B_RTMP/live/cam1
 
 Query the claim-service:
   grpcurl $GRPCURL_TLS 127.0.0.1:$CLAIMS_PORT list

@@ -1,6 +1,7 @@
 //! The docker-compose stack, built offline (scripts/images.sh) and run for
-//! real: three etcd members, two claim-service replicas, two ingest nodes in
-//! containers. Skipped, saying why, where no Docker engine answers.
+//! real: three etcd members, two claim-service replicas, two ingest nodes and
+//! Prometheus (the `monitoring` profile) in containers. Skipped, saying why,
+//! where no Docker engine answers.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -53,6 +54,8 @@ impl Compose {
                 "docker-compose.yml",
                 "-f",
                 "docker-compose.offline.yml",
+                "--profile",
+                "monitoring",
             ])
             .args(args);
         for (k, v) in &self.env {
@@ -89,6 +92,10 @@ impl Compose {
 
     fn stop(&self, service: &str) -> Result<()> {
         self.run(&["stop", "-t", "10", service]).map(|_| ())
+    }
+
+    fn start(&self, service: &str) -> Result<()> {
+        self.run(&["start", service]).map(|_| ())
     }
 
     fn port(&self, name: &str) -> u16 {
@@ -182,6 +189,7 @@ async fn the_compose_stack_keeps_claims_through_replica_and_etcd_member_loss() -
         "INGEST_A_HTTP_PORT",
         "INGEST_B_RTMP_PORT",
         "INGEST_B_HTTP_PORT",
+        "PROMETHEUS_PORT",
     ];
     let stack = Compose {
         program: compose_program(),
@@ -207,6 +215,26 @@ async fn the_compose_stack_keeps_claims_through_replica_and_etcd_member_loss() -
     eprintln!(
         "compose stack healthy {:.1} s after up",
         started.elapsed().as_secs_f64()
+    );
+
+    // Prometheus scrapes every service and has the alert rules loaded.
+    let prometheus = stack.port("PROMETHEUS_PORT");
+    eventually(
+        "Prometheus scraping all seven services",
+        Duration::from_secs(60),
+        async || {
+            let targets = prometheus_api(prometheus, "/api/v1/targets").await?;
+            let up = targets["data"]["activeTargets"]
+                .as_array()
+                .map_or(0, |t| t.iter().filter(|t| t["health"] == "up").count());
+            Ok((up == 7).then_some(()))
+        },
+    )
+    .await?;
+    let rules = prometheus_api(prometheus, "/api/v1/rules").await?;
+    assert!(
+        rules.to_string().contains("ClaimServiceCannotReachEtcd"),
+        "{rules}"
     );
 
     let claims1 = stack.port("CLAIMS1_GRPC_PORT");
@@ -275,5 +303,57 @@ async fn the_compose_stack_keeps_claims_through_replica_and_etcd_member_loss() -
     {
         assert_ne!(e.kind, pb::claim_event::Kind::Released as i32, "{e:?}");
     }
+
+    // A second member goes: no quorum. The replica is unready — its
+    // /readyz, and Prometheus sees claims_serving 0 — but Docker keeps it
+    // healthy (liveness): restarting it would not bring etcd back.
+    let metrics2 = stack.port("CLAIMS2_METRICS_PORT");
+    stack.stop("etcd2")?;
+    eventually("claims2 unready", Duration::from_secs(30), async || {
+        let r = http_get(metrics2, "/readyz").await?;
+        Ok((r.status == 503).then_some(r.body))
+    })
+    .await?;
+    eventually(
+        "Prometheus seeing claims2 not serving",
+        Duration::from_secs(60),
+        async || {
+            let q = prometheus_api(
+                prometheus,
+                "/api/v1/query?query=claims_serving%7Binstance%3D%22claims2%3A9464%22%7D",
+            )
+            .await?;
+            Ok((q["data"]["result"][0]["value"][1] == "0").then_some(()))
+        },
+    )
+    .await?;
+    nothing_happens_for(
+        Duration::from_secs(16),
+        "past Docker's five failed checks at 3 s: claims2 must stay healthy without quorum",
+    )
+    .await;
+    assert_eq!(stack.health("claims2"), "healthy");
+    assert_eq!(http_get(metrics2, "/readyz").await?.status, 503);
+    stack.start("etcd1")?;
+    stack.start("etcd2")?;
+    eventually("claims2 ready again", Duration::from_secs(60), async || {
+        Ok((http_get(metrics2, "/readyz").await?.status == 200).then_some(()))
+    })
+    .await?;
+    let kept = eventually(
+        "a read after the quorum loss",
+        Duration::from_secs(30),
+        async || owner(claims2, "live/compose").await,
+    )
+    .await?;
+    assert_eq!(kept.fencing_token, first.fencing_token);
     Ok(())
+}
+
+async fn prometheus_api(port: u16, path: &str) -> Result<serde_json::Value> {
+    let answer = http_get(port, path).await?;
+    if answer.status != 200 {
+        bail!("Prometheus {path}: {} {}", answer.status, answer.body);
+    }
+    Ok(serde_json::from_str(&answer.body)?)
 }
