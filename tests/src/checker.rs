@@ -112,6 +112,42 @@ impl Checker {
         anomalies
     }
 
+    /// No two holders at once in the watch history itself: a broadcast is
+    /// claimed again only after its claim was released (an adoption keeps
+    /// its holder).
+    pub fn one_holder_at_a_time(&self) -> Vec<String> {
+        let mut anomalies = Vec::new();
+        let mut holder: BTreeMap<String, (String, i64)> = BTreeMap::new();
+        for e in &self.watched {
+            let c = e.claim.clone().unwrap_or_default();
+            match Kind::try_from(e.kind).unwrap_or(Kind::Unspecified) {
+                Kind::Claimed | Kind::Adopted => {
+                    if let Some((other, token)) = holder.get(&c.broadcast) {
+                        if *other != c.node_id || *token != c.fencing_token {
+                            if e.kind == Kind::Claimed as i32 {
+                                anomalies.push(format!(
+                                    "{}: claimed by {} (token {}) at revision {} while {other} held it (token {token}) unreleased",
+                                    c.broadcast, c.node_id, c.fencing_token, e.revision
+                                ));
+                            }
+                        }
+                    }
+                    holder.insert(c.broadcast, (c.node_id, c.fencing_token));
+                }
+                Kind::Released => {
+                    if holder
+                        .get(&c.broadcast)
+                        .is_some_and(|(_, t)| *t == c.fencing_token)
+                    {
+                        holder.remove(&c.broadcast);
+                    }
+                }
+                Kind::Unspecified => {}
+            }
+        }
+        anomalies
+    }
+
     pub fn releases(&self) -> usize {
         self.watched
             .iter()

@@ -195,6 +195,10 @@ impl Etcd {
         Ok(etcd_client::Client::connect([self.endpoint()], self.connect_options()?).await?)
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// SIGKILL, keeping the data folder.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -37,6 +37,7 @@ pub mod nginx;
 pub mod pki;
 pub mod processes;
 pub mod rtmp_client;
+pub mod soak;
 
 pub use bench::*;
 pub use claim_service::*;

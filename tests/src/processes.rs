@@ -155,6 +155,15 @@ impl Daemon {
         status
     }
 
+    /// Sends `signal` (e.g. `libc::SIGSTOP`) to the process, if it runs.
+    pub fn signal(&self, signal: libc::c_int) {
+        if let Some(pid) = self.pid() {
+            unsafe {
+                libc::kill(pid as libc::pid_t, signal);
+            }
+        }
+    }
+
     /// SIGKILL, as a crash.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

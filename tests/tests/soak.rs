@@ -1,0 +1,27 @@
+//! The soak's short run (scripts/soak.sh runs the long one): two minutes of
+//! overlapping faults from a fixed seed on a whole stack with real
+//! publishers, then the accounting; no anomaly allowed.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use system_tests::soak::{run, Plan};
+
+#[tokio::test]
+async fn two_minutes_under_the_nemesis_leave_no_anomaly() -> Result<()> {
+    let out = system_tests::workspace_root().join("target/soak-short");
+    let outcome = run(Plan {
+        duration: Duration::from_secs(120),
+        seed: 20261129,
+        out,
+    })
+    .await?;
+    eprintln!("{}", std::fs::read_to_string(&outcome.report)?);
+    ensure!(
+        outcome.anomalies.is_empty(),
+        "anomalies (report {}): {:#?}",
+        outcome.report.display(),
+        outcome.anomalies
+    );
+    Ok(())
+}
