@@ -274,6 +274,33 @@ impl EtcdCluster {
         Ok(c)
     }
 
+    /// A cluster with one member in each of `hosts` (their own addresses,
+    /// ports 2379 and 2380).
+    pub async fn start_in(hosts: &[Host]) -> Result<Self> {
+        let cluster = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| format!("m{i}=http://{}:2380", h.ip))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::new();
+        for (i, host) in hosts.iter().enumerate() {
+            let mut m = Etcd::member(&format!("m{i}"), 2379, 2380, cluster.clone());
+            m.host = Some(host.clone());
+            m.spawn().await?;
+            members.push(m);
+        }
+        let c = Self { members };
+        until(
+            Duration::from_millis(100),
+            async || Ok(c.leader().is_ok()),
+            |elected| *elected,
+        )
+        .await
+        .context("the etcd cluster never elected a leader")?;
+        Ok(c)
+    }
+
     /// Every member's client URL, comma-separated.
     pub fn endpoints(&self) -> String {
         self.members

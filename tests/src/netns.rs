@@ -121,6 +121,32 @@ impl Lab {
         Ok(())
     }
 
+    /// Drops `percent` % of `host`'s packets, both ways, at random (the
+    /// kernel here has no netem: iptables' statistic match instead).
+    pub fn lose(&self, host: &Host, percent: u32) -> Result<()> {
+        let p = format!("{:.2}", f64::from(percent) / 100.0);
+        for chain in ["OUTPUT", "INPUT"] {
+            run(&[
+                "ip",
+                "netns",
+                "exec",
+                &host.ns,
+                "iptables",
+                "-A",
+                chain,
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                &p,
+                "-j",
+                "DROP",
+            ])?;
+        }
+        Ok(())
+    }
+
     /// Heals every cut of `host`.
     pub fn heal(&self, host: &Host) -> Result<()> {
         for chain in ["OUTPUT", "INPUT"] {

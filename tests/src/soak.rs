@@ -1,14 +1,16 @@
-//! The soak: a whole stack on loopback — a 3-member etcd, 2 claim-service
-//! replicas, 3 ingest nodes — with real ffmpeg publishers coming and going
-//! (duplicates held as standby), a `WatchClaims` follower that resumes
-//! across replicas, and a nemesis that picks overlapping faults from a seed:
-//! kill -9, SIGTERM and SIGSTOP of replicas and nodes, an etcd member
-//! stopped, etcd's quorum lost. Every fault heals within its bound and the
-//! run ends by itself, then accounts for every claim (see [`run`]).
+//! The soak: a whole stack, each process on a host of its own (a network
+//! namespace, `netns.rs`) — a 3-member etcd, 2 claim-service replicas, 3
+//! ingest nodes — with real ffmpeg publishers coming and going (each on its
+//! node's host; duplicates held as standby), a `WatchClaims` follower that
+//! resumes across replicas, and a nemesis that picks overlapping faults from
+//! a seed: kill -9, SIGTERM and SIGSTOP of replicas and nodes, an etcd
+//! member stopped, etcd's quorum lost, a link cut between two hosts, a host
+//! losing a share of its packets. Every fault heals within its bound and
+//! the run ends by itself, then accounts for every claim (see [`run`]).
 //!
-//! Not in it yet (#21 stays open for them): network faults (partitions,
-//! netem delay, loss and reordering between namespaces), a clock step on a
-//! replica, a disk stall under an etcd member, a client that stops reading.
+//! Not in it yet (#21 stays open for them): delay, jitter and reordering
+//! (this kernel has no netem), a clock step on a replica, a disk stall under
+//! an etcd member, a client that stops reading.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -23,6 +25,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::checker::Checker;
+use crate::netns::{Host, Lab};
 use crate::*;
 
 /// What a soak does: for how long, from which seed, where it writes.
@@ -101,9 +104,14 @@ enum Fault {
     NodePause,
     EtcdMemberStop,
     EtcdQuorumLoss,
+    /// A link cut both ways: a node from a replica, a replica from an etcd
+    /// member, or two etcd members from each other.
+    Partition,
+    /// A host drops 5-30 % of its packets, both ways.
+    PacketLoss,
 }
 
-const FAULTS: [Fault; 8] = [
+const FAULTS: [Fault; 10] = [
     Fault::ReplicaKill,
     Fault::ReplicaTerm,
     Fault::ReplicaPause,
@@ -112,105 +120,112 @@ const FAULTS: [Fault; 8] = [
     Fault::NodePause,
     Fault::EtcdMemberStop,
     Fault::EtcdQuorumLoss,
+    Fault::Partition,
+    Fault::PacketLoss,
 ];
 
 fn fault_line(fault: Fault, target: &str, hold: Duration) -> serde_json::Value {
     json!({"fault": format!("{fault:?}"), "target": target, "hold_ms": hold.as_millis() as u64})
 }
 
-/// The processes, each behind a lock its faults take.
+/// The processes, each on its host and behind a lock its faults take.
 struct Stack {
+    lab: Lab,
+    etcd_hosts: Vec<Host>,
+    replica_hosts: Vec<Host>,
+    node_hosts: Vec<Host>,
     etcd: Mutex<EtcdCluster>,
     endpoints: String,
     prefix: String,
     replicas: Vec<Mutex<ClaimService>>,
-    replica_ports: Vec<u16>,
     nodes: Vec<Mutex<IngestNode>>,
-    node_ports: Vec<(u16, u16)>,
-    /// A replica, a node and etcd each take one fault at a time: one
-    /// replica always serves, at most one node is down, etcd loses at most
-    /// its quorum. Faults of different lanes overlap.
+    /// A replica, a node, etcd and the network each take one fault at a
+    /// time: one replica always serves, at most one node is down, etcd
+    /// loses at most its quorum, one link is cut or lossy. Faults of
+    /// different lanes overlap.
     replica_lane: Mutex<()>,
     node_lane: Mutex<()>,
     etcd_lane: Mutex<()>,
+    network_lane: Mutex<()>,
 }
 
 fn node_id(i: usize) -> String {
     format!("soak-{}", (b'a' + i as u8) as char)
 }
 
+fn hosts(lab: &mut Lab, kind: &str, n: usize) -> Result<Vec<Host>> {
+    (0..n).map(|i| lab.host(&format!("{kind}{i}"))).collect()
+}
+
 impl Stack {
-    async fn start() -> Result<Self> {
-        let etcd = EtcdCluster::start(3).await?;
+    async fn start(mut lab: Lab) -> Result<Self> {
+        let etcd_hosts = hosts(&mut lab, "e", 3)?;
+        let replica_hosts = hosts(&mut lab, "r", 2)?;
+        let node_hosts = hosts(&mut lab, "n", 3)?;
+        let etcd = EtcdCluster::start_in(&etcd_hosts).await?;
         let endpoints = etcd.endpoints();
         let prefix = test_prefix("soak");
         let mut replicas = Vec::new();
-        let mut replica_ports = Vec::new();
-        for _ in 0..2 {
-            let port = free_port();
-            replicas.push(Mutex::new(
-                ClaimService::start_at(
-                    port,
-                    &endpoints,
-                    &prefix,
-                    &["--detach-grace", DETACH_GRACE],
-                )
-                .await?,
-            ));
-            replica_ports.push(port);
+        for host in &replica_hosts {
+            replicas.push(Mutex::new(Self::replica(host, &endpoints, &prefix).await?));
         }
+        let addrs = replica_addrs(&replica_hosts);
         let mut nodes = Vec::new();
-        let mut node_ports = Vec::new();
-        for i in 0..3 {
-            let ports = (free_port(), free_port());
-            nodes.push(Mutex::new(Self::node(i, ports, &replica_ports).await?));
-            node_ports.push(ports);
+        for (i, host) in node_hosts.iter().enumerate() {
+            nodes.push(Mutex::new(Self::node(i, host, &addrs).await?));
         }
         Ok(Self {
+            lab,
+            etcd_hosts,
+            replica_hosts,
+            node_hosts,
             etcd: Mutex::new(etcd),
             endpoints,
             prefix,
             replicas,
-            replica_ports,
             nodes,
-            node_ports,
             replica_lane: Mutex::new(()),
             node_lane: Mutex::new(()),
             etcd_lane: Mutex::new(()),
+            network_lane: Mutex::new(()),
         })
     }
 
+    async fn replica(host: &Host, endpoints: &str, prefix: &str) -> Result<ClaimService> {
+        ClaimService::start_in(host, endpoints, prefix, &["--detach-grace", DETACH_GRACE]).await
+    }
+
     /// Node `i`, trying the replicas from a different first one each.
-    async fn node(i: usize, (rtmp, http): (u16, u16), replica_ports: &[u16]) -> Result<IngestNode> {
-        let mut services: Vec<String> = replica_ports
-            .iter()
-            .map(|p| format!("http://127.0.0.1:{p}"))
-            .collect();
+    async fn node(i: usize, host: &Host, replicas: &[String]) -> Result<IngestNode> {
+        let mut services = replicas.to_vec();
         let first = i % services.len();
         services.rotate_left(first);
-        IngestNode::start_on(
+        IngestNode::start_in(
+            host,
             &node_id(i),
-            rtmp,
-            http,
             &services,
             &["--duplicate-publisher", "standby", "--claim-wait", "20s"],
         )
         .await
     }
 
-    fn rtmp_url(&self, node: usize, broadcast: &str) -> String {
-        format!("rtmp://127.0.0.1:{}/{broadcast}", self.node_ports[node].0)
+    /// A publisher on node `node`'s own host (a cut between hosts leaves it
+    /// connected).
+    fn publish(&self, node: usize, broadcast: &str) -> Result<Publisher> {
+        Publisher::start_in(
+            &self.node_hosts[node],
+            &format!("rtmp://127.0.0.1:1935/{broadcast}"),
+        )
     }
 
     /// Who owns `broadcast`, read linearizably from whichever replica
     /// answers.
     async fn owner(&self, broadcast: &str) -> Option<Option<String>> {
-        for port in &self.replica_ports {
+        for addr in replica_addrs(&self.replica_hosts) {
             let ask = async {
-                let channel =
-                    tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
-                        .connect()
-                        .await?;
+                let channel = tonic::transport::Endpoint::from_shared(addr)?
+                    .connect()
+                    .await?;
                 let mut client = v1::ownership_client::OwnershipClient::new(channel);
                 match client
                     .get_owner(v1::GetOwnerRequest {
@@ -321,6 +336,46 @@ impl Stack {
                 }
                 history.log("heal", fault_line(fault, &target, hold));
             }
+            Fault::Partition => {
+                let _lane = self.network_lane.lock().await;
+                let (a, b) = match pick % 3 {
+                    0 => (
+                        &self.node_hosts[(pick / 3) as usize % 3],
+                        &self.replica_hosts[(pick / 9) as usize % 2],
+                    ),
+                    1 => (
+                        &self.replica_hosts[(pick / 3) as usize % 2],
+                        &self.etcd_hosts[(pick / 6) as usize % 3],
+                    ),
+                    _ => {
+                        let first = (pick / 3) as usize % 3;
+                        (&self.etcd_hosts[first], &self.etcd_hosts[(first + 1) % 3])
+                    }
+                };
+                let target = format!("{} <-> {}", a.ns, b.ns);
+                history.log("fault", fault_line(fault, &target, hold));
+                self.lab.cut(a, &b.ip)?;
+                tokio::time::sleep(hold).await;
+                self.lab.heal(a)?;
+                history.log("heal", fault_line(fault, &target, hold));
+            }
+            Fault::PacketLoss => {
+                let _lane = self.network_lane.lock().await;
+                let all: Vec<&Host> = self
+                    .etcd_hosts
+                    .iter()
+                    .chain(&self.replica_hosts)
+                    .chain(&self.node_hosts)
+                    .collect();
+                let host = all[pick as usize % all.len()];
+                let percent = 5 + (pick / 64 % 26) as u32;
+                let target = format!("{} loses {percent} %", host.ns);
+                history.log("fault", fault_line(fault, &target, hold));
+                self.lab.lose(host, percent)?;
+                tokio::time::sleep(hold).await;
+                self.lab.heal(host)?;
+                history.log("heal", fault_line(fault, &target, hold));
+            }
             Fault::EtcdMemberStop | Fault::EtcdQuorumLoss => {
                 let _lane = self.etcd_lane.lock().await;
                 let first = pick as usize % 3;
@@ -351,19 +406,12 @@ impl Stack {
 }
 
 impl Stack {
-    /// Replica `i` again on its port, tried for a minute (it serves only
+    /// Replica `i` again on its host, tried for a minute (it serves only
     /// once etcd does: a quorum loss may be on).
     async fn restart_replica(&self, i: usize) -> Result<ClaimService> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let started = ClaimService::start_at(
-                self.replica_ports[i],
-                &self.endpoints,
-                &self.prefix,
-                &["--detach-grace", DETACH_GRACE],
-            )
-            .await;
-            match started {
+            match Self::replica(&self.replica_hosts[i], &self.endpoints, &self.prefix).await {
                 Ok(r) => return Ok(r),
                 Err(e) if Instant::now() > deadline => return Err(e),
                 Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
@@ -371,17 +419,25 @@ impl Stack {
         }
     }
 
-    /// Node `i` again on its ports, tried for a minute.
+    /// Node `i` again on its host, tried for a minute.
     async fn restart_node(&self, i: usize) -> Result<IngestNode> {
         let deadline = Instant::now() + Duration::from_secs(60);
+        let addrs = replica_addrs(&self.replica_hosts);
         loop {
-            match Self::node(i, self.node_ports[i], &self.replica_ports).await {
+            match Self::node(i, &self.node_hosts[i], &addrs).await {
                 Ok(n) => return Ok(n),
                 Err(e) if Instant::now() > deadline => return Err(e),
                 Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
             }
         }
     }
+}
+
+fn replica_addrs(hosts: &[Host]) -> Vec<String> {
+    hosts
+        .iter()
+        .map(|h| format!("http://{}:50051", h.ip))
+        .collect()
 }
 
 async fn until_started_mut(member: &mut Etcd) -> Result<()> {
@@ -423,11 +479,13 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
         "start",
         json!({"seed": plan.seed, "seconds": plan.duration.as_secs()}),
     );
-    let stack = Arc::new(Stack::start().await?);
+    let lab = Lab::start()
+        .map_err(|why| anyhow::anyhow!("cannot make network namespaces here: {why}"))?;
+    let stack = Arc::new(Stack::start(lab).await?);
     let stop = CancellationToken::new();
     let events: Arc<StdMutex<Vec<v1::ClaimEvent>>> = Arc::default();
     let follower = tokio::spawn(follow(
-        stack.replica_ports.clone(),
+        replica_addrs(&stack.replica_hosts),
         events.clone(),
         history.clone(),
         stop.clone(),
@@ -456,7 +514,7 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
         if live.len() < MAX_PUBLISHERS && churn_rng.chance(0.6) {
             let broadcast = format!("soak/b{:02}", churn_rng.below(BROADCASTS));
             let node = churn_rng.below(stack.nodes.len() as u64) as usize;
-            match Publisher::start(&stack.rtmp_url(node, &broadcast)) {
+            match stack.publish(node, &broadcast) {
                 Ok(publisher) => {
                     history.log(
                         "publish",
@@ -489,6 +547,8 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
                 Fault::ReplicaPause => faults_rng.millis(1_000, 15_000),
                 Fault::NodePause => faults_rng.millis(500, 6_000),
                 Fault::EtcdQuorumLoss => faults_rng.millis(1_000, 8_000),
+                Fault::Partition => faults_rng.millis(1_000, 12_000),
+                Fault::PacketLoss => faults_rng.millis(2_000, 15_000),
                 _ => faults_rng.millis(500, 10_000),
             };
             let pick = faults_rng.next();
@@ -747,7 +807,7 @@ fn reap(live: &mut Vec<Live>, history: &History) {
 /// Follows `WatchClaims` from whichever replica answers, resuming from the
 /// revision after the last event seen, until `stop`.
 async fn follow(
-    ports: Vec<u16>,
+    addrs: Vec<String>,
     events: Arc<StdMutex<Vec<v1::ClaimEvent>>>,
     history: Arc<History>,
     stop: CancellationToken,
@@ -755,16 +815,15 @@ async fn follow(
     let mut next = 0usize;
     let mut from = 0i64;
     while !stop.is_cancelled() {
-        let port = ports[next % ports.len()];
+        let addr = addrs[next % addrs.len()].clone();
         next += 1;
         let stream = async {
-            let channel =
-                tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
-                    .connect_timeout(Duration::from_secs(2))
-                    .http2_keep_alive_interval(Duration::from_secs(1))
-                    .keep_alive_timeout(Duration::from_secs(2))
-                    .connect()
-                    .await?;
+            let channel = tonic::transport::Endpoint::from_shared(addr)?
+                .connect_timeout(Duration::from_secs(2))
+                .http2_keep_alive_interval(Duration::from_secs(1))
+                .keep_alive_timeout(Duration::from_secs(2))
+                .connect()
+                .await?;
             let mut client = v1::ownership_client::OwnershipClient::new(channel);
             Ok::<_, anyhow::Error>(
                 client
