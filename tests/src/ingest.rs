@@ -90,29 +90,6 @@ impl IngestNode {
         .await
     }
 
-    /// As [`IngestNode::start`], on given ports (a node started again
-    /// where its publishers knew it).
-    pub async fn start_on(
-        node_id: &str,
-        rtmp_port: u16,
-        http_port: u16,
-        claim_services: &[String],
-        extra: &[&str],
-    ) -> Result<Self> {
-        let cmd = Command::new(binary("ingest-node"));
-        Self::launch(
-            cmd,
-            "127.0.0.1",
-            "127.0.0.1",
-            rtmp_port,
-            http_port,
-            node_id,
-            claim_services,
-            extra,
-        )
-        .await
-    }
-
     /// An ingest node inside `host`, advertising its address.
     pub async fn start_in(
         host: &Host,

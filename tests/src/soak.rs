@@ -5,12 +5,13 @@
 //! resumes across replicas, and a nemesis that picks overlapping faults from
 //! a seed: kill -9, SIGTERM and SIGSTOP of replicas and nodes, an etcd
 //! member stopped, etcd's quorum lost, a link cut between two hosts, a host
-//! losing a share of its packets. Every fault heals within its bound and
+//! losing a share of its packets, clients of a replica that stop reading
+//! (watchers and a node session). Every fault heals within its bound and
 //! the run ends by itself, then accounts for every claim (see [`run`]).
 //!
 //! Not in it yet (#21 stays open for them): delay, jitter and reordering
 //! (this kernel has no netem), a clock step on a replica, a disk stall under
-//! an etcd member, a client that stops reading.
+//! an etcd member.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -109,9 +110,13 @@ enum Fault {
     Partition,
     /// A host drops 5-30 % of its packets, both ways.
     PacketLoss,
+    /// Clients of a replica stop reading: 40 `WatchClaims` streams (half
+    /// of them replaying etcd's history) and a node session with 2,000
+    /// claims whose answers nobody reads.
+    StalledClients,
 }
 
-const FAULTS: [Fault; 10] = [
+const FAULTS: [Fault; 11] = [
     Fault::ReplicaKill,
     Fault::ReplicaTerm,
     Fault::ReplicaPause,
@@ -122,6 +127,7 @@ const FAULTS: [Fault; 10] = [
     Fault::EtcdQuorumLoss,
     Fault::Partition,
     Fault::PacketLoss,
+    Fault::StalledClients,
 ];
 
 fn fault_line(fault: Fault, target: &str, hold: Duration) -> serde_json::Value {
@@ -147,6 +153,7 @@ struct Stack {
     node_lane: Mutex<()>,
     etcd_lane: Mutex<()>,
     network_lane: Mutex<()>,
+    client_lane: Mutex<()>,
 }
 
 fn node_id(i: usize) -> String {
@@ -188,6 +195,7 @@ impl Stack {
             node_lane: Mutex::new(()),
             etcd_lane: Mutex::new(()),
             network_lane: Mutex::new(()),
+            client_lane: Mutex::new(()),
         })
     }
 
@@ -376,6 +384,23 @@ impl Stack {
                 self.lab.heal(host)?;
                 history.log("heal", fault_line(fault, &target, hold));
             }
+            Fault::StalledClients => {
+                let _lane = self.client_lane.lock().await;
+                let i = pick as usize % self.replica_hosts.len();
+                let addr = replica_addrs(&self.replica_hosts).swap_remove(i);
+                let target = format!("claims-{i}");
+                history.log("fault", fault_line(fault, &target, hold));
+                // A replica down meanwhile (another lane) refuses them:
+                // that is no fault of the soak.
+                match stall(&addr).await {
+                    Ok(stalled) => {
+                        tokio::time::sleep(hold).await;
+                        drop(stalled);
+                    }
+                    Err(e) => history.log("stall-refused", json!({"error": format!("{e:#}")})),
+                }
+                history.log("heal", fault_line(fault, &target, hold));
+            }
             Fault::EtcdMemberStop | Fault::EtcdQuorumLoss => {
                 let _lane = self.etcd_lane.lock().await;
                 let first = pick as usize % 3;
@@ -431,6 +456,31 @@ impl Stack {
             }
         }
     }
+}
+
+/// Clients of the replica at `addr` that stop reading; they go when
+/// dropped.
+async fn stall(addr: &str) -> Result<(Vec<tonic::Streaming<v1::ClaimEvent>>, Node)> {
+    let channel = tonic::transport::Endpoint::from_shared(addr.to_string())?
+        .connect()
+        .await?;
+    let mut watches = Vec::new();
+    for k in 0..40 {
+        let mut client = v1::ownership_client::OwnershipClient::new(channel.clone());
+        let stream = client
+            .watch_claims(v1::WatchClaimsRequest {
+                prefix: String::new(),
+                start_revision: if k % 2 == 0 { 1 } else { 0 },
+            })
+            .await?
+            .into_inner();
+        watches.push(stream);
+    }
+    let node = Node::attach(addr, hello("soak-stalled")).await?;
+    for n in 0..2000 {
+        node.created(&format!("stall/s{n:04}"), "video").await?;
+    }
+    Ok((watches, node))
 }
 
 fn replica_addrs(hosts: &[Host]) -> Vec<String> {
@@ -549,6 +599,7 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
                 Fault::EtcdQuorumLoss => faults_rng.millis(1_000, 8_000),
                 Fault::Partition => faults_rng.millis(1_000, 12_000),
                 Fault::PacketLoss => faults_rng.millis(2_000, 15_000),
+                Fault::StalledClients => faults_rng.millis(2_000, 15_000),
                 _ => faults_rng.millis(500, 10_000),
             };
             let pick = faults_rng.next();
