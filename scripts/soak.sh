@@ -11,6 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 need_build_and_test_tools
+# libfaketime: the soak steps a replica's wall clock with it.
+need_packages "/usr/lib/$(uname -m)-linux-gnu/faketime/libfaketimeMT.so.1:libfaketime"
 MINUTES=${1:-60}
 SEED=${2:-1}
 cargo build --release --locked -p claim-service -p ingest-node -p system-tests --bin soak

@@ -9,6 +9,8 @@ need_grpcurl
 need_gstreamer
 need_nginx_rtmp
 need_chromium
+# libfaketime: the soak steps a replica's wall clock with it.
+need_packages "/usr/lib/$(uname -m)-linux-gnu/faketime/libfaketimeMT.so.1:libfaketime"
 # The alert rules: valid, and doing what their unit tests say.
 need_packages promtool:prometheus
 promtool check rules docker/prometheus/alerts.yml

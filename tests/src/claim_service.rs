@@ -109,7 +109,20 @@ impl ClaimService {
         prefix: &str,
         extra: &[&str],
     ) -> Result<Self> {
-        let cmd = host.command(binary("claim-service"));
+        Self::start_in_with_env(host, &[], etcd_endpoints, prefix, extra).await
+    }
+
+    /// As [`ClaimService::start_in`], with more environment (a preloaded
+    /// libfaketime, say).
+    pub async fn start_in_with_env(
+        host: &Host,
+        env: &[(String, String)],
+        etcd_endpoints: &str,
+        prefix: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let mut cmd = host.command(binary("claim-service"));
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         Self::launch(
             cmd,
             "0.0.0.0",

@@ -6,12 +6,12 @@
 //! a seed: kill -9, SIGTERM and SIGSTOP of replicas and nodes, an etcd
 //! member stopped, etcd's quorum lost, a link cut between two hosts, a host
 //! losing a share of its packets, clients of a replica that stop reading
-//! (watchers and a node session). Every fault heals within its bound and
+//! (watchers and a node session), a replica's wall clock stepped
+//! (libfaketime). Every fault heals within its bound and
 //! the run ends by itself, then accounts for every claim (see [`run`]).
 //!
 //! Not in it yet (#21 stays open for them): delay, jitter and reordering
-//! (this kernel has no netem), a clock step on a replica, a disk stall under
-//! an etcd member.
+//! (this kernel has no netem), a disk stall under an etcd member.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -40,6 +40,9 @@ pub struct Plan {
 const BROADCASTS: u64 = 12;
 const MAX_PUBLISHERS: usize = 10;
 const DETACH_GRACE: &str = "5s";
+/// libfaketime (Debian's `libfaketime`), preloaded into the replicas for
+/// clock steps.
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 /// A publisher connected through a healed fault owns its broadcast again
 /// within this (detach grace 5 s + lease TTL 10 s + 15 s for a restarted
 /// process to attach and claim).
@@ -114,9 +117,14 @@ enum Fault {
     /// of them replaying etcd's history) and a node session with 2,000
     /// claims whose answers nobody reads.
     StalledClients,
+    /// A replica's wall clock steps 2 or 15 minutes ahead or back (as an
+    /// NTP step would), and back again at heal: libfaketime preloaded into
+    /// every replica, its offset file rewritten (its monotonic clock is
+    /// left alone, as a step leaves it).
+    ClockStep,
 }
 
-const FAULTS: [Fault; 11] = [
+const FAULTS: [Fault; 12] = [
     Fault::ReplicaKill,
     Fault::ReplicaTerm,
     Fault::ReplicaPause,
@@ -128,6 +136,7 @@ const FAULTS: [Fault; 11] = [
     Fault::Partition,
     Fault::PacketLoss,
     Fault::StalledClients,
+    Fault::ClockStep,
 ];
 
 fn fault_line(fault: Fault, target: &str, hold: Duration) -> serde_json::Value {
@@ -154,6 +163,9 @@ struct Stack {
     etcd_lane: Mutex<()>,
     network_lane: Mutex<()>,
     client_lane: Mutex<()>,
+    /// Each replica's libfaketime offset file (none where libfaketime is
+    /// not installed: clock steps are then skipped, and said so).
+    clocks: Option<Vec<PathBuf>>,
 }
 
 fn node_id(i: usize) -> String {
@@ -165,16 +177,27 @@ fn hosts(lab: &mut Lab, kind: &str, n: usize) -> Result<Vec<Host>> {
 }
 
 impl Stack {
-    async fn start(mut lab: Lab) -> Result<Self> {
+    async fn start(mut lab: Lab, out: &std::path::Path) -> Result<Self> {
         let etcd_hosts = hosts(&mut lab, "e", 3)?;
         let replica_hosts = hosts(&mut lab, "r", 2)?;
         let node_hosts = hosts(&mut lab, "n", 3)?;
         let etcd = EtcdCluster::start_in(&etcd_hosts).await?;
         let endpoints = etcd.endpoints();
         let prefix = test_prefix("soak");
+        let clocks = std::path::Path::new(FAKETIME).exists().then(|| {
+            (0..replica_hosts.len())
+                .map(|i| out.join(format!("clock-{i}")))
+                .collect::<Vec<_>>()
+        });
+        for clock in clocks.iter().flatten() {
+            std::fs::write(clock, "+0\n")?;
+        }
         let mut replicas = Vec::new();
-        for host in &replica_hosts {
-            replicas.push(Mutex::new(Self::replica(host, &endpoints, &prefix).await?));
+        for (i, host) in replica_hosts.iter().enumerate() {
+            let clock = clocks.as_ref().map(|c| c[i].as_path());
+            replicas.push(Mutex::new(
+                Self::replica(host, clock, &endpoints, &prefix).await?,
+            ));
         }
         let addrs = replica_addrs(&replica_hosts);
         let mut nodes = Vec::new();
@@ -196,11 +219,32 @@ impl Stack {
             etcd_lane: Mutex::new(()),
             network_lane: Mutex::new(()),
             client_lane: Mutex::new(()),
+            clocks,
         })
     }
 
-    async fn replica(host: &Host, endpoints: &str, prefix: &str) -> Result<ClaimService> {
-        ClaimService::start_in(host, endpoints, prefix, &["--detach-grace", DETACH_GRACE]).await
+    /// A replica on `host`, its wall clock offset by what `clock` says.
+    async fn replica(
+        host: &Host,
+        clock: Option<&std::path::Path>,
+        endpoints: &str,
+        prefix: &str,
+    ) -> Result<ClaimService> {
+        let env: Vec<(String, String)> = clock
+            .map(|file| {
+                [
+                    ("LD_PRELOAD", FAKETIME.to_string()),
+                    ("FAKETIME_TIMESTAMP_FILE", file.display().to_string()),
+                    ("FAKETIME_CACHE_DURATION", "1".to_string()),
+                    ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_string()),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect()
+            })
+            .unwrap_or_default();
+        let flags = ["--detach-grace", DETACH_GRACE];
+        ClaimService::start_in_with_env(host, &env, endpoints, prefix, &flags).await
     }
 
     /// Node `i`, trying the replicas from a different first one each.
@@ -401,6 +445,24 @@ impl Stack {
                 }
                 history.log("heal", fault_line(fault, &target, hold));
             }
+            Fault::ClockStep => {
+                let _lane = self.replica_lane.lock().await;
+                let i = pick as usize % self.replica_hosts.len();
+                let step = [120i64, -120, 900, -900][(pick / 2 % 4) as usize];
+                let target = format!("claims-{i} clock {step:+} s");
+                let Some(clocks) = &self.clocks else {
+                    history.log(
+                        "clock-skipped",
+                        json!({"why": format!("{FAKETIME} is missing")}),
+                    );
+                    return Ok(());
+                };
+                history.log("fault", fault_line(fault, &target, hold));
+                std::fs::write(&clocks[i], format!("{step:+}\n"))?;
+                tokio::time::sleep(hold).await;
+                std::fs::write(&clocks[i], "+0\n")?;
+                history.log("heal", fault_line(fault, &target, hold));
+            }
             Fault::EtcdMemberStop | Fault::EtcdQuorumLoss => {
                 let _lane = self.etcd_lane.lock().await;
                 let first = pick as usize % 3;
@@ -436,7 +498,9 @@ impl Stack {
     async fn restart_replica(&self, i: usize) -> Result<ClaimService> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            match Self::replica(&self.replica_hosts[i], &self.endpoints, &self.prefix).await {
+            let clock = self.clocks.as_ref().map(|c| c[i].as_path());
+            match Self::replica(&self.replica_hosts[i], clock, &self.endpoints, &self.prefix).await
+            {
                 Ok(r) => return Ok(r),
                 Err(e) if Instant::now() > deadline => return Err(e),
                 Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
@@ -519,6 +583,11 @@ pub struct Outcome {
 /// (none is the goal). It fails only when the stack cannot be run.
 pub async fn run(plan: Plan) -> Result<Outcome> {
     std::fs::create_dir_all(&plan.out)?;
+    // Absolute: the replicas read their clock files from here.
+    let plan = Plan {
+        out: std::fs::canonicalize(&plan.out)?,
+        ..plan
+    };
     let history = Arc::new(History {
         file: StdMutex::new(std::io::BufWriter::new(std::fs::File::create(
             plan.out.join("history.jsonl"),
@@ -531,7 +600,7 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
     );
     let lab = Lab::start()
         .map_err(|why| anyhow::anyhow!("cannot make network namespaces here: {why}"))?;
-    let stack = Arc::new(Stack::start(lab).await?);
+    let stack = Arc::new(Stack::start(lab, &plan.out).await?);
     let stop = CancellationToken::new();
     let events: Arc<StdMutex<Vec<v1::ClaimEvent>>> = Arc::default();
     let follower = tokio::spawn(follow(
@@ -600,6 +669,7 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
                 Fault::Partition => faults_rng.millis(1_000, 12_000),
                 Fault::PacketLoss => faults_rng.millis(2_000, 15_000),
                 Fault::StalledClients => faults_rng.millis(2_000, 15_000),
+                Fault::ClockStep => faults_rng.millis(5_000, 20_000),
                 _ => faults_rng.millis(500, 10_000),
             };
             let pick = faults_rng.next();
