@@ -7,11 +7,11 @@
 //! member stopped, etcd's quorum lost, a link cut between two hosts, a host
 //! losing a share of its packets, clients of a replica that stop reading
 //! (watchers and a node session), a replica's wall clock stepped
-//! (libfaketime). Every fault heals within its bound and
+//! (libfaketime), an etcd member's disk stalled (a blkio cgroup). Every
+//! fault heals within its bound and
 //! the run ends by itself, then accounts for every claim (see [`run`]).
 //!
-//! Not in it yet (#21 stays open for them): delay, jitter and reordering
-//! (this kernel has no netem), a disk stall under an etcd member.
+//! Not in it: delay, jitter and reordering (this kernel has no netem).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -122,9 +122,12 @@ enum Fault {
     /// every replica, its offset file rewritten (its monotonic clock is
     /// left alone, as a step leaves it).
     ClockStep,
+    /// An etcd member's disk stalls: its writes held to 1-3 a second (a
+    /// blkio cgroup's write_iops_device), so every fdatasync waits.
+    DiskStall,
 }
 
-const FAULTS: [Fault; 12] = [
+const FAULTS: [Fault; 13] = [
     Fault::ReplicaKill,
     Fault::ReplicaTerm,
     Fault::ReplicaPause,
@@ -137,6 +140,7 @@ const FAULTS: [Fault; 12] = [
     Fault::PacketLoss,
     Fault::StalledClients,
     Fault::ClockStep,
+    Fault::DiskStall,
 ];
 
 fn fault_line(fault: Fault, target: &str, hold: Duration) -> serde_json::Value {
@@ -463,6 +467,31 @@ impl Stack {
                 std::fs::write(&clocks[i], "+0\n")?;
                 history.log("heal", fault_line(fault, &target, hold));
             }
+            Fault::DiskStall => {
+                let _lane = self.etcd_lane.lock().await;
+                let i = pick as usize % 3;
+                let iops = 1 + pick / 3 % 3;
+                let target = format!("etcd-{i} at {iops} writes/s");
+                let pid = self.etcd.lock().await.members[i].pid();
+                let stalled = pid
+                    .ok_or_else(|| anyhow::anyhow!("etcd-{i} not running"))
+                    .and_then(|pid| {
+                        DiskStall::start(
+                            &format!("{}-{i}", self.prefix.replace('/', "")),
+                            pid,
+                            iops,
+                        )
+                    });
+                match stalled {
+                    Ok(stall) => {
+                        history.log("fault", fault_line(fault, &target, hold));
+                        tokio::time::sleep(hold).await;
+                        stall.end()?;
+                        history.log("heal", fault_line(fault, &target, hold));
+                    }
+                    Err(e) => history.log("disk-stall-skipped", json!({"why": format!("{e:#}")})),
+                }
+            }
             Fault::EtcdMemberStop | Fault::EtcdQuorumLoss => {
                 let _lane = self.etcd_lane.lock().await;
                 let first = pick as usize % 3;
@@ -519,6 +548,42 @@ impl Stack {
                 Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
             }
         }
+    }
+}
+
+/// A process's writes to the disk under the temp folder held to a few a
+/// second: a blkio (cgroup v1) group of its own.
+struct DiskStall {
+    group: PathBuf,
+    pid: u32,
+    device: String,
+}
+
+impl DiskStall {
+    fn start(name: &str, pid: u32, iops: u64) -> Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let dev = std::fs::metadata(std::env::temp_dir())?.dev();
+        let device = format!("{}:{}", libc::major(dev), libc::minor(dev));
+        let group = PathBuf::from(format!("/sys/fs/cgroup/blkio/soak-{name}"));
+        std::fs::create_dir_all(&group)?;
+        std::fs::write(
+            group.join("blkio.throttle.write_iops_device"),
+            format!("{device} {iops}"),
+        )?;
+        std::fs::write(group.join("cgroup.procs"), pid.to_string())?;
+        Ok(Self { group, pid, device })
+    }
+
+    /// Lifts the limit and puts the process back where it was.
+    fn end(self) -> Result<()> {
+        std::fs::write(
+            self.group.join("blkio.throttle.write_iops_device"),
+            format!("{} 0", self.device),
+        )?;
+        // The process may have died meanwhile.
+        let _ = std::fs::write("/sys/fs/cgroup/blkio/cgroup.procs", self.pid.to_string());
+        let _ = std::fs::remove_dir(&self.group);
+        Ok(())
     }
 }
 
@@ -670,6 +735,7 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
                 Fault::PacketLoss => faults_rng.millis(2_000, 15_000),
                 Fault::StalledClients => faults_rng.millis(2_000, 15_000),
                 Fault::ClockStep => faults_rng.millis(5_000, 20_000),
+                Fault::DiskStall => faults_rng.millis(2_000, 10_000),
                 _ => faults_rng.millis(500, 10_000),
             };
             let pick = faults_rng.next();
