@@ -57,7 +57,7 @@ impl Rng {
         Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -67,7 +67,7 @@ impl Rng {
     }
 
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
 
     pub fn millis(&mut self, lo: u64, hi: u64) -> Duration {
@@ -75,7 +75,7 @@ impl Rng {
     }
 
     pub fn chance(&mut self, p: f64) -> bool {
-        ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
+        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
     }
 }
 
@@ -686,7 +686,7 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
     let mut fault_tasks = futures::stream::FuturesUnordered::new();
     let mut heal_failures = Vec::new();
     let mut counts: BTreeMap<Fault, usize> = BTreeMap::new();
-    let right_times: Arc<StdMutex<Vec<(Fault, Option<Duration>)>>> = Arc::default();
+    let right_times: RightTimes = Arc::default();
     let published: Published = Arc::default();
     let ends = Instant::now() + plan.duration;
     let mut next_fault = Instant::now() + faults_rng.millis(3_000, 8_000);
@@ -738,7 +738,7 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
                 Fault::DiskStall => faults_rng.millis(2_000, 10_000),
                 _ => faults_rng.millis(500, 10_000),
             };
-            let pick = faults_rng.next();
+            let pick = faults_rng.next_u64();
             *counts.entry(fault).or_default() += 1;
             let (stack, history, right_times, published) = (
                 stack.clone(),
@@ -859,8 +859,10 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
     let samples = samples.await.unwrap_or_default();
 
     // The whole watch history: tokens never go back, one holder at a time.
-    let mut checker = Checker::default();
-    checker.watched = std::mem::take(&mut *events.lock().unwrap_or_else(|p| p.into_inner()));
+    let checker = Checker {
+        watched: std::mem::take(&mut *events.lock().unwrap_or_else(|p| p.into_inner())),
+        ..Default::default()
+    };
     anomalies.extend(checker.check());
     anomalies.extend(checker.one_holder_at_a_time());
     let leaks = leak_check(&samples);
@@ -934,6 +936,10 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
     anomalies.extend(leaks);
     Ok(Outcome { anomalies, report })
 }
+
+/// Per fault healed, how long until right again (`None`: not within the
+/// bound).
+type RightTimes = Arc<StdMutex<Vec<(Fault, Option<Duration>)>>>;
 
 /// The publishers running now: broadcast, node, since when.
 type Published = Arc<StdMutex<Vec<(String, usize, Instant)>>>;
