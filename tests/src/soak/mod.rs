@@ -1,0 +1,457 @@
+//! The soak: a whole stack, each process on a host of its own (a network
+//! namespace, `netns.rs`) — a 3-member etcd, 2 claim-service replicas, 3
+//! ingest nodes — with real ffmpeg publishers coming and going (each on its
+//! node's host; duplicates held as standby), a `WatchClaims` follower that
+//! resumes across replicas, and a nemesis that picks overlapping faults from
+//! a seed: kill -9, SIGTERM and SIGSTOP of replicas and nodes, an etcd
+//! member stopped, etcd's quorum lost, a link cut between two hosts, a host
+//! losing a share of its packets, clients of a replica that stop reading
+//! (watchers and a node session), a replica's wall clock stepped
+//! (libfaketime), an etcd member's disk stalled (a blkio cgroup). Every
+//! fault heals within its bound and
+//! the run ends by itself, then accounts for every claim (see [`run`]).
+//!
+//! Not in it: delay, jitter and reordering (this kernel has no netem).
+//!
+//! - `stack.rs`: the processes, each on its host;
+//! - `faults.rs`: what the nemesis does to them, and how each fault heals;
+//! - `record.rs`: what the run writes down (history, watch events,
+//!   samples of memory and file descriptors) and the leak check.
+
+mod faults;
+mod record;
+mod stack;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use futures::StreamExt;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::checker::Checker;
+use crate::netns::Lab;
+use crate::*;
+use faults::{Fault, FAULTS};
+use record::{follow, leak_check, sample, summarize, History};
+use stack::{node_id, replica_addrs, Stack};
+
+/// What a soak does: for how long, from which seed, where it writes.
+pub struct Plan {
+    pub duration: Duration,
+    pub seed: u64,
+    /// Folder for `history.jsonl`, `samples.csv` and `report.md`.
+    pub out: PathBuf,
+}
+
+const BROADCASTS: u64 = 12;
+const MAX_PUBLISHERS: usize = 10;
+const DETACH_GRACE: &str = "5s";
+/// libfaketime (Debian's `libfaketime`), preloaded into the replicas for
+/// clock steps.
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+/// A publisher connected through a healed fault owns its broadcast again
+/// within this (detach grace 5 s + lease TTL 10 s + 15 s for a restarted
+/// process to attach and claim).
+pub const RIGHT_WITHIN: Duration = Duration::from_secs(30);
+
+/// xorshift64*: the whole schedule of faults and publishers follows from
+/// the seed (their timing on the machine does not).
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    pub fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.below(hi.saturating_sub(lo) + 1))
+    }
+
+    pub fn chance(&mut self, p: f64) -> bool {
+        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+}
+
+/// A publisher the soak started.
+struct Live {
+    broadcast: String,
+    node: usize,
+    publisher: Publisher,
+    since: Instant,
+}
+
+/// What the run found.
+pub struct Outcome {
+    pub anomalies: Vec<String>,
+    pub report: PathBuf,
+}
+
+/// Runs the soak of `plan` and writes its report; the anomalies found
+/// (none is the goal). It fails only when the stack cannot be run.
+pub async fn run(plan: Plan) -> Result<Outcome> {
+    std::fs::create_dir_all(&plan.out)?;
+    // Absolute: the replicas read their clock files from here.
+    let plan = Plan {
+        out: std::fs::canonicalize(&plan.out)?,
+        ..plan
+    };
+    let history = Arc::new(History {
+        file: StdMutex::new(std::io::BufWriter::new(std::fs::File::create(
+            plan.out.join("history.jsonl"),
+        )?)),
+        start: Instant::now(),
+    });
+    history.log(
+        "start",
+        json!({"seed": plan.seed, "seconds": plan.duration.as_secs()}),
+    );
+    let lab = Lab::start()
+        .map_err(|why| anyhow::anyhow!("cannot make network namespaces here: {why}"))?;
+    let stack = Arc::new(Stack::start(lab, &plan.out).await?);
+    let stop = CancellationToken::new();
+    let events: Arc<StdMutex<Vec<v1::ClaimEvent>>> = Arc::default();
+    let follower = tokio::spawn(follow(
+        replica_addrs(&stack.replica_hosts),
+        events.clone(),
+        history.clone(),
+        stop.clone(),
+    ));
+    let samples = tokio::spawn(sample(
+        stack.clone(),
+        plan.out.join("samples.csv"),
+        stop.clone(),
+    ));
+
+    let mut faults_rng = Rng::new(plan.seed);
+    let mut churn_rng = Rng::new(plan.seed ^ 0x5eed_cafe);
+    let mut live: Vec<Live> = Vec::new();
+    let mut fault_tasks = futures::stream::FuturesUnordered::new();
+    let mut heal_failures = Vec::new();
+    let mut counts: BTreeMap<Fault, usize> = BTreeMap::new();
+    let right_times: RightTimes = Arc::default();
+    let published: Published = Arc::default();
+    let ends = Instant::now() + plan.duration;
+    let mut next_fault = Instant::now() + faults_rng.millis(3_000, 8_000);
+
+    // Publishers come and go; faults start on their own schedule and
+    // overlap (each lane takes one at a time).
+    while Instant::now() < ends {
+        reap(&mut live, &history);
+        if live.len() < MAX_PUBLISHERS && churn_rng.chance(0.6) {
+            let broadcast = format!("soak/b{:02}", churn_rng.below(BROADCASTS));
+            let node = churn_rng.below(stack.nodes.len() as u64) as usize;
+            match stack.publish(node, &broadcast) {
+                Ok(publisher) => {
+                    history.log(
+                        "publish",
+                        json!({"broadcast": broadcast, "node": node_id(node)}),
+                    );
+                    live.push(Live {
+                        broadcast,
+                        node,
+                        publisher,
+                        since: Instant::now(),
+                    });
+                }
+                Err(e) => history.log("publish-failed", json!({"error": e.to_string()})),
+            }
+        } else if !live.is_empty() && churn_rng.chance(0.4) {
+            let mut gone = live.swap_remove(churn_rng.below(live.len() as u64) as usize);
+            gone.publisher.kill();
+            history.log(
+                "unpublish",
+                json!({"broadcast": gone.broadcast, "node": node_id(gone.node)}),
+            );
+        }
+        *published.lock().unwrap_or_else(|p| p.into_inner()) = live
+            .iter()
+            .map(|l| (l.broadcast.clone(), l.node, l.since))
+            .collect();
+        if Instant::now() >= next_fault {
+            let fault = FAULTS[faults_rng.below(FAULTS.len() as u64) as usize];
+            let hold = match fault {
+                Fault::ReplicaPause => faults_rng.millis(1_000, 15_000),
+                Fault::NodePause => faults_rng.millis(500, 6_000),
+                Fault::EtcdQuorumLoss => faults_rng.millis(1_000, 8_000),
+                Fault::Partition => faults_rng.millis(1_000, 12_000),
+                Fault::PacketLoss => faults_rng.millis(2_000, 15_000),
+                Fault::StalledClients => faults_rng.millis(2_000, 15_000),
+                Fault::ClockStep => faults_rng.millis(5_000, 20_000),
+                Fault::DiskStall => faults_rng.millis(2_000, 10_000),
+                _ => faults_rng.millis(500, 10_000),
+            };
+            let pick = faults_rng.next_u64();
+            *counts.entry(fault).or_default() += 1;
+            let (stack, history, right_times, published) = (
+                stack.clone(),
+                history.clone(),
+                right_times.clone(),
+                published.clone(),
+            );
+            // Polled here, not spawned: the harness's waits are not Send.
+            fault_tasks.push(Box::pin(async move {
+                let injected = Instant::now();
+                stack.inject(fault, pick, hold, &history).await?;
+                let took = time_to_right(&stack, &published, injected).await;
+                history.log(
+                    "right",
+                    json!({"fault": format!("{fault:?}"), "after_heal_ms": took.map(|t| t.as_millis() as u64)}),
+                );
+                right_times.lock().unwrap_or_else(|p| p.into_inner()).push((fault, took));
+                anyhow::Ok(())
+            }));
+            next_fault = Instant::now() + faults_rng.millis(2_000, 8_000);
+        }
+        let tick = tokio::time::sleep(churn_rng.millis(500, 2_000));
+        tokio::pin!(tick);
+        loop {
+            tokio::select! {
+                _ = &mut tick => break,
+                Some(done) = fault_tasks.next(), if !fault_tasks.is_empty() => {
+                    if let Err(e) = done {
+                        history.log("heal-failed", json!({"error": e.to_string()}));
+                        heal_failures.push(format!("a fault did not heal: {e:#}"));
+                    }
+                }
+            }
+        }
+    }
+
+    // Every fault heals.
+    history.log("nemesis-stops", json!({}));
+    while let Some(done) = fault_tasks.next().await {
+        if let Err(e) = done {
+            history.log("heal-failed", json!({"error": e.to_string()}));
+            heal_failures.push(format!("a fault did not heal: {e:#}"));
+        }
+    }
+    reap(&mut live, &history);
+
+    // Publishers still connected own their broadcasts again.
+    let mut anomalies = heal_failures;
+    let mut final_right = Vec::new();
+    let healed = Instant::now();
+    for l in &live {
+        let holders: Vec<String> = live
+            .iter()
+            .filter(|o| o.broadcast == l.broadcast)
+            .map(|o| node_id(o.node))
+            .collect();
+        let mut last;
+        let right_at = loop {
+            last = stack.owner(&l.broadcast).await;
+            if last
+                .as_ref()
+                .is_some_and(|o| o.as_ref().is_some_and(|o| holders.contains(o)))
+            {
+                break Some(healed.elapsed());
+            }
+            if healed.elapsed() > RIGHT_WITHIN {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        match right_at {
+            Some(t) => final_right.push(t),
+            None => anomalies.push(format!(
+                "{} publishing to {} (for {:.0} s) not owned by {holders:?} {RIGHT_WITHIN:?} after the last heal: owner {last:?}",
+                l.broadcast,
+                node_id(l.node),
+                l.since.elapsed().as_secs_f64()
+            )),
+        }
+    }
+
+    // etcd holds a claim key for each broadcast owned now (so that the
+    // count below, which must reach 0, counts the right keys).
+    let owned: std::collections::BTreeSet<&str> =
+        live.iter().map(|l| l.broadcast.as_str()).collect();
+    match stack.claims_in_etcd().await {
+        Ok(n) if n >= owned.len() as i64 => {}
+        Ok(n) => anomalies.push(format!(
+            "etcd holds {n} claim keys while {} broadcasts are owned",
+            owned.len()
+        )),
+        Err(e) => anomalies.push(format!("cannot count the claim keys in etcd: {e:#}")),
+    }
+
+    // The last publishers leave: nothing stays in etcd.
+    for l in &mut live {
+        l.publisher.kill();
+    }
+    let left = Instant::now();
+    let mut in_etcd = Err(anyhow::anyhow!("not read"));
+    while left.elapsed() < RIGHT_WITHIN {
+        in_etcd = stack.claims_in_etcd().await;
+        if matches!(in_etcd, Ok(0)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    match in_etcd {
+        Ok(0) => {}
+        Ok(n) => anomalies.push(format!(
+            "{n} claim keys still in etcd {RIGHT_WITHIN:?} after the last publisher left"
+        )),
+        Err(e) => anomalies.push(format!("cannot count the claim keys left in etcd: {e:#}")),
+    }
+    let all_released = left.elapsed();
+    stop.cancel();
+    let _ = follower.await;
+    let samples = samples.await.unwrap_or_default();
+
+    // The whole watch history: tokens never go back, one holder at a time.
+    let checker = Checker {
+        watched: std::mem::take(&mut *events.lock().unwrap_or_else(|p| p.into_inner())),
+        ..Default::default()
+    };
+    anomalies.extend(checker.check());
+    anomalies.extend(checker.one_holder_at_a_time());
+    let leaks = leak_check(&samples);
+
+    let report = plan.out.join("report.md");
+    let mut r = String::new();
+    r.push_str(&format!(
+        "# Soak: seed {}, {:.0} min\n\n{} anomalies; {} watch events; last release {:.1} s after the last publisher left\n\n",
+        plan.seed,
+        plan.duration.as_secs_f64() / 60.0,
+        anomalies.len(),
+        checker.watched.len(),
+        all_released.as_secs_f64()
+    ));
+    // Time to right per fault kind: from its heal until every publisher
+    // connected since before it owned its broadcast again (or another live
+    // publisher of it did); faults overlap, so a later one can lengthen it.
+    let mut per_kind: BTreeMap<Fault, Vec<Option<Duration>>> = BTreeMap::new();
+    for (f, t) in right_times.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        per_kind.entry(*f).or_default().push(*t);
+    }
+    r.push_str("| fault | injected | time to right after heal: p50 / p90 / max | not right within the bound |\n| --- | --- | --- | --- |\n");
+    for (f, n) in &counts {
+        let mut done: Vec<Duration> = per_kind
+            .get(f)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .copied()
+            .collect();
+        done.sort();
+        let missed = per_kind
+            .get(f)
+            .map_or(0, |v| v.iter().filter(|t| t.is_none()).count());
+        let at = |q: usize| done.get((done.len() * q / 100).min(done.len().saturating_sub(1)));
+        let secs = |d: Option<&Duration>| {
+            d.map_or("-".to_string(), |d| format!("{:.1} s", d.as_secs_f64()))
+        };
+        r.push_str(&format!(
+            "| {f:?} | {n} | {} / {} / {} | {missed} |\n",
+            secs(at(50)),
+            secs(at(90)),
+            secs(done.last())
+        ));
+    }
+    let mut times = final_right.clone();
+    times.sort();
+    if !times.is_empty() {
+        r.push_str(&format!(
+            "\nAfter the last heal, {} connected publishers owned their broadcasts again: p50 {:.1} s, max {:.1} s (bound {:?})\n",
+            times.len(),
+            times[times.len() / 2].as_secs_f64(),
+            times[times.len() - 1].as_secs_f64(),
+            RIGHT_WITHIN
+        ));
+    }
+    r.push_str("\n## Memory and file descriptors (first / after warm-up / last)\n\n| process | RSS MiB | fds |\n| --- | --- | --- |\n");
+    for (name, (rss, fds)) in summarize(&samples) {
+        r.push_str(&format!("| {name} | {rss} | {fds} |\n"));
+    }
+    r.push_str("\n## Anomalies\n\n");
+    for a in anomalies.iter().chain(leaks.iter()) {
+        r.push_str(&format!("- {a}\n"));
+    }
+    std::fs::write(&report, r)?;
+    history.log(
+        "end",
+        json!({"anomalies": anomalies.len(), "leaks": leaks.len()}),
+    );
+    history.flush();
+    anomalies.extend(leaks);
+    Ok(Outcome { anomalies, report })
+}
+
+/// Per fault healed, how long until right again (`None`: not within the
+/// bound).
+type RightTimes = Arc<StdMutex<Vec<(Fault, Option<Duration>)>>>;
+
+/// The publishers running now: broadcast, node, since when.
+type Published = Arc<StdMutex<Vec<(String, usize, Instant)>>>;
+
+/// From now (a fault healed), until every publisher running since before
+/// `injected` — and still running — has its broadcast owned by a node that
+/// has a live publisher of it; `None` past [`RIGHT_WITHIN`].
+async fn time_to_right(
+    stack: &Stack,
+    published: &Published,
+    injected: Instant,
+) -> Option<Duration> {
+    let healed = Instant::now();
+    while healed.elapsed() < RIGHT_WITHIN {
+        let now: Vec<(String, usize, Instant)> =
+            published.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut right = true;
+        let through: Vec<String> = now
+            .iter()
+            .filter(|(_, _, since)| *since < injected)
+            .map(|(b, _, _)| b.clone())
+            .collect();
+        for broadcast in &through {
+            let holders: Vec<String> = now
+                .iter()
+                .filter(|(b, _, _)| b == broadcast)
+                .map(|(_, n, _)| node_id(*n))
+                .collect();
+            let owner = stack.owner(broadcast).await;
+            if !owner.is_some_and(|o| o.is_some_and(|o| holders.contains(&o))) {
+                right = false;
+                break;
+            }
+        }
+        if right {
+            return Some(healed.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
+}
+
+/// Publishers whose ffmpeg ended by itself (refused, or its node died).
+fn reap(live: &mut Vec<Live>, history: &History) {
+    live.retain_mut(|l| {
+        let alive = l.publisher.alive();
+        if !alive {
+            let log = l.publisher.log_text();
+            history.log(
+                "publisher-ended",
+                json!({"broadcast": l.broadcast, "node": node_id(l.node), "said": log.lines().last().unwrap_or("")}),
+            );
+        }
+        alive
+    });
+}
