@@ -1,7 +1,8 @@
 //! The soak: a whole stack, each process on a host of its own (a network
 //! namespace, `netns.rs`) — a 3-member etcd, 2 claim-service replicas, 3
 //! ingest nodes — with real ffmpeg publishers coming and going (each on its
-//! node's host; duplicates held as standby), a `WatchClaims` follower that
+//! node's host; duplicates meet each node's policy: standby, refuse,
+//! takeover), HTTP-FLV viewers at random nodes, a `WatchClaims` follower that
 //! resumes across replicas, and a nemesis that picks overlapping faults from
 //! a seed: kill -9, SIGTERM and SIGSTOP of replicas and nodes, an etcd
 //! member stopped, etcd's quorum lost, a link cut between two hosts, a host
@@ -142,6 +143,9 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
     let mut faults_rng = Rng::new(plan.seed);
     let mut churn_rng = Rng::new(plan.seed ^ 0x5eed_cafe);
     let mut live: Vec<Live> = Vec::new();
+    let mut viewers: Vec<(String, usize, Daemon)> = Vec::new();
+    let mut viewed = 0usize;
+    let mut watched_to_end = 0usize;
     let mut fault_tasks = futures::stream::FuturesUnordered::new();
     let mut heal_failures = Vec::new();
     let mut counts: BTreeMap<Fault, usize> = BTreeMap::new();
@@ -154,6 +158,7 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
     // overlap (each lane takes one at a time).
     while Instant::now() < ends {
         reap(&mut live, &history);
+        watched_to_end += reap_viewers(&mut viewers, &history).await;
         if live.len() < MAX_PUBLISHERS && churn_rng.chance(0.6) {
             let broadcast = format!("soak/b{:02}", churn_rng.below(BROADCASTS));
             let node = churn_rng.below(stack.nodes.len() as u64) as usize;
@@ -171,6 +176,18 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
                     });
                 }
                 Err(e) => history.log("publish-failed", json!({"error": e.to_string()})),
+            }
+        } else if !live.is_empty() && churn_rng.chance(0.3) {
+            let pick = churn_rng.below(live.len() as u64) as usize;
+            let at = churn_rng.below(stack.nodes.len() as u64) as usize;
+            let broadcast = live[pick].broadcast.clone();
+            match stack.view(at, &broadcast) {
+                Ok(viewer) => {
+                    history.log("view", json!({"broadcast": broadcast, "at": node_id(at)}));
+                    viewers.push((broadcast, at, viewer));
+                    viewed += 1;
+                }
+                Err(e) => history.log("view-failed", json!({"error": e.to_string()})),
             }
         } else if !live.is_empty() && churn_rng.chance(0.4) {
             let mut gone = live.swap_remove(churn_rng.below(live.len() as u64) as usize);
@@ -236,6 +253,12 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
 
     // Every fault heals.
     history.log("nemesis-stops", json!({}));
+    // The last viewers end by themselves (4 s each).
+    let viewers_end = Instant::now() + Duration::from_secs(15);
+    while !viewers.is_empty() && Instant::now() < viewers_end {
+        watched_to_end += reap_viewers(&mut viewers, &history).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     while let Some(done) = fault_tasks.next().await {
         if let Err(e) = done {
             history.log("heal-failed", json!({"error": e.to_string()}));
@@ -335,6 +358,9 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
         anomalies.len(),
         checker.watched.len(),
         all_released.as_secs_f64()
+    ));
+    r.push_str(&format!(
+        "{viewed} HTTP-FLV viewers started at random nodes (redirected to the owner), {watched_to_end} decoded their 4 s to the end (a viewer of a broadcast that moved or ended meanwhile does not)\n\n"
     ));
     // Time to right per fault kind: from its heal until every publisher
     // connected since before it owned its broadcast again (or another live
@@ -439,6 +465,28 @@ async fn time_to_right(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     None
+}
+
+/// Viewers whose ffmpeg ended, logged with how; how many decoded to their
+/// end (exit 0).
+async fn reap_viewers(viewers: &mut Vec<(String, usize, Daemon)>, history: &History) -> usize {
+    let mut ok = 0;
+    let mut i = 0;
+    while i < viewers.len() {
+        if viewers[i].2.alive() {
+            i += 1;
+            continue;
+        }
+        let (broadcast, at, mut viewer) = viewers.swap_remove(i);
+        let success = viewer.wait_exit().await.is_ok_and(|s| s.success());
+        ok += usize::from(success);
+        let log = viewer.log_text();
+        history.log(
+            "viewer-ended",
+            json!({"broadcast": broadcast, "at": node_id(at), "ok": success, "said": log.lines().last().unwrap_or("")}),
+        );
+    }
+    ok
 }
 
 /// Publishers whose ffmpeg ended by itself (refused, or its node died).

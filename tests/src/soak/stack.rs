@@ -115,18 +115,34 @@ impl Stack {
         ClaimService::start_in_with_env(host, &env, endpoints, prefix, &flags).await
     }
 
-    /// Node `i`, trying the replicas from a different first one each.
+    /// Node `i`, trying the replicas from a different first one each,
+    /// with a duplicate-publisher policy of its own (standby, refuse,
+    /// takeover).
     pub(super) async fn node(i: usize, host: &Host, replicas: &[String]) -> Result<IngestNode> {
         let mut services = replicas.to_vec();
         let first = i % services.len();
         services.rotate_left(first);
+        let policy = ["standby", "refuse", "takeover"][i % 3];
         IngestNode::start_in(
             host,
             &node_id(i),
             &services,
-            &["--duplicate-publisher", "standby", "--claim-wait", "20s"],
+            &["--duplicate-publisher", policy, "--claim-wait", "20s"],
         )
         .await
+    }
+
+    /// A viewer of `broadcast` over HTTP-FLV at node `node` (redirected to
+    /// the owner where that is another node), decoding for a few seconds.
+    pub(super) fn view(&self, node: usize, broadcast: &str) -> Result<Daemon> {
+        let mut cmd = std::process::Command::new("ffmpeg");
+        cmd.args(["-nostdin", "-loglevel", "error", "-t", "4", "-i"])
+            .arg(format!(
+                "http://{}:8080/{broadcast}.flv",
+                self.node_hosts[node].ip
+            ))
+            .args(["-f", "null", "-"]);
+        Daemon::spawn("viewer", cmd)
     }
 
     /// A publisher on node `node`'s own host (a cut between hosts leaves it
