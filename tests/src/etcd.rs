@@ -263,6 +263,11 @@ impl EtcdCluster {
             m.spawn().await?;
             members.push(m);
         }
+        Self::elected(members).await
+    }
+
+    /// The cluster of started `members`, once it has a leader.
+    async fn elected(members: Vec<Etcd>) -> Result<Self> {
         let c = Self { members };
         until(
             Duration::from_millis(100),
@@ -290,15 +295,7 @@ impl EtcdCluster {
             m.spawn().await?;
             members.push(m);
         }
-        let c = Self { members };
-        until(
-            Duration::from_millis(100),
-            async || Ok(c.leader().is_ok()),
-            |elected| *elected,
-        )
-        .await
-        .context("the etcd cluster never elected a leader")?;
-        Ok(c)
+        Self::elected(members).await
     }
 
     /// Every member's client URL, comma-separated.

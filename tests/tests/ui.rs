@@ -46,6 +46,18 @@ const OBSERVE: &str = r#"
     return true;
 "#;
 
+/// A browser on the page at `url`, once it follows the live feed.
+async fn open_page(url: &str) -> Result<Browser> {
+    let browser = Browser::start().await?;
+    browser.client.goto(url).await?;
+    browser
+        .until("return document.getElementById('live').textContent", |v| {
+            v == "live"
+        })
+        .await?;
+    Ok(browser)
+}
+
 fn rows_script() -> &'static str {
     "return [...document.querySelectorAll('#claims tbody tr')].map(r => \
      ({broadcast: r.dataset.broadcast, owner: r.dataset.owner, token: r.dataset.token}));"
@@ -65,16 +77,7 @@ async fn the_ownership_page_follows_claims_standbys_and_drains_live() -> Result<
     a.wait_attached().await?;
     b.wait_attached().await?;
 
-    let browser = Browser::start().await?;
-    browser
-        .client
-        .goto(&format!("http://127.0.0.1:{}/ui/", stack.svc.metrics_port))
-        .await?;
-    browser
-        .until("return document.getElementById('live').textContent", |v| {
-            v == "live"
-        })
-        .await?;
+    let browser = open_page(&format!("http://127.0.0.1:{}/ui/", stack.svc.metrics_port)).await?;
     browser
         .until(
             "return document.querySelectorAll('#nodes tbody tr').length",
@@ -233,16 +236,7 @@ async fn the_ownership_page_needs_the_read_token_when_one_is_set() -> Result<()>
 
     // A browser that signs in (the token as password) gets the page, its
     // lists and its live feed.
-    let browser = Browser::start().await?;
-    browser
-        .client
-        .goto(&format!("http://viewer:{READ}@127.0.0.1:{port}/ui/"))
-        .await?;
-    browser
-        .until("return document.getElementById('live').textContent", |v| {
-            v == "live"
-        })
-        .await?;
+    let browser = open_page(&format!("http://viewer:{READ}@127.0.0.1:{port}/ui/")).await?;
     browser
         .until(rows_script(), |v| v.to_string().contains("live/guarded"))
         .await?;
