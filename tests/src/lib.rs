@@ -94,6 +94,29 @@ pub async fn until<T: std::fmt::Debug>(
     }
 }
 
+/// Polls `probe` every `every` until its value passes `check` or `bound`
+/// has passed: the last value, and how long it took when it passed. For
+/// waits whose bound is not [`WAIT`] and whose outcome is a finding, not
+/// an error (the soak's).
+pub async fn within<T>(
+    bound: Duration,
+    every: Duration,
+    mut probe: impl AsyncFnMut() -> T,
+    check: impl Fn(&T) -> bool,
+) -> (T, Option<Duration>) {
+    let start = Instant::now();
+    loop {
+        let value = probe().await;
+        if check(&value) {
+            return (value, Some(start.elapsed()));
+        }
+        if start.elapsed() > bound {
+            return (value, None);
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// The value of the metric `name` (with its labels, if any) in Prometheus
 /// text, if it is there.
 pub fn metric_value(text: &str, name: &str) -> Option<f64> {

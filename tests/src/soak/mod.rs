@@ -58,6 +58,8 @@ const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 /// within this (detach grace 5 s + lease TTL 10 s + 15 s for a restarted
 /// process to attach and claim).
 pub const RIGHT_WITHIN: Duration = Duration::from_secs(30);
+/// How often a wait of the accounting asks again.
+const POLL: Duration = Duration::from_millis(200);
 
 /// xorshift64*: the whole schedule of faults and publishers follows from
 /// the seed (their timing on the machine does not).
@@ -254,11 +256,16 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
     // Every fault heals.
     history.log("nemesis-stops", json!({}));
     // The last viewers end by themselves (4 s each).
-    let viewers_end = Instant::now() + Duration::from_secs(15);
-    while !viewers.is_empty() && Instant::now() < viewers_end {
-        watched_to_end += reap_viewers(&mut viewers, &history).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    within(
+        Duration::from_secs(15),
+        POLL,
+        async || {
+            watched_to_end += reap_viewers(&mut viewers, &history).await;
+            viewers.is_empty()
+        },
+        |none_left| *none_left,
+    )
+    .await;
     while let Some(done) = fault_tasks.next().await {
         if let Err(e) = done {
             history.log("heal-failed", json!({"error": e.to_string()}));
@@ -277,22 +284,19 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
             .filter(|o| o.broadcast == l.broadcast)
             .map(|o| node_id(o.node))
             .collect();
-        let mut last;
-        let right_at = loop {
-            last = stack.owner(&l.broadcast).await;
-            if last
-                .as_ref()
-                .is_some_and(|o| o.as_ref().is_some_and(|o| holders.contains(o)))
-            {
-                break Some(healed.elapsed());
-            }
-            if healed.elapsed() > RIGHT_WITHIN {
-                break None;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        let (last, right_at) = within(
+            RIGHT_WITHIN.saturating_sub(healed.elapsed()),
+            POLL,
+            async || stack.owner(&l.broadcast).await,
+            |owner| {
+                owner
+                    .as_ref()
+                    .is_some_and(|o| o.as_ref().is_some_and(|o| holders.contains(o)))
+            },
+        )
+        .await;
         match right_at {
-            Some(t) => final_right.push(t),
+            Some(_) => final_right.push(healed.elapsed()),
             None => anomalies.push(format!(
                 "{} publishing to {} (for {:.0} s) not owned by {holders:?} {RIGHT_WITHIN:?} after the last heal: owner {last:?}",
                 l.broadcast,
@@ -320,14 +324,13 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
         l.publisher.kill();
     }
     let left = Instant::now();
-    let mut in_etcd = Err(anyhow::anyhow!("not read"));
-    while left.elapsed() < RIGHT_WITHIN {
-        in_etcd = stack.claims_in_etcd().await;
-        if matches!(in_etcd, Ok(0)) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let (in_etcd, _) = within(
+        RIGHT_WITHIN,
+        POLL,
+        async || stack.claims_in_etcd().await,
+        |n| matches!(n, Ok(0)),
+    )
+    .await;
     match in_etcd {
         Ok(0) => {}
         Ok(n) => anomalies.push(format!(
@@ -437,11 +440,9 @@ async fn time_to_right(
     published: &Published,
     injected: Instant,
 ) -> Option<Duration> {
-    let healed = Instant::now();
-    while healed.elapsed() < RIGHT_WITHIN {
+    let all_owned = async || {
         let now: Vec<(String, usize, Instant)> =
             published.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut right = true;
         let through: Vec<String> = now
             .iter()
             .filter(|(_, _, since)| *since < injected)
@@ -455,16 +456,14 @@ async fn time_to_right(
                 .collect();
             let owner = stack.owner(broadcast).await;
             if !owner.is_some_and(|o| o.is_some_and(|o| holders.contains(&o))) {
-                right = false;
-                break;
+                return false;
             }
         }
-        if right {
-            return Some(healed.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    None
+        true
+    };
+    within(RIGHT_WITHIN, POLL, all_owned, |right| *right)
+        .await
+        .1
 }
 
 /// Viewers whose ffmpeg ended, logged with how; how many decoded to their

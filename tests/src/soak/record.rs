@@ -12,6 +12,11 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::stack::Stack;
+
+/// A watch that could not be opened is tried at the next replica after
+/// this; samples are taken this often.
+const RECONNECT_AFTER: Duration = Duration::from_millis(200);
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 use crate::*;
 
 /// Every fault, heal, publisher and watch event, one JSON line each, with
@@ -66,7 +71,7 @@ pub(super) async fn follow(
         let mut stream = match tokio::time::timeout(Duration::from_secs(3), stream).await {
             Ok(Ok(s)) => s,
             _ => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(RECONNECT_AFTER).await;
                 continue;
             }
         };
@@ -115,7 +120,7 @@ pub(super) async fn sample(stack: Arc<Stack>, path: PathBuf, stop: CancellationT
             out.push((name, rss, fds));
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = tokio::time::sleep(SAMPLE_EVERY) => {}
             _ = stop.cancelled() => {}
         }
     }

@@ -2,7 +2,7 @@
 //! each on a host of its own, behind locks the faults take; how they are
 //! started again, and what the run asks of them.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use tokio::sync::Mutex;
@@ -219,31 +219,35 @@ impl Stack {
     /// Replica `i` again on its host, tried for a minute (it serves only
     /// once etcd does: a quorum loss may be on).
     pub(super) async fn restart_replica(&self, i: usize) -> Result<ClaimService> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let clock = self.clocks.as_ref().map(|c| c[i].as_path());
-            match Self::replica(&self.replica_hosts[i], clock, &self.endpoints, &self.prefix).await
-            {
-                Ok(r) => return Ok(r),
-                Err(e) if Instant::now() > deadline => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-            }
-        }
+        let clock = self.clocks.as_ref().map(|c| c[i].as_path());
+        let host = &self.replica_hosts[i];
+        within(
+            RESTART_WITHIN,
+            RESTART_AGAIN,
+            async || Self::replica(host, clock, &self.endpoints, &self.prefix).await,
+            Result::is_ok,
+        )
+        .await
+        .0
     }
 
     /// Node `i` again on its host, tried for a minute.
     pub(super) async fn restart_node(&self, i: usize) -> Result<IngestNode> {
-        let deadline = Instant::now() + Duration::from_secs(60);
         let addrs = replica_addrs(&self.replica_hosts);
-        loop {
-            match Self::node(i, &self.node_hosts[i], &addrs).await {
-                Ok(n) => return Ok(n),
-                Err(e) if Instant::now() > deadline => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-            }
-        }
+        within(
+            RESTART_WITHIN,
+            RESTART_AGAIN,
+            async || Self::node(i, &self.node_hosts[i], &addrs).await,
+            Result::is_ok,
+        )
+        .await
+        .0
     }
 }
+
+/// How long a process that did not start is tried again, and how often.
+const RESTART_WITHIN: Duration = Duration::from_secs(60);
+const RESTART_AGAIN: Duration = Duration::from_millis(500);
 
 pub(super) fn replica_addrs(hosts: &[Host]) -> Vec<String> {
     hosts
@@ -253,12 +257,12 @@ pub(super) fn replica_addrs(hosts: &[Host]) -> Vec<String> {
 }
 
 pub(super) async fn until_started_mut(member: &mut Etcd) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match member.restart().await {
-            Ok(()) => return Ok(()),
-            Err(e) if Instant::now() > deadline => return Err(e),
-            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
-    }
+    within(
+        RESTART_WITHIN,
+        RESTART_AGAIN,
+        async || member.restart().await,
+        Result::is_ok,
+    )
+    .await
+    .0
 }
