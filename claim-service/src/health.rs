@@ -10,8 +10,7 @@
 //!   made here. etcd answers a linearizable read on the claims' own
 //!   connection — so it has a quorum: a member that answers without one
 //!   does not count — and the ownership view has read etcd. A load balancer
-//!   and the ingest nodes follow it; the `ClaimServiceNotServing` alert
-//!   fires on it.
+//!   follows it; the `ClaimServiceCannotReachEtcd` alert fires on it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
