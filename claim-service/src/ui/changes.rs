@@ -236,8 +236,10 @@ fn lines(
             return;
         }
         loop {
+            // A page that went away is noticed now, not at the next change.
             let first = tokio::select! {
                 line = live.recv() => line,
+                _ = tx.closed() => return,
                 _ = shutdown.cancelled() => return,
             };
             let event = match first {
