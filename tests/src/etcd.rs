@@ -27,6 +27,8 @@ pub struct Etcd {
     host: Option<Host>,
     /// Serve clients over TLS with the PKI folder's `etcd.pem`.
     tls: Option<PathBuf>,
+    /// More flags, as an operator would add (compaction, quotas).
+    flags: Vec<String>,
 }
 
 impl Etcd {
@@ -71,6 +73,7 @@ impl Etcd {
             cluster,
             host: None,
             tls: None,
+            flags: Vec::new(),
         }
     }
 
@@ -151,6 +154,7 @@ impl Etcd {
                 "--initial-cluster",
                 &cluster,
             ])
+            .args(&self.flags)
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -280,8 +284,8 @@ impl EtcdCluster {
     }
 
     /// A cluster with one member in each of `hosts` (their own addresses,
-    /// ports 2379 and 2380).
-    pub async fn start_in(hosts: &[Host]) -> Result<Self> {
+    /// ports 2379 and 2380), each run with `flags` too.
+    pub async fn start_in(hosts: &[Host], flags: &[&str]) -> Result<Self> {
         let cluster = hosts
             .iter()
             .enumerate()
@@ -292,6 +296,7 @@ impl EtcdCluster {
         for (i, host) in hosts.iter().enumerate() {
             let mut m = Etcd::member(&format!("m{i}"), 2379, 2380, cluster.clone());
             m.host = Some(host.clone());
+            m.flags = flags.iter().map(|f| f.to_string()).collect();
             m.spawn().await?;
             members.push(m);
         }

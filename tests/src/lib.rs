@@ -32,6 +32,7 @@ pub mod etcd;
 pub mod fuzz;
 pub mod hostile;
 pub mod ingest;
+pub mod netem;
 pub mod netns;
 pub mod nginx;
 pub mod pki;

@@ -147,7 +147,29 @@ impl Lab {
         Ok(())
     }
 
-    /// Heals every cut of `host`.
+    /// Queues `host`'s outgoing packets to netfilter queue `queue`, where
+    /// a `netem` process inside the host holds them (see `netem.rs`);
+    /// packets pass untouched while none listens.
+    pub fn shape(&self, host: &Host, queue: u16) -> Result<()> {
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &host.ns,
+            "iptables",
+            "-A",
+            "OUTPUT",
+            "-o",
+            "eth0",
+            "-j",
+            "NFQUEUE",
+            "--queue-num",
+            &queue.to_string(),
+            "--queue-bypass",
+        ])
+    }
+
+    /// Heals every cut, loss and shaping of `host`.
     pub fn heal(&self, host: &Host) -> Result<()> {
         for chain in ["OUTPUT", "INPUT"] {
             run(&["ip", "netns", "exec", &host.ns, "iptables", "-F", chain])?;

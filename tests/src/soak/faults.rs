@@ -29,6 +29,11 @@ pub(super) enum Fault {
     Partition,
     /// A host drops 5-30 % of its packets, both ways.
     PacketLoss,
+    /// A host's outgoing packets wait 10-500 ms, ± a jitter of up to half
+    /// that, and up to a quarter of them overtake the rest (reordering):
+    /// a `netem` process inside the host (`netem.rs`; the kernel has no
+    /// netem qdisc).
+    SlowLink,
     /// Clients of a replica stop reading: 40 `WatchClaims` streams (half
     /// of them replaying etcd's history) and a node session with 2,000
     /// claims whose answers nobody reads.
@@ -43,7 +48,7 @@ pub(super) enum Fault {
     DiskStall,
 }
 
-pub(super) const FAULTS: [Fault; 13] = [
+pub(super) const FAULTS: [Fault; 14] = [
     Fault::ReplicaKill,
     Fault::ReplicaTerm,
     Fault::ReplicaPause,
@@ -54,6 +59,7 @@ pub(super) const FAULTS: [Fault; 13] = [
     Fault::EtcdQuorumLoss,
     Fault::Partition,
     Fault::PacketLoss,
+    Fault::SlowLink,
     Fault::StalledClients,
     Fault::ClockStep,
     Fault::DiskStall,
@@ -145,15 +151,40 @@ impl Stack {
                 self.lab.heal(a)?;
                 history.log("heal", fault_line(fault, &target, hold));
             }
+            Fault::SlowLink => {
+                let _lane = self.network_lane.lock().await;
+                let host = self.any_host(pick);
+                let delay = 10 + pick / 64 % 491;
+                let jitter = pick / 32_000 % (delay / 2 + 1);
+                let reorder = pick / 8_000_000 % 26;
+                let target = format!(
+                    "{} delays by {delay} ± {jitter} ms, {reorder} % reordered",
+                    host.ns
+                );
+                history.log("fault", fault_line(fault, &target, hold));
+                self.lab.shape(host, 0)?;
+                let mut cmd = host.command(binary("netem"));
+                cmd.args(["--delay-ms", &delay.to_string()])
+                    .args(["--jitter-ms", &jitter.to_string()])
+                    .args(["--reorder-percent", &reorder.to_string()])
+                    .args(["--seed", &pick.to_string()])
+                    .args(["--seconds", &format!("{:.3}", hold.as_secs_f64())]);
+                let mut netem = Daemon::spawn("netem", cmd)?;
+                tokio::time::sleep(hold).await;
+                self.lab.heal(host)?;
+                // It lets its held packets go and exits by itself.
+                let ended = tokio::time::timeout(NETEM_ENDS_WITHIN, netem.wait_exit()).await;
+                if !matches!(ended, Ok(Ok(s)) if s.success()) {
+                    history.log(
+                        "netem-failed",
+                        json!({"host": host.ns, "said": netem.log_text()}),
+                    );
+                }
+                history.log("heal", fault_line(fault, &target, hold));
+            }
             Fault::PacketLoss => {
                 let _lane = self.network_lane.lock().await;
-                let all: Vec<&Host> = self
-                    .etcd_hosts
-                    .iter()
-                    .chain(&self.replica_hosts)
-                    .chain(&self.node_hosts)
-                    .collect();
-                let host = all[pick as usize % all.len()];
+                let host = self.any_host(pick);
                 let percent = 5 + (pick / 64 % 26) as u32;
                 let target = format!("{} loses {percent} %", host.ns);
                 history.log("fault", fault_line(fault, &target, hold));
@@ -248,6 +279,23 @@ impl Stack {
             }
         }
         Ok(())
+    }
+}
+
+/// A netem process lets its held packets go (at most 750 ms each) and
+/// exits within this of its end.
+const NETEM_ENDS_WITHIN: Duration = Duration::from_secs(5);
+
+impl Stack {
+    /// One of every host, as `pick` says.
+    fn any_host(&self, pick: u64) -> &Host {
+        let all: Vec<&Host> = self
+            .etcd_hosts
+            .iter()
+            .chain(&self.replica_hosts)
+            .chain(&self.node_hosts)
+            .collect();
+        all[pick as usize % all.len()]
     }
 }
 

@@ -6,21 +6,25 @@
 //! resumes across replicas, and a nemesis that picks overlapping faults from
 //! a seed: kill -9, SIGTERM and SIGSTOP of replicas and nodes, an etcd
 //! member stopped, etcd's quorum lost, a link cut between two hosts, a host
-//! losing a share of its packets, clients of a replica that stop reading
+//! losing a share of its packets, a host's packets delayed, jittered and
+//! reordered (`netem.rs`), clients of a replica that stop reading
 //! (watchers and a node session), a replica's wall clock stepped
 //! (libfaketime), an etcd member's disk stalled (a blkio cgroup). Every
-//! fault heals within its bound and
-//! the run ends by itself, then accounts for every claim (see [`run`]).
-//!
-//! Not in it: delay, jitter and reordering (this kernel has no netem).
+//! fault heals within its bound and the run ends by itself, then accounts
+//! for every claim (see [`run`]).
 //!
 //! - `stack.rs`: the processes, each on its host;
 //! - `faults.rs`: what the nemesis does to them, and how each fault heals;
 //! - `record.rs`: what the run writes down (history, watch events,
-//!   samples of memory and file descriptors) and the leak check.
+//!   samples of memory and file descriptors) and the leak check;
+//! - `releases.rs`: each claim released in time after its last publisher
+//!   left;
+//! - `report.rs`: the report a run writes.
 
 mod faults;
 mod record;
+mod releases;
+mod report;
 mod stack;
 
 use std::collections::BTreeMap;
@@ -37,7 +41,8 @@ use crate::checker::Checker;
 use crate::netns::Lab;
 use crate::*;
 use faults::{Fault, FAULTS};
-use record::{follow, leak_check, sample, summarize, History};
+use record::{follow, leak_check, sample, History, Watched};
+use releases::{Leaving, Window};
 use stack::{node_id, replica_addrs, Stack};
 
 /// What a soak does: for how long, from which seed, where it writes.
@@ -58,6 +63,9 @@ const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 /// within this (detach grace 5 s + lease TTL 10 s + 15 s for a restarted
 /// process to attach and claim).
 pub const RIGHT_WITHIN: Duration = Duration::from_secs(30);
+/// A claim is released within this of its last publisher leaving: detach
+/// grace 5 s + lease TTL 10 s (the defaults the soak runs with).
+pub const RELEASED_WITHIN: Duration = Duration::from_secs(15);
 /// How often a wait of the accounting asks again.
 const POLL: Duration = Duration::from_millis(200);
 
@@ -129,10 +137,10 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
         .map_err(|why| anyhow::anyhow!("cannot make network namespaces here: {why}"))?;
     let stack = Arc::new(Stack::start(lab, &plan.out).await?);
     let stop = CancellationToken::new();
-    let events: Arc<StdMutex<Vec<v1::ClaimEvent>>> = Arc::default();
+    let watched: Arc<StdMutex<Watched>> = Arc::default();
     let follower = tokio::spawn(follow(
         replica_addrs(&stack.replica_hosts),
-        events.clone(),
+        watched.clone(),
         history.clone(),
         stop.clone(),
     ));
@@ -153,6 +161,9 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
     let mut counts: BTreeMap<Fault, usize> = BTreeMap::new();
     let right_times: RightTimes = Arc::default();
     let published: Published = Arc::default();
+    let windows: Arc<StdMutex<Vec<Window>>> = Arc::default();
+    let mut leavings: Vec<Leaving> = Vec::new();
+    let mut publishes: Vec<(Instant, String)> = Vec::new();
     let ends = Instant::now() + plan.duration;
     let mut next_fault = Instant::now() + faults_rng.millis(3_000, 8_000);
 
@@ -170,6 +181,7 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
                         "publish",
                         json!({"broadcast": broadcast, "node": node_id(node)}),
                     );
+                    publishes.push((Instant::now(), broadcast.clone()));
                     live.push(Live {
                         broadcast,
                         node,
@@ -198,6 +210,13 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
                 "unpublish",
                 json!({"broadcast": gone.broadcast, "node": node_id(gone.node)}),
             );
+            if !live.iter().any(|l| l.broadcast == gone.broadcast) {
+                leavings.push(Leaving {
+                    at: Instant::now(),
+                    broadcast: gone.broadcast,
+                    node: node_id(gone.node),
+                });
+            }
         }
         *published.lock().unwrap_or_else(|p| p.into_inner()) = live
             .iter()
@@ -210,7 +229,7 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
                 Fault::NodePause => faults_rng.millis(500, 6_000),
                 Fault::EtcdQuorumLoss => faults_rng.millis(1_000, 8_000),
                 Fault::Partition => faults_rng.millis(1_000, 12_000),
-                Fault::PacketLoss => faults_rng.millis(2_000, 15_000),
+                Fault::PacketLoss | Fault::SlowLink => faults_rng.millis(2_000, 15_000),
                 Fault::StalledClients => faults_rng.millis(2_000, 15_000),
                 Fault::ClockStep => faults_rng.millis(5_000, 20_000),
                 Fault::DiskStall => faults_rng.millis(2_000, 10_000),
@@ -218,16 +237,18 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
             };
             let pick = faults_rng.next_u64();
             *counts.entry(fault).or_default() += 1;
-            let (stack, history, right_times, published) = (
+            let (stack, history, right_times, published, windows) = (
                 stack.clone(),
                 history.clone(),
                 right_times.clone(),
                 published.clone(),
+                windows.clone(),
             );
             // Polled here, not spawned: the harness's waits are not Send.
             fault_tasks.push(Box::pin(async move {
                 let injected = Instant::now();
                 stack.inject(fault, pick, hold, &history).await?;
+                lock(&windows).push(Window { fault, from: injected, to: Instant::now() });
                 let took = time_to_right(&stack, &published, injected).await;
                 history.log(
                     "right",
@@ -343,79 +364,46 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
     let _ = follower.await;
     let samples = samples.await.unwrap_or_default();
 
-    // The whole watch history: tokens never go back, one holder at a time.
-    let checker = Checker {
-        watched: std::mem::take(&mut *events.lock().unwrap_or_else(|p| p.into_inner())),
-        ..Default::default()
-    };
-    anomalies.extend(checker.check());
-    anomalies.extend(checker.one_holder_at_a_time());
+    // The whole watch history: tokens never go back, one holder at a
+    // time (in each stretch the watch followed without a gap).
+    let watched = std::mem::take(&mut *lock(&watched));
+    for segment in watched.segments() {
+        let checker = Checker {
+            watched: segment,
+            ..Default::default()
+        };
+        anomalies.extend(checker.check());
+        anomalies.extend(checker.one_holder_at_a_time());
+    }
+    // Each release in time.
+    let releases = releases::check(
+        &leavings,
+        &publishes,
+        &lock(&windows),
+        &watched,
+        RELEASED_WITHIN,
+    );
+    anomalies.extend(releases.anomalies.iter().cloned());
     let leaks = leak_check(&samples);
 
     let report = plan.out.join("report.md");
-    let mut r = String::new();
-    r.push_str(&format!(
-        "# Soak: seed {}, {:.0} min\n\n{} anomalies; {} watch events; last release {:.1} s after the last publisher left\n\n",
-        plan.seed,
-        plan.duration.as_secs_f64() / 60.0,
-        anomalies.len(),
-        checker.watched.len(),
-        all_released.as_secs_f64()
-    ));
-    r.push_str(&format!(
-        "{viewed} HTTP-FLV viewers started at random nodes (redirected to the owner), {watched_to_end} decoded their 4 s to the end (a viewer of a broadcast that moved or ended meanwhile does not)\n\n"
-    ));
-    // Time to right per fault kind: from its heal until every publisher
-    // connected since before it owned its broadcast again (or another live
-    // publisher of it did); faults overlap, so a later one can lengthen it.
-    let mut per_kind: BTreeMap<Fault, Vec<Option<Duration>>> = BTreeMap::new();
-    for (f, t) in right_times.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        per_kind.entry(*f).or_default().push(*t);
-    }
-    r.push_str("| fault | injected | time to right after heal: p50 / p90 / max | not right within the bound |\n| --- | --- | --- | --- |\n");
-    for (f, n) in &counts {
-        let mut done: Vec<Duration> = per_kind
-            .get(f)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .copied()
-            .collect();
-        done.sort();
-        let missed = per_kind
-            .get(f)
-            .map_or(0, |v| v.iter().filter(|t| t.is_none()).count());
-        let at = |q: usize| done.get((done.len() * q / 100).min(done.len().saturating_sub(1)));
-        let secs = |d: Option<&Duration>| {
-            d.map_or("-".to_string(), |d| format!("{:.1} s", d.as_secs_f64()))
-        };
-        r.push_str(&format!(
-            "| {f:?} | {n} | {} / {} / {} | {missed} |\n",
-            secs(at(50)),
-            secs(at(90)),
-            secs(done.last())
-        ));
-    }
-    let mut times = final_right.clone();
-    times.sort();
-    if !times.is_empty() {
-        r.push_str(&format!(
-            "\nAfter the last heal, {} connected publishers owned their broadcasts again: p50 {:.1} s, max {:.1} s (bound {:?})\n",
-            times.len(),
-            times[times.len() / 2].as_secs_f64(),
-            times[times.len() - 1].as_secs_f64(),
-            RIGHT_WITHIN
-        ));
-    }
-    r.push_str("\n## Memory and file descriptors (first / after warm-up / last)\n\n| process | RSS MiB | fds |\n| --- | --- | --- |\n");
-    for (name, (rss, fds)) in summarize(&samples) {
-        r.push_str(&format!("| {name} | {rss} | {fds} |\n"));
-    }
-    r.push_str("\n## Anomalies\n\n");
-    for a in anomalies.iter().chain(leaks.iter()) {
-        r.push_str(&format!("- {a}\n"));
-    }
-    std::fs::write(&report, r)?;
+    std::fs::write(
+        &report,
+        report::render(&report::Findings {
+            plan: &plan,
+            anomalies: &anomalies,
+            leaks: &leaks,
+            watched: &watched,
+            all_released,
+            viewed,
+            watched_to_end,
+            counts: &counts,
+            right_times: &lock(&right_times),
+            final_right: &final_right,
+            releases: &releases,
+            samples: &samples,
+        }),
+    )?;
     history.log(
         "end",
         json!({"anomalies": anomalies.len(), "leaks": leaks.len()}),
@@ -501,4 +489,8 @@ fn reap(live: &mut Vec<Live>, history: &History) {
         }
         alive
     });
+}
+
+fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -37,16 +37,47 @@ impl History {
         let _ = self.file.lock().unwrap_or_else(|p| p.into_inner()).flush();
     }
 }
+/// What the follower saw: every event with when it arrived, when it was
+/// not following (its events then arrive late), and where etcd's history
+/// was compacted past it (events before and after such a gap do not
+/// connect).
+#[derive(Default)]
+pub(super) struct Watched {
+    pub(super) events: Vec<(Instant, v1::ClaimEvent)>,
+    pub(super) outages: Vec<(Instant, Instant)>,
+    /// Indexes into `events` where a segment after a gap starts.
+    pub(super) gaps: Vec<usize>,
+}
+
+impl Watched {
+    /// The events in segments that each connect.
+    pub(super) fn segments(&self) -> Vec<Vec<v1::ClaimEvent>> {
+        let mut cuts = vec![0];
+        cuts.extend(&self.gaps);
+        cuts.push(self.events.len());
+        cuts.windows(2)
+            .map(|w| {
+                self.events[w[0]..w[1]]
+                    .iter()
+                    .map(|(_, e)| e.clone())
+                    .collect()
+            })
+            .collect()
+    }
+}
+
 /// Follows `WatchClaims` from whichever replica answers, resuming from the
-/// revision after the last event seen, until `stop`.
+/// revision after the last event seen (or from now, where etcd compacted
+/// it away), until `stop`.
 pub(super) async fn follow(
     addrs: Vec<String>,
-    events: Arc<StdMutex<Vec<v1::ClaimEvent>>>,
+    watched: Arc<StdMutex<Watched>>,
     history: Arc<History>,
     stop: CancellationToken,
 ) {
     let mut next = 0usize;
     let mut from = 0i64;
+    let mut down_since: Option<Instant> = None;
     while !stop.is_cancelled() {
         let addr = addrs[next % addrs.len()].clone();
         next += 1;
@@ -71,10 +102,14 @@ pub(super) async fn follow(
         let mut stream = match tokio::time::timeout(Duration::from_secs(3), stream).await {
             Ok(Ok(s)) => s,
             _ => {
+                down_since.get_or_insert_with(Instant::now);
                 tokio::time::sleep(RECONNECT_AFTER).await;
                 continue;
             }
         };
+        if let Some(since) = down_since.take() {
+            lock(&watched).outages.push((since, Instant::now()));
+        }
         loop {
             let msg = tokio::select! {
                 m = stream.message() => m,
@@ -88,15 +123,32 @@ pub(super) async fn follow(
                         "watched",
                         json!({"kind": e.kind, "broadcast": c.broadcast, "node": c.node_id, "token": c.fencing_token, "revision": e.revision}),
                     );
-                    events.lock().unwrap_or_else(|p| p.into_inner()).push(e);
+                    lock(&watched).events.push((Instant::now(), e));
+                }
+                Err(s) if s.code() == tonic::Code::OutOfRange => {
+                    history.log(
+                        "watch-history-lost",
+                        json!({"from": from, "said": s.message()}),
+                    );
+                    let mut w = lock(&watched);
+                    let at = w.events.len();
+                    w.gaps.push(at);
+                    from = 0;
+                    down_since = Some(Instant::now());
+                    break;
                 }
                 Ok(None) | Err(_) => {
+                    down_since = Some(Instant::now());
                     history.log("watch-resumes", json!({"from": from}));
                     break;
                 }
             }
         }
     }
+}
+
+fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 pub(super) type Samples = Vec<(String, u64, usize)>;
