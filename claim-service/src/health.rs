@@ -97,6 +97,9 @@ pub struct Reporters {
     pub metrics: Arc<Metrics>,
     /// Whether the gRPC health has been set once.
     told: AtomicBool,
+    /// Held while telling, so two tellings do not interleave; true once
+    /// the replica stops: a check still under way then tells nothing.
+    stopping: tokio::sync::Mutex<bool>,
 }
 
 impl Reporters {
@@ -110,10 +113,16 @@ impl Reporters {
             readiness,
             metrics,
             told: AtomicBool::new(false),
+            stopping: tokio::sync::Mutex::new(false),
         }
     }
 
     async fn tell(&self, why: Option<Why>) {
+        let mut stopping = self.stopping.lock().await;
+        if *stopping {
+            return;
+        }
+        *stopping = why == Some(Why::ShuttingDown);
         let ready = why.is_none();
         // gRPC health watchers hear changes only.
         if ready != self.readiness.is_ready() || !self.told.swap(true, Ordering::Relaxed) {
@@ -202,6 +211,24 @@ pub async fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_replica_shutting_down_stays_not_serving_whatever_a_late_check_finds() {
+        let (health, _service) = tonic_health::server::health_reporter();
+        let reporters = Reporters::new(
+            health,
+            Arc::new(Readiness::default()),
+            Arc::new(Metrics::new()),
+        );
+        reporters.tell(None).await;
+        assert!(reporters.readiness.is_ready());
+        reporters.shutting_down().await;
+        // A check that was under way when the replica began to stop.
+        reporters.tell(None).await;
+        assert!(!reporters.readiness.is_ready());
+        assert_eq!(reporters.readiness.answer().1, "NOT_READY: shutting down\n");
+        assert_eq!(reporters.metrics.serving.get(), 0);
+    }
 
     #[test]
     fn readiness_says_why_it_is_not_ready() {

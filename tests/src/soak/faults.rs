@@ -124,6 +124,7 @@ impl Stack {
                 if fault == Fault::NodePause {
                     n.signal(libc::SIGCONT);
                 } else {
+                    self.keep_told(i, &n);
                     *n = self.restart_node(i).await?;
                 }
                 history.log("heal", fault_line(fault, &target, hold));

@@ -19,6 +19,7 @@
 //!   samples of memory and file descriptors) and the leak check;
 //! - `releases.rs`: each claim released in time after its last publisher
 //!   left;
+//! - `told.rs`: what each node was told it holds, against etcd's history;
 //! - `report.rs`: the report a run writes.
 
 mod faults;
@@ -26,6 +27,7 @@ mod record;
 mod releases;
 mod report;
 mod stack;
+mod told;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -375,6 +377,12 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
         anomalies.extend(checker.check());
         anomalies.extend(checker.one_holder_at_a_time());
     }
+    // What each node was told it holds: claims etcd had, tokens rising.
+    for (i, node) in stack.nodes.iter().enumerate() {
+        stack.keep_told(i, &*node.lock().await);
+    }
+    let told = std::mem::take(&mut *lock(&stack.told));
+    anomalies.extend(told::check(&told, &watched));
     // Each release in time.
     let releases = releases::check(
         &leavings,
@@ -394,6 +402,7 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
             anomalies: &anomalies,
             leaks: &leaks,
             watched: &watched,
+            told: told.len(),
             all_released,
             viewed,
             watched_to_end,

@@ -18,6 +18,8 @@ pub(super) struct Findings<'a> {
     pub(super) anomalies: &'a [String],
     pub(super) leaks: &'a [String],
     pub(super) watched: &'a Watched,
+    /// How many `claimed` the nodes logged (each checked against etcd's).
+    pub(super) told: usize,
     /// From the last publishers leaving until etcd held no claim.
     pub(super) all_released: Duration,
     pub(super) viewed: usize,
@@ -57,6 +59,11 @@ pub(super) fn render(f: &Findings) -> String {
         f.anomalies.len(),
         f.watched.events.len(),
         f.all_released.as_secs_f64()
+    );
+    let _ = writeln!(
+        r,
+        "The nodes were told {} times that they hold a claim; each was checked against the watch history (that node, that broadcast, that token) and for tokens going back\n",
+        f.told
     );
     let _ = writeln!(
         r,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use tokio::sync::Mutex;
 
+use super::told::{told_in, Told};
 use super::{DETACH_GRACE, FAKETIME};
 use crate::netns::{Host, Lab};
 use crate::*;
@@ -34,6 +35,8 @@ pub(super) struct Stack {
     /// Each replica's libfaketime offset file (none where libfaketime is
     /// not installed: clock steps are then skipped, and said so).
     pub(super) clocks: Option<Vec<PathBuf>>,
+    /// What the nodes replaced so far were told they hold, from their logs.
+    pub(super) told: std::sync::Mutex<Vec<Told>>,
 }
 
 /// etcd as an operator runs it: its history compacted (to what it was a
@@ -96,6 +99,7 @@ impl Stack {
             network_lane: Mutex::new(()),
             client_lane: Mutex::new(()),
             clocks,
+            told: Default::default(),
         })
     }
 
@@ -135,7 +139,15 @@ impl Stack {
             host,
             &node_id(i),
             &services,
-            &["--duplicate-publisher", policy, "--claim-wait", "20s"],
+            &[
+                "--duplicate-publisher",
+                policy,
+                "--claim-wait",
+                "20s",
+                // What it was told is read from its log (`told.rs`).
+                "--log-format",
+                "json",
+            ],
         )
         .await
     }
@@ -224,6 +236,15 @@ impl Stack {
 }
 
 impl Stack {
+    /// Keeps what node `i` (about to be replaced, or at the end) was told.
+    pub(super) fn keep_told(&self, i: usize, node: &IngestNode) {
+        let told = told_in(&node_id(i), &node.log_text());
+        self.told
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(told);
+    }
+
     /// Replica `i` again on its host, tried for a minute (it serves only
     /// once etcd does: a quorum loss may be on).
     pub(super) async fn restart_replica(&self, i: usize) -> Result<ClaimService> {
