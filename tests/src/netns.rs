@@ -113,10 +113,7 @@ impl Lab {
     /// Cuts all traffic between `host` and `peer_ip`, both ways.
     pub fn cut(&self, host: &Host, peer_ip: &str) -> Result<()> {
         for (chain, dir) in [("OUTPUT", "-d"), ("INPUT", "-s")] {
-            run(&[
-                "ip", "netns", "exec", &host.ns, "iptables", "-A", chain, dir, peer_ip, "-j",
-                "DROP",
-            ])?;
+            iptables(host, &["-A", chain, dir, peer_ip, "-j", "DROP"])?;
         }
         Ok(())
     }
@@ -126,23 +123,21 @@ impl Lab {
     pub fn lose(&self, host: &Host, percent: u32) -> Result<()> {
         let p = format!("{:.2}", f64::from(percent) / 100.0);
         for chain in ["OUTPUT", "INPUT"] {
-            run(&[
-                "ip",
-                "netns",
-                "exec",
-                &host.ns,
-                "iptables",
-                "-A",
-                chain,
-                "-m",
-                "statistic",
-                "--mode",
-                "random",
-                "--probability",
-                &p,
-                "-j",
-                "DROP",
-            ])?;
+            iptables(
+                host,
+                &[
+                    "-A",
+                    chain,
+                    "-m",
+                    "statistic",
+                    "--mode",
+                    "random",
+                    "--probability",
+                    &p,
+                    "-j",
+                    "DROP",
+                ],
+            )?;
         }
         Ok(())
     }
@@ -151,31 +146,37 @@ impl Lab {
     /// a `netem` process inside the host holds them (see `netem.rs`);
     /// packets pass untouched while none listens.
     pub fn shape(&self, host: &Host, queue: u16) -> Result<()> {
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            &host.ns,
-            "iptables",
-            "-A",
-            "OUTPUT",
-            "-o",
-            "eth0",
-            "-j",
-            "NFQUEUE",
-            "--queue-num",
-            &queue.to_string(),
-            "--queue-bypass",
-        ])
+        let queue = queue.to_string();
+        iptables(
+            host,
+            &[
+                "-A",
+                "OUTPUT",
+                "-o",
+                "eth0",
+                "-j",
+                "NFQUEUE",
+                "--queue-num",
+                &queue,
+                "--queue-bypass",
+            ],
+        )
     }
 
     /// Heals every cut, loss and shaping of `host`.
     pub fn heal(&self, host: &Host) -> Result<()> {
         for chain in ["OUTPUT", "INPUT"] {
-            run(&["ip", "netns", "exec", &host.ns, "iptables", "-F", chain])?;
+            iptables(host, &["-F", chain])?;
         }
         Ok(())
     }
+}
+
+/// Runs iptables with `args` inside `host`.
+fn iptables(host: &Host, args: &[&str]) -> Result<()> {
+    let mut all = vec!["ip", "netns", "exec", &host.ns, "iptables"];
+    all.extend(args);
+    run(&all)
 }
 
 impl Host {
