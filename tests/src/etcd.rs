@@ -211,6 +211,30 @@ impl Etcd {
         }
     }
 
+    /// SIGTERM, as an operator's stop, keeping the data folder; SIGKILL
+    /// after 10 s.
+    pub fn terminate(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        signal_pid(c.id(), libc::SIGTERM);
+        for _ in 0..200 {
+            if matches!(c.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT) to the running member.
+    pub fn signal(&self, signal: libc::c_int) {
+        if let Some(pid) = self.pid() {
+            signal_pid(pid, signal);
+        }
+    }
+
     /// Starts again on the same ports and data.
     pub async fn restart(&mut self) -> Result<()> {
         self.kill();
@@ -330,5 +354,11 @@ impl EtcdCluster {
             }
         }
         bail!("no member says it leads")
+    }
+}
+
+fn signal_pid(pid: u32, signal: libc::c_int) {
+    unsafe {
+        libc::kill(pid as libc::pid_t, signal);
     }
 }

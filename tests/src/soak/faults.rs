@@ -22,6 +22,8 @@ pub(super) enum Fault {
     NodeKill,
     NodeTerm,
     NodePause,
+    /// An etcd member killed (-9), stopped (SIGTERM) or paused (SIGSTOP),
+    /// then started again or resumed.
     EtcdMemberStop,
     EtcdQuorumLoss,
     /// A link cut both ways: a node from a replica, a replica from an etcd
@@ -262,19 +264,34 @@ impl Stack {
                 } else {
                     vec![first]
                 };
-                let target = format!("etcd {victims:?}");
+                // A single member is killed, stopped or paused; a quorum
+                // is lost by killing.
+                let how = if fault == Fault::EtcdQuorumLoss {
+                    "kill"
+                } else {
+                    ["kill", "term", "pause"][(pick / 3 % 3) as usize]
+                };
+                let target = format!("etcd {victims:?} ({how})");
                 history.log("fault", fault_line(fault, &target, hold));
                 {
                     let mut etcd = self.etcd.lock().await;
                     for v in &victims {
-                        etcd.members[*v].kill();
+                        match how {
+                            "kill" => etcd.members[*v].kill(),
+                            "term" => etcd.members[*v].terminate(),
+                            _ => etcd.members[*v].signal(libc::SIGSTOP),
+                        }
                     }
                 }
                 tokio::time::sleep(hold).await;
                 let mut etcd = self.etcd.lock().await;
                 for v in &victims {
                     let member = &mut etcd.members[*v];
-                    until_started_mut(member).await?;
+                    if how == "pause" {
+                        member.signal(libc::SIGCONT);
+                    } else {
+                        until_started_mut(member).await?;
+                    }
                 }
                 history.log("heal", fault_line(fault, &target, hold));
             }
