@@ -29,7 +29,7 @@ pub(super) enum Fault {
     /// A link cut both ways: a node from a replica, a replica from an etcd
     /// member, or two etcd members from each other.
     Partition,
-    /// A host drops 5-30 % of its packets, both ways.
+    /// A host drops 1-30 % of its packets, both ways.
     PacketLoss,
     /// A host's outgoing packets wait 10-500 ms, ± a jitter of up to half
     /// that, and up to a quarter of them overtake the rest (reordering):
@@ -188,7 +188,7 @@ impl Stack {
             Fault::PacketLoss => {
                 let _lane = self.network_lane.lock().await;
                 let host = self.any_host(pick);
-                let percent = 5 + (pick / 64 % 26) as u32;
+                let percent = 1 + (pick / 64 % 30) as u32;
                 let target = format!("{} loses {percent} %", host.ns);
                 history.log("fault", fault_line(fault, &target, hold));
                 self.lab.lose(host, percent)?;
