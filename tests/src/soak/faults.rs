@@ -177,12 +177,16 @@ impl Stack {
                 self.lab.heal(host)?;
                 // It lets its held packets go and exits by itself.
                 let ended = tokio::time::timeout(NETEM_ENDS_WITHIN, netem.wait_exit()).await;
-                if !matches!(ended, Ok(Ok(s)) if s.success()) {
-                    history.log(
-                        "netem-failed",
-                        json!({"host": host.ns, "said": netem.log_text()}),
-                    );
-                }
+                // What it held (or why it failed), for the history.
+                let what = if matches!(ended, Ok(Ok(s)) if s.success()) {
+                    "netem-ended"
+                } else {
+                    "netem-failed"
+                };
+                history.log(
+                    what,
+                    json!({"host": host.ns, "said": netem.log_text().trim()}),
+                );
                 history.log("heal", fault_line(fault, &target, hold));
             }
             Fault::PacketLoss => {
