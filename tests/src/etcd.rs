@@ -217,15 +217,17 @@ impl Etcd {
         let Some(mut c) = self.child.take() else {
             return;
         };
-        signal_pid(c.id(), libc::SIGTERM);
-        for _ in 0..200 {
-            if matches!(c.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let pid = c.id();
+        signal_pid(pid, libc::SIGTERM);
+        let (done, exited) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let _ = c.wait();
+            let _ = done.send(());
+        });
+        if exited.recv_timeout(TERM_GRACE).is_err() {
+            signal_pid(pid, libc::SIGKILL);
         }
-        let _ = c.kill();
-        let _ = c.wait();
+        let _ = waiter.join();
     }
 
     /// Sends `signal` (SIGSTOP, SIGCONT) to the running member.
@@ -356,6 +358,9 @@ impl EtcdCluster {
         bail!("no member says it leads")
     }
 }
+
+/// How long a member stopped with SIGTERM has before SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(10);
 
 fn signal_pid(pid: u32, signal: libc::c_int) {
     unsafe {

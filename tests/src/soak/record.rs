@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use super::lock;
 use super::stack::Stack;
 
 /// A watch that could not be opened is tried at the next replica after
@@ -37,6 +38,7 @@ impl History {
         let _ = self.file.lock().unwrap_or_else(|p| p.into_inner()).flush();
     }
 }
+
 /// What the follower saw: every event with when it arrived, when it was
 /// not following (its events then arrive late), and where etcd's history
 /// was compacted past it (events before and after such a gap do not
@@ -145,10 +147,6 @@ pub(super) async fn follow(
             }
         }
     }
-}
-
-fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 pub(super) type Samples = Vec<(String, u64, usize)>;
