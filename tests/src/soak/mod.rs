@@ -220,7 +220,7 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
                 });
             }
         }
-        *published.lock().unwrap_or_else(|p| p.into_inner()) = live
+        *lock(&published) = live
             .iter()
             .map(|l| (l.broadcast.clone(), l.node, l.since))
             .collect();
@@ -256,7 +256,7 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
                     "right",
                     json!({"fault": format!("{fault:?}"), "after_heal_ms": took.map(|t| t.as_millis() as u64)}),
                 );
-                right_times.lock().unwrap_or_else(|p| p.into_inner()).push((fault, took));
+                lock(&right_times).push((fault, took));
                 anyhow::Ok(())
             }));
             next_fault = Instant::now() + faults_rng.millis(2_000, 8_000);
@@ -438,8 +438,7 @@ async fn time_to_right(
     injected: Instant,
 ) -> Option<Duration> {
     let all_owned = async || {
-        let now: Vec<(String, usize, Instant)> =
-            published.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let now: Vec<(String, usize, Instant)> = lock(published).clone();
         let through: Vec<String> = now
             .iter()
             .filter(|(_, _, since)| *since < injected)

@@ -30,12 +30,12 @@ pub(super) struct History {
 impl History {
     pub(super) fn log(&self, what: &str, detail: serde_json::Value) {
         let line = json!({"t": self.start.elapsed().as_secs_f64(), "what": what, "detail": detail});
-        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let mut f = lock(&self.file);
         let _ = writeln!(f, "{line}");
     }
 
     pub(super) fn flush(&self) {
-        let _ = self.file.lock().unwrap_or_else(|p| p.into_inner()).flush();
+        let _ = lock(&self.file).flush();
     }
 }
 

@@ -243,10 +243,7 @@ impl Stack {
     /// Keeps what node `i` (about to be replaced, or at the end) was told.
     pub(super) fn keep_told(&self, i: usize, node: &IngestNode) {
         let told = told_in(&node_id(i), &node.log_text());
-        self.told
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(told);
+        super::lock(&self.told).extend(told);
     }
 
     /// Replica `i` again on its host, tried for a minute (it serves only
