@@ -172,7 +172,7 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
     // Publishers come and go; faults start on their own schedule and
     // overlap (each lane takes one at a time).
     while Instant::now() < ends {
-        reap(&mut live, &history);
+        reap(&mut live, &history, &mut leavings);
         watched_to_end += reap_viewers(&mut viewers, &history).await;
         if live.len() < MAX_PUBLISHERS && churn_rng.chance(0.6) {
             let broadcast = format!("soak/b{:02}", churn_rng.below(BROADCASTS));
@@ -217,6 +217,7 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
                     at: Instant::now(),
                     broadcast: gone.broadcast,
                     node: node_id(gone.node),
+                    by_itself: false,
                 });
             }
         }
@@ -295,7 +296,7 @@ pub async fn run(plan: Plan) -> Result<Outcome> {
             heal_failures.push(format!("a fault did not heal: {e:#}"));
         }
     }
-    reap(&mut live, &history);
+    reap(&mut live, &history, &mut leavings);
 
     // Publishers still connected own their broadcasts again.
     let mut anomalies = heal_failures;
@@ -484,8 +485,10 @@ async fn reap_viewers(viewers: &mut Vec<(String, usize, Daemon)>, history: &Hist
     ok
 }
 
-/// Publishers whose ffmpeg ended by itself (refused, or its node died).
-fn reap(live: &mut Vec<Live>, history: &History) {
+/// Publishers whose ffmpeg ended by itself (refused, or its node died):
+/// the last of a broadcast to end is a leaving, timed like the soak's own.
+fn reap(live: &mut Vec<Live>, history: &History, leavings: &mut Vec<Leaving>) {
+    let mut ended = Vec::new();
     live.retain_mut(|l| {
         let alive = l.publisher.alive();
         if !alive {
@@ -494,9 +497,21 @@ fn reap(live: &mut Vec<Live>, history: &History) {
                 "publisher-ended",
                 json!({"broadcast": l.broadcast, "node": node_id(l.node), "said": log.lines().last().unwrap_or("")}),
             );
+            ended.push((l.broadcast.clone(), node_id(l.node)));
         }
         alive
     });
+    let at = Instant::now();
+    for (broadcast, node) in ended {
+        if !live.iter().any(|l| l.broadcast == broadcast) {
+            leavings.push(Leaving {
+                at,
+                broadcast,
+                node,
+                by_itself: true,
+            });
+        }
+    }
 }
 
 fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {

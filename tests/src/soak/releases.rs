@@ -1,8 +1,10 @@
 //! Every claim released within detach grace + lease TTL of its last
-//! publisher leaving, each on its own: for every publisher the soak stopped
-//! while its node held the broadcast (as the watch said) and no other
-//! publisher of it was left, the time from stopping it to the watch's
-//! RELEASED event.
+//! publisher leaving, each on its own: for every publisher that left while
+//! its node held the broadcast (as the watch said) and no other publisher
+//! of it was left, the time from its leaving to the watch's RELEASED event.
+//! A publisher leaves when the soak stops it, or when its ffmpeg ends by
+//! itself (its node was killed, or dropped it): that one is timed from when
+//! the soak saw it gone, one turn of its loop at most after the fact.
 //!
 //! A release is judged against the bound unless an etcd fault (a member
 //! stopped, quorum lost, a disk stalled) or a cut link was on meanwhile, or
@@ -19,11 +21,13 @@ use super::faults::Fault;
 use super::record::Watched;
 use crate::v1::claim_event::Kind;
 
-/// A publisher the soak stopped, the last of its broadcast.
+/// A publisher that left, the last of its broadcast.
 pub(super) struct Leaving {
     pub(super) at: Instant,
     pub(super) broadcast: String,
     pub(super) node: String,
+    /// Its ffmpeg ended by itself; the soak did not stop it.
+    pub(super) by_itself: bool,
 }
 
 /// A fault, from its injection to its heal.
@@ -43,6 +47,8 @@ pub(super) struct Releases {
     /// Leavings not judged: not owned by the leaving node when it left, or
     /// published again before the release.
     pub(super) unjudged: usize,
+    /// Of the judged and excused, publishers that ended by themselves.
+    pub(super) by_itself: usize,
     pub(super) anomalies: Vec<String>,
 }
 
@@ -124,15 +130,17 @@ pub(super) fn check(
                 .outages
                 .iter()
                 .any(|(from, to)| overlaps(*from, *to));
+        out.by_itself += usize::from(l.by_itself);
         if excused {
             out.excused.push(took);
         } else {
             if took > bound {
                 out.anomalies.push(format!(
-                    "{} released {:.1} s after its last publisher left {} (bound {bound:?}; faults on meanwhile: {:?})",
+                    "{} released {:.1} s after its last publisher left {}{} (bound {bound:?}; faults on meanwhile: {:?})",
                     l.broadcast,
                     took.as_secs_f64(),
                     l.node,
+                    if l.by_itself { " by itself" } else { "" },
                     windows
                         .iter()
                         .filter(|w| overlaps(w.from, w.to))
@@ -183,6 +191,7 @@ mod tests {
             at: s(10),
             broadcast: "cam1".into(),
             node: "node-a".into(),
+            by_itself: false,
         };
         (t0, vec![leaving], watched)
     }
@@ -195,6 +204,19 @@ mod tests {
         let r = check(&leavings, &[], &[], &watched, BOUND);
         assert_eq!(r.judged, vec![Duration::from_secs(1)]);
         assert!(r.anomalies.is_empty());
+    }
+
+    #[test]
+    fn a_publisher_that_ended_by_itself_is_judged_and_said_so() {
+        let (_, mut leavings, watched) = one(20);
+        leavings[0].by_itself = true;
+        let r = check(&leavings, &[], &[], &watched, BOUND);
+        assert_eq!((r.judged.len(), r.by_itself), (1, 1));
+        assert!(
+            r.anomalies[0].contains("left node-a by itself"),
+            "{:?}",
+            r.anomalies
+        );
     }
 
     #[test]

@@ -91,11 +91,12 @@ pub(super) fn render(f: &Findings) -> String {
     let rel = f.releases;
     let _ = writeln!(
         r,
-        "\nReleases after the last publisher of a broadcast left: {} judged against {RELEASED_WITHIN:?} (p50 / p90 / max {}); {} under an etcd fault, a cut or a follower outage, not judged ({}); {} not timed (not owned by the leaving node then, or published again first). The follower's history was compacted away {} times.",
+        "\nReleases after the last publisher of a broadcast left: {} judged against {RELEASED_WITHIN:?} (p50 / p90 / max {}); {} under an etcd fault, a cut or a follower outage, not judged ({}); {} of these publishers ended by themselves (the soak did not stop them); {} not timed (not owned by the leaving node then, or published again first). The follower's history was compacted away {} times.",
         rel.judged.len(),
         spread(&rel.judged),
         rel.excused.len(),
         spread(&rel.excused),
+        rel.by_itself,
         rel.unjudged,
         f.watched.gaps.len(),
     );

@@ -40,9 +40,9 @@ pub(super) struct Stack {
 }
 
 /// etcd as an operator runs it: its history compacted (to what it was a
-/// minute ago, every minute), and a snapshot every 2,000 raft entries (etcd
-/// keeps its log since the last snapshot in memory; at 3.4's default of
-/// 100,000 it kept growing through the hour: docs/PERFORMANCE.md, the
+/// minute ago, every minute), and a snapshot far more often than 3.4's
+/// default (etcd keeps its log since the last snapshot in memory; at the
+/// default it kept growing through the hour: docs/PERFORMANCE.md, the
 /// soak), so that what the leak check sees of etcd's memory is not history
 /// kept for ever.
 const ETCD_FLAGS: [&str; 3] = [
