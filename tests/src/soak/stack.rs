@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use tokio::sync::Mutex;
 
 use super::told::{told_in, Told};
-use super::{DETACH_GRACE, FAKETIME};
+use super::{lock, DETACH_GRACE, FAKETIME};
 use crate::netns::{Host, Lab};
 use crate::*;
 
@@ -243,7 +243,7 @@ impl Stack {
     /// Keeps what node `i` (about to be replaced, or at the end) was told.
     pub(super) fn keep_told(&self, i: usize, node: &IngestNode) {
         let told = told_in(&node_id(i), &node.log_text());
-        super::lock(&self.told).extend(told);
+        lock(&self.told).extend(told);
     }
 
     /// Replica `i` again on its host, tried for a minute (it serves only
