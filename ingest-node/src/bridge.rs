@@ -177,6 +177,9 @@ pub struct BridgeConfig {
 pub struct Bridge {
     view: watch::Sender<BridgeView>,
     node_id: String,
+    /// At shutdown, end the session without goodbye: the claims wait for
+    /// the detach grace, to be adopted by this node's next run.
+    without_goodbye: std::sync::atomic::AtomicBool,
 }
 
 enum SessionEnd {
@@ -196,9 +199,17 @@ impl Bridge {
         let bridge = Arc::new(Self {
             view,
             node_id: config.node_id.clone(),
+            without_goodbye: std::sync::atomic::AtomicBool::new(false),
         });
         let task = tokio::spawn(bridge.clone().run(config, registry, shutdown));
         (bridge, task)
+    }
+
+    /// When shut down, end the session without goodbye (the node's next
+    /// run adopts its claims) instead of releasing them.
+    pub fn leave_without_goodbye(&self) {
+        self.without_goodbye
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The node this bridge attaches as.
@@ -361,6 +372,11 @@ impl Bridge {
                     Err(status) => return SessionEnd::Broken(format!("session ended: {status}")),
                 },
                 _ = shutdown.cancelled() => {
+                    if self.without_goodbye.load(std::sync::atomic::Ordering::SeqCst) {
+                        tracing::info!("left the claim session without goodbye; the claims wait for the detach grace");
+                        self.view.send_modify(|v| v.connected = false);
+                        return SessionEnd::Shutdown;
+                    }
                     let _ = out.send(pb::NodeMessage { msg: Some(NodeMsg::Goodbye(pb::Goodbye {})) }).await;
                     // Read the releases until the service ends the stream.
                     let _ = tokio::time::timeout(GOODBYE_WAIT, async {

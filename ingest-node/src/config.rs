@@ -149,14 +149,40 @@ pub struct Config {
     )]
     pub media_server_api_token_file: Option<std::path::PathBuf>,
 
+    /// How often the media server's API is read (every second while it
+    /// does not answer).
     #[arg(
         long,
         env = "INGEST_MEDIA_SERVER_API_INTERVAL",
-        default_value = "10s",
+        default_value = "5s",
         value_parser = duration,
         help_heading = "Media-server hooks"
     )]
     pub media_server_api_interval: Duration,
+
+    /// A media server whose API has not answered for this long is gone:
+    /// its publishers are taken as ended and their claims released, so
+    /// that an encoder failing over to another server is accepted there
+    /// (released at most this plus one second after it died).
+    #[arg(
+        long,
+        env = "INGEST_MEDIA_SERVER_GONE_AFTER",
+        default_value = "12s",
+        value_parser = duration,
+        help_heading = "Media-server hooks"
+    )]
+    pub media_server_gone_after: Duration,
+
+    /// Release every claim when this sidecar stops, even while its media
+    /// server goes on publishing (by default a stopped sidecar whose server
+    /// still answers leaves its claims for its next run to adopt, within
+    /// the claim service's --detach-grace).
+    #[arg(
+        long,
+        env = "INGEST_RELEASE_ON_EXIT",
+        help_heading = "Media-server hooks"
+    )]
+    pub release_on_exit: bool,
 
     /// A publisher the media server sends no update for this long is gone
     /// (nginx-rtmp: set it above `notify_update_timeout`; [default: 35s for
@@ -338,6 +364,14 @@ impl Config {
             if !(api.starts_with("http://") || api.starts_with("https://")) {
                 return Err(format!("--media-server-api {api:?} must be an http:// URL"));
             }
+        }
+        if self.media_server_api_interval.is_zero()
+            || self.media_server_gone_after <= self.media_server_api_interval
+        {
+            return Err(format!(
+                "--media-server-gone-after ({:?}) must be longer than --media-server-api-interval ({:?}), which must not be zero",
+                self.media_server_gone_after, self.media_server_api_interval
+            ));
         }
         if self.rtmp_listen == self.http_listen {
             return Err(format!(

@@ -9,15 +9,20 @@
 //! released at once). A player at a node that does not own the broadcast
 //! is sent to the owner (nginx-rtmp relays it from there) or told where it
 //! is. Liveness is the sidecar's: a publisher whose updates stop (nginx's
-//! `on_update`), or that the server's API no longer lists, is gone.
+//! `on_update`), or that the server's complete listing no longer shows, is
+//! gone, and so is everything a server published once its API has been
+//! silent for `--media-server-gone-after`. A question the sidecar does not
+//! decide is refused.
 //!
 //! - `model.rs`: what a hook means, and the answers;
 //! - `nginx.rs`, `srs.rs`, `mediamtx.rs`, `ome.rs`: each server's requests
 //!   and answers;
 //! - `publishers.rs`: who publishes what (the rules, without I/O);
-//! - `listing.rs`: what a server's API lists as published.
+//! - `listing.rs`: what a server's API lists as published, read whole;
+//! - `liveness.rs`: whether the server is still there.
 
-mod listing;
+pub mod listing;
+pub mod liveness;
 mod mediamtx;
 pub mod model;
 mod nginx;
@@ -41,8 +46,9 @@ use crate::lookup::{Freshness, OwnerLookup};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, TrackGuard};
 use crate::rtmp::UnavailablePolicy;
+use liveness::{Liveness, Verdict};
 use model::{Answer, Hook};
-use publishers::{Publishers, Seen, Start};
+use publishers::{Done, Publishers, Seen, Start};
 
 /// Which media server's hooks are served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -75,6 +81,12 @@ impl Kind {
         }
     }
 
+    /// Whether the server itself replaces a path's publisher with a newer
+    /// one (MediaMTX's `overridePublisher`, on by default).
+    pub fn replaces_publishers(self) -> bool {
+        self == Kind::Mediamtx
+    }
+
     pub fn answer(self, answer: Answer) -> Response {
         match self {
             Kind::NginxRtmp => nginx::answer(answer),
@@ -100,6 +112,10 @@ pub struct Sidecar {
     /// OME's shared secret: its requests must be signed with it.
     pub ome_secret: Option<Vec<u8>>,
     pub publishers: Mutex<Publishers<TrackGuard>>,
+    /// Where the server lists what it publishes, if configured.
+    pub api: Option<Api>,
+    /// Whether that API still answers.
+    pub liveness: Mutex<Liveness>,
 }
 
 pub fn router(sidecar: Arc<Sidecar>) -> Router {
@@ -135,18 +151,12 @@ async fn hook(State(s): State<Arc<Sidecar>>, headers: HeaderMap, body: Bytes) ->
 }
 
 impl Sidecar {
-    async fn handle(&self, hook: Hook) -> Answer {
+    async fn handle(self: &Arc<Self>, hook: Hook) -> Answer {
         match hook {
             Hook::Publish { broadcast, client } => self.publish(broadcast, client).await,
             Hook::Update { broadcast, client } => self.update(broadcast, client).await,
             Hook::PublishDone { broadcast, client } => {
-                let done = self.lock().done(&broadcast, &client);
-                match done {
-                    Some(_track) => tracing::info!(%broadcast, %client, "publish ended"),
-                    None => {
-                        tracing::info!(%broadcast, %client, "publish end for a publisher not known here; nothing changed")
-                    }
-                }
+                self.done(broadcast, client);
                 Answer::Allow
             }
             Hook::Play { broadcast } => self.play(broadcast).await,
@@ -154,9 +164,38 @@ impl Sidecar {
                 tracing::debug!(%broadcast, "the media server's relay from the owner: allowed, not claimed");
                 Answer::Allow
             }
-            Hook::Ignored { what } => {
-                tracing::debug!(%what, "hook not acted on");
+            Hook::Notice { what } => {
+                tracing::debug!(%what, "notice from the media server; nothing to decide");
                 Answer::Allow
+            }
+            Hook::Undecided { what } => {
+                tracing::warn!(%what, "hook refused: this sidecar decides publishes and plays only; leave this action out of the media server's hooks (see the README)");
+                Answer::Refuse {
+                    reason: format!(
+                        "{what} is not decided here: this sidecar answers publishes and plays only"
+                    ),
+                }
+            }
+        }
+    }
+
+    /// The end of a publish: the publisher's own end releases its claim;
+    /// an end that names another client, or one not named yet, is checked
+    /// against what the server lists now.
+    fn done(self: &Arc<Self>, broadcast: String, client: String) {
+        let done = self.lock().done(&broadcast, &client);
+        match done {
+            Done::Ended(_track) => tracing::info!(%broadcast, %client, "publish ended"),
+            Done::Unknown => {
+                tracing::info!(%broadcast, %client, "publish end for a publisher not known here; nothing changed")
+            }
+            Done::Unmatched if self.api.is_some() => {
+                tracing::info!(%broadcast, %client, "publish end that does not name the publisher known here; asking the media server what it still publishes");
+                let s = self.clone();
+                tokio::spawn(async move { s.read_and_converge().await });
+            }
+            Done::Unmatched => {
+                tracing::info!(%broadcast, %client, "publish end that does not name the publisher known here; nothing changed")
             }
         }
     }
@@ -191,6 +230,12 @@ impl Sidecar {
                 return self.refuse(&broadcast, "busy", reason);
             }
             Start::Again => return Answer::Allow,
+            Start::Replaces { client } => {
+                if self.lock().replace(&broadcast, &client, Instant::now()) {
+                    tracing::info!(%broadcast, %client, "the media server replaces this broadcast's publisher with a newer one here; the claim stays");
+                    return Answer::Allow;
+                }
+            }
             Start::New => {}
         }
         let Some(track) = self.registry.open(&broadcast, "publish") else {
@@ -317,8 +362,8 @@ impl Sidecar {
         }
     }
 
-    /// Converges to what the media server lists: publishers it no longer
-    /// lists go; ones it lists that are not known here are claimed.
+    /// Converges to a complete listing: publishers it does not show go;
+    /// ones it shows that are not known here are claimed.
     async fn converge(self: &Arc<Self>, listed: listing::Listed, read_at: Instant) {
         let gone = self.lock().unlisted(&listed, read_at);
         for (broadcast, _track) in gone {
@@ -334,18 +379,77 @@ impl Sidecar {
             }
         }
     }
+
+    /// Reads the server's listing (if it has an API) and converges to it;
+    /// what the read says of the server's liveness. A failed or
+    /// incomplete listing releases nothing by itself; a server silent for
+    /// the bound takes its publishers with it.
+    async fn read_and_converge(self: &Arc<Self>) -> Option<Verdict> {
+        let api = self.api.as_ref()?;
+        let read_at = Instant::now();
+        let read = read_listing(self.kind, api).await;
+        let now = Instant::now();
+        let verdict = match &read {
+            Ok(_) => self.liveness().answered(now),
+            Err(_) => self.liveness().failed(now),
+        };
+        match read {
+            Ok(listed) => {
+                if verdict == Verdict::Back {
+                    tracing::info!(api = %api.url, "the media server answers again");
+                }
+                self.converge(listed, read_at).await;
+            }
+            Err(e) => match verdict {
+                Verdict::Gone => {
+                    let gone = self.lock().clear();
+                    tracing::error!(api = %api.url, error = %e, released = gone.len(), "the media server has not answered for --media-server-gone-after; it is gone, and so are its publishers: their claims are released");
+                }
+                Verdict::StillGone => {
+                    tracing::debug!(api = %api.url, error = %e, "the media server is still gone")
+                }
+                _ => {
+                    tracing::warn!(api = %api.url, error = %e, "cannot read the media server's publishers; nothing is released until it answers or is gone")
+                }
+            },
+        }
+        Some(verdict)
+    }
+
+    fn liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
+        self.liveness.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether this sidecar, stopping, leaves its claims to be adopted by
+    /// its next run: only while its media server still answers (it goes on
+    /// publishing without the sidecar); a server that is gone, or one the
+    /// sidecar cannot ask, gets a goodbye.
+    pub async fn server_goes_on(&self) -> bool {
+        let Some(api) = &self.api else { return false };
+        if self.liveness().is_gone() {
+            return false;
+        }
+        match read_listing(self.kind, api).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::info!(api = %api.url, error = %e, "the media server does not answer; its claims are released with the goodbye");
+                false
+            }
+        }
+    }
 }
 
 /// Before the claim session starts: every publisher the media server
 /// lists is live here, so that `hello.live` names it and its claim (left by
 /// this node's previous run) is adopted, same fencing token.
 pub fn restore(
+    kind: Kind,
     registry: &Registry,
     listed: &listing::Listed,
     metrics: &Metrics,
 ) -> Publishers<TrackGuard> {
     let now = Instant::now();
-    let mut book = Publishers::default();
+    let mut book = Publishers::new(kind.replaces_publishers());
     for (broadcast, client) in listed {
         if claims_proto::names::check_broadcast(broadcast).is_err() {
             continue;
@@ -361,9 +465,14 @@ pub fn restore(
 }
 
 /// What a listing from this server's API at `url` says is published
-/// (untrusted input, like the hooks).
-pub fn parse_listing(kind: Kind, url: &str, body: &[u8]) -> Result<listing::Listed, String> {
-    listing::parse(kind, url, body)
+/// (untrusted input, like the hooks), asked for `asked` items.
+pub fn parse_listing(
+    kind: Kind,
+    url: &str,
+    body: &[u8],
+    asked: usize,
+) -> Result<listing::Page, String> {
+    listing::parse(kind, url, body, asked)
 }
 
 /// Where a media server lists its publishers, and the credential it wants.
@@ -375,24 +484,39 @@ pub struct Api {
     pub token: Option<String>,
 }
 
-/// Reads the media server's list of publishers.
+/// Reads the media server's whole list of publishers: asks for more until
+/// the server's counts say nothing was left out; a listing never known to
+/// be complete is an error.
 pub async fn read_listing(kind: Kind, api: &Api) -> Result<listing::Listed, String> {
-    let body = crate::lookup::http_get(&api.url, api.token.as_deref()).await?;
-    listing::parse(kind, &api.url, &body)
+    let mut asked = listing::FIRST_ASK;
+    loop {
+        let url = listing::url(kind, &api.url, asked);
+        let body = crate::lookup::http_get(&url, api.token.as_deref()).await?;
+        let page = listing::parse(kind, &api.url, &body, asked)?;
+        if page.complete {
+            return Ok(page.listed);
+        }
+        if asked >= listing::MOST_ASKED {
+            return Err(format!(
+                "{url} is not the whole listing even asking for {asked} items"
+            ));
+        }
+        asked *= 16;
+    }
 }
 
 /// Keeps the sidecar true to the media server until `stop`: reaps
 /// publishers whose updates stopped (`update_timeout`), and every
-/// `interval` reads `api` (if set) and converges to it.
+/// `interval` (sooner while it does not answer) reads its API, if it has
+/// one, and converges to it.
 pub async fn watch(
     sidecar: Arc<Sidecar>,
     update_timeout: Option<Duration>,
-    api: Option<Api>,
     interval: Duration,
     stop: CancellationToken,
 ) {
     let mut reap = tokio::time::interval(Duration::from_secs(1));
-    let mut poll = tokio::time::interval(interval);
+    let mut next_read = tokio::time::Instant::now() + interval;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -401,13 +525,9 @@ pub async fn watch(
                     sidecar.reap(timeout);
                 }
             }
-            _ = poll.tick() => {
-                let Some(api) = &api else { continue };
-                let read_at = Instant::now();
-                match read_listing(sidecar.kind, api).await {
-                    Ok(listed) => sidecar.converge(listed, read_at).await,
-                    Err(e) => tracing::warn!(api = %api.url, error = %e, "cannot read the media server's publishers"),
-                }
+            _ = tokio::time::sleep_until(next_read), if sidecar.api.is_some() => {
+                sidecar.read_and_converge().await;
+                next_read = tokio::time::Instant::now() + sidecar.liveness().next_read(interval);
             }
         }
     }

@@ -62,16 +62,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let api = config.media_server_api()?;
     let restored = match (&front, &api) {
         (Front::Hooks(kind, _), Some(api)) => match hooks::read_listing(*kind, api).await {
-            Ok(listed) => hooks::restore(&registry, &listed, &metrics),
+            Ok(listed) => hooks::restore(*kind, &registry, &listed, &metrics),
             Err(e) => {
                 tracing::warn!(api = %api.url, error = %e, "cannot read the media server's publishers at start; its hooks will tell");
-                Publishers::default()
+                Publishers::new(kind.replaces_publishers())
             }
         },
+        (Front::Hooks(kind, _), None) => Publishers::new(kind.replaces_publishers()),
         _ => Publishers::default(),
     };
     let bridge_stop = CancellationToken::new();
-    let (bridge, bridge_task) = Bridge::start(
+    let (bridge, mut bridge_task) = Bridge::start(
         BridgeConfig {
             node_id: config.node_id.clone(),
             endpoints: [
@@ -109,6 +110,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         duplicates: config.duplicate_publisher,
         claim_wait: config.claim_wait,
     };
+    let mut sidecar_of_front = None;
     let front_task = match front {
         Front::Rtmp(listener) => {
             let ingest = Arc::new(Ingest {
@@ -146,12 +148,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 on_unavailable: config.on_claim_unavailable,
                 ome_secret: ome_secret.map(|s| s.trim_ascii().to_vec()),
                 publishers: std::sync::Mutex::new(restored),
+                api,
+                liveness: std::sync::Mutex::new(hooks::liveness::Liveness::new(
+                    std::time::Instant::now(),
+                    config.media_server_gone_after,
+                )),
             });
-            tracing::info!(media_server = ?kind, hooks = %config.hooks_listen, path = kind.path(), api = ?config.media_server_api, "serving the media server's hooks instead of RTMP");
+            tracing::info!(media_server = ?kind, hooks = %config.hooks_listen, path = kind.path(), api = ?config.media_server_api, gone_after = ?config.media_server_gone_after, "serving the media server's hooks instead of RTMP");
+            sidecar_of_front = Some(sidecar.clone());
             tokio::spawn(hooks::watch(
                 sidecar.clone(),
                 config.update_timeout(),
-                api,
                 config.media_server_api_interval,
                 front_stop.clone(),
             ));
@@ -178,7 +185,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         owners,
         hub,
         registry,
-        bridge,
+        bridge.clone(),
         metrics,
     ));
     let http_task = tokio::spawn(listen::serve_http(
@@ -191,11 +198,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     ));
 
     shutdown.await;
+    // A sidecar whose media server goes on publishing leaves its claims to
+    // be adopted by its next run (same fencing tokens, nothing released):
+    // it ends its session without goodbye before its publishers close.
+    if let Some(sidecar) = &sidecar_of_front {
+        if !config.release_on_exit && sidecar.server_goes_on().await {
+            tracing::info!(grace = "the claim service's --detach-grace", "shutting down while the media server still publishes: leaving the claim session without goodbye, so the claims wait for this sidecar's next run");
+            bridge.leave_without_goodbye();
+            bridge_stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut bridge_task).await;
+        }
+    }
     tracing::info!("shutting down: closing publishers, saying goodbye, stopping HTTP");
     front_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), front_task).await;
     bridge_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), bridge_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), &mut bridge_task).await;
     http_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
     tracing::info!("ingest node stopped");

@@ -6,6 +6,13 @@
 //! (empty where the list does not say: any publisher of the broadcast), so
 //! a sidecar that restarted, or missed a hook, converges to what the server
 //! really has.
+//!
+//! A listing releases the claims of what it does not show, so it must be
+//! complete: SRS lists 10 streams and MediaMTX 100 paths unless asked for
+//! more. The reader asks for [`Page::asked`] at once and a page is
+//! [`Page::complete`] only when the server's own counts say nothing was
+//! left out; otherwise it asks again for more, and a listing never known to
+//! be complete is an error (it releases nothing).
 
 use quick_xml::events::Event;
 use quick_xml::Reader;
@@ -16,13 +23,45 @@ use super::Kind;
 /// Publishers the server lists: `(broadcast, client)`.
 pub type Listed = Vec<(String, String)>;
 
-/// The publishers listed in `body`, read from `url`.
-pub fn parse(kind: Kind, url: &str, body: &[u8]) -> Result<Listed, String> {
+/// One answer of the server's API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub listed: Listed,
+    /// The server's counts say this is everything it has.
+    pub complete: bool,
+}
+
+/// How many items a first request asks for.
+pub const FIRST_ASK: usize = 1000;
+/// The most a request asks for before the listing is called incomplete.
+pub const MOST_ASKED: usize = 1 << 20;
+
+/// The URL that asks the server at `base` for `asked` items at once.
+pub fn url(kind: Kind, base: &str, asked: usize) -> String {
+    let param = match kind {
+        Kind::Srs => format!("start=0&count={asked}"),
+        Kind::Mediamtx => format!("page=0&itemsPerPage={asked}"),
+        Kind::NginxRtmp | Kind::Ome => return base.to_string(),
+    };
+    let join = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{join}{param}")
+}
+
+/// The publishers listed in `body`, read from `url` asking for `asked`.
+pub fn parse(kind: Kind, url: &str, body: &[u8], asked: usize) -> Result<Page, String> {
     match kind {
-        Kind::NginxRtmp => nginx(body),
-        Kind::Srs => srs(body),
+        Kind::NginxRtmp => nginx(body).map(whole),
+        Kind::Srs => srs(body, asked),
         Kind::Mediamtx => mediamtx(body),
-        Kind::Ome => ome(url, body),
+        Kind::Ome => ome(url, body).map(whole),
+    }
+}
+
+/// A listing that is the whole by its nature (no paging).
+fn whole(listed: Listed) -> Page {
+    Page {
+        listed,
+        complete: true,
     }
 }
 
@@ -115,6 +154,7 @@ fn nginx(body: &[u8]) -> Result<Listed, String> {
 
 #[derive(Deserialize)]
 struct SrsStreams {
+    code: i64,
     #[serde(default)]
     streams: Vec<SrsStream>,
 }
@@ -134,20 +174,32 @@ struct SrsPublish {
     cid: String,
 }
 
-fn srs(body: &[u8]) -> Result<Listed, String> {
+/// SRS answers at most `count` streams (10 unless asked): fewer than
+/// asked is all of them.
+fn srs(body: &[u8], asked: usize) -> Result<Page, String> {
     let s: SrsStreams =
         serde_json::from_slice(body).map_err(|e| format!("not SRS's stream list: {e}"))?;
-    Ok(s.streams
+    if s.code != 0 {
+        return Err(format!("SRS's stream list answered code {}", s.code));
+    }
+    let complete = s.streams.len() < asked;
+    let listed = s
+        .streams
         .into_iter()
         .filter_map(|st| {
             let p = st.publish.filter(|p| p.active)?;
             Some((format!("{}/{}", st.app, st.name), p.cid))
         })
-        .collect())
+        .collect();
+    Ok(Page { listed, complete })
 }
 
 #[derive(Deserialize)]
 struct MtxPaths {
+    #[serde(rename = "itemCount")]
+    item_count: usize,
+    #[serde(rename = "pageCount")]
+    page_count: usize,
     #[serde(default)]
     items: Vec<MtxPath>,
 }
@@ -156,22 +208,38 @@ struct MtxPaths {
 struct MtxPath {
     name: String,
     #[serde(default)]
-    ready: bool,
+    source: Option<MtxSource>,
 }
 
-fn mediamtx(body: &[u8]) -> Result<Listed, String> {
+#[derive(Deserialize)]
+struct MtxSource {
+    #[serde(default)]
+    id: String,
+}
+
+/// A path with a source has a publisher (ready, or just let in and not
+/// ready yet); the source's id is the one MediaMTX's authentication
+/// request and `$MTX_SOURCE_ID` carry. Complete when one page holds every
+/// item.
+fn mediamtx(body: &[u8]) -> Result<Page, String> {
     let p: MtxPaths =
         serde_json::from_slice(body).map_err(|e| format!("not MediaMTX's path list: {e}"))?;
-    Ok(p.items
+    let complete = p.page_count <= 1 && p.items.len() == p.item_count;
+    let listed = p
+        .items
         .into_iter()
-        .filter(|p| p.ready)
-        .map(|p| (p.name, String::new()))
-        .collect())
+        .filter_map(|p| Some((p.name, p.source?.id)))
+        .collect();
+    Ok(Page { listed, complete })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn listed(page: Page) -> Listed {
+        page.listed
+    }
 
     #[test]
     fn nginx_stat_lists_publishers_not_players_or_relays() {
@@ -185,40 +253,77 @@ mod tests {
  <client><id>11</id><address>127.0.0.1:19350/live/relayed</address><flashver>ngx-local-relay</flashver><publishing/><active/></client>
 </stream>
 <nclients>3</nclients></live></application></server></rtmp>"#;
+        let page = parse(Kind::NginxRtmp, "", xml, FIRST_ASK).unwrap();
+        assert!(page.complete);
         assert_eq!(
-            parse(Kind::NginxRtmp, "", xml).unwrap(),
+            page.listed,
             vec![("live/cam1".to_string(), "5".to_string())]
         );
-        assert!(parse(Kind::NginxRtmp, "", b"<rtmp><server><").is_err());
+        assert!(parse(Kind::NginxRtmp, "", b"<rtmp><server><", FIRST_ASK).is_err());
     }
 
+    // Bodies as SRS 6.0.157 and MediaMTX 1.12.2 answered them.
+    const SRS: &[u8] = br#"{"code":0,"server":"vid-y9807az","service":"687544d0","pid":"8752","streams":[
+      {"id":"vid-06a07fg","name":"cam1","vhost":"vid-32121w0","app":"live","tcUrl":"rtmp://127.0.0.1:18935/live","url":"/live/cam1","live_ms":1796628319757,"clients":1,"frames":0,"send_bytes":4386,"recv_bytes":69817,"kbps":{"recv_30s":0,"send_30s":0},"publish":{"active":true,"cid":"191f2g5s"},"video":{"codec":"H264","profile":"Other","level":"1.3","width":320,"height":240},"audio":{"codec":"AAC","sample_rate":44100,"channel":2,"profile":"LC"}},
+      {"id":"vid-2","name":"gone","vhost":"v","app":"live","publish":{"active":false,"cid":""}}]}"#;
+    const MTX: &[u8] = br#"{"itemCount":3,"pageCount":1,"items":[
+      {"name":"live/cam1","confName":"all_others","source":{"type":"rtmpConn","id":"f1d9d10f-1296-44bb-8752-f354bdf0f8fa"},"ready":true,"readyTime":"2026-12-07T07:25:18.053942304Z","tracks":["H264","MPEG-4 Audio"],"bytesReceived":63677,"bytesSent":0,"readers":[]},
+      {"name":"live/rtspcam","confName":"all_others","source":{"type":"rtspSession","id":"ba338398-9316-42ef-82be-9c9f9f6b5846"},"ready":false,"readyTime":null,"tracks":[],"bytesReceived":0,"bytesSent":0,"readers":[]},
+      {"name":"live/idle","confName":"all_others","source":null,"ready":false,"readyTime":null,"tracks":[],"bytesReceived":0,"bytesSent":0,"readers":[]}]}"#;
+
     #[test]
-    fn srs_and_mediamtx_lists_from_their_documentation() {
-        let srs_body = br#"{"code":0,"server":"vid-0xk989d","streams":[
-          {"id":"vid-124q9y3","name":"livestream","vhost":"vid-0xk989d","app":"live","url":"/live/livestream","clients":1,
-           "publish":{"active":true,"cid":"341w361a"},"video":null,"audio":null},
-          {"id":"vid-2","name":"gone","vhost":"v","app":"live","publish":{"active":false,"cid":""}}]}"#;
+    fn srs_and_mediamtx_lists_as_the_servers_answer() {
         assert_eq!(
-            parse(Kind::Srs, "", srs_body).unwrap(),
-            vec![("live/livestream".to_string(), "341w361a".to_string())]
+            listed(parse(Kind::Srs, "", SRS, FIRST_ASK).unwrap()),
+            vec![("live/cam1".to_string(), "191f2g5s".to_string())]
         );
-        let mtx = br#"{"itemCount":2,"pageCount":1,"items":[
-          {"name":"live/cam1","confName":"all_others","source":{"type":"rtmpConn","id":"9f3c"},"ready":true,"tracks":["H264"]},
-          {"name":"live/idle","confName":"all_others","source":null,"ready":false,"tracks":[]}]}"#;
         assert_eq!(
-            parse(Kind::Mediamtx, "", mtx).unwrap(),
-            vec![("live/cam1".to_string(), String::new())]
+            listed(parse(Kind::Mediamtx, "", MTX, FIRST_ASK).unwrap()),
+            vec![
+                (
+                    "live/cam1".to_string(),
+                    "f1d9d10f-1296-44bb-8752-f354bdf0f8fa".to_string()
+                ),
+                (
+                    "live/rtspcam".to_string(),
+                    "ba338398-9316-42ef-82be-9c9f9f6b5846".to_string()
+                )
+            ]
         );
-        // OME's REST API documentation: GET /v1/vhosts/{vhost}/apps/{app}/streams.
+        assert!(parse(Kind::Srs, "", br#"{"code":1001}"#, FIRST_ASK).is_err());
+        // OME's answer to GET /v1/vhosts/default/apps/live/streams.
         let ome = br#"{"message":"OK","response":["stream","stream2"],"statusCode":200}"#;
         let url = "http://ome:8081/v1/vhosts/default/apps/app/streams";
         assert_eq!(
-            parse(Kind::Ome, url, ome).unwrap(),
+            listed(parse(Kind::Ome, url, ome, FIRST_ASK).unwrap()),
             vec![
                 ("app/stream".to_string(), String::new()),
                 ("app/stream2".to_string(), String::new())
             ]
         );
-        assert!(parse(Kind::Ome, "http://ome:8081/v1/vhosts", ome).is_err());
+        assert!(parse(Kind::Ome, "http://ome:8081/v1/vhosts", ome, FIRST_ASK).is_err());
+    }
+
+    #[test]
+    fn a_listing_is_complete_only_when_the_server_says_nothing_was_left_out() {
+        // SRS answered as many streams as asked: there may be more.
+        assert!(!parse(Kind::Srs, "", SRS, 2).unwrap().complete);
+        assert!(parse(Kind::Srs, "", SRS, 3).unwrap().complete);
+        // MediaMTX says how many items and pages there are.
+        assert!(parse(Kind::Mediamtx, "", MTX, FIRST_ASK).unwrap().complete);
+        let paged = br#"{"itemCount":101,"pageCount":2,"items":[]}"#;
+        assert!(!parse(Kind::Mediamtx, "", paged, 100).unwrap().complete);
+        let short = br#"{"itemCount":2,"pageCount":1,"items":[{"name":"a/b","source":null}]}"#;
+        assert!(!parse(Kind::Mediamtx, "", short, 100).unwrap().complete);
+        // Asking for everything at once, whatever the user's URL holds.
+        assert_eq!(
+            url(Kind::Srs, "http://h:1985/api/v1/streams", 1000),
+            "http://h:1985/api/v1/streams?start=0&count=1000"
+        );
+        assert_eq!(
+            url(Kind::Mediamtx, "http://h:9997/v3/paths/list?x=1", 5),
+            "http://h:9997/v3/paths/list?x=1&page=0&itemsPerPage=5"
+        );
+        assert_eq!(url(Kind::Ome, "http://h/v1/x", 5), "http://h/v1/x");
     }
 }

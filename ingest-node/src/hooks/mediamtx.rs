@@ -1,15 +1,21 @@
 //! MediaMTX: its HTTP authentication (`authMethod: http`,
 //! `authHTTPAddress`), a JSON body with `action` (`publish`, `read`, ...),
-//! `path`, `id`, answered 2xx to allow and anything else to deny; and the
-//! end of a publish, which MediaMTX reports only by running a command
-//! (`runOnNotReady`): the README's line posts `{"action": "unpublish",
-//! "path": "$MTX_PATH"}` here. Built from MediaMTX's documentation (its
-//! README's authentication and hooks sections); no MediaMTX binary was at
-//! hand to test against.
+//! `path` and `id` (the connection's id), answered 2xx to allow and
+//! anything else to deny; and the end of a publish, which MediaMTX reports
+//! only by running a command (`runOnNotReady`): the README's line posts
+//! `{"action": "unpublish", "path": "$MTX_PATH", "id": "$MTX_SOURCE_ID"}`
+//! here. Tried against MediaMTX 1.12.2.
 //!
-//! MediaMTX admits one publisher per path by itself, and the command that
-//! reports the end does not know the connection's id: publishers are known
-//! by path alone here.
+//! The ids: for RTMP and SRT the authentication's `id` is the source id
+//! its path list and `$MTX_SOURCE_ID` carry; for RTSP they differ (the
+//! connection's and the session's), so an RTSP publisher is named by its
+//! session id once a listing shows it, and an end that names nobody known
+//! is checked against the listing. MediaMTX replaces a path's publisher
+//! with a newer one by itself (`overridePublisher`, on by default): the
+//! claim stays, and the replaced one's end changes nothing.
+//!
+//! MediaMTX asks this URL about `api`, `metrics`, `pprof` and `playback`
+//! too unless `authHTTPExclude` names them: those are refused here.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -22,18 +28,20 @@ struct Request {
     action: String,
     #[serde(default)]
     path: String,
+    #[serde(default)]
+    id: Option<String>,
 }
 
 pub fn parse(body: &[u8]) -> Result<Hook, String> {
     let r: Request = serde_json::from_slice(body)
         .map_err(|e| format!("not a MediaMTX authentication request: {e}"))?;
     let broadcast = r.path.trim_matches('/').to_string();
-    let client = String::new();
+    let client = r.id.unwrap_or_default();
     Ok(match r.action.as_str() {
         "publish" => Hook::Publish { broadcast, client },
         "unpublish" => Hook::PublishDone { broadcast, client },
         "read" => Hook::Play { broadcast },
-        other => Hook::Ignored {
+        other => Hook::Undecided {
             what: format!("action {other}"),
         },
     })
@@ -60,28 +68,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn requests_from_the_mediamtx_documentation() {
-        // The body MediaMTX's README documents for authHTTPAddress.
-        let publish = br#"{
-          "user": "user", "password": "password", "token": "token",
-          "ip": "ip", "action": "publish", "path": "live/cam1",
-          "protocol": "rtmp", "id": "id", "query": "query"
-        }"#;
+    fn requests_as_mediamtx_sends_them() {
+        // What MediaMTX 1.12.2 posted for an RTMP publish.
+        let publish = br#"{"ip":"127.0.0.1","user":"","password":"","action":"publish","path":"live/cam1","protocol":"rtmp","id":"f1d9d10f-1296-44bb-8752-f354bdf0f8fa","query":""}"#;
         assert_eq!(
             parse(publish).unwrap(),
             Hook::Publish {
                 broadcast: "live/cam1".into(),
-                client: String::new()
+                client: "f1d9d10f-1296-44bb-8752-f354bdf0f8fa".into()
             }
         );
         let read = br#"{"user":"","password":"","token":"","ip":"127.0.0.1","action":"read","path":"live/cam1","protocol":"rtsp","id":"5f3c","query":""}"#;
         assert!(matches!(parse(read).unwrap(), Hook::Play { .. }));
-        let api = br#"{"user":"","password":"","ip":"127.0.0.1","action":"api","path":"","protocol":"","id":null,"query":""}"#;
-        assert!(matches!(parse(api).unwrap(), Hook::Ignored { .. }));
-        let unpublish = br#"{"action":"unpublish","path":"live/cam1"}"#;
-        assert!(matches!(
+        // Asked about its own API, metrics, pprof or playback: refused.
+        for action in ["api", "metrics", "pprof", "playback"] {
+            let body = format!(
+                r#"{{"user":"","password":"","ip":"127.0.0.1","action":"{action}","path":"","protocol":"","id":null,"query":""}}"#
+            );
+            assert!(matches!(
+                parse(body.as_bytes()).unwrap(),
+                Hook::Undecided { .. }
+            ));
+        }
+        // The README's runOnNotReady line, and the older one without an id.
+        let unpublish = br#"{"action":"unpublish","path":"live/cam1","id":"f1d9d10f"}"#;
+        assert_eq!(
             parse(unpublish).unwrap(),
-            Hook::PublishDone { .. }
+            Hook::PublishDone {
+                broadcast: "live/cam1".into(),
+                client: "f1d9d10f".into()
+            }
+        );
+        let unnamed = br#"{"action":"unpublish","path":"live/cam1"}"#;
+        assert!(matches!(
+            parse(unnamed).unwrap(),
+            Hook::PublishDone { client, .. } if client.is_empty()
         ));
         assert!(parse(b"[]").is_err());
     }

@@ -16,9 +16,14 @@ pub enum Hook {
     PublishDone { broadcast: String, client: String },
     /// A viewer wants to play `broadcast`.
     Play { broadcast: String },
-    /// Nothing the sidecar acts on (a viewer leaving, a connect, another
-    /// action), with what it was.
-    Ignored { what: String },
+    /// A notice the server does not wait on (a viewer leaving): nothing to
+    /// decide, answered yes.
+    Notice { what: String },
+    /// A question the sidecar does not decide (MediaMTX's `api`,
+    /// `metrics`, `pprof`, `playback`, a connect, an action it does not
+    /// know): refused, never waved through. The README says which actions
+    /// to leave out of each server's hooks.
+    Undecided { what: String },
 }
 
 /// The sidecar's answer.

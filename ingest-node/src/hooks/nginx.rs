@@ -45,7 +45,7 @@ pub fn parse(body: &[u8]) -> Result<Hook, String> {
             broadcast: broadcast(),
             client,
         },
-        "publish_done" if relay => Hook::Ignored {
+        "publish_done" if relay => Hook::Notice {
             what: "the relay's publish ended".into(),
         },
         "publish_done" => Hook::PublishDone {
@@ -56,7 +56,11 @@ pub fn parse(body: &[u8]) -> Result<Hook, String> {
             broadcast: broadcast(),
         },
         "" => return Err("no `call` field: not an nginx-rtmp notification".into()),
-        other => Hook::Ignored {
+        // Ends and a player's updates: nginx goes on whatever the answer.
+        "play_done" | "update_play" | "done" | "record_done" => Hook::Notice {
+            what: format!("call={call}"),
+        },
+        other => Hook::Undecided {
             what: format!("call={other}"),
         },
     })
@@ -116,7 +120,11 @@ mod tests {
         );
         assert!(matches!(
             parse(b"call=play_done&app=live&name=x").unwrap(),
-            Hook::Ignored { .. }
+            Hook::Notice { .. }
+        ));
+        assert!(matches!(
+            parse(b"call=connect&app=live").unwrap(),
+            Hook::Undecided { .. }
         ));
         assert!(parse(b"hello").is_err());
         assert!(parse(&[0xff, 0xfe, b'=', 0x80]).is_err());

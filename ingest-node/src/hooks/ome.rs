@@ -3,8 +3,9 @@
 //! opening or closing; `url` of the stream), signed in `X-OME-Signature`
 //! (HMAC-SHA1 of the body with the configured secret, base64url without
 //! padding); answered `{"allowed": bool, "reason": ...}` (ignored for
-//! closing). Built from OME's documentation (its Access Control /
-//! AdmissionWebhooks page); no OME binary was at hand to test against.
+//! closing). Tried against OvenMediaEngine 0.18.0: `protocol` comes
+//! upper-case, `closing` adds `new_url` and is sent also for a publisher
+//! that was refused.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -82,7 +83,11 @@ pub fn parse(body: &[u8]) -> Result<Hook, String> {
             ("incoming", "opening") => Hook::Publish { broadcast, client },
             ("incoming", "closing") => Hook::PublishDone { broadcast, client },
             ("outgoing", "opening") => Hook::Play { broadcast },
-            (direction, status) => Hook::Ignored {
+            // A viewer left: OME goes on whatever the answer.
+            ("outgoing", "closing") => Hook::Notice {
+                what: "outgoing closing".into(),
+            },
+            (direction, status) => Hook::Undecided {
                 what: format!("{direction} {status}"),
             },
         },

@@ -1,8 +1,8 @@
 //! SRS `http_hooks` (`on_publish`, `on_unpublish`, `on_play`, `on_stop`):
 //! a JSON body with `action`, `client_id`, `app`, `stream`, ...; SRS goes
 //! on when the answer is HTTP 200 with `0` or `{"code": 0}`, and refuses the
-//! client on anything else. Built from SRS's documentation (its HTTP
-//! callback page, v5/v6); no SRS binary was at hand to test against.
+//! client on anything else. Tried against SRS 6.0.157: its `client_id` is
+//! the `publish.cid` of its stream list.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -35,7 +35,11 @@ pub fn parse(body: &[u8]) -> Result<Hook, String> {
             client: c.client_id,
         },
         "on_play" => Hook::Play { broadcast },
-        other => Hook::Ignored {
+        // A player left, a client closed: SRS goes on whatever the answer.
+        "on_stop" | "on_close" => Hook::Notice {
+            what: format!("action {}", c.action),
+        },
+        other => Hook::Undecided {
             what: format!("action {other}"),
         },
     })
@@ -65,19 +69,13 @@ mod tests {
 
     #[test]
     fn callbacks_from_the_srs_documentation() {
-        // The on_publish example of SRS's HTTP callback documentation.
-        let publish = br#"{
-          "server_id": "vid-0xk989d", "service_id": "plw4om13",
-          "action": "on_publish", "client_id": "341w361a", "ip": "127.0.0.1",
-          "vhost": "__defaultVhost__", "app": "live", "tcUrl": "rtmp://127.0.0.1:1935/live",
-          "stream": "livestream", "param": "", "stream_url": "/live/livestream",
-          "stream_id": "vid-124q9y3"
-        }"#;
+        // The on_publish SRS 6.0.157 sent.
+        let publish = br#"{"server_id":"vid-y9807az","service_id":"687544d0","action":"on_publish","client_id":"191f2g5s","ip":"127.0.0.1","vhost":"__defaultVhost__","app":"live","tcUrl":"rtmp://127.0.0.1:18935/live","stream":"cam1","param":"","stream_url":"/live/cam1","stream_id":"vid-06a07fg"}"#;
         assert_eq!(
             parse(publish).unwrap(),
             Hook::Publish {
-                broadcast: "live/livestream".into(),
-                client: "341w361a".into()
+                broadcast: "live/cam1".into(),
+                client: "191f2g5s".into()
             }
         );
         let unpublish = br#"{"action":"on_unpublish","client_id":"341w361a","ip":"127.0.0.1","vhost":"__defaultVhost__","app":"live","stream":"livestream","param":""}"#;
@@ -89,7 +87,9 @@ mod tests {
         assert!(matches!(parse(play).unwrap(), Hook::Play { .. }));
         let stop =
             br#"{"action":"on_stop","client_id":"3y1y2c0d","app":"live","stream":"livestream"}"#;
-        assert!(matches!(parse(stop).unwrap(), Hook::Ignored { .. }));
+        assert!(matches!(parse(stop).unwrap(), Hook::Notice { .. }));
+        let connect = br#"{"action":"on_connect","client_id":"3y1y2c0d","app":"live"}"#;
+        assert!(matches!(parse(connect).unwrap(), Hook::Undecided { .. }));
         assert!(parse(b"{}").is_err());
         assert!(parse(b"0").is_err());
     }

@@ -20,13 +20,15 @@ pub fn hooks(data: &[u8]) {
                 // Checked before use; the check itself must hold up.
                 let _ = claims_proto::names::check_broadcast(&broadcast);
             }
-            Ok(Hook::Ignored { .. }) => {}
+            Ok(Hook::Notice { .. }) | Ok(Hook::Undecided { .. }) => {}
             Err(reason) => assert!(!reason.is_empty(), "{kind:?}: a refusal without a reason"),
         }
+        // A listing is complete or not; either way it parses without panic.
         let _ = parse_listing(
             kind,
             "http://ome:8081/v1/vhosts/default/apps/app/streams",
             data,
+            ingest_node::hooks::listing::FIRST_ASK,
         );
         // The answer to any of it renders.
         let _ = kind.answer(ingest_node::hooks::model::Answer::Bad {
