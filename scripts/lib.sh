@@ -126,3 +126,33 @@ free_port() {
     port_free "$port" && { echo "$port"; return; }
   done
 }
+
+# The real SRS, MediaMTX and OvenMediaEngine for the media-server tests:
+# built from their source beside the project (../shared/media-servers/, see
+# its README), unpacked into target/media-servers/, with what OME needs at
+# run time. Without that folder the tests that need them fail saying where
+# to get each server.
+need_media_servers() {
+  local from=../shared/media-servers/bin to=target/media-servers name
+  need_packages xz:xz-utils curl:curl sha256sum:coreutils
+  need_packages \
+    /usr/lib/$(uname -m)-linux-gnu/libsrt.so.1.5:libsrt1.5-openssl \
+    /usr/lib/$(uname -m)-linux-gnu/libsrtp2.so.1:libsrtp2-1 \
+    /usr/lib/$(uname -m)-linux-gnu/libavformat.so.59:libavformat59 \
+    /usr/lib/$(uname -m)-linux-gnu/libavfilter.so.8:libavfilter8 \
+    /usr/lib/$(uname -m)-linux-gnu/libhiredis.so.0.14:libhiredis0.14 \
+    /usr/lib/$(uname -m)-linux-gnu/libjemalloc.so.2:libjemalloc2
+  if [[ ! -d $from ]]; then
+    echo "note: $from is missing: the SRS, MediaMTX and OvenMediaEngine tests will fail." >&2
+    echo "      Build SRS 6.0.157, MediaMTX v1.12.2 and OvenMediaEngine v0.18.0 from their" >&2
+    echo "      source and put srs, mediamtx and OvenMediaEngine into $to/." >&2
+    return 0
+  fi
+  mkdir -p "$to"
+  for name in srs mediamtx OvenMediaEngine; do
+    if [[ ! -x $to/$name ]] || ! grep -q "$(sha256sum "$to/$name" | cut -d' ' -f1)" "$from/SHA256SUMS"; then
+      echo ">> unpacking $name into $to" >&2
+      xz -dc "$from/$name.xz" > "$to/$name.tmp" && chmod +x "$to/$name.tmp" && mv "$to/$name.tmp" "$to/$name"
+    fi
+  done
+}

@@ -8,6 +8,7 @@ need_build_and_test_tools
 need_grpcurl
 need_gstreamer
 need_nginx_rtmp
+need_media_servers
 need_chromium
 # libfaketime: the soak steps a replica's wall clock with it.
 need_packages "/usr/lib/$(uname -m)-linux-gnu/faketime/libfaketimeMT.so.1:libfaketime"

@@ -206,14 +206,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             tracing::info!(grace = "the claim service's --detach-grace", "shutting down while the media server still publishes: leaving the claim session without goodbye, so the claims wait for this sidecar's next run");
             bridge.leave_without_goodbye();
             bridge_stop.cancel();
+            // The session is gone before any publisher closes here.
             let _ = tokio::time::timeout(Duration::from_secs(5), &mut bridge_task).await;
         }
     }
     tracing::info!("shutting down: closing publishers, saying goodbye, stopping HTTP");
     front_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), front_task).await;
-    bridge_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), &mut bridge_task).await;
+    if !bridge_stop.is_cancelled() {
+        bridge_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), bridge_task).await;
+    }
     http_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
     tracing::info!("ingest node stopped");

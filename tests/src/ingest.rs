@@ -281,6 +281,42 @@ impl Publisher {
         );
         Ok(Self(Daemon::spawn("ffmpeg", cmd)?))
     }
+
+    /// The same test pattern muxed as `format` (`flv` for RTMP, `rtsp`
+    /// over TCP, `mpegts` for SRT).
+    pub fn start_as(url: &str, format: &str) -> Result<Self> {
+        let mut cmd = Command::new("ffmpeg");
+        cmd.args(&PUBLISH_ARGS[..PUBLISH_ARGS.len() - 3]);
+        if format == "rtsp" {
+            cmd.args(["-rtsp_transport", "tcp"]);
+        }
+        cmd.args(["-f", format, url]);
+        Ok(Self(Daemon::spawn("ffmpeg", cmd)?))
+    }
+
+    /// One encoder publishing the test pattern to every RTMP URL of `urls`
+    /// at once (ffmpeg's tee muxer: encoded once, sent to each).
+    pub fn start_many(urls: &[String]) -> Result<Self> {
+        let mut cmd = Command::new("ffmpeg");
+        cmd.args(&PUBLISH_ARGS[..PUBLISH_ARGS.len() - 3]);
+        let outputs: Vec<String> = urls
+            .iter()
+            .map(|u| format!("[f=flv:onfail=ignore]{u}"))
+            .collect();
+        // Each FLV output needs the codec headers up front.
+        cmd.args([
+            "-flags",
+            "+global_header",
+            "-map",
+            "0:v",
+            "-map",
+            "1:a",
+            "-f",
+            "tee",
+        ])
+        .arg(outputs.join("|"));
+        Ok(Self(Daemon::spawn("ffmpeg", cmd)?))
+    }
 }
 
 /// The stream types ffprobe decodes from `url` (following redirects).

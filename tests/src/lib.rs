@@ -13,7 +13,8 @@
 //! - [`checker`]: the fault suite's history checker; [`hostile`]: clients
 //!   that misbehave on purpose; [`netns`]: hosts of their own; [`pki`]:
 //!   certificates; [`rtmp_client`]: a bare RTMP client; [`fuzz`]: the fuzz
-//!   targets; [`bench`]: what benchmarks report.
+//!   targets; [`bench`]: what benchmarks report; [`nginx`], [`real_servers`]:
+//!   real nginx-rtmp, SRS, MediaMTX and OvenMediaEngine.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,7 @@ pub mod netns;
 pub mod nginx;
 pub mod pki;
 pub mod processes;
+pub mod real_servers;
 pub mod rtmp_client;
 pub mod soak;
 
