@@ -19,8 +19,10 @@
 //!   and answers;
 //! - `publishers.rs`: who publishes what (the rules, without I/O);
 //! - `listing.rs`: what a server's API lists as published, read whole;
-//! - `liveness.rs`: whether the server is still there.
+//! - `liveness.rs`: whether the server is still there;
+//! - `kick.rs`: dropping a publisher through the server's API.
 
+mod kick;
 pub mod listing;
 pub mod liveness;
 mod mediamtx;
@@ -79,6 +81,13 @@ impl Kind {
             Kind::Mediamtx => mediamtx::parse(body),
             Kind::Ome => ome::parse(body),
         }
+    }
+
+    /// Whether the server asks again and again about a live publisher
+    /// (nginx-rtmp's `on_update`), so that its answer drops one whose claim
+    /// went elsewhere; the others are told through their API.
+    pub fn updates_publishers(self) -> bool {
+        self == Kind::NginxRtmp
     }
 
     /// Whether the server itself replaces a path's publisher with a newer
@@ -416,6 +425,49 @@ impl Sidecar {
         Some(verdict)
     }
 
+    /// Publishers whose claim another node now holds (taken over, or
+    /// claimed there while this claim was lost) are dropped: removed here
+    /// and kicked at the server through its API, so that two servers are
+    /// never live on one broadcast. nginx-rtmp is told by its next
+    /// `on_update` instead.
+    async fn drop_overtaken(&self) {
+        let states = self.bridge.view().states;
+        let overtaken = self.lock().take_if(|b| {
+            matches!(
+                states.get(b),
+                Some(ClaimState::Lost {
+                    taken_by: Some(_),
+                    ..
+                }) | Some(ClaimState::Standby { .. })
+            )
+        });
+        for (broadcast, client, _track) in overtaken {
+            let by = match states.get(&broadcast) {
+                Some(ClaimState::Lost {
+                    taken_by: Some(by), ..
+                }) => by.clone(),
+                Some(ClaimState::Standby { owner_node, .. }) => owner_node.clone(),
+                _ => String::new(),
+            };
+            self.metrics
+                .publishes_refused
+                .with_label_values(&["taken_over"])
+                .inc();
+            let Some(api) = &self.api else {
+                tracing::error!(%broadcast, %client, node = %by, "another node holds this claim and the media server cannot be told to drop its publisher here (no --media-server-api)");
+                continue;
+            };
+            match kick::kick(self.kind, api, &broadcast, &client).await {
+                Ok(()) => {
+                    tracing::info!(%broadcast, %client, node = %by, "claim now held by another node; the media server was told to drop its publisher")
+                }
+                Err(e) => {
+                    tracing::error!(%broadcast, %client, node = %by, error = %e, "claim now held by another node, and the media server could not be told to drop its publisher")
+                }
+            }
+        }
+    }
+
     fn liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
         self.liveness.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -517,9 +569,17 @@ pub async fn watch(
 ) {
     let mut reap = tokio::time::interval(Duration::from_secs(1));
     let mut next_read = tokio::time::Instant::now() + interval;
+    let mut claims = sidecar.bridge.subscribe();
+    let kicks = !sidecar.kind.updates_publishers();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
+            changed = claims.changed(), if kicks => {
+                if changed.is_err() {
+                    return;
+                }
+                sidecar.drop_overtaken().await;
+            }
             _ = reap.tick() => {
                 if let Some(timeout) = update_timeout {
                     sidecar.reap(timeout);

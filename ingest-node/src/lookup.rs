@@ -114,11 +114,21 @@ impl OwnerLookup {
 /// The body of `GET url` (a media server's API; `token` sent as
 /// `Authorization: Basic base64(token)`), or why not.
 pub async fn http_get(url: &str, token: Option<&str>) -> Result<Vec<u8>, String> {
+    http_call(reqwest::Method::GET, url, token).await
+}
+
+/// The body of `METHOD url` (a media server's API, `token` as for
+/// [`http_get`]); an answer that is not 2xx is an error.
+pub async fn http_call(
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+) -> Result<Vec<u8>, String> {
     let client = reqwest::Client::builder()
         .timeout(LOOKUP_TIMEOUT)
         .build()
         .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
-    let mut request = client.get(url);
+    let mut request = client.request(method.clone(), url);
     if let Some(token) = token {
         use base64::Engine;
         let basic = base64::engine::general_purpose::STANDARD.encode(token);
@@ -127,14 +137,14 @@ pub async fn http_get(url: &str, token: Option<&str>) -> Result<Vec<u8>, String>
     let response = request
         .send()
         .await
-        .map_err(|e| format!("GET {url}: {e}"))?;
+        .map_err(|e| format!("{method} {url}: {e}"))?;
     let status = response.status();
     if !status.is_success() {
-        return Err(format!("GET {url}: {status}"));
+        return Err(format!("{method} {url}: {status}"));
     }
     response
         .bytes()
         .await
         .map(|b| b.to_vec())
-        .map_err(|e| format!("GET {url}: {e}"))
+        .map_err(|e| format!("{method} {url}: {e}"))
 }

@@ -401,3 +401,107 @@ async fn mediamtx_api_questions_are_refused_by_the_sidecar() -> Result<()> {
         .await?;
     Ok(())
 }
+
+/// `--duplicate-publisher takeover` at B: the newest publisher wins, and
+/// A's server, which has no hook to be told through, is told through its
+/// API to drop its publisher (never two servers live on one broadcast).
+async fn a_takeover_drops_the_former_publisher_through_the_api(server: Server) -> Result<()> {
+    let stack = Stack::start(&format!("{}-takeover", server.name()), &[]).await?;
+    let a = Site::start(server, "node-a", &stack, &[]).await?;
+    let b = Site::start(
+        server,
+        "node-b",
+        &stack,
+        &["--duplicate-publisher", "takeover"],
+    )
+    .await?;
+    let mut watcher = Watcher::open(&stack.svc, "live/", 0).await?;
+    let mut former = publish(&a, Transport::Rtmp, "live/t")?;
+    let first = watcher.expect(Kind::Claimed, "live/t").await?;
+    a.server.wait_playable("live/t").await?;
+    let asked = Instant::now();
+    let mut newest = publish(&b, Transport::Rtmp, "live/t")?;
+    let moved = watcher.expect(Kind::Claimed, "live/t").await?;
+    let claim = moved.claim.unwrap_or_default();
+    assert_eq!(claim.node_id, "node-b");
+    assert!(claim.fencing_token > first.claim.unwrap_or_default().fencing_token);
+    former
+        .wait_exit()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", a.logs()))?;
+    a.sidecar
+        .wait_log("claim now held by another node; the media server was told to drop its publisher")
+        .await?;
+    eprintln!(
+        "{server:?}: takeover: the former encoder was dropped {:?} after the newest started; it said {:?}",
+        asked.elapsed(),
+        said(&former.log_text())
+    );
+    assert!(newest.alive(), "{}", newest.log_text());
+    b.server.wait_playable("live/t").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn srs_takeover_drops_the_former_publisher() -> Result<()> {
+    a_takeover_drops_the_former_publisher_through_the_api(Server::Srs).await
+}
+
+#[tokio::test]
+async fn mediamtx_takeover_drops_the_former_publisher() -> Result<()> {
+    a_takeover_drops_the_former_publisher_through_the_api(Server::Mediamtx).await
+}
+
+#[tokio::test]
+async fn ome_takeover_drops_the_former_publisher() -> Result<()> {
+    a_takeover_drops_the_former_publisher_through_the_api(Server::Ome).await
+}
+
+/// `--duplicate-publisher standby` at B: B's publisher is held (its hook
+/// unanswered) while A publishes, and let in the moment A's publisher
+/// leaves.
+async fn a_standby_publisher_is_let_in_when_the_owner_leaves(server: Server) -> Result<()> {
+    let stack = Stack::start(&format!("{}-standby", server.name()), &[]).await?;
+    let a = Site::start(server, "node-a", &stack, &[]).await?;
+    let b = Site::start(
+        server,
+        "node-b",
+        &stack,
+        &["--duplicate-publisher", "standby", "--claim-wait", "5s"],
+    )
+    .await?;
+    let mut watcher = Watcher::open(&stack.svc, "live/", 0).await?;
+    let mut owner = publish(&a, Transport::Rtmp, "live/s")?;
+    watcher.expect(Kind::Claimed, "live/s").await?;
+    let mut standby = publish(&b, Transport::Rtmp, "live/s")?;
+    // B's sidecar has the publish on hold: its claim stands by.
+    b.sidecar
+        .wait_broadcast("live/s", |e| e["claim"]["state"] == "standby")
+        .await?;
+    let left = Instant::now();
+    owner.terminate().await?;
+    let claimed = watcher.expect(Kind::Claimed, "live/s").await?;
+    assert_eq!(claimed.claim.unwrap_or_default().node_id, "node-b");
+    b.server.wait_playable("live/s").await?;
+    eprintln!(
+        "{server:?}: standby: the held publisher was claimed and playing {:?} after the owner's encoder stopped",
+        left.elapsed()
+    );
+    assert!(standby.alive(), "{}", standby.log_text());
+    Ok(())
+}
+
+#[tokio::test]
+async fn srs_standby_publisher_is_let_in_when_the_owner_leaves() -> Result<()> {
+    a_standby_publisher_is_let_in_when_the_owner_leaves(Server::Srs).await
+}
+
+#[tokio::test]
+async fn mediamtx_standby_publisher_is_let_in_when_the_owner_leaves() -> Result<()> {
+    a_standby_publisher_is_let_in_when_the_owner_leaves(Server::Mediamtx).await
+}
+
+#[tokio::test]
+async fn ome_standby_publisher_is_let_in_when_the_owner_leaves() -> Result<()> {
+    a_standby_publisher_is_let_in_when_the_owner_leaves(Server::Ome).await
+}

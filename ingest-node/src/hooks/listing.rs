@@ -213,14 +213,25 @@ struct MtxPath {
 
 #[derive(Deserialize)]
 struct MtxSource {
+    #[serde(rename = "type", default)]
+    kind: String,
     #[serde(default)]
     id: String,
 }
 
-/// A path with a source has a publisher (ready, or just let in and not
-/// ready yet); the source's id is the one MediaMTX's authentication
-/// request and `$MTX_SOURCE_ID` carry. Complete when one page holds every
-/// item.
+impl MtxSource {
+    /// A publisher (`rtmpConn`, `rtspSession`, `srtConn`,
+    /// `webRTCSession`, ...), not a source MediaMTX pulls itself
+    /// (`rtmpSource`, `rtspSource`, ...): a pull is never claimed.
+    fn publishes(&self) -> bool {
+        self.kind.ends_with("Conn") || self.kind.ends_with("Session")
+    }
+}
+
+/// A path with a publishing source has a publisher (ready, or just let in
+/// and not ready yet); the source's id is the one MediaMTX's
+/// authentication request and `$MTX_SOURCE_ID` carry. Complete when one
+/// page holds every item.
 fn mediamtx(body: &[u8]) -> Result<Page, String> {
     let p: MtxPaths =
         serde_json::from_slice(body).map_err(|e| format!("not MediaMTX's path list: {e}"))?;
@@ -228,7 +239,10 @@ fn mediamtx(body: &[u8]) -> Result<Page, String> {
     let listed = p
         .items
         .into_iter()
-        .filter_map(|p| Some((p.name, p.source?.id)))
+        .filter_map(|p| {
+            let source = p.source.filter(MtxSource::publishes)?;
+            Some((p.name, source.id))
+        })
         .collect();
     Ok(Page { listed, complete })
 }
@@ -269,7 +283,8 @@ mod tests {
     const MTX: &[u8] = br#"{"itemCount":3,"pageCount":1,"items":[
       {"name":"live/cam1","confName":"all_others","source":{"type":"rtmpConn","id":"f1d9d10f-1296-44bb-8752-f354bdf0f8fa"},"ready":true,"readyTime":"2026-12-07T07:25:18.053942304Z","tracks":["H264","MPEG-4 Audio"],"bytesReceived":63677,"bytesSent":0,"readers":[]},
       {"name":"live/rtspcam","confName":"all_others","source":{"type":"rtspSession","id":"ba338398-9316-42ef-82be-9c9f9f6b5846"},"ready":false,"readyTime":null,"tracks":[],"bytesReceived":0,"bytesSent":0,"readers":[]},
-      {"name":"live/idle","confName":"all_others","source":null,"ready":false,"readyTime":null,"tracks":[],"bytesReceived":0,"bytesSent":0,"readers":[]}]}"#;
+      {"name":"live/idle","confName":"all_others","source":null,"ready":false,"readyTime":null,"tracks":[],"bytesReceived":0,"bytesSent":0,"readers":[]},
+      {"name":"live/pulled","confName":"live/pulled","source":{"type":"rtmpSource","id":""},"ready":true,"readyTime":null,"tracks":[],"bytesReceived":0,"bytesSent":0,"readers":[]}]}"#;
 
     #[test]
     fn srs_and_mediamtx_lists_as_the_servers_answer() {
@@ -310,7 +325,13 @@ mod tests {
         assert!(!parse(Kind::Srs, "", SRS, 2).unwrap().complete);
         assert!(parse(Kind::Srs, "", SRS, 3).unwrap().complete);
         // MediaMTX says how many items and pages there are.
-        assert!(parse(Kind::Mediamtx, "", MTX, FIRST_ASK).unwrap().complete);
+        let mtx = String::from_utf8_lossy(MTX).replace(r#""itemCount":3"#, r#""itemCount":4"#);
+        assert!(
+            parse(Kind::Mediamtx, "", mtx.as_bytes(), FIRST_ASK)
+                .unwrap()
+                .complete
+        );
+        assert!(!parse(Kind::Mediamtx, "", MTX, FIRST_ASK).unwrap().complete);
         let paged = br#"{"itemCount":101,"pageCount":2,"items":[]}"#;
         assert!(!parse(Kind::Mediamtx, "", paged, 100).unwrap().complete);
         let short = br#"{"itemCount":2,"pageCount":1,"items":[{"name":"a/b","source":null}]}"#;

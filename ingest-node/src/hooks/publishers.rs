@@ -195,6 +195,21 @@ impl<T> Publishers<T> {
         self.remove_where(|b, p| p.seen < since && !listed.iter().any(|(lb, _)| lb == b))
     }
 
+    /// The publishers of the broadcasts `overtaken` picks, removed, with
+    /// their clients (to be dropped at the server).
+    pub fn take_if(&mut self, overtaken: impl Fn(&str) -> bool) -> Vec<(String, String, T)> {
+        let picked: Vec<String> = self
+            .by_broadcast
+            .keys()
+            .filter(|b| overtaken(b))
+            .cloned()
+            .collect();
+        picked
+            .into_iter()
+            .filter_map(|b| self.by_broadcast.remove(&b).map(|p| (b, p.client, p.held)))
+            .collect()
+    }
+
     /// Every publisher, removed (the media server is gone).
     pub fn clear(&mut self) -> Vec<(String, T)> {
         self.by_broadcast
@@ -330,6 +345,19 @@ mod tests {
         ];
         assert!(book.unlisted(&listed, listed_at).is_empty());
         assert_eq!(book.done("live/a", "other"), Done::Ended(()));
+    }
+
+    #[test]
+    fn overtaken_publishers_are_taken_with_their_clients() {
+        let t0 = Instant::now();
+        let mut book = Publishers::default();
+        book.insert("live/a", "1", (), t0);
+        book.insert("live/b", "2", (), t0);
+        assert_eq!(
+            book.take_if(|b| b == "live/b"),
+            vec![("live/b".to_string(), "2".to_string(), ())]
+        );
+        assert_eq!(book.len(), 1);
     }
 
     #[test]
