@@ -9,7 +9,7 @@ use crate::bridge::{ClaimServices, DuplicatePolicy};
 use crate::hooks::Kind as HookKind;
 use clap::{Parser, ValueEnum};
 
-use crate::rtmp::UnavailablePolicy;
+use crate::gate::UnavailablePolicy;
 
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 10s or 500ms)"))

@@ -43,11 +43,11 @@ use axum::routing::post;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
-use crate::bridge::{Bridge, ClaimState, Decision, Hold};
+use crate::bridge::ClaimState;
+use crate::gate::{Admission, Counted, PublishGate, Refusal, Refused};
 use crate::lookup::{Freshness, OwnerLookup};
 use crate::metrics::Metrics;
-use crate::registry::{Registry, TrackGuard};
-use crate::rtmp::UnavailablePolicy;
+use crate::registry::Registry;
 use liveness::{Liveness, Verdict};
 use model::{Answer, Hook};
 use publishers::{Done, Publishers, Seen, Start};
@@ -112,15 +112,12 @@ pub const MAX_HOOK_BODY: usize = 64 * 1024;
 
 pub struct Sidecar {
     pub kind: Kind,
-    pub registry: Registry,
-    pub bridge: Arc<Bridge>,
+    /// Whether a publisher may start, and what it is told.
+    pub gate: Arc<PublishGate>,
     pub lookup: OwnerLookup,
-    pub metrics: Arc<Metrics>,
-    pub hold: Hold,
-    pub on_unavailable: UnavailablePolicy,
     /// OME's shared secret: its requests must be signed with it.
     pub ome_secret: Option<Vec<u8>>,
-    pub publishers: Mutex<Publishers<TrackGuard>>,
+    pub publishers: Mutex<Publishers<Admission>>,
     /// Where the server lists what it publishes, if configured.
     pub api: Option<Api>,
     /// Whether that API still answers.
@@ -209,34 +206,26 @@ impl Sidecar {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Publishers<TrackGuard>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Publishers<Admission>> {
         self.publishers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn refuse(&self, broadcast: &str, label: &str, reason: String) -> Answer {
-        self.metrics
-            .publishes_refused
-            .with_label_values(&[label])
-            .inc();
-        tracing::info!(%broadcast, %reason, "publish refused");
-        Answer::Refuse { reason }
+    /// Turns a publisher away (counted and logged by the gate).
+    fn refuse(&self, broadcast: &str, refusal: Refusal) -> Answer {
+        let refusal = self.gate.refused(broadcast, refusal);
+        Answer::Refuse {
+            reason: refusal.reason,
+        }
     }
 
-    /// A publisher asks to start: allowed once claimed.
+    /// A publisher asks to start: allowed once claimed (the gate decides);
+    /// the media server's own client id says whether it is a new one.
     async fn publish(&self, broadcast: String, client: String) -> Answer {
-        if let Err(reason) = claims_proto::names::check_broadcast(&broadcast) {
-            return self.refuse(&broadcast, "bad_name", reason);
-        }
-        if self.bridge.view().draining {
-            let reason =
-                "this node is draining and takes no new publishers; publish to another node";
-            return self.refuse(&broadcast, "draining", reason.into());
-        }
         let start = self.lock().start(&broadcast, &client);
         match start {
             Start::Busy { client: other } => {
                 let reason = format!("{broadcast} is already published here by client {other}");
-                return self.refuse(&broadcast, "busy", reason);
+                return self.refuse(&broadcast, Refusal::new(Refused::Busy, reason));
             }
             Start::Again => return Answer::Allow,
             Start::Replaces { client } => {
@@ -247,34 +236,21 @@ impl Sidecar {
             }
             Start::New => {}
         }
-        let Some(track) = self.registry.open(&broadcast, "publish") else {
-            let reason = format!("{broadcast} is already being admitted here");
-            return self.refuse(&broadcast, "busy", reason);
+        let admission = match self.gate.publish(&broadcast).await {
+            Ok(admission) => admission,
+            Err(refusal) => {
+                return Answer::Refuse {
+                    reason: refusal.reason,
+                }
+            }
         };
-        let decision = self.bridge.decide(&broadcast, track.seq, self.hold).await;
-        match &decision {
-            Decision::Claimed { fencing_token } => {
-                tracing::info!(%broadcast, %client, fencing_token, "publish allowed: claimed");
-            }
-            Decision::Unavailable { reason } if self.on_unavailable == UnavailablePolicy::Allow => {
-                tracing::warn!(%broadcast, %reason, "publish allowed without a claim (policy allow)");
-            }
-            refused => {
-                let (label, reason) = refused.refusal(&broadcast).unwrap_or_default();
-                return self.refuse(&broadcast, label, reason);
-            }
-        }
         if !self
             .lock()
-            .insert(&broadcast, &client, track, Instant::now())
+            .insert(&broadcast, &client, admission, Instant::now())
         {
-            return self.refuse(
-                &broadcast,
-                "busy",
-                format!("{broadcast} was taken by another client meanwhile"),
-            );
+            let reason = format!("{broadcast} was taken by another client meanwhile");
+            return self.refuse(&broadcast, Refusal::new(Refused::Busy, reason));
         }
-        self.metrics.publishers.inc();
         Answer::Allow
     }
 
@@ -288,14 +264,11 @@ impl Sidecar {
             // missed the start): claimed now, or dropped.
             Seen::Unknown => return self.publish(broadcast, client).await,
             Seen::Other { client: other } => {
-                return self.refuse(
-                    &broadcast,
-                    "busy",
-                    format!("{broadcast} is published here by client {other}"),
-                )
+                let reason = format!("{broadcast} is published here by client {other}");
+                return self.refuse(&broadcast, Refusal::new(Refused::Busy, reason));
             }
         }
-        let (label, reason) = match self.bridge.state(&broadcast) {
+        let (label, reason) = match self.gate.bridge.state(&broadcast) {
             Some(ClaimState::Lost {
                 taken_by: Some(by), ..
             }) => {
@@ -315,7 +288,8 @@ impl Sidecar {
             _ => return Answer::Allow,
         };
         self.lock().done(&broadcast, &client);
-        self.metrics
+        self.gate
+            .metrics
             .publishes_refused
             .with_label_values(&[label])
             .inc();
@@ -329,7 +303,7 @@ impl Sidecar {
             return Answer::Bad { reason };
         }
         if matches!(
-            self.bridge.state(&broadcast),
+            self.gate.bridge.state(&broadcast),
             Some(ClaimState::Claimed { .. })
         ) {
             return Answer::Allow;
@@ -345,8 +319,8 @@ impl Sidecar {
                 ),
             },
             Ok(Some(owner)) => match owner.endpoints.get("rtmp") {
-                Some(rtmp) if owner.node_id != self.bridge.node_id() => {
-                    self.metrics.redirects.inc();
+                Some(rtmp) if owner.node_id != self.gate.bridge.node_id() => {
+                    self.gate.metrics.redirects.inc();
                     Answer::Redirect {
                         location: format!("{}/{broadcast}", rtmp.trim_end_matches('/')),
                     }
@@ -431,7 +405,7 @@ impl Sidecar {
     /// never live on one broadcast. nginx-rtmp is told by its next
     /// `on_update` instead.
     async fn drop_overtaken(&self) {
-        let states = self.bridge.view().states;
+        let states = self.gate.bridge.view().states;
         let overtaken = self.lock().take_if(|b| {
             matches!(
                 states.get(b),
@@ -449,7 +423,8 @@ impl Sidecar {
                 Some(ClaimState::Standby { owner_node, .. }) => owner_node.clone(),
                 _ => String::new(),
             };
-            self.metrics
+            self.gate
+                .metrics
                 .publishes_refused
                 .with_label_values(&["taken_over"])
                 .inc();
@@ -499,7 +474,7 @@ pub fn restore(
     registry: &Registry,
     listed: &listing::Listed,
     metrics: &Metrics,
-) -> Publishers<TrackGuard> {
+) -> Publishers<Admission> {
     let now = Instant::now();
     let mut book = Publishers::new(kind.replaces_publishers());
     for (broadcast, client) in listed {
@@ -507,8 +482,12 @@ pub fn restore(
             continue;
         }
         if let Some(track) = registry.open(broadcast, "publish") {
-            if book.insert(broadcast, client, track, now) {
-                metrics.publishers.inc();
+            let admission = Admission {
+                track,
+                fencing_token: None,
+                counted: Counted::new(&metrics.publishers),
+            };
+            if book.insert(broadcast, client, admission, now) {
                 tracing::info!(%broadcast, %client, "publisher listed by the media server at start");
             }
         }
@@ -569,7 +548,7 @@ pub async fn watch(
 ) {
     let mut reap = tokio::time::interval(Duration::from_secs(1));
     let mut next_read = tokio::time::Instant::now() + interval;
-    let mut claims = sidecar.bridge.subscribe();
+    let mut claims = sidecar.gate.bridge.subscribe();
     let kicks = !sidecar.kind.updates_publishers();
     loop {
         tokio::select! {

@@ -5,7 +5,9 @@
 //! - [`registry`]: the live `(broadcast, track)` broadcasters, reporting
 //!   created / closed;
 //! - [`bridge`]: one claim-service session fed by the registry, exposing the
-//!   claim state of each broadcast.
+//!   claim state of each broadcast;
+//! - [`gate`]: whether a publisher may start and what it is told, for every
+//!   front end.
 //!
 //! The rest is this node's own front end: [`rtmp`] ingest, [`media`] fan-out
 //! and [`flv`] muxing, [`http`] playback and redirects, assembled by [`node`].
@@ -13,6 +15,7 @@
 pub mod bridge;
 pub mod config;
 pub mod flv;
+pub mod gate;
 pub mod hooks;
 pub mod http;
 pub mod lookup;

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{Bridge, BridgeConfig, Hold};
 use crate::config::Config;
+use crate::gate::PublishGate;
 use crate::hooks::{self, publishers::Publishers, Kind, Sidecar};
 use crate::http::{router, HttpState};
 use crate::lookup::OwnerLookup;
@@ -106,20 +107,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     let front_stop = CancellationToken::new();
     let (rtmp_limits, http_limits) = config.listen_limits();
-    let hold = Hold {
-        duplicates: config.duplicate_publisher,
-        claim_wait: config.claim_wait,
-    };
+    let gate = Arc::new(PublishGate {
+        registry: registry.clone(),
+        bridge: bridge.clone(),
+        metrics: metrics.clone(),
+        hold: Hold {
+            duplicates: config.duplicate_publisher,
+            claim_wait: config.claim_wait,
+        },
+        on_unavailable: config.on_claim_unavailable,
+    });
     let mut sidecar_of_front = None;
     let front_task = match front {
         Front::Rtmp(listener) => {
             let ingest = Arc::new(Ingest {
-                registry: registry.clone(),
+                gate: gate.clone(),
                 hub: hub.clone(),
-                bridge: bridge.clone(),
-                metrics: metrics.clone(),
-                on_unavailable: config.on_claim_unavailable,
-                hold,
                 idle_timeout: config.idle_timeout,
                 max_message: config.max_rtmp_message,
                 advertise_http: advertise_http.clone(),
@@ -140,12 +143,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             };
             let sidecar = Arc::new(Sidecar {
                 kind,
-                registry: registry.clone(),
-                bridge: bridge.clone(),
+                gate: gate.clone(),
                 lookup: OwnerLookup::new(claim_services.clone()),
-                metrics: metrics.clone(),
-                hold,
-                on_unavailable: config.on_claim_unavailable,
                 ome_secret: ome_secret.map(|s| s.trim_ascii().to_vec()),
                 publishers: std::sync::Mutex::new(restored),
                 api,

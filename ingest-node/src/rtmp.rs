@@ -26,28 +26,15 @@ use tracing::Instrument;
 
 mod status;
 
-use crate::bridge::{Bridge, BridgeView, ClaimState, Decision, Hold};
+use crate::bridge::{BridgeView, ClaimState};
+use crate::gate::{Counted, PublishGate, Refusal, Refused};
 use crate::media::{Hub, Publishing};
-use crate::metrics::Metrics;
-use crate::registry::{Registry, TrackGuard};
-
-/// What to do with a publish when no claim service can answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum UnavailablePolicy {
-    /// Accept it; the broadcast is claimed as soon as a service is back.
-    Allow,
-    /// Refuse it.
-    Refuse,
-}
+use crate::registry::TrackGuard;
 
 pub struct Ingest {
-    pub registry: Registry,
+    /// Whether a publisher may start, and what it is told.
+    pub gate: Arc<PublishGate>,
     pub hub: Hub,
-    pub bridge: Arc<Bridge>,
-    pub metrics: Arc<Metrics>,
-    pub on_unavailable: UnavailablePolicy,
-    /// How long a publish waits for its claim answer, and behind whom.
-    pub hold: Hold,
     /// A connection whose peer completes no RTMP message for this long is
     /// closed; so is a publish that sends no media for this long.
     pub idle_timeout: Duration,
@@ -76,7 +63,7 @@ pub async fn serve(
         let span = tracing::info_span!("rtmp", %peer);
         tokio::spawn(
             async move {
-                ingest.metrics.rtmp_connections.inc();
+                ingest.gate.metrics.rtmp_connections.inc();
                 let why = tokio::select! {
                     r = serve_connection(ingest.clone(), socket) => r,
                     _ = shutdown.cancelled() => Err("node shutting down".into()),
@@ -85,7 +72,7 @@ pub async fn serve(
                     Ok(()) => tracing::debug!("connection closed"),
                     Err(e) => tracing::info!(reason = %e, "connection ended"),
                 }
-                ingest.metrics.rtmp_connections.dec();
+                ingest.gate.metrics.rtmp_connections.dec();
             }
             .instrument(span),
         );
@@ -124,12 +111,11 @@ struct Published {
     gate: Option<TrackGuard>,
     video: Option<TrackGuard>,
     audio: Option<TrackGuard>,
-    metrics: Arc<Metrics>,
+    _counted: Counted,
 }
 
 impl Drop for Published {
     fn drop(&mut self) {
-        self.metrics.publishers.dec();
         tracing::info!(broadcast = %self.broadcast, "publish ended");
     }
 }
@@ -203,7 +189,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     Ok(Ok(n)) => n,
                 },
                 by = taken_over(self.claim.as_mut()) => {
-                    self.ingest.metrics.publishes_refused.with_label_values(&["taken_over"]).inc();
+                    self.ingest.gate.metrics.publishes_refused.with_label_values(&["taken_over"]).inc();
                     return Err(format!(
                         "claim taken over by node {by} (a newer publisher there won); this publisher is dropped"
                     ));
@@ -286,7 +272,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// Feeds `bytes` to the RTMP session; whether a message completed.
     async fn input(&mut self, bytes: &[u8]) -> Result<bool, String> {
-        self.ingest.metrics.bytes_in.inc_by(bytes.len() as u64);
+        self.ingest.gate.metrics.bytes_in.inc_by(bytes.len() as u64);
         // rml_rtmp panics on some malformed messages (an AMF0 command with
         // fewer than three values, found by the fuzzer): contain it, and
         // close this connection as for any other protocol error.
@@ -401,87 +387,54 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     ) -> Result<Vec<ServerSessionResult>, String> {
         let key = strip_query(&key).to_string();
         let broadcast = format!("{app}/{key}");
-        let metrics = self.ingest.metrics.clone();
-        let refuse = |this: &mut Self, code: &str, reason: &str, why: String| {
-            metrics.publishes_refused.with_label_values(&[reason]).inc();
-            tracing::info!(broadcast = %names::quote(&broadcast), reason = %why, "publish refused");
-            this.refuse(request_id, code, &why)
-        };
+        let gate = self.ingest.gate.clone();
         if self.publishing.is_some() {
-            return refuse(
-                self,
-                "NetStream.Publish.BadName",
-                "busy",
-                "this connection already publishes".into(),
-            );
+            let refusal = Refusal::new(Refused::Busy, "this connection already publishes");
+            return self.refuse_publish(request_id, gate.refused(&broadcast, refusal));
         }
-        if let Err(why) = claims_proto::names::check_broadcast(&broadcast) {
-            return refuse(self, "NetStream.Publish.BadName", "bad_name", why);
-        }
-        if self.ingest.bridge.view().draining {
-            return refuse(
-                self,
-                "NetStream.Publish.Denied",
-                "draining",
-                "this node is draining and takes no new publishers; publish to another node".into(),
-            );
-        }
+        let admission = match gate.publish(&broadcast).await {
+            Ok(admission) => admission,
+            Err(refusal) => return self.refuse_publish(request_id, refusal),
+        };
         let Some(media) = self.ingest.hub.publish(&broadcast) else {
-            return refuse(
-                self,
-                "NetStream.Publish.BadName",
-                "busy",
+            let refusal = Refusal::new(
+                Refused::Busy,
                 format!("{broadcast} is already being published on this node"),
             );
+            return self.refuse_publish(request_id, gate.refused(&broadcast, refusal));
         };
-        let Some(gate) = self.ingest.registry.open(&broadcast, "publish") else {
-            return refuse(
-                self,
-                "NetStream.Publish.BadName",
-                "busy",
-                format!("{broadcast} is already live on this node"),
-            );
-        };
-        let decision = self
-            .ingest
-            .bridge
-            .decide(&broadcast, gate.seq, self.ingest.hold)
-            .await;
-        match &decision {
-            Decision::Claimed { fencing_token } => {
-                tracing::info!(%broadcast, fencing_token, "publish accepted: claimed");
-            }
-            Decision::Unavailable { reason }
-                if self.ingest.on_unavailable == UnavailablePolicy::Allow =>
-            {
-                tracing::warn!(%broadcast, %reason, "publish accepted without a claim (policy allow); it is claimed once a claim service answers");
-            }
-            refused => {
-                drop((gate, media));
-                let (label, reason) = refused.refusal(&broadcast).unwrap_or_default();
-                let code = match label {
-                    "unavailable" => "NetStream.Publish.Denied",
-                    _ => "NetStream.Publish.BadName",
-                };
-                return refuse(self, code, label, reason);
-            }
-        }
-        self.ingest.metrics.publishers.inc();
         self.media_at = Some(Instant::now());
-        self.claim = Some((self.ingest.bridge.subscribe(), broadcast.clone()));
+        self.claim = Some((gate.bridge.subscribe(), broadcast.clone()));
         self.publishing = Some(Published {
             broadcast,
             app,
             key,
             media,
-            gate: Some(gate),
+            gate: Some(admission.track),
             video: None,
             audio: None,
-            metrics: self.ingest.metrics.clone(),
+            _counted: admission.counted,
         });
         self.session()
             .accept_request(request_id)
             .map_err(|e| format!("cannot accept publish: {e}"))
+    }
+
+    /// Turns a publisher away with the `onStatus` code its reason calls
+    /// for: `Denied` where the node takes nothing now, `BadName` where the
+    /// name is the trouble (bad, busy, owned elsewhere).
+    fn refuse_publish(
+        &mut self,
+        request_id: u32,
+        refusal: Refusal,
+    ) -> Result<Vec<ServerSessionResult>, String> {
+        let code = match refusal.why {
+            Refused::Draining | Refused::Unavailable => "NetStream.Publish.Denied",
+            Refused::BadName | Refused::Busy | Refused::OwnedElsewhere => {
+                "NetStream.Publish.BadName"
+            }
+        };
+        self.refuse(request_id, code, &refusal.reason)
     }
 
     /// Refuses a `publish` or `play` with an `onStatus` error every
@@ -520,7 +473,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let slot = if video { &mut p.video } else { &mut p.audio };
         if slot.is_none() {
             let track = if video { "video" } else { "audio" };
-            *slot = self.ingest.registry.open(&p.broadcast, track);
+            *slot = self.ingest.gate.registry.open(&p.broadcast, track);
             tracing::info!(broadcast = %p.broadcast, track, "track live");
             // The media track now holds the claim; the gate can go.
             p.gate = None;
@@ -532,6 +485,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         };
         if fanout.dropped > 0 {
             self.ingest
+                .gate
                 .metrics
                 .viewers_dropped
                 .inc_by(fanout.dropped as u64);

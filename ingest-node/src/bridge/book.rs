@@ -233,44 +233,6 @@ pub fn decision(view: &BridgeView, broadcast: &str, seq: u64) -> Option<Decision
     })
 }
 
-impl Decision {
-    /// What a publisher given this decision is told when it is turned
-    /// away, with the metric label of the refusal; `None` when claimed.
-    /// (Whether an `Unavailable` is turned away is the caller's policy.)
-    pub fn refusal(&self, broadcast: &str) -> Option<(&'static str, String)> {
-        Some(match self {
-            Decision::Claimed { .. } => return None,
-            Decision::Unavailable { reason } => (
-                "unavailable",
-                format!("{broadcast} cannot be claimed now ({reason}); this node refuses publishes it cannot claim"),
-            ),
-            Decision::OwnedElsewhere {
-                owner_node,
-                owner_detached: true,
-                ..
-            } => (
-                "owned_elsewhere",
-                format!("{broadcast} is still claimed by node {owner_node}: its node went away and its claim did not move here within its grace (it may have come back); publish again shortly"),
-            ),
-            Decision::OwnedElsewhere {
-                owner_node,
-                owner_rtmp,
-                ..
-            } => {
-                let target = owner_rtmp
-                    .as_ref()
-                    .map(|url| format!("{}/{broadcast}", url.trim_end_matches('/')))
-                    .unwrap_or_else(|| "its RTMP endpoint is unknown".into());
-                (
-                    "owned_elsewhere",
-                    format!("{broadcast} is owned by node {owner_node}; publish to {target}"),
-                )
-            }
-            Decision::Rejected { reason } => ("bad_name", reason.clone()),
-        })
-    }
-}
-
 /// How long a publish that met another owner is held before it is told
 /// so: under `standby` and `takeover`, up to the claim wait (the owner's
 /// publisher may leave, or the takeover land); whatever the policy, while

@@ -54,16 +54,19 @@ fn front() -> &'static Front {
                     registry.clone(),
                     tokio_util::sync::CancellationToken::new(),
                 );
-                Arc::new(ingest_node::rtmp::Ingest {
+                let gate = ingest_node::gate::PublishGate {
                     registry,
-                    hub: Default::default(),
                     bridge,
                     metrics: Arc::new(ingest_node::metrics::Metrics::new()),
-                    on_unavailable: ingest_node::rtmp::UnavailablePolicy::Allow,
                     hold: ingest_node::bridge::Hold {
                         duplicates: Default::default(),
                         claim_wait: Duration::from_millis(1),
                     },
+                    on_unavailable: ingest_node::gate::UnavailablePolicy::Allow,
+                };
+                Arc::new(ingest_node::rtmp::Ingest {
+                    gate: Arc::new(gate),
+                    hub: Default::default(),
                     idle_timeout: Duration::from_millis(200),
                     max_message: 4 * 1024 * 1024,
                     advertise_http: "http://fuzz:8080".into(),
@@ -103,7 +106,7 @@ pub fn rtmp(data: &[u8]) {
             "the RTMP front end panicked: {ended:?}"
         );
         drain.abort();
-        let live = front.ingest.registry.live();
+        let live = front.ingest.gate.registry.live();
         assert!(
             live.is_empty(),
             "tracks left live after the connection ended: {live:?}"

@@ -378,31 +378,3 @@ fn under_takeover_a_new_publish_meeting_an_owner_asks_once_and_never_of_a_gone_o
         }
     ));
 }
-
-#[test]
-fn a_refusal_names_the_owner_where_to_publish_or_why_not() {
-    let there = Decision::OwnedElsewhere {
-        owner_node: "node-b".into(),
-        owner_rtmp: Some("rtmp://b:1935/".into()),
-        owner_detached: false,
-        grace_ends_unix_ms: 0,
-    };
-    assert_eq!(
-        there.refusal("live/a"),
-        Some((
-            "owned_elsewhere",
-            "live/a is owned by node node-b; publish to rtmp://b:1935/live/a".to_string()
-        ))
-    );
-    let (label, reason) = gone_owner(5).refusal("live/a").unwrap();
-    assert_eq!(label, "owned_elsewhere");
-    assert!(reason.contains("went away"), "{reason}");
-    let down = Decision::Unavailable {
-        reason: "no claim service reachable".into(),
-    };
-    assert_eq!(down.refusal("live/a").unwrap().0, "unavailable");
-    assert_eq!(
-        Decision::Claimed { fencing_token: 1 }.refusal("live/a"),
-        None
-    );
-}
