@@ -76,6 +76,12 @@ pub struct Config {
     #[arg(long, env = "INGEST_ADVERTISE_HTTP")]
     pub advertise_http: Option<String>,
 
+    /// The `ovt` endpoint: OvenMediaEngine's OVT address (ovt://HOST:PORT)
+    /// from which a non-owner OME pulls this node's broadcasts for its
+    /// players (with --media-server ome).
+    #[arg(long, env = "INGEST_ADVERTISE_OVT")]
+    pub advertise_ovt: Option<String>,
+
     /// What to do with a publish when no claim service answers: allow it
     /// (claimed once a service is back) or refuse it.
     #[arg(

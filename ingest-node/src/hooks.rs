@@ -20,7 +20,8 @@
 //! - `publishers.rs`: who publishes what (the rules, without I/O);
 //! - `listing.rs`: what a server's API lists as published, read whole;
 //! - `liveness.rs`: whether the server is still there;
-//! - `kick.rs`: dropping a publisher through the server's API.
+//! - `kick.rs`: dropping a publisher through the server's API;
+//! - `pull.rs`: OME pulling a broadcast from its owner for its players.
 
 mod kick;
 pub mod listing;
@@ -30,6 +31,7 @@ pub mod model;
 mod nginx;
 pub mod ome;
 pub mod publishers;
+mod pull;
 mod srs;
 
 use std::sync::{Arc, Mutex};
@@ -48,6 +50,8 @@ use crate::gate::{Admission, Counted, PublishGate, Refusal, Refused};
 use crate::lookup::{Freshness, OwnerLookup};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::relay::Relays;
+use claims_proto::v1 as pb;
 use liveness::{Liveness, Verdict};
 use model::{Answer, Hook};
 use publishers::{Done, Publishers, Seen, Start};
@@ -90,6 +94,20 @@ impl Kind {
         self == Kind::NginxRtmp
     }
 
+    /// Whether a player at this server can be given the owner's stream:
+    /// relayed in by the sidecar (SRS; MediaMTX with `runOnDemand`), or
+    /// pulled by the server itself (OME, over OVT).
+    pub fn takes_relays(self) -> bool {
+        matches!(self, Kind::Srs | Kind::Mediamtx | Kind::Ome)
+    }
+
+    /// Whether the server follows a redirect of a player to the owner and
+    /// relays the stream from there (nginx-rtmp's `on_play` 3xx); the
+    /// others refuse the player, and the sidecar's log names the owner.
+    pub fn relays_players(self) -> bool {
+        self == Kind::NginxRtmp
+    }
+
     /// Whether the server itself replaces a path's publisher with a newer
     /// one (MediaMTX's `overridePublisher`, on by default).
     pub fn replaces_publishers(self) -> bool {
@@ -122,6 +140,12 @@ pub struct Sidecar {
     pub api: Option<Api>,
     /// Whether that API still answers.
     pub liveness: Mutex<Liveness>,
+    /// Relays of owners' streams into this server for its players, where
+    /// the server can take them (SRS, MediaMTX).
+    pub relays: Option<Arc<Relays>>,
+    /// The media server's RTMP address (`--advertise-rtmp`): where relays
+    /// publish.
+    pub local_rtmp: String,
 }
 
 pub fn router(sidecar: Arc<Sidecar>) -> Router {
@@ -170,6 +194,19 @@ impl Sidecar {
                 tracing::debug!(%broadcast, "the media server's relay from the owner: allowed, not claimed");
                 Answer::Allow
             }
+            Hook::Relayed {
+                broadcast,
+                client,
+                query,
+            } => match &self.relays {
+                Some(relays) if relays.is_relay(&query) => {
+                    relays.note_client(&client);
+                    tracing::debug!(%broadcast, %client, "this sidecar's relay of the owner's stream: allowed, not claimed");
+                    Answer::Allow
+                }
+                _ => self.publish(broadcast, client).await,
+            },
+            Hook::Demand { broadcast } => self.play(broadcast).await,
             Hook::Notice { what } => {
                 tracing::debug!(%what, "notice from the media server; nothing to decide");
                 Answer::Allow
@@ -320,10 +357,16 @@ impl Sidecar {
             },
             Ok(Some(owner)) => match owner.endpoints.get("rtmp") {
                 Some(rtmp) if owner.node_id != self.gate.bridge.node_id() => {
-                    self.gate.metrics.redirects.inc();
-                    Answer::Redirect {
-                        location: format!("{}/{broadcast}", rtmp.trim_end_matches('/')),
+                    let location = format!("{}/{broadcast}", rtmp.trim_end_matches('/'));
+                    if let Some(answer) = self.relay(&broadcast, &owner, rtmp).await {
+                        return answer;
                     }
+                    if self.kind.relays_players() {
+                        self.gate.metrics.redirects.inc();
+                    } else {
+                        tracing::info!(%broadcast, owner = %owner.node_id, %location, "player refused: the broadcast is owned by another node, and this media server cannot relay it from there; play it at the owner");
+                    }
+                    Answer::Redirect { location }
                 }
                 _ => Answer::NotFound {
                     reason: format!(
@@ -334,6 +377,33 @@ impl Sidecar {
             Err(e) => Answer::Refuse {
                 reason: format!("cannot ask who owns {broadcast}: {e}"),
             },
+        }
+    }
+
+    /// A player of `broadcast`, which `owner` owns (its RTMP endpoint
+    /// `rtmp`), at this server: the owner's stream brought here where the
+    /// server can take it — relayed in (SRS, MediaMTX) or pulled by the
+    /// server over OVT (OME, from an owner that advertises `ovt`) — and the
+    /// player let in; `None` where it cannot be.
+    async fn relay(&self, broadcast: &str, owner: &pb::Claim, rtmp: &str) -> Option<Answer> {
+        let relays = self.relays.as_ref()?;
+        if self.kind != Kind::Ome {
+            relays.ensure(broadcast, rtmp, &self.local_rtmp);
+            return Some(Answer::Allow);
+        }
+        let (Some(api), Some(ovt)) = (&self.api, owner.endpoints.get("ovt")) else {
+            return None;
+        };
+        relays.note_pulled(broadcast);
+        match pull::pull(api, broadcast, ovt).await {
+            Ok(()) => {
+                tracing::info!(%broadcast, owner = %owner.node_id, %ovt, "OME pulls the owner's stream for its players");
+                Some(Answer::Allow)
+            }
+            Err(e) => {
+                tracing::warn!(%broadcast, owner = %owner.node_id, %ovt, error = %e, "OME could not pull the owner's stream");
+                None
+            }
         }
     }
 
@@ -348,6 +418,19 @@ impl Sidecar {
     /// Converges to a complete listing: publishers it does not show go;
     /// ones it shows that are not known here are claimed.
     async fn converge(self: &Arc<Self>, listed: listing::Listed, read_at: Instant) {
+        let listed = match &self.relays {
+            Some(relays) => {
+                relays.forget_unlisted(&listed);
+                let (relayed, listed): (Vec<_>, Vec<_>) = listed
+                    .into_iter()
+                    .partition(|(b, c)| relays.is_listed_relay(b, c));
+                for (broadcast, _) in relayed {
+                    tracing::debug!(%broadcast, "listed: this sidecar's relay, not a publisher");
+                }
+                listed
+            }
+            None => listed,
+        };
         let gone = self.lock().unlisted(&listed, read_at);
         for (broadcast, _track) in gone {
             tracing::warn!(%broadcast, "the media server no longer lists this publisher; it is gone");

@@ -9,7 +9,8 @@
 //! - [`gate`]: whether a publisher may start and what it is told, for every
 //!   front end.
 //!
-//! The rest is this node's own front end: [`rtmp`] ingest, [`media`] fan-out
+//! The rest is this node's own front end: [`rtmp`] ingest, [`relay`] of an
+//! owner's stream into a media server, [`media`] fan-out
 //! and [`flv`] muxing, [`http`] playback and redirects, assembled by [`node`].
 
 pub mod bridge;
@@ -24,4 +25,5 @@ pub mod metrics;
 pub mod node;
 pub mod owners;
 pub mod registry;
+pub mod relay;
 pub mod rtmp;

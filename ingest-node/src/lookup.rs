@@ -117,12 +117,27 @@ pub async fn http_get(url: &str, token: Option<&str>) -> Result<Vec<u8>, String>
     http_call(reqwest::Method::GET, url, token).await
 }
 
+/// The body of `POST url` with the JSON `body` (a media server's API,
+/// `token` as for [`http_get`]).
+pub async fn http_post_json(url: &str, body: &str, token: Option<&str>) -> Result<Vec<u8>, String> {
+    send(reqwest::Method::POST, url, token, Some(body.to_string())).await
+}
+
 /// The body of `METHOD url` (a media server's API, `token` as for
 /// [`http_get`]); an answer that is not 2xx is an error.
 pub async fn http_call(
     method: reqwest::Method,
     url: &str,
     token: Option<&str>,
+) -> Result<Vec<u8>, String> {
+    send(method, url, token, None).await
+}
+
+async fn send(
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+    json: Option<String>,
 ) -> Result<Vec<u8>, String> {
     let client = reqwest::Client::builder()
         .timeout(LOOKUP_TIMEOUT)
@@ -133,6 +148,11 @@ pub async fn http_call(
         use base64::Engine;
         let basic = base64::engine::general_purpose::STANDARD.encode(token);
         request = request.header("authorization", format!("Basic {basic}"));
+    }
+    if let Some(json) = json {
+        request = request
+            .header("content-type", "application/json")
+            .body(json);
     }
     let response = request
         .send()

@@ -19,6 +19,7 @@ use crate::lookup::OwnerLookup;
 use crate::media::Hub;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::relay::Relays;
 use crate::rtmp::{self, Ingest};
 
 /// Where publishers come in: our RTMP listener, or a media server's hooks.
@@ -77,10 +78,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         BridgeConfig {
             node_id: config.node_id.clone(),
             endpoints: [
-                ("rtmp".to_string(), advertise_rtmp.clone()),
-                ("http".to_string(), advertise_http.clone()),
+                Some(("rtmp".to_string(), advertise_rtmp.clone())),
+                Some(("http".to_string(), advertise_http.clone())),
+                config
+                    .advertise_ovt
+                    .clone()
+                    .map(|ovt| ("ovt".to_string(), ovt)),
             ]
-            .into(),
+            .into_iter()
+            .flatten()
+            .collect(),
             claim_services: claim_services.clone(),
             lease_ttl_ms: config.lease_ttl.map(|d| d.as_millis() as u64).unwrap_or(0),
             duplicates: config.duplicate_publisher,
@@ -152,6 +159,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     std::time::Instant::now(),
                     config.media_server_gone_after,
                 )),
+                relays: kind
+                    .takes_relays()
+                    .then(|| Arc::new(Relays::new(front_stop.clone()))),
+                local_rtmp: advertise_rtmp.clone(),
             });
             tracing::info!(media_server = ?kind, hooks = %config.hooks_listen, path = kind.path(), api = ?config.media_server_api, gone_after = ?config.media_server_gone_after, "serving the media server's hooks instead of RTMP");
             sidecar_of_front = Some(sidecar.clone());

@@ -96,6 +96,8 @@ pub struct Ports {
     pub rtp: u16,
     pub multicast: u16,
     pub srt: u16,
+    /// OME's OVT publisher.
+    pub ovt: u16,
     pub hooks: u16,
 }
 
@@ -128,6 +130,7 @@ impl Ports {
             rtp: udp_pair(),
             multicast: udp_pair(),
             srt: free_udp_port(),
+            ovt: free_port(),
             hooks: free_port(),
         }
     }
@@ -280,6 +283,8 @@ fn localise(server: Server, ports: &Ports, dir: &Path, text: &str) -> String {
             "rtmp://127.0.0.1:1935",
             &format!("rtmp://127.0.0.1:{}", ports.rtmp),
         )
+        .replace("127.0.0.1:9000", &format!("127.0.0.1:{}", ports.ovt))
+        .replace("<Port>9000</Port>", &format!("<Port>{}</Port>", ports.ovt))
         .replace("/etc/ome-secret", &format!("{d}/ome-secret"))
         .replace("/etc/ome-access-token", &format!("{d}/ome-access-token"))
         .replace("the same secret as in --ome-secret-file", OME_SECRET)
@@ -361,6 +366,14 @@ playback: no
 "#
                 ),
             )?;
+            let ome_bind = localise(
+                server,
+                ports,
+                dir,
+                &readme_block("tested-config: ome-bind")?,
+            );
+            let ome_providers = readme_block("tested-config: ome-app-providers")?;
+            let ome_publishers = readme_block("tested-config: ome-app-publishers")?;
             let conf = format!(
                 r#"<?xml version="1.0" encoding="UTF-8"?>
 <Server version="8">
@@ -375,7 +388,9 @@ playback: no
       <RTMP><Port>{rtmp}</Port><WorkerCount>1</WorkerCount></RTMP>
       <SRT><Port>{srt}</Port><WorkerCount>1</WorkerCount></SRT>
     </Providers>
-    <Publishers><LLHLS><Port>{http}</Port><WorkerCount>1</WorkerCount></LLHLS></Publishers>
+    <Publishers><LLHLS><Port>{http}</Port><WorkerCount>1</WorkerCount></LLHLS>
+{ome_bind}
+    </Publishers>
   </Bind>
   <Managers>
     <Host><Names><Name>*</Name></Names></Host>
@@ -397,8 +412,10 @@ playback: no
               <Encodes><Video><Bypass>true</Bypass></Video><Audio><Bypass>true</Bypass></Audio></Encodes>
             </OutputProfile>
           </OutputProfiles>
-          <Providers><RTMP/><SRT/></Providers>
-          <Publishers><LLHLS><ChunkDuration>0.5</ChunkDuration><SegmentDuration>2</SegmentDuration><SegmentCount>10</SegmentCount><CrossDomains><Url>*</Url></CrossDomains></LLHLS></Publishers>
+          {ome_providers}
+          <Publishers><LLHLS><ChunkDuration>0.5</ChunkDuration><SegmentDuration>2</SegmentDuration><SegmentCount>10</SegmentCount><CrossDomains><Url>*</Url></CrossDomains></LLHLS>
+{ome_publishers}
+          </Publishers>
         </Application>
       </Applications>
     </VirtualHost>

@@ -14,6 +14,10 @@
 //! with a newer one by itself (`overridePublisher`, on by default): the
 //! claim stays, and the replaced one's end changes nothing.
 //!
+//! A reader of a path nobody publishes waits when the path has
+//! `runOnDemand`: the README's line posts `{"action": "demand", "path":
+//! "$MTX_PATH"}` here, and the sidecar relays the owner's stream in.
+//!
 //! MediaMTX asks this URL about `api`, `metrics`, `pprof` and `playback`
 //! too unless `authHTTPExclude` names them: those are refused here.
 
@@ -30,6 +34,8 @@ struct Request {
     path: String,
     #[serde(default)]
     id: Option<String>,
+    #[serde(default)]
+    query: String,
 }
 
 pub fn parse(body: &[u8]) -> Result<Hook, String> {
@@ -38,7 +44,13 @@ pub fn parse(body: &[u8]) -> Result<Hook, String> {
     let broadcast = r.path.trim_matches('/').to_string();
     let client = r.id.unwrap_or_default();
     Ok(match r.action.as_str() {
+        "publish" if r.query.contains(crate::relay::PARAM) => Hook::Relayed {
+            broadcast,
+            client,
+            query: r.query,
+        },
         "publish" => Hook::Publish { broadcast, client },
+        "demand" => Hook::Demand { broadcast },
         "unpublish" => Hook::PublishDone { broadcast, client },
         "read" => Hook::Play { broadcast },
         other => Hook::Undecided {
@@ -80,6 +92,17 @@ mod tests {
         );
         let read = br#"{"user":"","password":"","token":"","ip":"127.0.0.1","action":"read","path":"live/cam1","protocol":"rtsp","id":"5f3c","query":""}"#;
         assert!(matches!(parse(read).unwrap(), Hook::Play { .. }));
+        let relay = br#"{"ip":"127.0.0.1","user":"","password":"","action":"publish","path":"live/cam1","protocol":"rtmp","id":"9","query":"claims_relay=abc"}"#;
+        assert_eq!(
+            parse(relay).unwrap(),
+            Hook::Relayed {
+                broadcast: "live/cam1".into(),
+                client: "9".into(),
+                query: "claims_relay=abc".into()
+            }
+        );
+        let demand = br#"{"action":"demand","path":"live/cam1"}"#;
+        assert!(matches!(parse(demand).unwrap(), Hook::Demand { .. }));
         // Asked about its own API, metrics, pprof or playback: refused.
         for action in ["api", "metrics", "pprof", "playback"] {
             let body = format!(

@@ -10,6 +10,17 @@ pub enum Hook {
     /// The media server's own relay (pulling from the owner) publishes
     /// `broadcast` locally: allowed, never claimed.
     Relay { broadcast: String },
+    /// A publish naming the sidecar's relay parameter (`query`): the
+    /// sidecar's own relay if the token in it is this sidecar's, else an
+    /// ordinary publish.
+    Relayed {
+        broadcast: String,
+        client: String,
+        query: String,
+    },
+    /// A player waits for `broadcast`, which nobody publishes here
+    /// (MediaMTX's `runOnDemand`).
+    Demand { broadcast: String },
     /// The publisher is still there (a periodic update).
     Update { broadcast: String, client: String },
     /// The publisher ended.

@@ -19,6 +19,8 @@ struct Callback {
     app: String,
     #[serde(default)]
     stream: String,
+    #[serde(default)]
+    param: String,
 }
 
 pub fn parse(body: &[u8]) -> Result<Hook, String> {
@@ -26,6 +28,11 @@ pub fn parse(body: &[u8]) -> Result<Hook, String> {
         serde_json::from_slice(body).map_err(|e| format!("not an SRS http_hooks callback: {e}"))?;
     let broadcast = format!("{}/{}", c.app, c.stream);
     Ok(match c.action.as_str() {
+        "on_publish" if c.param.contains(crate::relay::PARAM) => Hook::Relayed {
+            broadcast,
+            client: c.client_id,
+            query: c.param,
+        },
         "on_publish" => Hook::Publish {
             broadcast,
             client: c.client_id,

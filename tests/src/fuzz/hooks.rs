@@ -16,7 +16,9 @@ pub fn hooks(data: &[u8]) {
             | Ok(Hook::Update { broadcast, .. })
             | Ok(Hook::PublishDone { broadcast, .. })
             | Ok(Hook::Play { broadcast })
-            | Ok(Hook::Relay { broadcast }) => {
+            | Ok(Hook::Relay { broadcast })
+            | Ok(Hook::Relayed { broadcast, .. })
+            | Ok(Hook::Demand { broadcast }) => {
                 // Checked before use; the check itself must hold up.
                 let _ = claims_proto::names::check_broadcast(&broadcast);
             }

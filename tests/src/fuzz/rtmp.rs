@@ -137,7 +137,7 @@ pub fn rtmp_seed() -> Vec<u8> {
         c.media(false, &[0xaf, 1, 0x21, 0x10], 23)
             .await
             .expect("audio");
-        let sent = c.sent.take().unwrap_or_default();
+        let sent = c.sent().map(<[u8]>::to_vec).unwrap_or_default();
         drop(c);
         let _ = tokio::time::timeout(Duration::from_secs(5), serve).await;
         sent
