@@ -180,11 +180,17 @@ pub struct Bridge {
     /// At shutdown, end the session without goodbye: the claims wait for
     /// the detach grace, to be adopted by this node's next run.
     without_goodbye: std::sync::atomic::AtomicBool,
+    /// Whether the node may hold a session: false while what it fronts
+    /// (a media server) does not answer, so that its claims wait out the
+    /// detach grace as after a node's death.
+    may_attach: watch::Sender<bool>,
 }
 
 enum SessionEnd {
     Shutdown,
     Broken(String),
+    /// The node was detached on purpose ([`Bridge::detach`]).
+    Detached,
 }
 
 impl Bridge {
@@ -200,6 +206,7 @@ impl Bridge {
             view,
             node_id: config.node_id.clone(),
             without_goodbye: std::sync::atomic::AtomicBool::new(false),
+            may_attach: watch::channel(true).0,
         });
         let task = tokio::spawn(bridge.clone().run(config, registry, shutdown));
         (bridge, task)
@@ -210,6 +217,19 @@ impl Bridge {
     pub fn leave_without_goodbye(&self) {
         self.without_goodbye
             .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Ends the session without goodbye and holds no other until
+    /// [`Bridge::attach`]: the claim service keeps the claims for its
+    /// detach grace (a publisher of them elsewhere is held, not pointed
+    /// here), and they are adopted if the node attaches within it.
+    pub fn detach(&self) {
+        self.may_attach.send_replace(false);
+    }
+
+    /// Lets the node hold a session again after [`Bridge::detach`].
+    pub fn attach(&self) {
+        self.may_attach.send_replace(true);
     }
 
     /// The node this bridge attaches as.
@@ -273,9 +293,14 @@ impl Bridge {
     ) {
         let mut reconnect = Reconnect::default();
         let mut next = 0usize;
+        let mut may_attach = self.may_attach.subscribe();
         loop {
             if shutdown.is_cancelled() {
                 return;
+            }
+            tokio::select! {
+                open = async { may_attach.wait_for(|may| *may).await.is_ok() } => if !open { return },
+                _ = shutdown.cancelled() => return,
             }
             let urls = &config.claim_services.urls;
             let addr = urls[next % urls.len()].clone();
@@ -283,6 +308,10 @@ impl Bridge {
             let started = tokio::time::Instant::now();
             match self.session(&config, &registry, &addr, &shutdown).await {
                 SessionEnd::Shutdown => return,
+                SessionEnd::Detached => {
+                    self.view.send_modify(book::disconnected);
+                    tracing::warn!(claim_service = %addr, "claim session left without goodbye: detached until what this node fronts answers again");
+                }
                 SessionEnd::Broken(why) => {
                     self.view.send_modify(book::disconnected);
                     let base = reconnect.after(started.elapsed());
@@ -346,9 +375,11 @@ impl Bridge {
         }
         let mut book = ClaimBook::new(config.duplicates);
         self.view.send_modify(|v| book.welcome(&live, seq, addr, v));
+        let mut may_attach = self.may_attach.subscribe();
 
         loop {
             tokio::select! {
+                _ = async { may_attach.wait_for(|may| !*may).await.map(|_| ()) } => return SessionEnd::Detached,
                 change = changes.recv() => {
                     let Some(change) = change else {
                         return SessionEnd::Broken("registry closed".into());

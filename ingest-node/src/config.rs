@@ -167,9 +167,10 @@ pub struct Config {
     pub media_server_api_interval: Duration,
 
     /// A media server whose API has not answered for this long is gone:
-    /// its publishers are taken as ended and their claims released, so
-    /// that an encoder failing over to another server is accepted there
-    /// (released at most this plus one second after it died).
+    /// its publishers are taken as ended and their claims released. (After
+    /// two failed reads in a row the node already detaches from the claim
+    /// service, so its claims move after the claim service's detach grace,
+    /// and come back if the server answers within it.)
     #[arg(
         long,
         env = "INGEST_MEDIA_SERVER_GONE_AFTER",

@@ -462,19 +462,27 @@ impl Sidecar {
         match read {
             Ok(listed) => {
                 if verdict == Verdict::Back {
-                    tracing::info!(api = %api.url, "the media server answers again");
+                    tracing::info!(api = %api.url, "the media server answers again; attaching to the claim service again");
+                    self.gate.bridge.attach();
                 }
                 self.converge(listed, read_at).await;
             }
             Err(e) => match verdict {
+                Verdict::Suspect => {
+                    tracing::warn!(api = %api.url, error = %e, "the media server does not answer; detaching from the claim service, so its claims wait out the detach grace (adopted if it answers within it; a publisher failing over elsewhere is held there meanwhile)");
+                    self.gate.bridge.detach();
+                }
                 Verdict::Gone => {
                     let gone = self.lock().clear();
                     tracing::error!(api = %api.url, error = %e, released = gone.len(), "the media server has not answered for --media-server-gone-after; it is gone, and so are its publishers: their claims are released");
+                    // The node attaches again with nothing live: its
+                    // claims, if any are left, are released there.
+                    self.gate.bridge.attach();
                 }
-                Verdict::StillGone => {
-                    tracing::debug!(api = %api.url, error = %e, "the media server is still gone")
+                Verdict::StillAway => {
+                    tracing::debug!(api = %api.url, error = %e, "the media server still does not answer")
                 }
-                _ => {
+                Verdict::There | Verdict::Back => {
                     tracing::warn!(api = %api.url, error = %e, "cannot read the media server's publishers; nothing is released until it answers or is gone")
                 }
             },
@@ -536,7 +544,7 @@ impl Sidecar {
     /// sidecar cannot ask, gets a goodbye.
     pub async fn server_goes_on(&self) -> bool {
         let Some(api) = &self.api else { return false };
-        if self.liveness().is_gone() {
+        if self.liveness().is_away() {
             return false;
         }
         match read_listing(self.kind, api).await {

@@ -174,41 +174,98 @@ async fn ome_srt_claimed_refused_elsewhere_released() -> Result<()> {
     claimed_refused_elsewhere_released(Server::Ome, Transport::Srt).await
 }
 
-/// kill -9 of A's server: its claims are released within the bound
-/// (`--media-server-gone-after` plus a read), and an encoder failing over
-/// to B is accepted.
+/// kill -9 of A's server: A's sidecar detaches its node at the second
+/// failed read of the server's API, so its claim waits out the detach
+/// grace like a dead node's; an encoder failing over to B meanwhile is
+/// held there (not refused, not sent to the dead server) and claimed when
+/// the grace ends.
 async fn a_dead_server_releases_and_the_failover_is_accepted(
     server: Server,
     stop: fn(&mut MediaServer),
 ) -> Result<()> {
+    let reads = [
+        "--media-server-api-interval",
+        "1s",
+        "--media-server-gone-after",
+        "10s",
+    ];
     let stack = Stack::start(&format!("{}-dead", server.name()), &[]).await?;
-    let mut a = Site::start(server, "node-a", &stack, &QUICK).await?;
-    let b = Site::start(server, "node-b", &stack, &QUICK).await?;
+    let mut a = Site::start(server, "node-a", &stack, &reads).await?;
+    let b = Site::start(server, "node-b", &stack, &reads).await?;
     let mut watcher = Watcher::open(&stack.svc, "live/", 0).await?;
     let mut publisher = publish(&a, Transport::Rtmp, "live/k")?;
     watcher.expect(Kind::Claimed, "live/k").await?;
     stop(&mut a.server);
     let died = Instant::now();
+    a.sidecar
+        .wait_log("the media server does not answer; detaching from the claim service")
+        .await?;
+    let detached = died.elapsed();
+    publisher.kill();
+    let mut failover = publish(&b, Transport::Rtmp, "live/k")?;
     watcher
         .expect(Kind::Released, "live/k")
         .await
         .map_err(|e| anyhow::anyhow!("{e}\n{}", a.sidecar.log_text()))?;
     let released = died.elapsed();
-    publisher.kill();
-    // The bound: gone-after (4 s) since the last good read (at most 1 s
-    // before the death), a read's time-out, and slack.
-    assert!(released < Duration::from_secs(9), "{released:?}");
-    a.sidecar
-        .wait_log("the media server has not answered for --media-server-gone-after")
-        .await?;
-    let mut failover = publish(&b, Transport::Rtmp, "live/k")?;
     let claimed = watcher.expect(Kind::Claimed, "live/k").await?;
     assert_eq!(claimed.claim.unwrap_or_default().node_id, "node-b");
-    eprintln!(
-        "{server:?}: released {released:?} after the server died (gone-after 4 s); the failover at the other server claimed {:?} after the death",
-        died.elapsed()
+    let moved = died.elapsed();
+    // The bound: two reads (a second apart) and the detach grace (5 s),
+    // with slack.
+    assert!(released < Duration::from_secs(10), "{released:?}");
+    assert!(
+        failover.alive(),
+        "held, not refused: {}",
+        failover.log_text()
     );
-    assert!(failover.alive(), "{}", failover.log_text());
+    assert!(
+        !b.sidecar.log_text().contains("publish refused"),
+        "{}",
+        b.sidecar.log_text()
+    );
+    eprintln!(
+        "{server:?}: the server died; its sidecar detached {detached:?} after, the claim was released {released:?} after (detach grace 5 s) and the failover encoder, held meanwhile, claimed {moved:?} after"
+    );
+    Ok(())
+}
+
+/// A server that stops answering (paused) but answers again within the
+/// detach grace: its sidecar detaches and attaches again, and the claim is
+/// adopted, same token, nothing released.
+#[tokio::test]
+async fn srs_paused_and_back_within_the_grace_keeps_its_claims() -> Result<()> {
+    let reads = [
+        "--media-server-api-interval",
+        "1s",
+        "--media-server-gone-after",
+        "30s",
+    ];
+    let stack = Stack::start(
+        "srs-paused",
+        &["--lease-ttl", "30s", "--detach-grace", "20s"],
+    )
+    .await?;
+    let a = Site::start(Server::Srs, "node-a", &stack, &reads).await?;
+    let mut watcher = Watcher::open(&stack.svc, "live/", 0).await?;
+    let _publisher = publish(&a, Transport::Rtmp, "live/p")?;
+    let claimed = watcher.expect(Kind::Claimed, "live/p").await?;
+    let token = claimed.claim.unwrap_or_default().fencing_token;
+    a.server.signal(libc::SIGSTOP);
+    a.sidecar
+        .wait_log("the media server does not answer; detaching from the claim service")
+        .await?;
+    a.server.signal(libc::SIGCONT);
+    let next = watcher.next().await?;
+    assert_eq!(
+        (next.kind, next.claim.unwrap_or_default().fencing_token),
+        (Kind::Adopted as i32, token),
+        "{}",
+        a.logs()
+    );
+    a.sidecar
+        .wait_log("the media server answers again; attaching to the claim service again")
+        .await?;
     Ok(())
 }
 
