@@ -20,6 +20,9 @@
 //! - `publishers.rs`: who publishes what (the rules, without I/O);
 //! - `listing.rs`: what a server's API lists as published, read whole;
 //! - `liveness.rs`: whether the server is still there;
+//! - `players.rs`: what a player at this server gets;
+//! - `server.rs`: keeping true to the server (its listing, its liveness,
+//!   dropping overtaken publishers, leaving claims at a stop);
 //! - `kick.rs`: dropping a publisher through the server's API;
 //! - `pull.rs`: OME pulling a broadcast from its owner for its players.
 
@@ -30,12 +33,16 @@ mod mediamtx;
 pub mod model;
 mod nginx;
 pub mod ome;
+mod players;
 pub mod publishers;
 mod pull;
+mod server;
 mod srs;
 
+pub use server::{parse_listing, read_listing, restore, watch, Api};
+
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -43,16 +50,12 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
-use tokio_util::sync::CancellationToken;
 
 use crate::bridge::ClaimState;
-use crate::gate::{Admission, Counted, PublishGate, Refusal, Refused};
-use crate::lookup::{Freshness, OwnerLookup};
-use crate::metrics::Metrics;
-use crate::registry::Registry;
+use crate::gate::{Admission, PublishGate, Refusal, Refused};
+use crate::lookup::OwnerLookup;
 use crate::relay::Relays;
-use claims_proto::v1 as pb;
-use liveness::{Liveness, Verdict};
+use liveness::Liveness;
 use model::{Answer, Hook};
 use publishers::{Done, Publishers, Seen, Start};
 
@@ -331,334 +334,5 @@ impl Sidecar {
             .with_label_values(&[label])
             .inc();
         Answer::Refuse { reason }
-    }
-
-    /// A player: allowed where the broadcast is claimed, sent to the owner
-    /// elsewhere.
-    async fn play(&self, broadcast: String) -> Answer {
-        if let Err(reason) = claims_proto::names::check_broadcast(&broadcast) {
-            return Answer::Bad { reason };
-        }
-        if matches!(
-            self.gate.bridge.state(&broadcast),
-            Some(ClaimState::Claimed { .. })
-        ) {
-            return Answer::Allow;
-        }
-        match self.lookup.owner(&broadcast, Freshness::Linearizable).await {
-            Ok(None) => Answer::NotFound {
-                reason: format!("{broadcast} is not live anywhere"),
-            },
-            Ok(Some(owner)) if owner.detached => Answer::NotFound {
-                reason: format!(
-                    "{broadcast} is owned by node {}, which is gone; retry shortly",
-                    owner.node_id
-                ),
-            },
-            Ok(Some(owner)) => match owner.endpoints.get("rtmp") {
-                Some(rtmp) if owner.node_id != self.gate.bridge.node_id() => {
-                    let location = format!("{}/{broadcast}", rtmp.trim_end_matches('/'));
-                    if let Some(answer) = self.relay(&broadcast, &owner, rtmp).await {
-                        return answer;
-                    }
-                    if self.kind.relays_players() {
-                        self.gate.metrics.redirects.inc();
-                    } else {
-                        tracing::info!(%broadcast, owner = %owner.node_id, %location, "player refused: the broadcast is owned by another node, and this media server cannot relay it from there; play it at the owner");
-                    }
-                    Answer::Redirect { location }
-                }
-                _ => Answer::NotFound {
-                    reason: format!(
-                        "{broadcast} is not live here and its claim points nowhere else"
-                    ),
-                },
-            },
-            Err(e) => Answer::Refuse {
-                reason: format!("cannot ask who owns {broadcast}: {e}"),
-            },
-        }
-    }
-
-    /// A player of `broadcast`, which `owner` owns (its RTMP endpoint
-    /// `rtmp`), at this server: the owner's stream brought here where the
-    /// server can take it — relayed in (SRS, MediaMTX) or pulled by the
-    /// server over OVT (OME, from an owner that advertises `ovt`) — and the
-    /// player let in; `None` where it cannot be.
-    async fn relay(&self, broadcast: &str, owner: &pb::Claim, rtmp: &str) -> Option<Answer> {
-        let relays = self.relays.as_ref()?;
-        if self.kind != Kind::Ome {
-            relays.ensure(broadcast, rtmp, &self.local_rtmp);
-            return Some(Answer::Allow);
-        }
-        let (Some(api), Some(ovt)) = (&self.api, owner.endpoints.get("ovt")) else {
-            return None;
-        };
-        relays.note_pulled(broadcast);
-        match pull::pull(api, broadcast, ovt).await {
-            Ok(()) => {
-                tracing::info!(%broadcast, owner = %owner.node_id, %ovt, "OME pulls the owner's stream for its players");
-                Some(Answer::Allow)
-            }
-            Err(e) => {
-                tracing::warn!(%broadcast, owner = %owner.node_id, %ovt, error = %e, "OME could not pull the owner's stream");
-                None
-            }
-        }
-    }
-
-    /// Publishers without an update for `timeout` are gone (the media
-    /// server died or lost them): their tracks close, their claims go.
-    fn reap(&self, timeout: Duration) {
-        for (broadcast, _track) in self.lock().expired(Instant::now(), timeout) {
-            tracing::warn!(%broadcast, ?timeout, "no update from the media server for this publisher; it is gone");
-        }
-    }
-
-    /// Converges to a complete listing: publishers it does not show go;
-    /// ones it shows that are not known here are claimed.
-    async fn converge(self: &Arc<Self>, listed: listing::Listed, read_at: Instant) {
-        let listed = match &self.relays {
-            Some(relays) => {
-                relays.forget_unlisted(&listed);
-                let (relayed, listed): (Vec<_>, Vec<_>) = listed
-                    .into_iter()
-                    .partition(|(b, c)| relays.is_listed_relay(b, c));
-                for (broadcast, _) in relayed {
-                    tracing::debug!(%broadcast, "listed: this sidecar's relay, not a publisher");
-                }
-                listed
-            }
-            None => listed,
-        };
-        let gone = self.lock().unlisted(&listed, read_at);
-        for (broadcast, _track) in gone {
-            tracing::warn!(%broadcast, "the media server no longer lists this publisher; it is gone");
-        }
-        for (broadcast, client) in listed {
-            if self.lock().start(&broadcast, &client) == Start::New {
-                let s = self.clone();
-                tokio::spawn(async move {
-                    tracing::info!(%broadcast, %client, "the media server lists a publisher not known here; claiming it");
-                    s.publish(broadcast, client).await;
-                });
-            }
-        }
-    }
-
-    /// Reads the server's listing (if it has an API) and converges to it;
-    /// what the read says of the server's liveness. A failed or
-    /// incomplete listing releases nothing by itself; a server silent for
-    /// the bound takes its publishers with it.
-    async fn read_and_converge(self: &Arc<Self>) -> Option<Verdict> {
-        let api = self.api.as_ref()?;
-        let read_at = Instant::now();
-        let read = read_listing(self.kind, api).await;
-        let now = Instant::now();
-        let verdict = match &read {
-            Ok(_) => self.liveness().answered(now),
-            Err(_) => self.liveness().failed(now),
-        };
-        match read {
-            Ok(listed) => {
-                if verdict == Verdict::Back {
-                    tracing::info!(api = %api.url, "the media server answers again; attaching to the claim service again");
-                    self.gate.bridge.attach();
-                }
-                self.converge(listed, read_at).await;
-            }
-            Err(e) => match verdict {
-                Verdict::Suspect => {
-                    tracing::warn!(api = %api.url, error = %e, "the media server does not answer; detaching from the claim service, so its claims wait out the detach grace (adopted if it answers within it; a publisher failing over elsewhere is held there meanwhile)");
-                    self.gate.bridge.detach();
-                }
-                Verdict::Gone => {
-                    let gone = self.lock().clear();
-                    tracing::error!(api = %api.url, error = %e, released = gone.len(), "the media server has not answered for --media-server-gone-after; it is gone, and so are its publishers: their claims are released");
-                    // The node attaches again with nothing live: its
-                    // claims, if any are left, are released there.
-                    self.gate.bridge.attach();
-                }
-                Verdict::StillAway => {
-                    tracing::debug!(api = %api.url, error = %e, "the media server still does not answer")
-                }
-                Verdict::There | Verdict::Back => {
-                    tracing::warn!(api = %api.url, error = %e, "cannot read the media server's publishers; nothing is released until it answers or is gone")
-                }
-            },
-        }
-        Some(verdict)
-    }
-
-    /// Publishers whose claim another node now holds (taken over, or
-    /// claimed there while this claim was lost) are dropped: removed here
-    /// and kicked at the server through its API, so that two servers are
-    /// never live on one broadcast. nginx-rtmp is told by its next
-    /// `on_update` instead.
-    async fn drop_overtaken(&self) {
-        let states = self.gate.bridge.view().states;
-        let overtaken = self.lock().take_if(|b| {
-            matches!(
-                states.get(b),
-                Some(ClaimState::Lost {
-                    taken_by: Some(_),
-                    ..
-                }) | Some(ClaimState::Standby { .. })
-            )
-        });
-        for (broadcast, client, _track) in overtaken {
-            let by = match states.get(&broadcast) {
-                Some(ClaimState::Lost {
-                    taken_by: Some(by), ..
-                }) => by.clone(),
-                Some(ClaimState::Standby { owner_node, .. }) => owner_node.clone(),
-                _ => String::new(),
-            };
-            self.gate
-                .metrics
-                .publishes_refused
-                .with_label_values(&["taken_over"])
-                .inc();
-            let Some(api) = &self.api else {
-                tracing::error!(%broadcast, %client, node = %by, "another node holds this claim and the media server cannot be told to drop its publisher here (no --media-server-api)");
-                continue;
-            };
-            match kick::kick(self.kind, api, &broadcast, &client).await {
-                Ok(()) => {
-                    tracing::info!(%broadcast, %client, node = %by, "claim now held by another node; the media server was told to drop its publisher")
-                }
-                Err(e) => {
-                    tracing::error!(%broadcast, %client, node = %by, error = %e, "claim now held by another node, and the media server could not be told to drop its publisher")
-                }
-            }
-        }
-    }
-
-    fn liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
-        self.liveness.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Whether this sidecar, stopping, leaves its claims to be adopted by
-    /// its next run: only while its media server still answers (it goes on
-    /// publishing without the sidecar); a server that is gone, or one the
-    /// sidecar cannot ask, gets a goodbye.
-    pub async fn server_goes_on(&self) -> bool {
-        let Some(api) = &self.api else { return false };
-        if self.liveness().is_away() {
-            return false;
-        }
-        match read_listing(self.kind, api).await {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::info!(api = %api.url, error = %e, "the media server does not answer; its claims are released with the goodbye");
-                false
-            }
-        }
-    }
-}
-
-/// Before the claim session starts: every publisher the media server
-/// lists is live here, so that `hello.live` names it and its claim (left by
-/// this node's previous run) is adopted, same fencing token.
-pub fn restore(
-    kind: Kind,
-    registry: &Registry,
-    listed: &listing::Listed,
-    metrics: &Metrics,
-) -> Publishers<Admission> {
-    let now = Instant::now();
-    let mut book = Publishers::new(kind.replaces_publishers());
-    for (broadcast, client) in listed {
-        if claims_proto::names::check_broadcast(broadcast).is_err() {
-            continue;
-        }
-        if let Some(track) = registry.open(broadcast, "publish") {
-            let admission = Admission {
-                track,
-                fencing_token: None,
-                counted: Counted::new(&metrics.publishers),
-            };
-            if book.insert(broadcast, client, admission, now) {
-                tracing::info!(%broadcast, %client, "publisher listed by the media server at start");
-            }
-        }
-    }
-    book
-}
-
-/// What a listing from this server's API at `url` says is published
-/// (untrusted input, like the hooks), asked for `asked` items.
-pub fn parse_listing(
-    kind: Kind,
-    url: &str,
-    body: &[u8],
-    asked: usize,
-) -> Result<listing::Page, String> {
-    listing::parse(kind, url, body, asked)
-}
-
-/// Where a media server lists its publishers, and the credential it wants.
-#[derive(Debug, Clone)]
-pub struct Api {
-    pub url: String,
-    /// Sent as `Authorization: Basic base64(token)`: OME's AccessToken, or
-    /// `user:password` for SRS's or MediaMTX's API.
-    pub token: Option<String>,
-}
-
-/// Reads the media server's whole list of publishers: asks for more until
-/// the server's counts say nothing was left out; a listing never known to
-/// be complete is an error.
-pub async fn read_listing(kind: Kind, api: &Api) -> Result<listing::Listed, String> {
-    let mut asked = listing::FIRST_ASK;
-    loop {
-        let url = listing::url(kind, &api.url, asked);
-        let body = crate::lookup::http_get(&url, api.token.as_deref()).await?;
-        let page = listing::parse(kind, &api.url, &body, asked)?;
-        if page.complete {
-            return Ok(page.listed);
-        }
-        if asked >= listing::MOST_ASKED {
-            return Err(format!(
-                "{url} is not the whole listing even asking for {asked} items"
-            ));
-        }
-        asked *= 16;
-    }
-}
-
-/// Keeps the sidecar true to the media server until `stop`: reaps
-/// publishers whose updates stopped (`update_timeout`), and every
-/// `interval` (sooner while it does not answer) reads its API, if it has
-/// one, and converges to it.
-pub async fn watch(
-    sidecar: Arc<Sidecar>,
-    update_timeout: Option<Duration>,
-    interval: Duration,
-    stop: CancellationToken,
-) {
-    let mut reap = tokio::time::interval(Duration::from_secs(1));
-    let mut next_read = tokio::time::Instant::now() + interval;
-    let mut claims = sidecar.gate.bridge.subscribe();
-    let kicks = !sidecar.kind.updates_publishers();
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            changed = claims.changed(), if kicks => {
-                if changed.is_err() {
-                    return;
-                }
-                sidecar.drop_overtaken().await;
-            }
-            _ = reap.tick() => {
-                if let Some(timeout) = update_timeout {
-                    sidecar.reap(timeout);
-                }
-            }
-            _ = tokio::time::sleep_until(next_read), if sidecar.api.is_some() => {
-                sidecar.read_and_converge().await;
-                next_read = tokio::time::Instant::now() + sidecar.liveness().next_read(interval);
-            }
-        }
     }
 }

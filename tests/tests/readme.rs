@@ -144,3 +144,86 @@ async fn every_grpcurl_command_in_the_readme_works() -> Result<()> {
     }
     Ok(())
 }
+
+/// The README's layout table (the rows after `| path | what |`).
+fn layout_table(readme: &str) -> Vec<&str> {
+    readme
+        .lines()
+        .skip_while(|l| !l.starts_with("| path | what |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .collect()
+}
+
+/// Whether `file` (a path from the workspace's root) is named by a row of
+/// the layout table: its own path, or a row about a folder or module it
+/// sits under (a path under `dir/`, or `dir.rs`) that names its file
+/// (`name.rs`) or its folder (`folder/`); a crate's or folder's `main.rs`,
+/// `lib.rs`, `mod.rs` or `build.rs` also by a row of that folder itself.
+fn named_in(rows: &[&str], file: &str) -> bool {
+    let path = std::path::Path::new(file);
+    let base = path.file_name().and_then(|n| n.to_str()).unwrap_or(file);
+    let folder_of_file = path
+        .parent()
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+        .map(|n| format!("`{n}/"));
+    let entry = matches!(base, "main.rs" | "lib.rs" | "mod.rs" | "build.rs");
+    let names_file = |row: &str| {
+        row.contains(&format!("`{base}`"))
+            || row.contains(&format!("/{base}`"))
+            || row.contains(&format!("{base},"))
+            || folder_of_file
+                .as_ref()
+                .is_some_and(|f| row.contains(f.as_str()))
+    };
+    rows.iter().any(|row| {
+        if row.contains(&format!("`{file}`")) {
+            return true;
+        }
+        path.ancestors().skip(1).any(|dir| {
+            let dir = dir.to_string_lossy();
+            if dir.is_empty() {
+                return false;
+            }
+            if entry && row.contains(&format!("`{dir}/`")) {
+                return true;
+            }
+            let about = row.contains(&format!("`{dir}/")) || row.contains(&format!("`{dir}.rs`"));
+            about && names_file(row)
+        })
+    })
+}
+
+/// Every source file and script is in the README's layout table (or a
+/// folder of it that names it), so the table a newcomer reads is the tree.
+#[test]
+fn the_layout_table_names_every_source_file() -> Result<()> {
+    let root = workspace_root();
+    let readme = std::fs::read_to_string(root.join("README.md"))?;
+    let rows = layout_table(&readme);
+    assert!(rows.len() > 10, "no layout table found");
+    let out = Command::new("git")
+        .args(["ls-files", "--", "*.rs", "*.sh"])
+        .current_dir(&root)
+        .output()?;
+    let files: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|f| !f.ends_with("/tests.rs") && !f.starts_with("tests/tests/"))
+        .map(String::from)
+        .collect();
+    assert!(files.len() > 50, "git ls-files listed {}", files.len());
+    let missing: Vec<&String> = files.iter().filter(|f| !named_in(&rows, f)).collect();
+    if !missing.is_empty() {
+        bail!(
+            "README.md's layout table does not name {} file(s); add them to the table:\n{}",
+            missing.len(),
+            missing
+                .iter()
+                .map(|f| f.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    Ok(())
+}
