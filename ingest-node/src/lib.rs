@@ -19,6 +19,7 @@ pub mod flv;
 pub mod gate;
 pub mod hooks;
 pub mod http;
+pub mod layers;
 pub mod lookup;
 pub mod media;
 pub mod metrics;

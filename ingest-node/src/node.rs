@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::gate::PublishGate;
 use crate::hooks::{self, publishers::Publishers, Kind, Sidecar};
 use crate::http::{router, HttpState};
+use crate::layers;
 use crate::lookup::OwnerLookup;
 use crate::media::Hub;
 use crate::metrics::Metrics;
@@ -30,6 +31,19 @@ enum Front {
 
 /// How long open HTTP requests may go on once the node stops.
 const HTTP_GRACE: Duration = Duration::from_secs(2);
+/// Longest a playback request (a lookup, a redirect) takes to answer.
+const HTTP_TIME_LIMIT: Duration = Duration::from_secs(10);
+/// Playback and API requests answered at once; more get `503`.
+const HTTP_IN_FLIGHT: usize = 1024;
+/// Hooks answered at once (a publish hook waits for its claim); more get
+/// `503`, which every media server takes as a refusal.
+const HOOKS_IN_FLIGHT: usize = 512;
+
+/// Longest a hook takes to answer: a publish may be held for its claim
+/// past the claim wait, up to a gone owner's grace ([`Hold`]).
+fn hooks_time_limit(claim_wait: Duration) -> Duration {
+    claim_wait.max(Hold::UNKNOWN_GRACE) + Hold::SETTLE + Duration::from_secs(5)
+}
 
 /// Runs the node until `shutdown` resolves: then RTMP stops (its tracks
 /// close), the bridge says goodbye (claims released at once), HTTP stops.
@@ -175,7 +189,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             tokio::spawn(listen::serve_http(
                 listener,
                 Gate::new("hooks", http_limits),
-                hooks::router(sidecar),
+                layers::limited(
+                    hooks::router(sidecar),
+                    hooks_time_limit(config.claim_wait),
+                    HOOKS_IN_FLIGHT,
+                ),
                 config.handshake_timeout,
                 front_stop.clone(),
                 HTTP_GRACE,
@@ -201,7 +219,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let http_task = tokio::spawn(listen::serve_http(
         http_listener,
         Gate::new("http", http_limits),
-        router(state),
+        layers::limited(router(state), HTTP_TIME_LIMIT, HTTP_IN_FLIGHT),
         config.handshake_timeout,
         http_stop.clone(),
         HTTP_GRACE,
