@@ -21,6 +21,7 @@ mod book;
 
 pub use book::{decision, ClaimBook, Hold, Reconnect};
 
+use crate::error::{Error, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -335,7 +336,7 @@ impl Bridge {
     ) -> SessionEnd {
         let channel = match config.claim_services.connect(addr).await {
             Ok(c) => c,
-            Err(e) => return SessionEnd::Broken(e),
+            Err(e) => return SessionEnd::Broken(e.to_string()),
         };
         let mut client = ClaimSessionsClient::new(channel);
         let (live, seq, mut changes) = registry.subscribe();
@@ -469,8 +470,9 @@ pub struct ClaimServices {
 }
 
 impl ClaimServices {
-    async fn connect(&self, addr: &str) -> Result<Channel, String> {
-        claims_proto::client::endpoint(addr, self.tls.as_ref())?
+    async fn connect(&self, addr: &str) -> Result<Channel> {
+        claims_proto::client::endpoint(addr, self.tls.as_ref())
+            .map_err(Error::Config)?
             .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(Duration::from_secs(2))
             .keep_alive_timeout(Duration::from_secs(4))
@@ -479,16 +481,16 @@ impl ClaimServices {
             .connect()
             .await
             .map_err(|e| {
-                format!(
+                Error::ClaimService(format!(
                     "cannot connect to {addr}: {}",
                     claims_proto::client::error_chain(&e)
-                )
+                ))
             })
     }
 
     /// A channel to any claim service, for read-side queries (`Ownership`).
-    pub async fn query_channel(&self) -> Result<Channel, String> {
-        let mut last = String::from("no claim-service address configured");
+    pub async fn query_channel(&self) -> Result<Channel> {
+        let mut last = Error::Config("no claim-service address configured".into());
         for addr in &self.urls {
             match self.connect(addr).await {
                 Ok(c) => return Ok(c),

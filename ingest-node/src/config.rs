@@ -1,5 +1,6 @@
 //! Flags and environment variables of the ingest node, checked at start-up.
 
+use crate::error::{Error, Result};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -11,8 +12,9 @@ use clap::{Parser, ValueEnum};
 
 use crate::gate::UnavailablePolicy;
 
-fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 10s or 500ms)"))
+fn duration(s: &str) -> Result<Duration> {
+    humantime::parse_duration(s)
+        .map_err(|e| Error::Config(format!("{e} (write durations like 10s or 500ms)")))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -322,23 +324,24 @@ impl Config {
     }
 
     /// The claim services and how to reach them; reads the TLS files.
-    pub fn claim_services(&self) -> Result<ClaimServices, String> {
+    pub fn claim_services(&self) -> Result<ClaimServices> {
         let tls = claims_proto::client::TlsFiles {
             ca: self.tls_ca.clone(),
             cert: self.tls_cert.clone(),
             key: self.tls_key.clone(),
         }
-        .load()?;
+        .load()
+        .map_err(Error::Config)?;
         let scheme = if tls.is_some() { "https://" } else { "http://" };
         if let Some(url) = self.claim_service.iter().find(|u| !u.starts_with(scheme)) {
-            return Err(format!(
+            return Err(Error::Config(format!(
                 "--claim-service {url:?} must be an {scheme} URL {}",
                 if tls.is_some() {
                     "when --tls-ca is set"
                 } else {
                     "without --tls-ca"
                 }
-            ));
+            )));
         }
         Ok(ClaimServices {
             urls: self.claim_service.clone(),
@@ -346,77 +349,80 @@ impl Config {
         })
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<()> {
         if self.node_id.is_empty() {
-            return Err(
+            return Err(Error::Config(
                 "--node-id (or INGEST_NODE_ID) is required: this node's id, [a-z0-9-], 1-63 characters, unique in the cluster".into(),
-            );
+            ));
         }
-        claims_proto::names::check_node_id(&self.node_id).map_err(|e| format!("--node-id: {e}"))?;
+        claims_proto::names::check_node_id(&self.node_id)
+            .map_err(|e| Error::Config(format!("--node-id: {e}")))?;
         if self.claim_service.is_empty()
             || self
                 .claim_service
                 .iter()
                 .any(|a| !(a.starts_with("http://") || a.starts_with("https://")))
         {
-            return Err(format!(
+            return Err(Error::Config(format!(
                 "--claim-service {:?} must be comma-separated http:// or https:// URLs",
                 self.claim_service
-            ));
+            )));
         }
         if self.media_server == Some(HookKind::Ome) && self.ome_secret_file.is_none() {
-            return Err("--media-server ome needs --ome-secret-file (INGEST_OME_SECRET_FILE): the AdmissionWebhooks secret key every request is signed with".into());
+            return Err(Error::Config("--media-server ome needs --ome-secret-file (INGEST_OME_SECRET_FILE): the AdmissionWebhooks secret key every request is signed with".into()));
         }
         if let Some(api) = &self.media_server_api {
             if !(api.starts_with("http://") || api.starts_with("https://")) {
-                return Err(format!("--media-server-api {api:?} must be an http:// URL"));
+                return Err(Error::Config(format!(
+                    "--media-server-api {api:?} must be an http:// URL"
+                )));
             }
         }
         if self.media_server_api_interval.is_zero()
             || self.media_server_gone_after <= self.media_server_api_interval
         {
-            return Err(format!(
+            return Err(Error::Config(format!(
                 "--media-server-gone-after ({:?}) must be longer than --media-server-api-interval ({:?}), which must not be zero",
                 self.media_server_gone_after, self.media_server_api_interval
-            ));
+            )));
         }
         if self.rtmp_listen == self.http_listen {
-            return Err(format!(
+            return Err(Error::Config(format!(
                 "--rtmp-listen and --http-listen are both {}",
                 self.rtmp_listen
-            ));
+            )));
         }
         let rtmp = self.advertise_rtmp();
         if !rtmp.starts_with("rtmp://") || rtmp.contains('?') {
-            return Err(format!(
+            return Err(Error::Config(format!(
                 "--advertise-rtmp {rtmp:?} must be an rtmp:// URL without a query"
-            ));
+            )));
         }
         let http = self.advertise_http();
         if !(http.starts_with("http://") || http.starts_with("https://")) || http.contains('?') {
-            return Err(format!(
+            return Err(Error::Config(format!(
                 "--advertise-http {http:?} must be an http(s):// URL without a query"
-            ));
+            )));
         }
         if self.claim_wait.is_zero()
             || self.idle_timeout.is_zero()
             || self.handshake_timeout.is_zero()
         {
-            return Err(
+            return Err(Error::Config(
                 "--claim-wait, --idle-timeout and --handshake-timeout must be above zero".into(),
-            );
+            ));
         }
         if self.max_rtmp_connections == 0
             || self.max_http_connections == 0
             || self.max_connections_per_peer == 0
         {
-            return Err("--max-rtmp-connections, --max-http-connections and --max-connections-per-peer must be above zero".into());
+            return Err(Error::Config("--max-rtmp-connections, --max-http-connections and --max-connections-per-peer must be above zero".into()));
         }
         if self.max_rtmp_message < 64 * 1024 {
-            return Err(format!(
+            return Err(Error::Config(format!(
                 "--max-rtmp-message {} is below 65536 bytes; encoders send larger frames",
                 self.max_rtmp_message
-            ));
+            )));
         }
         self.claim_services().map(|_| ())
     }
@@ -437,7 +443,7 @@ mod tests {
         let check = Config::try_parse_from(["ingest-node", "healthcheck"]).expect("flags parse");
         assert!(matches!(check.command, Some(Command::Healthcheck)));
         let run = Config::try_parse_from(["ingest-node"]).expect("flags parse");
-        let refused = run.validate().unwrap_err();
+        let refused = run.validate().unwrap_err().to_string();
         assert!(
             refused.contains("--node-id (or INGEST_NODE_ID) is required"),
             "{refused}"
@@ -447,7 +453,7 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         let c = parse(&[]);
-        assert_eq!(c.validate(), Ok(()));
+        assert!(c.validate().is_ok(), "{:?}", c.validate());
         assert_eq!(c.on_claim_unavailable, UnavailablePolicy::Allow);
         assert!(c.advertise_rtmp().ends_with(":1935"));
     }
@@ -464,17 +470,17 @@ mod tests {
             ),
             (vec!["--tls-cert", "c.pem"], "--tls-ca"),
         ] {
-            let err = parse(&args).validate().unwrap_err();
+            let err = parse(&args).validate().unwrap_err().to_string();
             assert!(err.contains(want), "{args:?}: {err}");
         }
         let bad = Config::try_parse_from(["ingest-node", "--node-id", "Bad_Id"]).unwrap();
-        assert!(bad.validate().unwrap_err().contains("node id"));
+        assert!(bad.validate().unwrap_err().to_string().contains("node id"));
     }
 }
 
 impl Config {
     /// Where the media server lists its publishers, with its credential.
-    pub fn media_server_api(&self) -> Result<Option<crate::hooks::Api>, String> {
+    pub fn media_server_api(&self) -> Result<Option<crate::hooks::Api>> {
         let Some(url) = &self.media_server_api else {
             return Ok(None);
         };
@@ -482,10 +488,10 @@ impl Config {
             Some(path) => Some(
                 std::fs::read_to_string(path)
                     .map_err(|e| {
-                        format!(
+                        Error::Config(format!(
                             "cannot read --media-server-api-token-file {}: {e}",
                             path.display()
-                        )
+                        ))
                     })?
                     .trim()
                     .to_string(),

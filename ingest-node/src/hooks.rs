@@ -81,7 +81,7 @@ impl Kind {
 
     /// What a hook body from this server means (untrusted input: any
     /// bytes give a hook or a reason).
-    pub fn parse(self, body: &[u8]) -> Result<Hook, String> {
+    pub fn parse(self, body: &[u8]) -> crate::error::Result<Hook> {
         match self {
             Kind::NginxRtmp => nginx::parse(body),
             Kind::Srs => srs::parse(body),
@@ -177,7 +177,9 @@ async fn hook(State(s): State<Arc<Sidecar>>, headers: HeaderMap, body: Bytes) ->
         Ok(hook) => s.handle(hook).await,
         Err(reason) => {
             tracing::info!(%reason, "hook refused: not understood");
-            Answer::Bad { reason }
+            Answer::Bad {
+                reason: reason.to_string(),
+            }
         }
     };
     s.kind.answer(answer)

@@ -15,6 +15,7 @@
 
 pub mod bridge;
 pub mod config;
+pub mod error;
 pub mod flv;
 pub mod gate;
 pub mod hooks;

@@ -4,6 +4,7 @@
 //! redirects and the media-server hooks send viewers by. And a plain `GET`
 //! of a media server's API.
 
+use crate::error::{Error, Result};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,11 +67,7 @@ impl OwnerLookup {
 
     /// The owner of `broadcast`, `None` when nobody owns it, or why no
     /// claim service could say.
-    pub async fn owner(
-        &self,
-        broadcast: &str,
-        freshness: Freshness,
-    ) -> Result<Option<pb::Claim>, String> {
+    pub async fn owner(&self, broadcast: &str, freshness: Freshness) -> Result<Option<pb::Claim>> {
         if freshness == Freshness::Cached {
             // Only an owner is taken from the cache: "nobody" may be a claim
             // made a moment ago that its watch has not brought yet, and is
@@ -101,11 +98,13 @@ impl OwnerLookup {
             Ok(Err(status)) if status.code() == tonic::Code::NotFound => Ok(None),
             Ok(Err(status)) => {
                 *self.channel.lock().await = None;
-                Err(status.message().to_string())
+                Err(Error::ClaimService(status.message().to_string()))
             }
             Err(_) => {
                 *self.channel.lock().await = None;
-                Err(format!("no answer within {LOOKUP_TIMEOUT:?}"))
+                Err(Error::ClaimService(format!(
+                    "no answer within {LOOKUP_TIMEOUT:?}"
+                )))
             }
         }
     }
@@ -113,23 +112,19 @@ impl OwnerLookup {
 
 /// The body of `GET url` (a media server's API; `token` sent as
 /// `Authorization: Basic base64(token)`), or why not.
-pub async fn http_get(url: &str, token: Option<&str>) -> Result<Vec<u8>, String> {
+pub async fn http_get(url: &str, token: Option<&str>) -> Result<Vec<u8>> {
     http_call(reqwest::Method::GET, url, token).await
 }
 
 /// The body of `POST url` with the JSON `body` (a media server's API,
 /// `token` as for [`http_get`]).
-pub async fn http_post_json(url: &str, body: &str, token: Option<&str>) -> Result<Vec<u8>, String> {
+pub async fn http_post_json(url: &str, body: &str, token: Option<&str>) -> Result<Vec<u8>> {
     send(reqwest::Method::POST, url, token, Some(body.to_string())).await
 }
 
 /// The body of `METHOD url` (a media server's API, `token` as for
 /// [`http_get`]); an answer that is not 2xx is an error.
-pub async fn http_call(
-    method: reqwest::Method,
-    url: &str,
-    token: Option<&str>,
-) -> Result<Vec<u8>, String> {
+pub async fn http_call(method: reqwest::Method, url: &str, token: Option<&str>) -> Result<Vec<u8>> {
     send(method, url, token, None).await
 }
 
@@ -138,11 +133,11 @@ async fn send(
     url: &str,
     token: Option<&str>,
     json: Option<String>,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>> {
     let client = reqwest::Client::builder()
         .timeout(LOOKUP_TIMEOUT)
         .build()
-        .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
+        .map_err(|e| Error::media_server(format!("cannot make an HTTP client: {e}")))?;
     let mut request = client.request(method.clone(), url);
     if let Some(token) = token {
         use base64::Engine;
@@ -157,14 +152,17 @@ async fn send(
     let response = request
         .send()
         .await
-        .map_err(|e| format!("{method} {url}: {e}"))?;
+        .map_err(|e| Error::media_server(format!("{method} {url}: {e}")))?;
     let status = response.status();
     if !status.is_success() {
-        return Err(format!("{method} {url}: {status}"));
+        return Err(Error::MediaServer {
+            message: format!("{method} {url}: {status}"),
+            status: Some(status.as_u16()),
+        });
     }
     response
         .bytes()
         .await
         .map(|b| b.to_vec())
-        .map_err(|e| format!("{method} {url}: {e}"))
+        .map_err(|e| Error::media_server(format!("{method} {url}: {e}")))
 }

@@ -2,6 +2,7 @@
 //! ingest, or a media server's hooks) and HTTP, and shuts them down in
 //! order.
 
+use crate::error::{Error, Result};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,28 +46,24 @@ fn hooks_time_limit(claim_wait: Duration) -> Duration {
     claim_wait.max(Hold::UNKNOWN_GRACE) + Hold::SETTLE + Duration::from_secs(5)
 }
 
+/// A listener on `addr`, for `what`.
+async fn listen(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Listen { what, addr, source })
+}
+
 /// Runs the node until `shutdown` resolves: then RTMP stops (its tracks
 /// close), the bridge says goodbye (claims released at once), HTTP stops.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
     let front = match config.media_server {
-        None => Front::Rtmp(
-            TcpListener::bind(config.rtmp_listen)
-                .await
-                .map_err(|e| format!("cannot listen for RTMP on {}: {e}", config.rtmp_listen))?,
-        ),
+        None => Front::Rtmp(listen("RTMP", config.rtmp_listen).await?),
         Some(kind) => Front::Hooks(
             kind,
-            TcpListener::bind(config.hooks_listen).await.map_err(|e| {
-                format!(
-                    "cannot listen for media-server hooks on {}: {e}",
-                    config.hooks_listen
-                )
-            })?,
+            listen("media-server hooks", config.hooks_listen).await?,
         ),
     };
-    let http_listener = TcpListener::bind(config.http_listen)
-        .await
-        .map_err(|e| format!("cannot listen for HTTP on {}: {e}", config.http_listen))?;
+    let http_listener = listen("HTTP", config.http_listen).await?;
     let claim_services = config.claim_services()?;
     let advertise_rtmp = config.advertise_rtmp();
     let advertise_http = config.advertise_http();
@@ -158,7 +155,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         Front::Hooks(kind, listener) => {
             let ome_secret = match &config.ome_secret_file {
                 Some(path) => Some(std::fs::read(path).map_err(|e| {
-                    format!("cannot read --ome-secret-file {}: {e}", path.display())
+                    Error::Config(format!(
+                        "cannot read --ome-secret-file {}: {e}",
+                        path.display()
+                    ))
                 })?),
                 None => None,
             };

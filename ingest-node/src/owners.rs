@@ -15,6 +15,7 @@
 //! Who is *gone* (a node in its detach grace) comes from `WatchNodes`, as
 //! fast as the claims.
 
+use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -213,7 +214,7 @@ async fn follow(cache: std::sync::Weak<OwnerCache>, claim_services: ClaimService
     }
 }
 
-async fn follow_once(cache: &OwnerCache, claim_services: &ClaimServices) -> Result<(), String> {
+async fn follow_once(cache: &OwnerCache, claim_services: &ClaimServices) -> Result<()> {
     let channel = claim_services.query_channel().await?;
     let mut client = OwnershipClient::new(channel);
     // Watch first, from now, so that nothing after the list is missed; then
@@ -224,7 +225,7 @@ async fn follow_once(cache: &OwnerCache, claim_services: &ClaimServices) -> Resu
             start_revision: 0,
         })
         .await
-        .map_err(|s| format!("WatchClaims: {}", s.message()))?
+        .map_err(|s| Error::ClaimService(format!("WatchClaims: {}", s.message())))?
         .into_inner();
     let mut listed = State::default();
     let mut page_token = String::new();
@@ -237,7 +238,7 @@ async fn follow_once(cache: &OwnerCache, claim_services: &ClaimServices) -> Resu
                 page_token: page_token.clone(),
             })
             .await
-            .map_err(|s| format!("ListClaims: {}", s.message()))?
+            .map_err(|s| Error::ClaimService(format!("ListClaims: {}", s.message())))?
             .into_inner();
         for claim in page.claims {
             listed.keep(claim);
@@ -250,7 +251,7 @@ async fn follow_once(cache: &OwnerCache, claim_services: &ClaimServices) -> Resu
     let mut nodes = client
         .watch_nodes(pb::WatchNodesRequest {})
         .await
-        .map_err(|s| format!("WatchNodes: {}", s.message()))?
+        .map_err(|s| Error::ClaimService(format!("WatchNodes: {}", s.message())))?
         .into_inner();
     // Listed once more after the watch of nodes is open: its first answers
     // (the same list) and any change after it come on that watch.
@@ -274,12 +275,12 @@ async fn follow_once(cache: &OwnerCache, claim_services: &ClaimServices) -> Resu
                 Ok(Some(event)) if event.revision > revision => cache.apply(event),
                 Ok(Some(_)) => {}
                 Ok(None) => return Ok(()),
-                Err(s) => return Err(format!("WatchClaims: {}", s.message())),
+                Err(s) => return Err(Error::ClaimService(format!("WatchClaims: {}", s.message()))),
             },
             event = nodes.message() => match event {
                 Ok(Some(event)) => cache.node(event),
                 Ok(None) => return Ok(()),
-                Err(s) => return Err(format!("WatchNodes: {}", s.message())),
+                Err(s) => return Err(Error::ClaimService(format!("WatchNodes: {}", s.message()))),
             },
         }
     }
@@ -288,11 +289,11 @@ async fn follow_once(cache: &OwnerCache, claim_services: &ClaimServices) -> Resu
 /// Every node with a record, with the end of its grace if it is gone.
 async fn presence(
     client: &mut OwnershipClient<tonic::transport::Channel>,
-) -> Result<HashMap<String, Option<i64>>, String> {
+) -> Result<HashMap<String, Option<i64>>> {
     let nodes = client
         .list_nodes(pb::ListNodesRequest {})
         .await
-        .map_err(|s| format!("ListNodes: {}", s.message()))?
+        .map_err(|s| Error::ClaimService(format!("ListNodes: {}", s.message())))?
         .into_inner();
     Ok(nodes
         .nodes

@@ -14,6 +14,7 @@
 
 pub mod client;
 
+use crate::error::{Error, Result};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -125,10 +126,10 @@ impl Relays {
         });
     }
 
-    async fn run(&self, broadcast: &str, from: &str, to: &str) -> Result<(), String> {
+    async fn run(&self, broadcast: &str, from: &str, to: &str) -> Result<()> {
         let (app, key) = broadcast
             .split_once('/')
-            .ok_or_else(|| format!("{broadcast} has no APP/STREAM form"))?;
+            .ok_or_else(|| Error::Rtmp(format!("{broadcast} has no APP/STREAM form")))?;
         let mut source = open(from, app).await?;
         source.play(key).await?;
         let mut sink = open(to, app).await?;
@@ -150,7 +151,7 @@ impl Relays {
                 n = sink.read(&mut b) => {
                     let n = n?;
                     if n == 0 {
-                        return Err("the local media server closed the relay's publish".into());
+                        return Err(Error::Rtmp("the local media server closed the relay's publish".into()));
                     }
                     sink.feed(&b[..n]).await?;
                     sink.take_events();
@@ -166,11 +167,11 @@ fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<Strin
 
 /// Connects to the RTMP server at `base` (`rtmp://HOST[:PORT]`) and its
 /// application `app`.
-async fn open(base: &str, app: &str) -> Result<RtmpClient<TcpStream>, String> {
+async fn open(base: &str, app: &str) -> Result<RtmpClient<TcpStream>> {
     let base = base.trim_end_matches('/');
     let host = base
         .strip_prefix("rtmp://")
-        .ok_or_else(|| format!("{base} is not an rtmp:// URL"))?;
+        .ok_or_else(|| Error::Rtmp(format!("{base} is not an rtmp:// URL")))?;
     let host = host.split('/').next().unwrap_or(host);
     let addr = if host.contains(':') {
         host.to_string()
@@ -179,8 +180,12 @@ async fn open(base: &str, app: &str) -> Result<RtmpClient<TcpStream>, String> {
     };
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
         .await
-        .map_err(|_| format!("no connection to {addr} within {CONNECT_TIMEOUT:?}"))?
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        .map_err(|_| {
+            Error::Rtmp(format!(
+                "no connection to {addr} within {CONNECT_TIMEOUT:?}"
+            ))
+        })?
+        .map_err(|e| Error::Rtmp(format!("cannot connect to {addr}: {e}")))?;
     let _ = stream.set_nodelay(true);
     let tc_url = format!("{base}/{app}");
     tokio::time::timeout(
@@ -188,14 +193,15 @@ async fn open(base: &str, app: &str) -> Result<RtmpClient<TcpStream>, String> {
         RtmpClient::connect(stream, app, Some(tc_url), false),
     )
     .await
-    .map_err(|_| format!("no RTMP connect from {addr} within {CONNECT_TIMEOUT:?}"))?
+    .map_err(|_| {
+        Error::Rtmp(format!(
+            "no RTMP connect from {addr} within {CONNECT_TIMEOUT:?}"
+        ))
+    })?
 }
 
 /// Passes one event of the owner's stream on to the local server.
-async fn forward(
-    sink: &mut RtmpClient<TcpStream>,
-    event: ClientSessionEvent,
-) -> Result<(), String> {
+async fn forward(sink: &mut RtmpClient<TcpStream>, event: ClientSessionEvent) -> Result<()> {
     match event {
         ClientSessionEvent::VideoDataReceived { timestamp, data } => {
             sink.media(true, data, timestamp.value).await

@@ -8,6 +8,7 @@
 //! publisher goes away in any way (unpublish, TCP close, idle time-out, a
 //! protocol error), because each is held by a guard the connection owns.
 
+use crate::error::{Error, Result};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -66,7 +67,7 @@ pub async fn serve(
                 ingest.gate.metrics.rtmp_connections.inc();
                 let why = tokio::select! {
                     r = serve_connection(ingest.clone(), socket) => r,
-                    _ = shutdown.cancelled() => Err("node shutting down".into()),
+                    _ = shutdown.cancelled() => Err(Error::Rtmp("node shutting down".into())),
                 };
                 match why {
                     Ok(()) => tracing::debug!("connection closed"),
@@ -156,15 +157,19 @@ async fn taken_over(claim: Option<&mut (watch::Receiver<BridgeView>, String)>) -
     }
 }
 
-pub type Outcome = Result<(), String>;
+pub type Outcome = Result<()>;
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn run(&mut self) -> Outcome {
         let remaining = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake())
             .await
-            .map_err(|_| format!("no complete handshake within {HANDSHAKE_TIMEOUT:?}"))??;
+            .map_err(|_| {
+                Error::Rtmp(format!(
+                    "no complete handshake within {HANDSHAKE_TIMEOUT:?}"
+                ))
+            })??;
         let (session, results) = ServerSession::new(ServerSessionConfig::new())
-            .map_err(|e| format!("cannot start an RTMP session: {e}"))?;
+            .map_err(|e| Error::Rtmp(format!("cannot start an RTMP session: {e}")))?;
         self.session = Some(session);
         self.apply(results).await?;
         if !remaining.is_empty() {
@@ -183,16 +188,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let read = tokio::time::timeout_at(deadline.into(), self.socket.read(&mut buf));
             let n = tokio::select! {
                 r = read => match r {
-                    Err(_) => return Err(why),
-                    Ok(Err(e)) => return Err(format!("read failed: {e}")),
+                    Err(_) => return Err(Error::Rtmp(why)),
+                    Ok(Err(e)) => return Err(Error::Rtmp(format!("read failed: {e}"))),
                     Ok(Ok(0)) => return Ok(()),
                     Ok(Ok(n)) => n,
                 },
                 by = taken_over(self.claim.as_mut()) => {
                     self.ingest.gate.metrics.publishes_refused.with_label_values(&["taken_over"]).inc();
-                    return Err(format!(
+                    return Err(Error::Rtmp(format!(
                         "claim taken over by node {by} (a newer publisher there won); this publisher is dropped"
-                    ));
+                    )));
                 }
             };
             self.unanswered += n;
@@ -200,10 +205,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 self.progress_at = Instant::now();
                 self.unanswered = 0;
             } else if self.unanswered > self.ingest.max_message {
-                return Err(format!(
+                return Err(Error::Rtmp(format!(
                     "{} bytes received towards one RTMP message; at most {} are allowed (--max-rtmp-message)",
                     self.unanswered, self.ingest.max_message
-                ));
+                )));
             }
         }
     }
@@ -225,7 +230,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
-    async fn handshake(&mut self) -> Result<Vec<u8>, String> {
+    async fn handshake(&mut self) -> Result<Vec<u8>> {
         let mut handshake = Handshake::new(PeerType::Server);
         let mut buf = vec![0u8; 4096];
         loop {
@@ -233,14 +238,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 .socket
                 .read(&mut buf)
                 .await
-                .map_err(|e| format!("read failed during handshake: {e}"))?;
+                .map_err(|e| Error::Rtmp(format!("read failed during handshake: {e}")))?;
             if n == 0 {
-                return Err("closed during the handshake".into());
+                return Err(Error::Rtmp("closed during the handshake".into()));
             }
             let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 handshake.process_bytes(&buf[..n])
             }))
-            .map_err(|_| "bad RTMP handshake (the parser gave up on it)".to_string())?;
+            .map_err(|_| {
+                Error::Rtmp("bad RTMP handshake (the parser gave up on it)".to_string())
+            })?;
             match step {
                 Ok(HandshakeProcessResult::InProgress { response_bytes }) => {
                     self.write(&response_bytes).await?;
@@ -252,7 +259,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     self.write(&response_bytes).await?;
                     return Ok(remaining_bytes);
                 }
-                Err(e) => return Err(format!("bad RTMP handshake: {e:?}")),
+                Err(e) => return Err(Error::Rtmp(format!("bad RTMP handshake: {e:?}"))),
             }
         }
     }
@@ -260,8 +267,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn write(&mut self, bytes: &[u8]) -> Outcome {
         tokio::time::timeout(WRITE_TIMEOUT, self.socket.write_all(bytes))
             .await
-            .map_err(|_| "peer stopped reading".to_string())?
-            .map_err(|e| format!("write failed: {e}"))
+            .map_err(|_| Error::Rtmp("peer stopped reading".to_string()))?
+            .map_err(|e| Error::Rtmp(format!("write failed: {e}")))
     }
 
     fn session(&mut self) -> &mut ServerSession {
@@ -271,7 +278,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// Feeds `bytes` to the RTMP session; whether a message completed.
-    async fn input(&mut self, bytes: &[u8]) -> Result<bool, String> {
+    async fn input(&mut self, bytes: &[u8]) -> Result<bool> {
         self.ingest.gate.metrics.bytes_in.inc_by(bytes.len() as u64);
         // rml_rtmp panics on some malformed messages (an AMF0 command with
         // fewer than three values, found by the fuzzer): contain it, and
@@ -279,8 +286,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let session = self.session();
         let results =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle_input(bytes)))
-                .map_err(|_| "malformed RTMP input (the RTMP parser gave up on it)".to_string())?
-                .map_err(|e| format!("malformed RTMP input: {e}"))?;
+                .map_err(|_| {
+                    Error::Rtmp("malformed RTMP input (the RTMP parser gave up on it)".to_string())
+                })?
+                .map_err(|e| Error::Rtmp(format!("malformed RTMP input: {e}")))?;
         // A message completed when the session raised something for it;
         // an outbound packet alone may be an acknowledgement the session
         // sends by byte count, which says nothing of progress.
@@ -309,10 +318,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         Ok(())
     }
 
-    async fn on_event(
-        &mut self,
-        event: ServerSessionEvent,
-    ) -> Result<Vec<ServerSessionResult>, String> {
+    async fn on_event(&mut self, event: ServerSessionEvent) -> Result<Vec<ServerSessionResult>> {
         match event {
             ServerSessionEvent::ConnectionRequested {
                 request_id,
@@ -321,7 +327,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 tracing::debug!(app = %names::quote(&app_name), "connect");
                 self.session()
                     .accept_request(request_id)
-                    .map_err(|e| format!("cannot accept connect: {e}"))
+                    .map_err(|e| Error::Rtmp(format!("cannot accept connect: {e}")))
             }
             ServerSessionEvent::PublishStreamRequested {
                 request_id,
@@ -384,7 +390,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         request_id: u32,
         app: String,
         key: String,
-    ) -> Result<Vec<ServerSessionResult>, String> {
+    ) -> Result<Vec<ServerSessionResult>> {
         let key = strip_query(&key).to_string();
         let broadcast = format!("{app}/{key}");
         let gate = self.ingest.gate.clone();
@@ -417,7 +423,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         });
         self.session()
             .accept_request(request_id)
-            .map_err(|e| format!("cannot accept publish: {e}"))
+            .map_err(|e| Error::Rtmp(format!("cannot accept publish: {e}")))
     }
 
     /// Turns a publisher away with the `onStatus` code its reason calls
@@ -427,7 +433,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         &mut self,
         request_id: u32,
         refusal: Refusal,
-    ) -> Result<Vec<ServerSessionResult>, String> {
+    ) -> Result<Vec<ServerSessionResult>> {
         let code = match refusal.why {
             Refused::Draining | Refused::Unavailable => "NetStream.Publish.Denied",
             Refused::BadName | Refused::Busy | Refused::OwnedElsewhere => {
@@ -444,7 +450,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         request_id: u32,
         code: &str,
         description: &str,
-    ) -> Result<Vec<ServerSessionResult>, String> {
+    ) -> Result<Vec<ServerSessionResult>> {
         // The session forgets the request; its own `_error` answer, which
         // few clients read, is not sent.
         let _ = self.session().reject_request(request_id, code, description);

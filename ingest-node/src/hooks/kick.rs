@@ -15,6 +15,7 @@
 use serde::Deserialize;
 
 use super::{Api, Kind};
+use crate::error::{Error, Result};
 use crate::lookup::http_call;
 
 /// `scheme://host:port` of `url`.
@@ -67,10 +68,14 @@ fn mediamtx_kick(origin: &str, kind: &str, id: &str) -> Option<String> {
 }
 
 /// Drops the publisher of `broadcast` (`client` as its hooks named it).
-pub async fn kick(kind: Kind, api: &Api, broadcast: &str, client: &str) -> Result<(), String> {
+pub async fn kick(kind: Kind, api: &Api, broadcast: &str, client: &str) -> Result<()> {
     let token = api.token.as_deref();
     let url = match kind {
-        Kind::NginxRtmp => return Err("nginx-rtmp drops it at its next on_update".into()),
+        Kind::NginxRtmp => {
+            return Err(Error::media_server(
+                "nginx-rtmp drops it at its next on_update",
+            ))
+        }
         Kind::Mediamtx => {
             let origin = origin(&api.url);
             let body = http_call(
@@ -79,20 +84,21 @@ pub async fn kick(kind: Kind, api: &Api, broadcast: &str, client: &str) -> Resul
                 token,
             )
             .await?;
-            let path: MtxPath =
-                serde_json::from_slice(&body).map_err(|e| format!("not MediaMTX's path: {e}"))?;
-            let source = path
-                .source
-                .ok_or_else(|| format!("{broadcast} has no publisher at MediaMTX any more"))?;
+            let path: MtxPath = serde_json::from_slice(&body)
+                .map_err(|e| Error::Unreadable(format!("not MediaMTX's path: {e}")))?;
+            let source = path.source.ok_or_else(|| {
+                Error::media_server(format!("{broadcast} has no publisher at MediaMTX any more"))
+            })?;
             mediamtx_kick(origin, &source.kind, &source.id).ok_or_else(|| {
-                format!(
+                Error::media_server(format!(
                     "{broadcast}'s source is a {}, which MediaMTX cannot kick",
                     source.kind
-                )
+                ))
             })?
         }
-        _ => request(kind, &api.url, broadcast, client)
-            .ok_or_else(|| format!("no client id known for {broadcast}'s publisher"))?,
+        _ => request(kind, &api.url, broadcast, client).ok_or_else(|| {
+            Error::media_server(format!("no client id known for {broadcast}'s publisher"))
+        })?,
     };
     let method = match kind {
         Kind::Mediamtx => reqwest::Method::POST,

@@ -14,6 +14,7 @@
 //! left out; otherwise it asks again for more, and a listing never known to
 //! be complete is an error (it releases nothing).
 
+use crate::error::{Error, Result};
 use quick_xml::events::Event;
 use quick_xml::Reader;
 use serde::Deserialize;
@@ -48,7 +49,7 @@ pub fn url(kind: Kind, base: &str, asked: usize) -> String {
 }
 
 /// The publishers listed in `body`, read from `url` asking for `asked`.
-pub fn parse(kind: Kind, url: &str, body: &[u8], asked: usize) -> Result<Page, String> {
+pub fn parse(kind: Kind, url: &str, body: &[u8], asked: usize) -> Result<Page> {
     match kind {
         Kind::NginxRtmp => nginx(body).map(whole),
         Kind::Srs => srs(body, asked),
@@ -74,7 +75,7 @@ struct OmeStreams {
 /// OME's stream names of the application its URL names
 /// (`.../apps/APP/streams`); OME's admission hooks name a publisher by its
 /// address, the list does not: any publisher of a listed stream is there.
-fn ome(url: &str, body: &[u8]) -> Result<Listed, String> {
+fn ome(url: &str, body: &[u8]) -> Result<Listed> {
     let path = url.split(['?', '#']).next().unwrap_or("");
     let mut segments = path.split('/');
     let app = segments
@@ -83,10 +84,10 @@ fn ome(url: &str, body: &[u8]) -> Result<Listed, String> {
         .nth(1)
         .filter(|a| !a.is_empty())
         .ok_or_else(|| {
-            format!("--media-server-api {url:?} names no application (…/v1/vhosts/VHOST/apps/APP/streams)")
+            Error::Config(format!("--media-server-api {url:?} names no application (…/v1/vhosts/VHOST/apps/APP/streams)"))
         })?;
-    let s: OmeStreams =
-        serde_json::from_slice(body).map_err(|e| format!("not OME's stream list: {e}"))?;
+    let s: OmeStreams = serde_json::from_slice(body)
+        .map_err(|e| Error::Unreadable(format!("not OME's stream list: {e}")))?;
     Ok(s.response
         .into_iter()
         .map(|name| (format!("{app}/{name}"), String::new()))
@@ -96,7 +97,7 @@ fn ome(url: &str, body: &[u8]) -> Result<Listed, String> {
 /// nginx-rtmp's `rtmp_stat all` XML: every publishing client of every
 /// stream of every application, but not the relays pulling from an owner
 /// (their address is the upstream's `HOST:PORT/app/name`).
-fn nginx(body: &[u8]) -> Result<Listed, String> {
+fn nginx(body: &[u8]) -> Result<Listed> {
     let mut reader = Reader::from_reader(body);
     let mut path: Vec<Vec<u8>> = Vec::new();
     let (mut app, mut stream) = (String::new(), String::new());
@@ -106,7 +107,7 @@ fn nginx(body: &[u8]) -> Result<Listed, String> {
     loop {
         let event = reader
             .read_event_into(&mut buf)
-            .map_err(|e| format!("not nginx-rtmp's stat XML: {e}"))?;
+            .map_err(|e| Error::Unreadable(format!("not nginx-rtmp's stat XML: {e}")))?;
         match event {
             Event::Start(e) => {
                 if e.name().as_ref() == b"client" {
@@ -123,7 +124,9 @@ fn nginx(body: &[u8]) -> Result<Listed, String> {
             Event::Text(t) => {
                 let text = t
                     .unescape()
-                    .map_err(|e| format!("bad text in nginx-rtmp's stat XML: {e}"))?
+                    .map_err(|e| {
+                        Error::Unreadable(format!("bad text in nginx-rtmp's stat XML: {e}"))
+                    })?
                     .to_string();
                 let n = path.len();
                 let (parent, leaf) = match n {
@@ -176,11 +179,14 @@ struct SrsPublish {
 
 /// SRS answers at most `count` streams (10 unless asked): fewer than
 /// asked is all of them.
-fn srs(body: &[u8], asked: usize) -> Result<Page, String> {
-    let s: SrsStreams =
-        serde_json::from_slice(body).map_err(|e| format!("not SRS's stream list: {e}"))?;
+fn srs(body: &[u8], asked: usize) -> Result<Page> {
+    let s: SrsStreams = serde_json::from_slice(body)
+        .map_err(|e| Error::Unreadable(format!("not SRS's stream list: {e}")))?;
     if s.code != 0 {
-        return Err(format!("SRS's stream list answered code {}", s.code));
+        return Err(Error::media_server(format!(
+            "SRS's stream list answered code {}",
+            s.code
+        )));
     }
     let complete = s.streams.len() < asked;
     let listed = s
@@ -232,9 +238,9 @@ impl MtxSource {
 /// and not ready yet); the source's id is the one MediaMTX's
 /// authentication request and `$MTX_SOURCE_ID` carry. Complete when one
 /// page holds every item.
-fn mediamtx(body: &[u8]) -> Result<Page, String> {
-    let p: MtxPaths =
-        serde_json::from_slice(body).map_err(|e| format!("not MediaMTX's path list: {e}"))?;
+fn mediamtx(body: &[u8]) -> Result<Page> {
+    let p: MtxPaths = serde_json::from_slice(body)
+        .map_err(|e| Error::Unreadable(format!("not MediaMTX's path list: {e}")))?;
     let complete = p.page_count <= 1 && p.items.len() == p.item_count;
     let listed = p
         .items

@@ -21,6 +21,7 @@
 //! MediaMTX asks this URL about `api`, `metrics`, `pprof` and `playback`
 //! too unless `authHTTPExclude` names them: those are refused here.
 
+use crate::error::{Error, Result};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -38,9 +39,9 @@ struct Request {
     query: String,
 }
 
-pub fn parse(body: &[u8]) -> Result<Hook, String> {
+pub fn parse(body: &[u8]) -> Result<Hook> {
     let r: Request = serde_json::from_slice(body)
-        .map_err(|e| format!("not a MediaMTX authentication request: {e}"))?;
+        .map_err(|e| Error::Unreadable(format!("not a MediaMTX authentication request: {e}")))?;
     let broadcast = r.path.trim_matches('/').to_string();
     let client = r.id.unwrap_or_default();
     Ok(match r.action.as_str() {

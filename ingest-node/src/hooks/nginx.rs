@@ -10,15 +10,16 @@
 //! (measured with Debian's nginx-rtmp 1.2.2). It is recognised as the
 //! relay, never taken for a second publisher.
 
+use crate::error::{Error, Result};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::model::{Answer, Hook};
 
 /// The hook an nginx-rtmp notification body means.
-pub fn parse(body: &[u8]) -> Result<Hook, String> {
+pub fn parse(body: &[u8]) -> Result<Hook> {
     let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
-        .map_err(|e| format!("not a form body nginx-rtmp sends: {e}"))?;
+        .map_err(|e| Error::Unreadable(format!("not a form body nginx-rtmp sends: {e}")))?;
     let get = |k: &str| {
         fields
             .iter()
@@ -55,7 +56,11 @@ pub fn parse(body: &[u8]) -> Result<Hook, String> {
         "play" => Hook::Play {
             broadcast: broadcast(),
         },
-        "" => return Err("no `call` field: not an nginx-rtmp notification".into()),
+        "" => {
+            return Err(Error::Unreadable(
+                "no `call` field: not an nginx-rtmp notification".into(),
+            ))
+        }
         // Ends and a player's updates: nginx goes on whatever the answer.
         "play_done" | "update_play" | "done" | "record_done" => Hook::Notice {
             what: format!("call={call}"),

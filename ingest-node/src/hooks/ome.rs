@@ -7,6 +7,7 @@
 //! upper-case, `closing` adds `new_url` and is sent also for a publisher
 //! that was refused.
 
+use crate::error::{Error, Result};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -60,22 +61,24 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
 }
 
 /// `APP/STREAM` of an OME stream URL (`scheme://host[:port]/app/stream[/file][?query]`).
-fn broadcast_of(url: &str) -> Result<String, String> {
+fn broadcast_of(url: &str) -> Result<String> {
     let rest = url
         .split_once("://")
         .map(|(_, r)| r)
-        .ok_or_else(|| format!("stream URL {url:?} has no scheme"))?;
+        .ok_or_else(|| Error::Unreadable(format!("stream URL {url:?} has no scheme")))?;
     let path = rest.split(['?', '#']).next().unwrap_or("");
     let mut segments = path.split('/').skip(1).filter(|s| !s.is_empty());
     match (segments.next(), segments.next()) {
         (Some(app), Some(stream)) => Ok(format!("{app}/{stream}")),
-        _ => Err(format!("stream URL {url:?} has no /app/stream path")),
+        _ => Err(Error::Unreadable(format!(
+            "stream URL {url:?} has no /app/stream path"
+        ))),
     }
 }
 
-pub fn parse(body: &[u8]) -> Result<Hook, String> {
-    let a: Admission =
-        serde_json::from_slice(body).map_err(|e| format!("not an OME admission request: {e}"))?;
+pub fn parse(body: &[u8]) -> Result<Hook> {
+    let a: Admission = serde_json::from_slice(body)
+        .map_err(|e| Error::Unreadable(format!("not an OME admission request: {e}")))?;
     let broadcast = broadcast_of(&a.request.url)?;
     let client = format!("{}:{}", a.client.address, a.client.port);
     Ok(

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use super::Api;
+use crate::error::{Error, Result};
 use crate::lookup::http_call;
 
 /// How long a player's admission waits for the pulled stream's tracks
@@ -45,10 +46,10 @@ struct Input {
 
 /// Asks the OME behind `api` (its streams URL) to pull `broadcast` from
 /// `ovt`, and waits until the pulled stream has tracks.
-pub async fn pull(api: &Api, broadcast: &str, ovt: &str) -> Result<(), String> {
+pub async fn pull(api: &Api, broadcast: &str, ovt: &str) -> Result<()> {
     let (app, stream) = broadcast
         .split_once('/')
-        .ok_or_else(|| format!("{broadcast} has no APP/STREAM form"))?;
+        .ok_or_else(|| Error::Unreadable(format!("{broadcast} has no APP/STREAM form")))?;
     let streams = api.url.split(['?', '#']).next().unwrap_or(&api.url);
     let streams = streams.trim_end_matches('/');
     let token = api.token.as_deref();
@@ -57,10 +58,12 @@ pub async fn pull(api: &Api, broadcast: &str, ovt: &str) -> Result<(), String> {
         let body = request(app, stream, ovt).to_string();
         // A pull already asked for (another player, a moment ago) answers
         // 409: the wait below is the same.
-        if let Err(e) = crate::lookup::http_post_json(streams, &body, token).await {
-            if !e.contains("409") {
-                return Err(e);
-            }
+        match crate::lookup::http_post_json(streams, &body, token).await {
+            Ok(_)
+            | Err(Error::MediaServer {
+                status: Some(409), ..
+            }) => {}
+            Err(e) => return Err(e),
         }
     }
     let started = Instant::now();
@@ -70,9 +73,9 @@ pub async fn pull(api: &Api, broadcast: &str, ovt: &str) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err(format!(
+    Err(Error::media_server(format!(
         "OME's pull of {broadcast} from {ovt} had no tracks within {READY_WITHIN:?}"
-    ))
+    )))
 }
 
 /// Whether OME's stream at `url` exists with tracks (`None`: no answer).

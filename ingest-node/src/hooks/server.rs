@@ -5,6 +5,7 @@
 //! node holds is dropped through the server's API; a sidecar that stops
 //! while its server goes on leaves its claims to be adopted.
 
+use crate::error::{Error, Result};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -200,12 +201,7 @@ pub fn restore(
 
 /// What a listing from this server's API at `url` says is published
 /// (untrusted input, like the hooks), asked for `asked` items.
-pub fn parse_listing(
-    kind: Kind,
-    url: &str,
-    body: &[u8],
-    asked: usize,
-) -> Result<listing::Page, String> {
+pub fn parse_listing(kind: Kind, url: &str, body: &[u8], asked: usize) -> Result<listing::Page> {
     listing::parse(kind, url, body, asked)
 }
 
@@ -221,7 +217,7 @@ pub struct Api {
 /// Reads the media server's whole list of publishers: asks for more until
 /// the server's counts say nothing was left out; a listing never known to
 /// be complete is an error.
-pub async fn read_listing(kind: Kind, api: &Api) -> Result<listing::Listed, String> {
+pub async fn read_listing(kind: Kind, api: &Api) -> Result<listing::Listed> {
     let mut asked = listing::FIRST_ASK;
     loop {
         let url = listing::url(kind, &api.url, asked);
@@ -231,9 +227,9 @@ pub async fn read_listing(kind: Kind, api: &Api) -> Result<listing::Listed, Stri
             return Ok(page.listed);
         }
         if asked >= listing::MOST_ASKED {
-            return Err(format!(
+            return Err(Error::media_server(format!(
                 "{url} is not the whole listing even asking for {asked} items"
-            ));
+            )));
         }
         asked *= 16;
     }

@@ -4,6 +4,7 @@
 //! client on anything else. Tried against SRS 6.0.157: its `client_id` is
 //! the `publish.cid` of its stream list.
 
+use crate::error::{Error, Result};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -23,9 +24,9 @@ struct Callback {
     param: String,
 }
 
-pub fn parse(body: &[u8]) -> Result<Hook, String> {
-    let c: Callback =
-        serde_json::from_slice(body).map_err(|e| format!("not an SRS http_hooks callback: {e}"))?;
+pub fn parse(body: &[u8]) -> Result<Hook> {
+    let c: Callback = serde_json::from_slice(body)
+        .map_err(|e| Error::Unreadable(format!("not an SRS http_hooks callback: {e}")))?;
     let broadcast = format!("{}/{}", c.app, c.stream);
     Ok(match c.action.as_str() {
         "on_publish" if c.param.contains(crate::relay::PARAM) => Hook::Relayed {

@@ -11,6 +11,7 @@
 //! arrives), so a refusal sent as one is read by each (ffmpeg prints its
 //! description as `Server error: …`).
 
+use crate::error::{Error, Result};
 use rml_rtmp::chunk_io::ChunkSerializer;
 use rml_rtmp::messages::RtmpMessage;
 use rml_rtmp::rml_amf0::Amf0Value;
@@ -32,7 +33,7 @@ const STREAM_ID: u32 = 1;
 /// on `NetStream.Publish.BadName` it logs "Unhandled" and keeps sending
 /// until the closed socket kills it (SIGPIPE). Every other client stops at
 /// the first.
-pub fn refusal(code: &str, description: &str) -> Result<Vec<Vec<u8>>, String> {
+pub fn refusal(code: &str, description: &str) -> Result<Vec<Vec<u8>>> {
     let mut packets = vec![error(code, description)?];
     if code != GENERIC {
         packets.push(error(GENERIC, description)?);
@@ -48,7 +49,7 @@ const GENERIC: &str = "NetStream.Failed";
 /// and an uncompressed header, so it does not depend on what the session's
 /// own serializer sent before; nothing is sent after it (the connection
 /// closes).
-pub fn error(code: &str, description: &str) -> Result<Vec<u8>, String> {
+pub fn error(code: &str, description: &str) -> Result<Vec<u8>> {
     let info = [
         ("level", "error"),
         ("code", code),
@@ -66,17 +67,17 @@ pub fn error(code: &str, description: &str) -> Result<Vec<u8>, String> {
     let at = RtmpTimestamp::new(0);
     let payload = message
         .into_message_payload(at, STREAM_ID)
-        .map_err(|e| format!("cannot encode a status: {e:?}"))?;
+        .map_err(|e| Error::Rtmp(format!("cannot encode a status: {e:?}")))?;
     let mut serializer = ChunkSerializer::new();
     // The session told the peer its chunk size at the start; match it (the
     // packet announcing it again is not sent).
     serializer
         .set_max_chunk_size(ServerSessionConfig::new().chunk_size, at)
-        .map_err(|e| format!("cannot size a status: {e:?}"))?;
+        .map_err(|e| Error::Rtmp(format!("cannot size a status: {e:?}")))?;
     serializer
         .serialize(&payload, true, false)
         .map(|p| p.bytes)
-        .map_err(|e| format!("cannot serialize a status: {e:?}"))
+        .map_err(|e| Error::Rtmp(format!("cannot serialize a status: {e:?}")))
 }
 
 #[cfg(test)]

@@ -23,7 +23,10 @@ pub fn hooks(data: &[u8]) {
                 let _ = claims_proto::names::check_broadcast(&broadcast);
             }
             Ok(Hook::Notice { .. }) | Ok(Hook::Undecided { .. }) => {}
-            Err(reason) => assert!(!reason.is_empty(), "{kind:?}: a refusal without a reason"),
+            Err(reason) => assert!(
+                !reason.to_string().is_empty(),
+                "{kind:?}: a refusal without a reason"
+            ),
         }
         // A listing is complete or not; either way it parses without panic.
         let _ = parse_listing(
