@@ -19,10 +19,12 @@
 
 mod book;
 
-pub use book::{decision, ClaimBook, Hold, Reconnect};
+pub use book::{
+    decision, BridgeView, ClaimBook, ClaimState, Decision, DuplicatePolicy, Hold, Reconnect,
+};
 
 use crate::error::{Error, Result};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +33,6 @@ use pb::claim_sessions_client::ClaimSessionsClient;
 use pb::node_message::Msg as NodeMsg;
 use pb::service_message::Msg as ServiceMsg;
 use rand::Rng;
-use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -42,126 +43,12 @@ use crate::registry::Registry;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const GOODBYE_WAIT: Duration = Duration::from_secs(3);
 
-/// The claim state of one local broadcast.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum ClaimState {
-    /// Asked for, no answer yet.
-    Pending,
-    Claimed {
-        fencing_token: i64,
-        lease_id: i64,
-        adopted: bool,
-    },
-    /// Another node owns it; this node would be offered it on release.
-    Standby {
-        owner_node: String,
-        owner_rtmp: Option<String>,
-        owner_http: Option<String>,
-        fencing_token: i64,
-        /// The owner's node is gone (its claims are kept only for the
-        /// detach grace): nobody is sent there.
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
-        owner_detached: bool,
-        /// When that grace ends (0: unknown, the lease TTL bounds it).
-        #[serde(skip_serializing_if = "is_zero")]
-        grace_ends_unix_ms: i64,
-    },
-    /// A held claim went away; the service claims it again while live —
-    /// unless another node took it over (`taken_by`): then this node's
-    /// publisher is dropped.
-    Lost {
-        reason: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        taken_by: Option<String>,
-    },
-    /// The service cannot reach its store and keeps trying.
-    Retrying { reason: String },
-    /// The service refused the name.
-    Rejected { reason: String },
-    /// No claim service answers.
-    Unknown,
-}
-
-impl ClaimState {
-    pub fn label(&self) -> &'static str {
-        match self {
-            ClaimState::Pending => "pending",
-            ClaimState::Claimed { .. } => "claimed",
-            ClaimState::Standby { .. } => "standby",
-            ClaimState::Lost { .. } => "lost",
-            ClaimState::Retrying { .. } => "retrying",
-            ClaimState::Rejected { .. } => "rejected",
-            ClaimState::Unknown => "unknown",
-        }
-    }
-
-    pub const LABELS: [&'static str; 7] = [
-        "pending", "claimed", "standby", "lost", "retrying", "rejected", "unknown",
-    ];
-}
-
 /// Milliseconds since the Unix epoch, as claims carry times.
 pub(crate) fn unix_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-fn is_zero(n: &i64) -> bool {
-    *n == 0
-}
-
-/// What this node does with a publisher of a broadcast another node owns
-/// (`--duplicate-publisher`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum DuplicatePolicy {
-    /// Refuse it, naming the owner.
-    #[default]
-    Refuse,
-    /// Hold it (no media accepted, nothing claimed) and accept it the
-    /// moment the owner's publisher leaves; refuse it after --claim-wait.
-    Standby,
-    /// The newest publisher wins: the claim moves here (fenced) and the
-    /// owner drops its publisher.
-    Takeover,
-}
-
-/// What the bridge knows, as one consistent picture.
-#[derive(Debug, Clone, Default)]
-pub struct BridgeView {
-    /// A session is open and welcomed.
-    pub connected: bool,
-    /// The last registry change the session has forwarded.
-    pub processed: u64,
-    pub states: BTreeMap<String, ClaimState>,
-    /// Which claim service the session is on.
-    pub service: Option<String>,
-    /// An operator asked this node to take no new publishers.
-    pub draining: bool,
-}
-
-/// The answer a publish waits for.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Decision {
-    Claimed {
-        fencing_token: i64,
-    },
-    OwnedElsewhere {
-        owner_node: String,
-        owner_rtmp: Option<String>,
-        /// The owner's node is gone; its claim moves when the grace ends.
-        owner_detached: bool,
-        grace_ends_unix_ms: i64,
-    },
-    Rejected {
-        reason: String,
-    },
-    /// No claim service could answer in time.
-    Unavailable {
-        reason: String,
-    },
 }
 
 #[derive(Debug, Clone)]

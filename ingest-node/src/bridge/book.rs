@@ -1,8 +1,10 @@
-//! The bridge's rules, without I/O: what each local broadcast's claim state
-//! is, as one session with a claim service learns it ([`ClaimBook`]), what a
-//! publish waiting for its answer is told ([`decision`]), and how long to
-//! wait before reconnecting ([`Reconnect`]). The async part in `bridge.rs`
-//! only moves messages.
+//! The bridge's rules, without I/O, and the types they speak in: what each
+//! local broadcast's claim state is ([`ClaimState`], the [`BridgeView`]), as
+//! one session with a claim service learns it ([`ClaimBook`]), what a
+//! publish waiting for its answer is told ([`decision`], [`Decision`]) and
+//! how long it is held ([`Hold`], under the [`DuplicatePolicy`]), and how
+//! long to wait before reconnecting ([`Reconnect`]). The async part in
+//! `bridge.rs` only moves messages.
 //!
 //! Invariants: a broadcast has a state exactly while it has a live track as
 //! far as the session has forwarded; an answer about a broadcast that is no
@@ -11,15 +13,130 @@
 //! for at most once per claim answer, only under the `takeover` policy, and
 //! never of an owner that is gone (its claim moves by itself).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use claims_proto::v1 as pb;
 use pb::node_message::Msg as NodeMsg;
 use pb::service_message::Msg as ServiceMsg;
 
-use super::{BridgeView, ClaimState, Decision, DuplicatePolicy};
+use serde::Serialize;
+
 use crate::registry::{Change, Lifecycle};
+
+/// The claim state of one local broadcast.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ClaimState {
+    /// Asked for, no answer yet.
+    Pending,
+    Claimed {
+        fencing_token: i64,
+        lease_id: i64,
+        adopted: bool,
+    },
+    /// Another node owns it; this node would be offered it on release.
+    Standby {
+        owner_node: String,
+        owner_rtmp: Option<String>,
+        owner_http: Option<String>,
+        fencing_token: i64,
+        /// The owner's node is gone (its claims are kept only for the
+        /// detach grace): nobody is sent there.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        owner_detached: bool,
+        /// When that grace ends (0: unknown, the lease TTL bounds it).
+        #[serde(skip_serializing_if = "is_zero")]
+        grace_ends_unix_ms: i64,
+    },
+    /// A held claim went away; the service claims it again while live —
+    /// unless another node took it over (`taken_by`): then this node's
+    /// publisher is dropped.
+    Lost {
+        reason: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        taken_by: Option<String>,
+    },
+    /// The service cannot reach its store and keeps trying.
+    Retrying { reason: String },
+    /// The service refused the name.
+    Rejected { reason: String },
+    /// No claim service answers.
+    Unknown,
+}
+
+impl ClaimState {
+    pub fn label(&self) -> &'static str {
+        match self {
+            ClaimState::Pending => "pending",
+            ClaimState::Claimed { .. } => "claimed",
+            ClaimState::Standby { .. } => "standby",
+            ClaimState::Lost { .. } => "lost",
+            ClaimState::Retrying { .. } => "retrying",
+            ClaimState::Rejected { .. } => "rejected",
+            ClaimState::Unknown => "unknown",
+        }
+    }
+
+    pub const LABELS: [&'static str; 7] = [
+        "pending", "claimed", "standby", "lost", "retrying", "rejected", "unknown",
+    ];
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+/// What this node does with a publisher of a broadcast another node owns
+/// (`--duplicate-publisher`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DuplicatePolicy {
+    /// Refuse it, naming the owner.
+    #[default]
+    Refuse,
+    /// Hold it (no media accepted, nothing claimed) and accept it the
+    /// moment the owner's publisher leaves; refuse it after --claim-wait.
+    Standby,
+    /// The newest publisher wins: the claim moves here (fenced) and the
+    /// owner drops its publisher.
+    Takeover,
+}
+
+/// What the bridge knows, as one consistent picture.
+#[derive(Debug, Clone, Default)]
+pub struct BridgeView {
+    /// A session is open and welcomed.
+    pub connected: bool,
+    /// The last registry change the session has forwarded.
+    pub processed: u64,
+    pub states: BTreeMap<String, ClaimState>,
+    /// Which claim service the session is on.
+    pub service: Option<String>,
+    /// An operator asked this node to take no new publishers.
+    pub draining: bool,
+}
+
+/// The answer a publish waits for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Claimed {
+        fencing_token: i64,
+    },
+    OwnedElsewhere {
+        owner_node: String,
+        owner_rtmp: Option<String>,
+        /// The owner's node is gone; its claim moves when the grace ends.
+        owner_detached: bool,
+        grace_ends_unix_ms: i64,
+    },
+    Rejected {
+        reason: String,
+    },
+    /// No claim service could answer in time.
+    Unavailable {
+        reason: String,
+    },
+}
 
 /// Live tracks per broadcast as of the last change the session forwarded
 /// (the registry itself may already be ahead), and what they mean for the
