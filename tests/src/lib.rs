@@ -81,17 +81,28 @@ pub fn workspace_root() -> PathBuf {
 /// `every`; the last value seen when it never does.
 pub async fn until<T: std::fmt::Debug>(
     every: Duration,
+    probe: impl AsyncFnMut() -> Result<T>,
+    check: impl Fn(&T) -> bool,
+) -> Result<T> {
+    until_for(WAIT, every, probe, check).await
+}
+
+/// [`until`] with a bound of its own (a stack that builds images, a
+/// process that takes its time to stop).
+pub async fn until_for<T: std::fmt::Debug>(
+    bound: Duration,
+    every: Duration,
     mut probe: impl AsyncFnMut() -> Result<T>,
     check: impl Fn(&T) -> bool,
 ) -> Result<T> {
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + bound;
     loop {
         let value = probe().await?;
         if check(&value) {
             return Ok(value);
         }
         if Instant::now() > deadline {
-            return Err(anyhow!("still {value:?} after {:?}", WAIT));
+            return Err(anyhow!("still {value:?} after {bound:?}"));
         }
         tokio::time::sleep(every).await;
     }

@@ -132,23 +132,22 @@ async fn owner(port: u16, broadcast: &str) -> Result<Option<pb::Claim>> {
     }
 }
 
-async fn eventually<T>(
+async fn eventually<T: std::fmt::Debug>(
     what: &str,
     limit: Duration,
     mut f: impl AsyncFnMut() -> Result<Option<T>>,
 ) -> Result<T> {
-    let deadline = Instant::now() + limit;
-    let mut last = String::new();
-    loop {
-        match f().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last = e.to_string(),
-        }
-        if Instant::now() > deadline {
-            bail!("{what} did not happen within {limit:?} (last error: {last})");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    let found = until_for(
+        limit,
+        Duration::from_millis(250),
+        async || Ok(f().await.map_err(|e| e.to_string())),
+        |v| matches!(v, Ok(Some(_))),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{what} did not happen within {limit:?}: {e}"))?;
+    match found {
+        Ok(Some(v)) => Ok(v),
+        _ => bail!("{what} did not happen within {limit:?}"),
     }
 }
 

@@ -23,24 +23,10 @@ impl Cluster {
         let a = IngestNode::start("node-a", &services, &[]).await?;
         let b = IngestNode::start("node-b", &services, &[]).await?;
         for node in [&a, &b] {
-            wait_connected(node).await?;
+            node.wait_attached().await?;
         }
         Ok(Self { stack, a, b })
     }
-}
-
-async fn wait_connected(node: &IngestNode) -> Result<()> {
-    let deadline = Instant::now() + WAIT;
-    while node.healthz().await?["claim_service_connected"] != true {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{} never attached:\n{}",
-            node.node_id,
-            node.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
 }
 
 fn claimed(entry: &serde_json::Value) -> bool {
@@ -192,7 +178,7 @@ async fn a_publisher_keeps_ingesting_when_the_claim_service_dies_and_is_claimed_
     let second_port = free_port();
     let services = vec![first.addr(), format!("http://127.0.0.1:{second_port}")];
     let a = IngestNode::start("node-a", &services, &[]).await?;
-    wait_connected(&a).await?;
+    a.wait_attached().await?;
     let mut publisher = Publisher::start(&a.rtmp_url("live/f"))?;
     let entry = a.wait_broadcast("live/f", claimed).await?;
     let token = entry["fencing_token"].as_i64().unwrap();

@@ -7,7 +7,7 @@
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use system_tests::*;
@@ -96,20 +96,23 @@ async fn up_tls_runs_the_whole_stack_with_mutual_tls() -> Result<()> {
         log,
     };
     // The first run may build the release binaries.
-    let deadline = Instant::now() + Duration::from_secs(900);
-    while !up.log().contains("The stack is up") {
-        if let Some(status) = up.child.try_wait()? {
-            bail!(
-                "up.sh --tls exited with {status}:\n{}\n{}",
-                up.log(),
-                std::fs::read_to_string(run.join("up.err")).unwrap_or_default()
-            );
-        }
-        if Instant::now() > deadline {
-            bail!("up.sh --tls never came up:\n{}", up.log());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_for(
+        Duration::from_secs(900),
+        Duration::from_millis(200),
+        async || {
+            if let Some(status) = up.child.try_wait()? {
+                bail!(
+                    "up.sh --tls exited with {status}:\n{}\n{}",
+                    up.log(),
+                    std::fs::read_to_string(run.join("up.err")).unwrap_or_default()
+                );
+            }
+            Ok(up.log().contains("The stack is up"))
+        },
+        |is_up| *is_up,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("up.sh --tls never came up: {e}\n{}", up.log()))?;
     let certs = run.join("certs");
     let cert = |f: &str| certs.join(f).to_string_lossy().into_owned();
     let addr = format!("127.0.0.1:{}", ports[2]);
@@ -138,17 +141,13 @@ async fn up_tls_runs_the_whole_stack_with_mutual_tls() -> Result<()> {
         ],
     ]
     .concat();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (code, out) = grpcurl(&get)?;
-        if code == 0 && out.contains("\"nodeId\": \"ingest-a\"") {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("live/cam1 never owned by ingest-a: {out}\n{}", up.log());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until(
+        Duration::from_millis(200),
+        async || grpcurl(&get),
+        |(code, out)| *code == 0 && out.contains("\"nodeId\": \"ingest-a\""),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("live/cam1 never owned by ingest-a: {e}\n{}", up.log()))?;
 
     // A client with no certificate cannot attach; plaintext does not connect.
     let (code, out) = grpcurl(&[
@@ -186,13 +185,14 @@ async fn up_tls_runs_the_whole_stack_with_mutual_tls() -> Result<()> {
     // everything it started, the publisher still live: ingest-a says
     // goodbye before the claim-service stops.
     up.signal("-INT");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while up.child.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            bail!("up.sh did not stop on Ctrl-C:\n{}", up.log());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_for(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        async || Ok(up.child.try_wait()?.is_some()),
+        |stopped| *stopped,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("up.sh did not stop on Ctrl-C: {e}\n{}", up.log()))?;
     assert!(up.log().contains("stopped"), "{}", up.log());
     let service_log = std::fs::read_to_string(run.join("claim-service.log"))?;
     assert!(

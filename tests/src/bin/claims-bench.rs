@@ -715,16 +715,20 @@ async fn main() -> Result<()> {
     node.expect_claimed("read/x").await?;
     // The cache follows etcd's watch: wait until it has the claim.
     let mut reader = setup.svc.ownership().await?;
-    while reader
-        .get_owner(pb::GetOwnerRequest {
-            broadcast: "read/x".into(),
-            consistent: false,
-        })
-        .await
-        .is_err()
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(
+        Duration::from_millis(10),
+        async || {
+            Ok(reader
+                .get_owner(pb::GetOwnerRequest {
+                    broadcast: "read/x".into(),
+                    consistent: false,
+                })
+                .await
+                .is_ok())
+        },
+        |cached| *cached,
+    )
+    .await?;
     let key = format!("{}broadcasts/read/x", setup.prefix);
     let channel = setup.svc.channel().await?;
     for c in [1usize, 64] {

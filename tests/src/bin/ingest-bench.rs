@@ -61,11 +61,7 @@ async fn main() -> Result<()> {
     let prefix = test_prefix("ingest-bench");
     let svc = ClaimService::start(&etcd.endpoint(), &prefix, &[]).await?;
     let node = IngestNode::start("bench-a", &[svc.addr()], &[]).await?;
-    let deadline = Instant::now() + WAIT;
-    while node.healthz().await?["claim_service_connected"] != true {
-        anyhow::ensure!(Instant::now() < deadline, "node never attached");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    node.wait_attached().await?;
     let mut raw = etcd.client().await?;
 
     // 1. Publish → accepted, interleaved with the raw claim.
