@@ -195,6 +195,9 @@ async fn a_dead_server_releases_and_the_failover_is_accepted(
     let mut watcher = Watcher::open(&stack.svc, "live/", 0).await?;
     let mut publisher = publish(&a, Transport::Rtmp, "live/k")?;
     watcher.expect(Kind::Claimed, "live/k").await?;
+    // The server has the publish (its hook was answered): a server killed
+    // while its hook waits drops the hook, and the claim goes with it.
+    a.server.wait_playable("live/k").await?;
     stop(&mut a.server);
     let died = Instant::now();
     a.sidecar
@@ -251,6 +254,7 @@ async fn srs_paused_and_back_within_the_grace_keeps_its_claims() -> Result<()> {
     let _publisher = publish(&a, Transport::Rtmp, "live/p")?;
     let claimed = watcher.expect(Kind::Claimed, "live/p").await?;
     let token = claimed.claim.unwrap_or_default().fencing_token;
+    a.server.wait_playable("live/p").await?;
     a.server.signal(libc::SIGSTOP);
     a.sidecar
         .wait_log("the media server does not answer; detaching from the claim service")
@@ -431,7 +435,7 @@ async fn mediamtx_replacing_its_own_publisher_keeps_the_claim() -> Result<()> {
     let mut first = Publisher::start(&a.server.rtmp_url("live/o"))?;
     let claimed = watcher.expect(Kind::Claimed, "live/o").await?;
     let token = claimed.claim.unwrap_or_default().fencing_token;
-    a.sidecar.wait_log("publish admitted: claimed").await?;
+    a.server.wait_playable("live/o").await?;
     let mut second = Publisher::start(&a.server.rtmp_url("live/o"))?;
     a.sidecar
         .wait_log("replaces this broadcast's publisher with a newer one here")
