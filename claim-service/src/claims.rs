@@ -390,12 +390,6 @@ pub enum Action {
     Finished,
 }
 
-/// Retry backoff after `failures` consecutive failures: 200 ms doubling to 5 s.
-pub fn backoff(failures: u32) -> Duration {
-    let ms = 200u64.saturating_mul(1u64 << failures.saturating_sub(1).min(5));
-    Duration::from_millis(ms.min(5_000))
-}
-
 impl Action {
     /// A claim of `broadcast`, under the fence [`NodeClaims::handle`] fills in.
     fn claim(broadcast: String) -> Self {

@@ -2,7 +2,8 @@
 //!
 //! Ingest nodes attach over `ClaimSessions.Attach` and stream the lifecycle of
 //! their broadcasters; this service turns it into etcd claims (one lease per
-//! claimed broadcast) and answers who owns what through `Ownership`.
+//! node session, carrying its record and every claim it makes) and answers
+//! who owns what through `Ownership`.
 //!
 //! - [`claims`]: the claim rules, a pure state machine per node session;
 //! - [`store`]: the one door to etcd (layout, claim transaction, release,
@@ -22,7 +23,7 @@
 //! - [`access`]: who may do what (node identity from mTLS, admin and read
 //!   credentials);
 //! - [`config`], [`names`], [`metrics`], [`error`], [`wire`],
-//!   [`log_budget`]: the edges.
+//!   [`log_budget`], [`retry`]: the edges.
 
 pub mod access;
 pub mod admin;
@@ -36,6 +37,7 @@ pub mod log_budget;
 pub mod metrics;
 pub use claims_proto::names;
 pub mod ownership;
+pub mod retry;
 pub mod rpc;
 pub mod server;
 pub mod session;

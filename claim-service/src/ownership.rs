@@ -246,9 +246,9 @@ impl pb::ownership_server::Ownership for OwnershipService {
                         },
                         Ok(_) => continue,
                         Err(broadcast::error::RecvError::Lagged(_)) => {
-                            let behind = Status::resource_exhausted(
-                                "this watch of nodes fell behind; watch again",
-                            );
+                            let behind = Status::from(Error::ResourceExhausted(
+                                "this watch of nodes fell behind; watch again".into(),
+                            ));
                             return Some((Err(behind), (changes, true)));
                         }
                         Err(broadcast::error::RecvError::Closed) => return None,

@@ -413,7 +413,7 @@ impl View {
                         ),
                         Say::Quiet => {}
                     }
-                    tokio::time::sleep(crate::claims::backoff(failures)).await;
+                    tokio::time::sleep(crate::retry::backoff(failures)).await;
                     continue;
                 }
             };

@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use super::backoff;
 use super::fence::Fence;
 use super::{Action, Claim, ClaimOutcome, Limits, Reply};
+use crate::retry::backoff;
 
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum State {

@@ -462,7 +462,7 @@ fn unavailable_store_is_retried_with_backoff_and_told() {
     let Action::RetryAfter { timer, delay, .. } = acts[0].clone() else {
         panic!("expected a retry first, got {acts:?}");
     };
-    assert_eq!(delay, backoff(1));
+    assert_eq!(delay, crate::retry::backoff(1));
     assert!(matches!(sends(&acts)[..], [Reply::Retrying { .. }]));
     // A stale timer does nothing; the current one claims again.
     assert_eq!(
@@ -479,14 +479,6 @@ fn unavailable_store_is_retried_with_backoff_and_told() {
         }),
         vec![claim_action("b")]
     );
-}
-
-#[test]
-fn backoff_grows_and_is_capped() {
-    assert_eq!(backoff(1), Duration::from_millis(200));
-    assert_eq!(backoff(2), Duration::from_millis(400));
-    assert!(backoff(5) > backoff(4));
-    assert_eq!(backoff(30), Duration::from_secs(5));
 }
 
 #[test]

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::claims::{backoff, Earlier, Event, Reply, TakeoverOutcome};
+use crate::claims::{Earlier, Event, Reply, TakeoverOutcome};
 use crate::error::Error;
 use crate::log_budget::LogBudget;
+use crate::retry::backoff;
 use crate::store::{unix_ms, Attempt, ClaimRequest, Holder, NodeRecord, Store};
 
 type Events = mpsc::UnboundedSender<Event>;

@@ -536,7 +536,7 @@ impl Shard {
     fn failed(&mut self, error: &str, what: &str) {
         self.failures += 1;
         self.metrics.keepalive_failures.inc();
-        let delay = crate::claims::backoff(self.failures).min(Duration::from_secs(1));
+        let delay = crate::retry::backoff(self.failures).min(Duration::from_secs(1));
         match self.trouble.failed(error, Instant::now().into_std()) {
             Say::New => tracing::warn!(%error, retry_in = ?delay, "{what}"),
             Say::Still { since, times } => {

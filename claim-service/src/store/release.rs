@@ -47,7 +47,7 @@ impl Store {
                 Err(e) if Instant::now() < deadline => {
                     failures += 1;
                     tracing::warn!(lease_id, error = %e, "{what} failed; retrying");
-                    tokio::time::sleep(crate::claims::backoff(failures)).await;
+                    tokio::time::sleep(crate::retry::backoff(failures)).await;
                 }
                 Err(e) => {
                     tracing::warn!(lease_id, error = %e, "{what} kept failing; the lease expires on its own since it is no longer renewed");

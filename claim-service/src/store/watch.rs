@@ -101,7 +101,7 @@ impl Store {
                     Err(e) => {
                         failures += 1;
                         tracing::debug!(error = %e, "watch: cannot read the current revision");
-                        tokio::time::sleep(crate::claims::backoff(failures)).await;
+                        tokio::time::sleep(crate::retry::backoff(failures)).await;
                         continue;
                     }
                 }
@@ -126,7 +126,7 @@ impl Store {
                 Err(e) => {
                     failures += 1;
                     tracing::debug!(error = %e, "watch: cannot open; retrying");
-                    tokio::time::sleep(crate::claims::backoff(failures)).await;
+                    tokio::time::sleep(crate::retry::backoff(failures)).await;
                     continue;
                 }
             };
@@ -212,7 +212,7 @@ impl Store {
                 }
             }
             failures += 1;
-            tokio::time::sleep(crate::claims::backoff(failures).min(Duration::from_secs(1))).await;
+            tokio::time::sleep(crate::retry::backoff(failures).min(Duration::from_secs(1))).await;
         }
     }
 }
