@@ -11,8 +11,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use claims_proto::v1 as pb;
-use futures::{Stream, StreamExt};
-use tokio::sync::broadcast;
+use futures::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -20,7 +19,7 @@ use crate::claims::Claim;
 use crate::error::Error;
 use crate::names;
 use crate::store::{Purpose, Store};
-use crate::view::{View, ViewEvent};
+use crate::view::View;
 use crate::watchers::{self, WatchContext, Watches};
 
 const DEFAULT_PAGE: usize = 100;
@@ -181,7 +180,7 @@ impl pb::ownership_server::Ownership for OwnershipService {
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         let (nodes, revision) = self.view.nodes()?;
         Ok(Response::new(pb::ListNodesResponse {
-            nodes: nodes.into_iter().map(node).collect(),
+            nodes: nodes.into_iter().map(pb::Node::from).collect(),
             revision,
         }))
     }
@@ -192,93 +191,14 @@ impl pb::ownership_server::Ownership for OwnershipService {
         &self,
         request: Request<pb::WatchNodesRequest>,
     ) -> Result<Response<Self::WatchNodesStream>, Status> {
-        // A watch like any other: it counts against the same limits.
-        let slot = self
-            .watches
-            .admit(request.remote_addr().map(|a| a.ip()), false)?;
-        // Subscribed first, so that no change after the list is missed (one
-        // may come twice: applying it again changes nothing).
-        let changes = self.view.subscribe();
-        let (nodes, _) = self.view.nodes()?;
-        let first = nodes.into_iter().map(|n| {
-            Ok(pb::NodeEvent {
-                node: Some(node(n)),
-                gone: false,
-            })
-        });
-        let shutdown = self.shutdown.clone();
-        let changes = futures::stream::unfold((changes, false), move |(mut changes, ended)| {
-            let shutdown = shutdown.clone();
-            async move {
-                if ended {
-                    return None;
-                }
-                loop {
-                    let change = tokio::select! {
-                        c = changes.recv() => c,
-                        _ = shutdown.cancelled() => return None,
-                    };
-                    let event = match change {
-                        Ok(ViewEvent::Node {
-                            node_id,
-                            session_id,
-                            draining,
-                            detached,
-                            grace_ends_unix_ms,
-                            ..
-                        }) => pb::NodeEvent {
-                            node: Some(pb::Node {
-                                node_id,
-                                session_id,
-                                draining,
-                                detached,
-                                grace_ends_unix_ms,
-                                ..Default::default()
-                            }),
-                            gone: false,
-                        },
-                        Ok(ViewEvent::NodeGone { node_id }) => pb::NodeEvent {
-                            node: Some(pb::Node {
-                                node_id,
-                                ..Default::default()
-                            }),
-                            gone: true,
-                        },
-                        Ok(_) => continue,
-                        Err(broadcast::error::RecvError::Lagged(_)) => {
-                            let behind = Status::from(Error::ResourceExhausted(
-                                "this watch of nodes fell behind; watch again".into(),
-                            ));
-                            return Some((Err(behind), (changes, true)));
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    };
-                    return Some((Ok(event), (changes, false)));
-                }
-            }
-        });
-        // The slot is freed when the stream is dropped.
-        let events = futures::stream::iter(first)
-            .chain(changes)
-            .map(move |event| {
-                let _open = &slot;
-                event
-            });
+        let ctx = WatchContext {
+            view: &self.view,
+            store: &self.store,
+            watches: &self.watches,
+            shutdown: self.shutdown.clone(),
+        };
+        let events = watchers::watch_nodes(ctx, request.remote_addr().map(|a| a.ip()))?;
         Ok(Response::new(Box::pin(events)))
-    }
-}
-
-fn node(n: crate::view::NodeView) -> pb::Node {
-    pb::Node {
-        node_id: n.node_id,
-        endpoints: n.record.endpoints,
-        session_id: n.record.session_id,
-        service_id: n.record.service_id,
-        attached_at_unix_ms: n.record.attached_at_unix_ms,
-        detached: n.record.grace_ends_unix_ms != 0,
-        grace_ends_unix_ms: n.record.grace_ends_unix_ms,
-        claims: n.claims,
-        draining: n.record.draining,
     }
 }
 

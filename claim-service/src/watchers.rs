@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use claims_proto::listen::{self, Gate, Over, Pass};
 use claims_proto::v1 as pb;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -121,34 +121,6 @@ impl Drop for Slot {
     }
 }
 
-/// The `ClaimEvent` a change is to watchers, if it is one of theirs.
-pub fn claim_event(change: &Change, revision: i64) -> Option<pb::ClaimEvent> {
-    use pb::claim_event::Kind;
-    let (kind, claim) = match change {
-        Change::Claim { claim, created } => (
-            if *created {
-                Kind::Claimed
-            } else {
-                Kind::Adopted
-            },
-            claim.clone().into(),
-        ),
-        Change::Released { broadcast, claim } => (
-            Kind::Released,
-            claim.clone().map(Into::into).unwrap_or(pb::Claim {
-                broadcast: broadcast.clone(),
-                ..Default::default()
-            }),
-        ),
-        Change::Node { .. } | Change::NodeGone { .. } | Change::Forced { .. } => return None,
-    };
-    Some(pb::ClaimEvent {
-        kind: kind as i32,
-        claim: Some(claim),
-        revision,
-    })
-}
-
 fn broadcast_of(change: &Change) -> Option<&str> {
     match change {
         Change::Claim { claim, .. } => Some(&claim.broadcast),
@@ -210,7 +182,7 @@ impl Watcher {
                 if *revision >= *from
                     && broadcast_of(change).is_some_and(|b| b.starts_with(&self.prefix))
                 {
-                    if let Some(event) = claim_event(change, *revision) {
+                    if let Some(event) = crate::wire::claim_event(change, *revision) {
                         return Some(event);
                     }
                 }
@@ -343,6 +315,62 @@ pub fn watch(
     }))
 }
 
+/// A watch of the attached nodes, for `peer`: every node now, then each
+/// change (a node gone: `gone`); it counts against the same limits as a
+/// watch of claims.
+pub fn watch_nodes(
+    ctx: WatchContext<'_>,
+    peer: Option<IpAddr>,
+) -> Result<impl Stream<Item = Result<pb::NodeEvent, Status>> + Send + 'static, Error> {
+    let slot = ctx.watches.admit(peer, false)?;
+    // Subscribed first, so that no change after the list is missed (one may
+    // come twice: applying it again changes nothing).
+    let changes = ctx.view.subscribe();
+    let (nodes, _) = ctx.view.nodes()?;
+    let first = nodes.into_iter().map(|n| {
+        Ok(pb::NodeEvent {
+            node: Some(n.into()),
+            gone: false,
+        })
+    });
+    let shutdown = ctx.shutdown;
+    let changes = futures::stream::unfold((changes, false), move |(mut changes, ended)| {
+        let shutdown = shutdown.clone();
+        async move {
+            if ended {
+                return None;
+            }
+            loop {
+                let change = tokio::select! {
+                    c = changes.recv() => c,
+                    _ = shutdown.cancelled() => return None,
+                };
+                let event = match change {
+                    Ok(event) => match crate::wire::node_event(event) {
+                        Some(event) => event,
+                        None => continue,
+                    },
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let behind = Status::from(Error::ResourceExhausted(
+                            "this watch of nodes fell behind; watch again".into(),
+                        ));
+                        return Some((Err(behind), (changes, true)));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                };
+                return Some((Ok(event), (changes, false)));
+            }
+        }
+    });
+    // The slot is freed when the stream is dropped.
+    Ok(futures::stream::iter(first)
+        .chain(changes)
+        .map(move |event| {
+            let _open = &slot;
+            event
+        }))
+}
+
 /// Relays etcd's history under `prefix` from `start_revision` to a bounded
 /// queue of events, a whole revision at a time; when the watcher leaves too
 /// many unread for the next revision to fit, the relay stops (dropping its
@@ -370,7 +398,7 @@ fn replay(store: &Store, prefix: &str, start_revision: i64, metrics: Arc<Metrics
                 let at = revision[0].1;
                 let events: Vec<_> = revision
                     .iter()
-                    .filter_map(|(change, r)| claim_event(change, *r))
+                    .filter_map(|(change, r)| crate::wire::claim_event(change, *r))
                     .collect();
                 // The relay is the only sender: room it sees stays.
                 if tx.capacity() < events.len() {

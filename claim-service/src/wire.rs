@@ -3,6 +3,8 @@
 use claims_proto::v1 as pb;
 
 use crate::claims::{Claim, Reply};
+use crate::store::watch::Change;
+use crate::view::{NodeView, ViewEvent};
 
 impl From<Claim> for pb::Claim {
     fn from(c: Claim) -> Self {
@@ -79,4 +81,81 @@ impl From<Reply> for pb::ServiceMessage {
             }),
         })
     }
+}
+
+impl From<NodeView> for pb::Node {
+    fn from(n: NodeView) -> Self {
+        pb::Node {
+            node_id: n.node_id,
+            endpoints: n.record.endpoints,
+            session_id: n.record.session_id,
+            service_id: n.record.service_id,
+            attached_at_unix_ms: n.record.attached_at_unix_ms,
+            detached: n.record.grace_ends_unix_ms != 0,
+            grace_ends_unix_ms: n.record.grace_ends_unix_ms,
+            claims: n.claims,
+            draining: n.record.draining,
+        }
+    }
+}
+
+/// What a watcher of nodes is told of a change of the view, if it is about
+/// a node.
+pub fn node_event(event: ViewEvent) -> Option<pb::NodeEvent> {
+    Some(match event {
+        ViewEvent::Node {
+            node_id,
+            session_id,
+            draining,
+            detached,
+            grace_ends_unix_ms,
+            ..
+        } => pb::NodeEvent {
+            node: Some(pb::Node {
+                node_id,
+                session_id,
+                draining,
+                detached,
+                grace_ends_unix_ms,
+                ..Default::default()
+            }),
+            gone: false,
+        },
+        ViewEvent::NodeGone { node_id } => pb::NodeEvent {
+            node: Some(pb::Node {
+                node_id,
+                ..Default::default()
+            }),
+            gone: true,
+        },
+        _ => return None,
+    })
+}
+
+/// The `ClaimEvent` a change is to watchers, if it is one of theirs.
+pub fn claim_event(change: &Change, revision: i64) -> Option<pb::ClaimEvent> {
+    use pb::claim_event::Kind;
+    let (kind, claim) = match change {
+        Change::Claim { claim, created } => (
+            if *created {
+                Kind::Claimed
+            } else {
+                Kind::Adopted
+            },
+            claim.clone().into(),
+        ),
+        Change::Released { broadcast, claim } => (
+            Kind::Released,
+            claim.clone().map(Into::into).unwrap_or(pb::Claim {
+                broadcast: broadcast.clone(),
+                ..Default::default()
+            }),
+        ),
+        Change::Node { .. } | Change::NodeGone { .. } | Change::Forced { .. } => return None,
+    };
+    Some(pb::ClaimEvent {
+        kind: kind as i32,
+        claim: Some(claim),
+        revision,
+    })
 }
