@@ -7,7 +7,7 @@ use futures::future::join_all;
 use crate::claims::Claim;
 use crate::error::Result;
 
-use super::*;
+use super::{ClaimRecord, Key, NodeRecord, Purpose, Snapshot, Store};
 
 /// Whether etcd's answer was too large to take: a lease with more keys
 /// attached than one answer (4 MB) lists.

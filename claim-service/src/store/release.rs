@@ -14,7 +14,7 @@ use tracing::Instrument;
 use crate::claims::Claim;
 use crate::error::Result;
 
-use super::*;
+use super::{unix_ms, ForcedRecord, Holder, Key, Purpose, Release, Store};
 
 impl Store {
     /// Revokes, retrying while etcd is unreachable, until it succeeds or
