@@ -26,6 +26,7 @@
 //! record is on a lease puts claims on it, so none can appear after.
 
 mod claim_txn;
+mod etcd;
 pub mod keepalive;
 pub mod layout;
 mod nodes;
@@ -33,46 +34,24 @@ mod queue;
 mod reads;
 mod release;
 pub mod watch;
+mod worker;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use etcd_client::{Client, ConnectOptions, Txn};
-use futures::future::join_all;
+use etcd_client::{Client, ConnectOptions};
 use tokio::sync::mpsc;
 
 use crate::claims::{Claim, ClaimOutcome};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use claim_txn::{Pending, BATCH};
 pub use keepalive::{KeepAlive, LeaseLoss, LossKind};
 pub use layout::{ClaimRecord, ForcedRecord, Key, Layout, NodeRecord};
 use queue::FairQueue;
 
-/// Workers taking claims and releases from the queue. Each takes up to
-/// [`BATCH`] jobs at once, so this many times that are in flight at most:
-/// enough to keep etcd busy, few enough that a burst leaves little behind
-/// in memory (more workers were no faster; figures in docs/PERFORMANCE.md).
-const WORKERS: usize = 16;
 /// Lease grants in flight at once (node records, forced records).
 const GRANTS_IN_FLIGHT: usize = 256;
-/// The queue's line for the store's own jobs (revoking leases let go).
-const STORE_LINE: queue::Line = 0;
-
-enum Job {
-    Claim(Pending),
-    Release {
-        release: Release,
-        done: Box<dyn FnOnce(bool) + Send>,
-    },
-    Revoke {
-        lease_id: i64,
-        ttl: Duration,
-        done: Box<dyn FnOnce() + Send>,
-    },
-}
 
 /// A claim to give up, fenced as the releasing session holds it.
 #[derive(Debug, Clone)]
@@ -208,24 +187,12 @@ struct Inner {
     /// of live tracks (or a goodbye releasing them) queues small jobs instead
     /// of flooding etcd past its time-outs or holding thousands of tasks,
     /// in a line of its session's own (see [`queue`]).
-    jobs: FairQueue<Job>,
+    jobs: FairQueue<worker::Job>,
     granting: tokio::sync::Semaphore,
     layout: Layout,
     op_timeout: Duration,
     metrics: Arc<Metrics>,
     keepalive: KeepAlive,
-}
-
-/// The call never reached a member: the connection itself failed.
-fn unreachable_member(e: &etcd_client::Error) -> bool {
-    match e {
-        etcd_client::Error::TransportError(_) => true,
-        etcd_client::Error::GRpcStatus(s) => {
-            s.code() == tonic::Code::Unavailable
-                && (s.message().contains("connect") || s.message().contains("transport"))
-        }
-        _ => false,
-    }
 }
 
 pub fn unix_ms() -> i64 {
@@ -240,9 +207,6 @@ pub fn unix_ms() -> i64 {
 pub fn ttl_seconds(ttl: Duration) -> i64 {
     (ttl.as_millis().div_ceil(1000)).max(1) as i64
 }
-
-/// Longest a grant waits for the renewals that are due to go out first.
-const RENEWALS_FIRST: Duration = Duration::from_secs(1);
 
 impl Store {
     /// Connects lazily: this returns at once even when etcd is down; calls
@@ -282,91 +246,10 @@ impl Store {
                 keepalive,
             }),
         };
-        for _ in 0..WORKERS {
+        for _ in 0..worker::WORKERS {
             tokio::spawn(store.clone().work());
         }
         Ok(store)
-    }
-
-    /// A worker: takes what is queued (up to [`BATCH`] jobs at once), makes
-    /// each session's claims together and the releases and revokes side by
-    /// side.
-    async fn work(self) {
-        loop {
-            let (taken, _turn) = self.inner.jobs.take(BATCH).await;
-            let store = &self;
-            let mut claims: Vec<Vec<Pending>> = Vec::new();
-            let mut revokes = Vec::new();
-            let mut releases = Vec::new();
-            for job in taken {
-                match job {
-                    Job::Claim(p) => {
-                        // One batch per session; a broadcast twice (etcd
-                        // refuses a transaction naming a key twice) goes
-                        // to a batch of its own.
-                        let fits = |c: &Vec<Pending>| {
-                            c[0].req.guard_lease == p.req.guard_lease
-                                && c.iter().all(|q| q.req.broadcast != p.req.broadcast)
-                        };
-                        match claims.iter_mut().find(|c| fits(c)) {
-                            Some(same_session) => same_session.push(p),
-                            None => claims.push(vec![p]),
-                        }
-                    }
-                    Job::Revoke {
-                        lease_id,
-                        ttl,
-                        done,
-                    } => revokes.push(async move {
-                        store.revoke_until_gone(lease_id, ttl).await;
-                        done()
-                    }),
-                    Job::Release { release, done } => releases.push((release, done)),
-                }
-            }
-            let claims = join_all(claims.into_iter().map(|batch| self.claim_batch(batch)));
-            tokio::join!(claims, join_all(revokes), self.release_batch(releases));
-        }
-    }
-
-    /// Queues a claim; `done` gets the outcome (never an error: a store that
-    /// cannot be reached is `Unavailable`).
-    pub fn submit_claim(&self, req: ClaimRequest, done: impl FnOnce(Attempt) + Send + 'static) {
-        let line = queue::line_of(&req.holder.session_id);
-        let job = Job::Claim(Pending {
-            req,
-            queued: Instant::now(),
-            done: Box::new(done),
-        });
-        self.inner.jobs.push(line, job);
-    }
-
-    /// Queues a release (see [`Store::release_batch`]); `done` runs after,
-    /// told whether the key was deleted here.
-    pub fn submit_release(&self, release: Release, done: impl FnOnce(bool) + Send + 'static) {
-        let line = queue::line_of(&release.session);
-        let job = Job::Release {
-            release,
-            done: Box::new(done),
-        };
-        self.inner.jobs.push(line, job);
-    }
-
-    /// Queues a revoke that retries until the lease is gone (see
-    /// [`Store::revoke_until_gone`]); `done` runs after.
-    pub fn submit_revoke(
-        &self,
-        lease_id: i64,
-        ttl: Duration,
-        done: impl FnOnce() + Send + 'static,
-    ) {
-        let job = Job::Revoke {
-            lease_id,
-            ttl,
-            done: Box::new(done),
-        };
-        // Leases the store itself let go of: a line of their own.
-        self.inner.jobs.push(STORE_LINE, job);
     }
 
     fn layout(&self) -> &Layout {
@@ -417,125 +300,6 @@ impl Store {
         start_revision: i64,
     ) -> mpsc::Receiver<Result<watch::Batch, Error>> {
         self.watch(purpose, self.layout().prefix().to_string(), start_revision)
-    }
-
-    fn client_for(&self, purpose: Purpose) -> Client {
-        match purpose {
-            Purpose::Claims => &self.inner.client,
-            Purpose::View => &self.inner.view,
-            Purpose::Reads => &self.inner.reads,
-        }
-        .clone()
-    }
-
-    /// Runs one etcd call under the time-out, timing it for the metrics.
-    /// `f` makes the call on a client; a call that could not reach a member
-    /// (a dead endpoint of a cluster: the connection was refused, nothing
-    /// was sent) is made again, up to six times, so the balancer moves on
-    /// to a live member. Every write here is a checked transaction, a grant
-    /// or a revoke, so a repeat is harmless even in doubt.
-    async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T>
-    where
-        F: FnMut(Client) -> Fut,
-        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
-    {
-        self.call_on(Purpose::Claims, op, f).await
-    }
-
-    /// [`Store::call`] on the connection for `purpose`.
-    async fn call_on<T, F, Fut>(&self, purpose: Purpose, op: &'static str, mut f: F) -> Result<T>
-    where
-        F: FnMut(Client) -> Fut,
-        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
-    {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let started = Instant::now();
-            let result =
-                tokio::time::timeout(self.inner.op_timeout, f(self.client_for(purpose))).await;
-            self.inner
-                .metrics
-                .etcd_rtt
-                .with_label_values(&[op])
-                .observe(started.elapsed().as_secs_f64());
-            match result {
-                Ok(Err(e)) if attempt < 6 && unreachable_member(&e) => {
-                    tokio::time::sleep(Duration::from_millis(25 * attempt)).await;
-                }
-                Ok(r) => return r.map_err(Error::from),
-                Err(_) => {
-                    return Err(Error::EtcdTimeout {
-                        op,
-                        timeout: self.inner.op_timeout,
-                    })
-                }
-            }
-        }
-    }
-
-    /// Runs one transaction (see [`Store::call`]).
-    async fn txn(&self, op: &'static str, txn: Txn) -> Result<etcd_client::TxnResponse> {
-        self.call(op, |mut c| {
-            let txn = txn.clone();
-            async move { c.txn(txn).await }
-        })
-        .await
-    }
-
-    /// A cheap round trip that succeeds only when etcd can take a claim: a
-    /// linearizable read (of one key, counted, not fetched) needs the
-    /// cluster's leader to confirm it still leads, so a member that
-    /// answers without a quorum fails it. (Status, which any member
-    /// answers alone, made a replica look ready through a quorum loss.)
-    pub async fn ping(&self) -> Result<i64> {
-        let key = self.inner.layout.prefix().to_string();
-        let resp = self
-            .call("ping", move |mut c| {
-                let key = key.clone();
-                async move {
-                    c.get(key, Some(etcd_client::GetOptions::new().with_count_only()))
-                        .await
-                }
-            })
-            .await?;
-        Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
-    }
-
-    pub async fn grant(&self, ttl: Duration) -> Result<i64> {
-        let _slot = self.inner.granting.acquire().await;
-        // Renewals first: while etcd cannot take the renewals that are due,
-        // a new lease waits (a while at most), so that a burst of new claims
-        // does not starve the claims already held.
-        if self.inner.keepalive.behind() {
-            self.inner.metrics.grants_held.inc();
-            self.inner.keepalive.caught_up(RENEWALS_FIRST).await;
-        }
-        let resp = self
-            .call("lease_grant", move |mut c| async move {
-                c.lease_grant(ttl_seconds(ttl), None).await
-            })
-            .await?;
-        Ok(resp.id())
-    }
-
-    /// Revokes a lease, deleting every key attached to it. A lease that is
-    /// already gone counts as revoked.
-    pub async fn revoke(&self, lease_id: i64) -> Result<()> {
-        match self
-            .call("lease_revoke", move |mut c| async move {
-                c.lease_revoke(lease_id).await
-            })
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(Error::Etcd(etcd_client::Error::GRpcStatus(s)))
-                if s.code() == tonic::Code::NotFound || s.message().contains("not found") =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
     }
 
     /// Keeps an adopted claim's lease alive for `notify`. Its first renewal
