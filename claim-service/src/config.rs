@@ -5,16 +5,20 @@
 //! before anything starts, with one line that says what to change.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use claims_proto::listen;
 use clap::{Parser, ValueEnum};
 
 use crate::access::Access;
-use crate::claims::Limits;
 use crate::store::StoreConfig;
 use crate::watchers::WatchLimits;
+
+mod security;
+mod session;
+
+pub use session::SessionConfig;
 
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 10s or 500ms)"))
@@ -400,105 +404,6 @@ impl Config {
         Ok(())
     }
 
-    /// Who may do what, with the tokens read from their files.
-    pub fn access(&self) -> Result<Access, String> {
-        Ok(Access {
-            node_identity: self.client_ca.is_some(),
-            admin_token: read_token(self.admin_token_file.as_deref(), "--admin-token-file")?,
-            admin_identities: self.admin_identities.clone(),
-            read_token: read_token(self.read_token_file.as_deref(), "--read-token-file")?,
-        })
-    }
-
-    /// TLS for the gRPC server, or `None` to serve plain HTTP/2. Client
-    /// certificates are optional at the TLS layer (probes and open reads
-    /// need none) and required by the session and admin checks.
-    pub fn server_tls(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, String> {
-        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
-            return Ok(None);
-        };
-        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
-            read_file(cert, "--tls-cert")?,
-            read_file(key, "--tls-key")?,
-        ));
-        if let Some(ca) = &self.client_ca {
-            tls = tls
-                .client_ca_root(Certificate::from_pem(read_file(ca, "--client-ca")?))
-                .client_auth_optional(true);
-        }
-        Ok(Some(tls.timeout(Duration::from_secs(10))))
-    }
-
-    /// TLS and credentials for etcd.
-    fn etcd_security(&self) -> Result<crate::store::EtcdSecurity, String> {
-        use etcd_client::{Certificate, Identity, TlsOptions};
-        let tls = match &self.etcd_ca {
-            Some(ca) => {
-                let mut tls = TlsOptions::new()
-                    .ca_certificate(Certificate::from_pem(read_file(ca, "--etcd-ca")?));
-                if let (Some(cert), Some(key)) = (&self.etcd_cert, &self.etcd_key) {
-                    tls = tls.identity(Identity::from_pem(
-                        read_file(cert, "--etcd-cert")?,
-                        read_file(key, "--etcd-key")?,
-                    ));
-                }
-                Some(tls)
-            }
-            None => None,
-        };
-        let user = match (&self.etcd_user, &self.etcd_password_file) {
-            (Some(user), Some(file)) => {
-                let password = std::fs::read_to_string(file)
-                    .map_err(|e| format!("--etcd-password-file {}: {e}", file.display()))?;
-                Some((
-                    user.clone(),
-                    password.trim_end_matches(['\n', '\r']).to_string(),
-                ))
-            }
-            _ => None,
-        };
-        Ok(crate::store::EtcdSecurity { tls, user })
-    }
-
-    fn validate_security(&self) -> Result<(), String> {
-        if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return Err("--tls-cert and --tls-key go together".into());
-        }
-        if self.client_ca.is_some() && self.tls_cert.is_none() {
-            return Err("--client-ca (mutual TLS) needs --tls-cert and --tls-key".into());
-        }
-        if !self.admin_identities.is_empty() && self.client_ca.is_none() {
-            return Err(
-                "--admin-identity needs --client-ca: identities come from client certificates"
-                    .into(),
-            );
-        }
-        if self.etcd_cert.is_some() != self.etcd_key.is_some() {
-            return Err("--etcd-cert and --etcd-key go together".into());
-        }
-        if self.etcd_cert.is_some() && self.etcd_ca.is_none() {
-            return Err("--etcd-cert needs --etcd-ca (TLS to etcd)".into());
-        }
-        if self.etcd_user.is_some() != self.etcd_password_file.is_some() {
-            return Err("--etcd-user and --etcd-password-file go together".into());
-        }
-        let https = self
-            .etcd_endpoints
-            .iter()
-            .filter(|e| e.starts_with("https://"))
-            .count();
-        if self.etcd_ca.is_some() && https != self.etcd_endpoints.len() {
-            return Err("--etcd-ca is set: every --etcd-endpoints entry must be https://".into());
-        }
-        if self.etcd_ca.is_none() && https > 0 {
-            return Err(
-                "--etcd-endpoints has https:// entries: give etcd's CA with --etcd-ca".into(),
-            );
-        }
-        Ok(())
-    }
-
     /// Reads every file the configuration names, once, so that a missing
     /// or bad one stops the start with one line.
     pub fn load_files(&self) -> Result<Loaded, String> {
@@ -553,94 +458,12 @@ impl Config {
             per_peer: self.max_watches_per_peer,
         }
     }
-
-    pub fn sessions(&self, service_id: String) -> SessionConfig {
-        SessionConfig {
-            service_id,
-            default_ttl: self.lease_ttl,
-            min_ttl: self.min_lease_ttl,
-            max_ttl: self.max_lease_ttl,
-            renew_interval: self.renew_interval(),
-            detach_grace: self.detach_grace,
-            hello_timeout: self.hello_timeout,
-            limits: Limits {
-                max_claims: self.max_claims_per_node,
-                max_tracks_per_broadcast: self.max_tracks_per_broadcast,
-                takeover: self.takeover == Takeover::Allow,
-            },
-            max_sessions: self.max_sessions,
-            max_events_per_second: self.max_events_per_second,
-            max_message_size: self.max_message_size,
-        }
-    }
-}
-
-fn read_file(path: &Path, flag: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
-}
-
-/// A bearer token from a file: at least 16 printable characters.
-fn read_token(path: Option<&Path>, flag: &str) -> Result<Option<String>, String> {
-    let Some(path) = path else {
-        return Ok(None);
-    };
-    let token =
-        std::fs::read_to_string(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
-    let token = token.trim().to_string();
-    if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!(
-            "{flag} {}: the token must be at least 16 printable characters without spaces",
-            path.display()
-        ));
-    }
-    Ok(Some(token))
-}
-
-/// Session rules the operator configures.
-#[derive(Debug, Clone)]
-pub struct SessionConfig {
-    pub service_id: String,
-    pub default_ttl: Duration,
-    pub min_ttl: Duration,
-    pub max_ttl: Duration,
-    pub renew_interval: Duration,
-    pub detach_grace: Duration,
-    /// How long a new stream may take to send `hello`.
-    pub hello_timeout: Duration,
-    pub limits: Limits,
-    /// Most sessions attached to this replica at once.
-    pub max_sessions: usize,
-    /// Lifecycle events one session may send per second (0: no limit).
-    pub max_events_per_second: u32,
-    /// Largest message a node may send, in bytes.
-    pub max_message_size: usize,
-}
-
-impl SessionConfig {
-    /// The TTL a node gets when it asks for `requested_ms` (0 = default):
-    /// clamped to the bounds and rounded up to whole seconds, as etcd keeps it.
-    pub fn lease_ttl(&self, requested_ms: u64) -> Duration {
-        let asked = if requested_ms == 0 {
-            self.default_ttl
-        } else {
-            Duration::from_millis(requested_ms)
-        };
-        let ttl = asked.clamp(self.min_ttl, self.max_ttl);
-        Duration::from_secs(crate::store::ttl_seconds(ttl) as u64)
-    }
-
-    /// A lease of another TTL than the default is renewed at the same
-    /// fraction of its TTL (a 60 s lease every 15 s with the defaults), and
-    /// never less than four times per TTL.
-    pub fn renew_for(&self, ttl: Duration) -> Duration {
-        let fraction = self.renew_interval.as_secs_f64() / self.default_ttl.as_secs_f64();
-        ttl.mul_f64(fraction).min(ttl / 4)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::claims::Limits;
 
     #[test]
     fn renewals_scale_with_the_ttl() {
