@@ -137,9 +137,12 @@ pub struct Config {
 
     /// Where the media server lists its live streams (nginx-rtmp's
     /// `rtmp_stat` page, SRS's /api/v1/streams, MediaMTX's
-    /// /v3/paths/list): read at start, so that a restarted sidecar adopts
-    /// what is still published, and every --media-server-api-interval, so
-    /// that a missed hook converges to the truth.
+    /// /v3/paths/list, OME's /v1/vhosts/VHOST/apps/APP/streams), read
+    /// whole: at start, so that a restarted sidecar adopts what is still
+    /// published; every --media-server-api-interval, so that a missed hook
+    /// converges to the truth; and as the server's liveness (two failed
+    /// reads detach the node). Its host and port also serve the kicks,
+    /// and OME's pulls, the sidecar asks of the server.
     #[arg(
         long,
         env = "INGEST_MEDIA_SERVER_API",
