@@ -12,8 +12,15 @@ use system_tests::*;
 
 use pb::ownership_client::OwnershipClient;
 
-const SERVICES: [&str; 7] = [
-    "etcd1", "etcd2", "etcd3", "claims1", "claims2", "ingest-a", "ingest-b",
+const SERVICES: [&str; 8] = [
+    "etcd1",
+    "etcd2",
+    "etcd3",
+    "claims1",
+    "claims2",
+    "ingest-a",
+    "ingest-b",
+    "prometheus",
 ];
 
 fn root() -> std::path::PathBuf {
