@@ -4,7 +4,16 @@
 # (docker-compose.yml builds both.) Where no registry can be reached, use
 # scripts/images.sh and docker-compose.offline.yml instead.
 
+# The version and commit the images are labelled with (scripts/release.sh
+# and scripts/images.sh pass them; --version reads the commit too).
+ARG VERSION=unreleased
+ARG REVISION=unknown
+# Where the source is (the repository's URL; images.sh passes git's origin).
+ARG SOURCE=unknown
+
 FROM rust:1-bookworm AS build
+ARG REVISION
+ENV CLAIMS_GIT_COMMIT=${REVISION}
 RUN apt-get update \
  && apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev \
  && rm -rf /var/lib/apt/lists/*
@@ -13,6 +22,13 @@ COPY . .
 RUN cargo build --release --locked -p claim-service -p claimctl -p ingest-node
 
 FROM debian:bookworm-slim AS runtime
+ARG VERSION
+ARG REVISION
+ARG SOURCE
+LABEL org.opencontainers.image.version=${VERSION} \
+      org.opencontainers.image.revision=${REVISION} \
+      org.opencontainers.image.source=${SOURCE} \
+      org.opencontainers.image.licenses="Apache-2.0"
 RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent claims
 
 FROM runtime AS claim-service

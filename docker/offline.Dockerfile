@@ -3,7 +3,19 @@
 # from Debian's prometheus.
 # Built by scripts/images.sh from a staging folder holding the binaries.
 
+ARG VERSION=unreleased
+ARG REVISION=unknown
+# Where the source is (the repository's URL; images.sh passes git's origin).
+ARG SOURCE=unknown
+
 FROM claims-base:bookworm AS runtime
+ARG VERSION
+ARG REVISION
+ARG SOURCE
+LABEL org.opencontainers.image.version=${VERSION} \
+      org.opencontainers.image.revision=${REVISION} \
+      org.opencontainers.image.source=${SOURCE} \
+      org.opencontainers.image.licenses="Apache-2.0"
 RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent claims
 
 FROM runtime AS claim-service

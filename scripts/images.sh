@@ -30,7 +30,11 @@ if ! docker image inspect claims-base:bookworm >/dev/null 2>&1; then
   rm -rf "$RUN/rootfs"
 fi
 
-echo ">> building the binaries (release)"
+# What the images are labelled with: the workspace's version, this commit.
+VERSION=$(awk -F'"' '/^\[workspace.package\]/ {w=1} w && /^version/ {print $2; exit}' Cargo.toml)
+REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+SOURCE=$(git config --get remote.origin.url 2>/dev/null || echo unknown)
+echo ">> building the binaries (release, $VERSION at $REVISION)"
 cargo build --release --locked -p claim-service -p claimctl -p ingest-node
 stage="$RUN/images"
 rm -rf "$stage"
@@ -41,6 +45,8 @@ cp docker/offline.Dockerfile "$stage/Dockerfile"
 
 for target in etcd claim-service ingest-node prometheus; do
   echo ">> image claims/$target:offline"
-  docker build -q --target "$target" -t "claims/$target:offline" "$stage" >/dev/null
+  docker build -q --target "$target" -t "claims/$target:offline" \
+    --build-arg VERSION="$VERSION" --build-arg REVISION="$REVISION" \
+    --build-arg SOURCE="$SOURCE" "$stage" >/dev/null
 done
 docker images --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E '^claims' || true

@@ -66,7 +66,7 @@ pub enum Takeover {
 /// etcd lease, kept alive while any track of it is live and released (its key
 /// deleted) the moment the last one closes. Anyone can ask who owns what (claims.v1.Ownership).
 #[derive(Debug, Clone, Parser)]
-#[command(name = "claim-service", version)]
+#[command(name = "claim-service", version = claims_proto::VERSION)]
 pub struct Config {
     #[command(subcommand)]
     pub command: Option<Command>,

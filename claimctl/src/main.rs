@@ -21,7 +21,7 @@ use tonic::{Code, Status};
 /// Ask a Broadcast Claims service who owns what, watch ownership change,
 /// and (with an admin token) force-release claims or drain nodes.
 #[derive(Parser)]
-#[command(name = "claimctl", version)]
+#[command(name = "claimctl", version = claims_proto::VERSION)]
 struct Cli {
     /// Claim-service gRPC URLs, comma-separated: commands use the first;
     /// `watch` moves to the next when its stream ends.

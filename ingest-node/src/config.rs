@@ -36,7 +36,7 @@ pub enum Command {
 /// broadcasts over HTTP-FLV and sends viewers of other broadcasts to their
 /// owner.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "ingest-node", version)]
+#[command(name = "ingest-node", version = claims_proto::VERSION)]
 pub struct Config {
     #[command(subcommand)]
     pub command: Option<Command>,

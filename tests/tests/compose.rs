@@ -23,6 +23,12 @@ const SERVICES: [&str; 8] = [
     "prometheus",
 ];
 
+/// What `git ARGS` prints in the workspace.
+fn git(args: &[&str]) -> Result<String> {
+    let out = Command::new("git").args(args).current_dir(root()).output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 fn root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -184,6 +190,20 @@ async fn the_compose_stack_keeps_claims_through_replica_and_etcd_member_loss() -
             "scripts/images.sh failed:\n{}",
             String::from_utf8_lossy(&images.stderr)
         );
+    }
+    // The images say which version and commit they are.
+    let head = git(&["rev-parse", "HEAD"])?;
+    for image in ["claims/claim-service:offline", "claims/ingest-node:offline"] {
+        let label = |name: &str| -> Result<String> {
+            let format = format!("{{{{index .Config.Labels \"org.opencontainers.image.{name}\"}}}}");
+            let out = Command::new("docker")
+                .args(["image", "inspect", image, "--format", &format])
+                .output()?;
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        };
+        assert_eq!(label("revision")?, head, "{image}");
+        assert!(!label("version")?.is_empty(), "{image}");
+        assert!(!label("source")?.is_empty(), "{image}");
     }
 
     let ports = [

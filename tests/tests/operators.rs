@@ -458,3 +458,25 @@ async fn claimctl_watch_resumes_at_the_next_replica_without_missing_a_change() -
     );
     Ok(())
 }
+
+/// `--version` of every binary names the workspace's version and the
+/// commit it was built from.
+#[test]
+fn every_binary_says_its_version_and_commit() -> Result<()> {
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(workspace_root())
+        .output()?;
+    let commit = String::from_utf8_lossy(&commit.stdout).trim().to_string();
+    anyhow::ensure!(!commit.is_empty(), "not a git checkout");
+    for name in ["claim-service", "ingest-node", "claimctl"] {
+        let out = Command::new(binary(name)).arg("--version").output()?;
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{name}: {said}");
+        assert_eq!(
+            said.trim(),
+            format!("{name} {} (commit {commit})", env!("CARGO_PKG_VERSION")),
+        );
+    }
+    Ok(())
+}
