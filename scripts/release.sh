@@ -26,7 +26,7 @@ awk -v v="$version" '
   w && /^version = / && !done { print "version = \"" v "\""; done = 1; next }
   { print }' Cargo.toml > Cargo.toml.new && mv Cargo.toml.new Cargo.toml
 grep -q "^version = \"$version\"" Cargo.toml || die "could not set the version in Cargo.toml"
-cargo metadata --format-version 1 --offline >/dev/null 2>&1 || cargo metadata --format-version 1 >/dev/null
+cargo metadata --format-version 1 --offline >/dev/null 2>&1 || cargo metadata --format-version 1 >/dev/null 2>&1
 
 git commit -q -am "Release $version"
 git tag -a "v$version" -m "Release $version"
