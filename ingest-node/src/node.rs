@@ -75,7 +75,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let api = config.media_server_api()?;
     let restored = match (&front, &api) {
         (Front::Hooks(kind, _), Some(api)) => match hooks::read_listing(*kind, api).await {
-            Ok(listed) => hooks::restore(*kind, &registry, &listed, &metrics),
+            Ok(page) => hooks::restore(*kind, &registry, &page.listed, &metrics),
             Err(e) => {
                 tracing::warn!(api = %api.url, error = %e, "cannot read the media server's publishers at start; its hooks will tell");
                 Publishers::new(kind.replaces_publishers())

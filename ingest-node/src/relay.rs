@@ -9,15 +9,16 @@
 //! never claimed, and the server's listing of it is not taken for a
 //! publisher here. One relay per broadcast; it ends when the owner's
 //! stream ends (the owner left, or its claim moved: players then come back
-//! to the new owner), when the local server drops it, or when the sidecar
-//! stops.
+//! to the new owner), when the local server drops it, when the server's
+//! listing has shown it without a player for [`IDLE_STOP`], or when the
+//! sidecar stops.
 
 pub mod client;
 
 use crate::error::{Error, Result};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rml_rtmp::sessions::ClientSessionEvent;
 use tokio::net::TcpStream;
@@ -28,11 +29,35 @@ use client::RtmpClient;
 /// The query parameter a relay's publish carries.
 pub const PARAM: &str = "claims_relay";
 
+/// A relay the server's listing shows without a player for this long
+/// ends (the next player starts another).
+pub const IDLE_STOP: Duration = Duration::from_secs(10);
+
+/// One relay as the sidecar keeps it.
+struct Running {
+    stop: CancellationToken,
+    /// Since when the listing has shown it without a player.
+    idle_since: Option<Instant>,
+}
+
+/// Whether a relay listed with `readers` players at `now`, idle since
+/// `idle_since`, is to end (pure); its new idle mark.
+pub fn idle(idle_since: Option<Instant>, readers: usize, now: Instant) -> (Option<Instant>, bool) {
+    if readers > 0 {
+        return (None, false);
+    }
+    let since = idle_since.unwrap_or(now);
+    (
+        Some(since),
+        now.saturating_duration_since(since) >= IDLE_STOP,
+    )
+}
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct Relays {
     token: String,
-    running: Mutex<HashSet<String>>,
+    running: Mutex<HashMap<String, Running>>,
     /// The media server's client ids of the relays' publishes, so that its
     /// listing of them is not taken for publishers (also for a moment
     /// after a relay ended).
@@ -54,7 +79,7 @@ impl Relays {
             .collect();
         Self {
             token,
-            running: Mutex::new(HashSet::new()),
+            running: Mutex::new(HashMap::new()),
             clients: Mutex::new(HashSet::new()),
             pulled: Mutex::new(HashSet::new()),
             stop,
@@ -96,19 +121,47 @@ impl Relays {
 
     /// Whether a relay of `broadcast` runs.
     pub fn is_running(&self, broadcast: &str) -> bool {
-        self.lock().contains(broadcast)
+        self.running().contains_key(broadcast)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        lock(&self.running)
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What the server's listing at `now` says of the players of each
+    /// broadcast (`readers`, where it counts them): a relay without any for
+    /// [`IDLE_STOP`] ends.
+    pub fn readers(&self, readers: &HashMap<String, usize>, now: Instant) {
+        for (broadcast, relay) in self.running().iter_mut() {
+            let Some(&count) = readers.get(broadcast) else {
+                continue;
+            };
+            let (since, stop) = idle(relay.idle_since, count, now);
+            relay.idle_since = since;
+            if stop {
+                tracing::info!(%broadcast, idle = ?IDLE_STOP, "relay stopped: no player at this media server");
+                relay.stop.cancel();
+            }
+        }
     }
 
     /// Starts relaying `broadcast` from the RTMP server at `from`
     /// (`rtmp://HOST:PORT`, the owner's) into the one at `to` (the local
     /// media server), unless a relay of it runs already.
     pub fn ensure(self: &Arc<Self>, broadcast: &str, from: &str, to: &str) {
-        if !self.lock().insert(broadcast.to_string()) {
-            return;
+        let stop = self.stop.child_token();
+        {
+            let mut running = self.running();
+            if running.contains_key(broadcast) {
+                return;
+            }
+            running.insert(
+                broadcast.to_string(),
+                Running {
+                    stop: stop.clone(),
+                    idle_since: None,
+                },
+            );
         }
         let (relays, broadcast) = (self.clone(), broadcast.to_string());
         let (from, to) = (from.to_string(), to.to_string());
@@ -116,13 +169,13 @@ impl Relays {
             tracing::info!(%broadcast, %from, %to, "relaying the owner's stream into this media server for its players");
             let ended = tokio::select! {
                 r = relays.run(&broadcast, &from, &to) => r,
-                _ = relays.stop.cancelled() => Ok(()),
+                _ = stop.cancelled() => Ok(()),
             };
             match ended {
                 Ok(()) => tracing::info!(%broadcast, "relay ended"),
                 Err(e) => tracing::warn!(%broadcast, %from, error = %e, "relay ended"),
             }
-            relays.lock().remove(&broadcast);
+            relays.running().remove(&broadcast);
         });
     }
 
@@ -217,6 +270,21 @@ async fn forward(sink: &mut RtmpClient<TcpStream>, event: ClientSessionEvent) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_relay_without_players_for_the_bound_ends() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // Watched: nothing changes.
+        assert_eq!(idle(None, 2, at(0)), (None, false));
+        // Nobody: idle from now, not yet over.
+        let (since, stop) = idle(None, 0, at(1));
+        assert_eq!((since, stop), (Some(at(1)), false));
+        // A player came back: the mark goes.
+        assert_eq!(idle(since, 1, at(5)), (None, false));
+        // Nobody for the whole bound: it ends.
+        assert_eq!(idle(Some(at(1)), 0, at(1) + IDLE_STOP), (Some(at(1)), true));
+    }
 
     #[test]
     fn only_this_sidecars_token_marks_a_relay() {

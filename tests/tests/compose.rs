@@ -25,7 +25,10 @@ const SERVICES: [&str; 8] = [
 
 /// What `git ARGS` prints in the workspace.
 fn git(args: &[&str]) -> Result<String> {
-    let out = Command::new("git").args(args).current_dir(root()).output()?;
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(root())
+        .output()?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
@@ -195,7 +198,8 @@ async fn the_compose_stack_keeps_claims_through_replica_and_etcd_member_loss() -
     let head = git(&["rev-parse", "HEAD"])?;
     for image in ["claims/claim-service:offline", "claims/ingest-node:offline"] {
         let label = |name: &str| -> Result<String> {
-            let format = format!("{{{{index .Config.Labels \"org.opencontainers.image.{name}\"}}}}");
+            let format =
+                format!("{{{{index .Config.Labels \"org.opencontainers.image.{name}\"}}}}");
             let out = Command::new("docker")
                 .args(["image", "inspect", image, "--format", &format])
                 .output()?;

@@ -129,6 +129,13 @@ async fn claimed_refused_elsewhere_released(server: Server, transport: Transport
     // The claim held through all of it, through listings (every second)
     // that show the relay at B: nothing else was claimed.
     assert_eq!(watcher.quiet_for(Duration::from_secs(3)).await, None);
+    if server != Server::Ome {
+        // The player left: its relay ends once the listing has shown it
+        // without one for a while.
+        b.sidecar
+            .wait_log("relay stopped: no player at this media server")
+            .await?;
+    }
     let owner = stack.owner(broadcast, true).await?.unwrap_or_default();
     assert_eq!(
         (owner.node_id.as_str(), owner.fencing_token),

@@ -25,11 +25,14 @@ use super::Kind;
 pub type Listed = Vec<(String, String)>;
 
 /// One answer of the server's API.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Page {
     pub listed: Listed,
     /// The server's counts say this is everything it has.
     pub complete: bool,
+    /// Players of each broadcast, where the server counts them (SRS,
+    /// MediaMTX): how the sidecar knows a relay it runs has nobody left.
+    pub readers: std::collections::HashMap<String, usize>,
 }
 
 /// How many items a first request asks for.
@@ -63,6 +66,7 @@ fn whole(listed: Listed) -> Page {
     Page {
         listed,
         complete: true,
+        readers: Default::default(),
     }
 }
 
@@ -166,6 +170,9 @@ struct SrsStreams {
 struct SrsStream {
     app: String,
     name: String,
+    /// Its publisher and its players.
+    #[serde(default)]
+    clients: usize,
     #[serde(default)]
     publish: Option<SrsPublish>,
 }
@@ -189,15 +196,22 @@ fn srs(body: &[u8], asked: usize) -> Result<Page> {
         )));
     }
     let complete = s.streams.len() < asked;
+    let mut readers = std::collections::HashMap::new();
     let listed = s
         .streams
         .into_iter()
         .filter_map(|st| {
             let p = st.publish.filter(|p| p.active)?;
-            Some((format!("{}/{}", st.app, st.name), p.cid))
+            let broadcast = format!("{}/{}", st.app, st.name);
+            readers.insert(broadcast.clone(), st.clients.saturating_sub(1));
+            Some((broadcast, p.cid))
         })
         .collect();
-    Ok(Page { listed, complete })
+    Ok(Page {
+        listed,
+        complete,
+        readers,
+    })
 }
 
 #[derive(Deserialize)]
@@ -215,6 +229,8 @@ struct MtxPath {
     name: String,
     #[serde(default)]
     source: Option<MtxSource>,
+    #[serde(default)]
+    readers: Vec<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -242,15 +258,21 @@ fn mediamtx(body: &[u8]) -> Result<Page> {
     let p: MtxPaths = serde_json::from_slice(body)
         .map_err(|e| Error::Unreadable(format!("not MediaMTX's path list: {e}")))?;
     let complete = p.page_count <= 1 && p.items.len() == p.item_count;
+    let mut readers = std::collections::HashMap::new();
     let listed = p
         .items
         .into_iter()
         .filter_map(|p| {
             let source = p.source.filter(MtxSource::publishes)?;
+            readers.insert(p.name.clone(), p.readers.len());
             Some((p.name, source.id))
         })
         .collect();
-    Ok(Page { listed, complete })
+    Ok(Page {
+        listed,
+        complete,
+        readers,
+    })
 }
 
 #[cfg(test)]
@@ -312,6 +334,11 @@ mod tests {
             ]
         );
         assert!(parse(Kind::Srs, "", br#"{"code":1001}"#, FIRST_ASK).is_err());
+        // SRS counts the publisher among its clients; MediaMTX lists readers.
+        let srs = parse(Kind::Srs, "", SRS, FIRST_ASK).unwrap();
+        assert_eq!(srs.readers.get("live/cam1"), Some(&0));
+        let mtx = parse(Kind::Mediamtx, "", MTX, FIRST_ASK).unwrap();
+        assert_eq!(mtx.readers.get("live/cam1"), Some(&0));
         // OME's answer to GET /v1/vhosts/default/apps/live/streams.
         let ome = br#"{"message":"OK","response":["stream","stream2"],"statusCode":200}"#;
         let url = "http://ome:8081/v1/vhosts/default/apps/app/streams";

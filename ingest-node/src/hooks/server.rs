@@ -30,9 +30,11 @@ impl Sidecar {
 
     /// Converges to a complete listing: publishers it does not show go;
     /// ones it shows that are not known here are claimed.
-    async fn converge(self: &Arc<Self>, listed: listing::Listed, read_at: Instant) {
+    async fn converge(self: &Arc<Self>, page: listing::Page, read_at: Instant) {
+        let listed = page.listed;
         let listed = match &self.relays {
             Some(relays) => {
+                relays.readers(&page.readers, Instant::now());
                 relays.forget_unlisted(&listed);
                 let (relayed, listed): (Vec<_>, Vec<_>) = listed
                     .into_iter()
@@ -217,14 +219,14 @@ pub struct Api {
 /// Reads the media server's whole list of publishers: asks for more until
 /// the server's counts say nothing was left out; a listing never known to
 /// be complete is an error.
-pub async fn read_listing(kind: Kind, api: &Api) -> Result<listing::Listed> {
+pub async fn read_listing(kind: Kind, api: &Api) -> Result<listing::Page> {
     let mut asked = listing::FIRST_ASK;
     loop {
         let url = listing::url(kind, &api.url, asked);
         let body = crate::lookup::http_get(&url, api.token.as_deref()).await?;
         let page = listing::parse(kind, &api.url, &body, asked)?;
         if page.complete {
-            return Ok(page.listed);
+            return Ok(page);
         }
         if asked >= listing::MOST_ASKED {
             return Err(Error::media_server(format!(
