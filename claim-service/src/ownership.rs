@@ -90,9 +90,7 @@ impl OwnershipService {
     /// A claim as answered: with whether its owner is gone.
     fn described(&self, claim: Claim) -> pb::Claim {
         let presence = self.view.presence(&claim.node_id);
-        let mut claim = pb::Claim::from(claim);
-        presence.describe(&mut claim);
-        claim
+        crate::wire::claim_with(claim, presence)
     }
 }
 

@@ -483,15 +483,7 @@ impl Session {
             }
             Action::Send(reply) => {
                 work::log_reply(&reply, &ctx.refusal_log);
-                let mut msg = pb::ServiceMessage::from(reply);
-                // An owner that is gone is said to be, so that the node
-                // holds its publisher instead of sending it there.
-                if let Some(ServiceMsg::Conflict(pb::Conflict {
-                    owner: Some(owner), ..
-                })) = &mut msg.msg
-                {
-                    ctx.view.presence(&owner.node_id).describe(owner);
-                }
+                let msg = crate::wire::reply(reply, |node| ctx.view.presence(node));
                 self.send(msg).await;
             }
             Action::RetryAfter {

@@ -236,14 +236,6 @@ pub struct Presence {
     pub grace_ends_unix_ms: i64,
 }
 
-impl Presence {
-    /// Says so in a claim as the wire carries it.
-    pub fn describe(self, claim: &mut claims_proto::v1::Claim) {
-        claim.detached = self.detached;
-        claim.grace_ends_unix_ms = self.grace_ends_unix_ms;
-    }
-}
-
 impl View {
     /// Whether `node_id`'s claims are held for a node that is gone. A view
     /// that has not read etcd yet knows of nothing gone.

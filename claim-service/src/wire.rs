@@ -4,7 +4,7 @@ use claims_proto::v1 as pb;
 
 use crate::claims::{Claim, Reply};
 use crate::store::watch::Change;
-use crate::view::{NodeView, ViewEvent};
+use crate::view::{NodeView, Presence, ViewEvent};
 
 impl From<Claim> for pb::Claim {
     fn from(c: Claim) -> Self {
@@ -28,59 +28,73 @@ pub fn service_message(msg: pb::service_message::Msg) -> pb::ServiceMessage {
     pb::ServiceMessage { msg: Some(msg) }
 }
 
-impl From<Reply> for pb::ServiceMessage {
-    fn from(reply: Reply) -> Self {
-        use pb::service_message::Msg;
-        service_message(match reply {
-            Reply::Claimed { claim, adopted } => Msg::Claimed(pb::Claimed {
-                claim: Some(claim.into()),
-                adopted,
-            }),
-            Reply::Conflict { broadcast, owner } => Msg::Conflict(pb::Conflict {
-                broadcast,
-                owner: Some(owner.into()),
-            }),
-            Reply::Released { broadcast } => Msg::Released(pb::Released { broadcast }),
-            Reply::Lost { broadcast, reason } => Msg::Lost(pb::Lost {
-                broadcast,
-                reason,
-                taken_by: String::new(),
-            }),
-            Reply::Draining { draining } => Msg::Draining(pb::Draining { draining }),
-            Reply::Retrying {
-                broadcast,
-                reason,
-                retry_in,
-            } => Msg::Retrying(pb::Retrying {
-                broadcast,
-                reason,
-                retry_in_ms: retry_in.as_millis() as u64,
-            }),
-            Reply::Refused {
-                broadcast,
-                track,
-                reason,
-            } => Msg::Rejected(pb::Rejected {
-                broadcast,
-                track,
-                reason,
-                code: tonic::Code::ResourceExhausted as i32,
-            }),
-            Reply::TakeoverRefused { broadcast, reason } => Msg::Rejected(pb::Rejected {
-                broadcast,
-                track: String::new(),
-                reason,
-                code: tonic::Code::FailedPrecondition as i32,
-            }),
-            Reply::TakenOver { broadcast, by } => Msg::Lost(pb::Lost {
-                reason: format!(
-                    "taken over by node {by}: a newer publisher of {broadcast} there won (duplicate-publisher policy takeover)"
-                ),
-                broadcast,
-                taken_by: by,
-            }),
-        })
+/// A claim as readers and a node that met it are told of it: with whether
+/// its owner is gone (`presence`), so that nobody is sent to a dead node.
+pub fn claim_with(claim: Claim, presence: Presence) -> pb::Claim {
+    pb::Claim {
+        detached: presence.detached,
+        grace_ends_unix_ms: presence.grace_ends_unix_ms,
+        ..claim.into()
     }
+}
+
+/// What a session tells its node for `reply`, complete: a conflict says
+/// whether the owner is gone (`presence` of its node), so that the node
+/// holds its publisher instead of sending it there.
+pub fn reply(reply: Reply, presence: impl Fn(&str) -> Presence) -> pb::ServiceMessage {
+    use pb::service_message::Msg;
+    service_message(match reply {
+        Reply::Claimed { claim, adopted } => Msg::Claimed(pb::Claimed {
+            claim: Some(claim.into()),
+            adopted,
+        }),
+        Reply::Conflict { broadcast, owner } => {
+            let gone = presence(&owner.node_id);
+            Msg::Conflict(pb::Conflict {
+                broadcast,
+                owner: Some(claim_with(owner, gone)),
+            })
+        }
+        Reply::Released { broadcast } => Msg::Released(pb::Released { broadcast }),
+        Reply::Lost { broadcast, reason } => Msg::Lost(pb::Lost {
+            broadcast,
+            reason,
+            taken_by: String::new(),
+        }),
+        Reply::Draining { draining } => Msg::Draining(pb::Draining { draining }),
+        Reply::Retrying {
+            broadcast,
+            reason,
+            retry_in,
+        } => Msg::Retrying(pb::Retrying {
+            broadcast,
+            reason,
+            retry_in_ms: retry_in.as_millis() as u64,
+        }),
+        Reply::Refused {
+            broadcast,
+            track,
+            reason,
+        } => Msg::Rejected(pb::Rejected {
+            broadcast,
+            track,
+            reason,
+            code: tonic::Code::ResourceExhausted as i32,
+        }),
+        Reply::TakeoverRefused { broadcast, reason } => Msg::Rejected(pb::Rejected {
+            broadcast,
+            track: String::new(),
+            reason,
+            code: tonic::Code::FailedPrecondition as i32,
+        }),
+        Reply::TakenOver { broadcast, by } => Msg::Lost(pb::Lost {
+            reason: format!(
+                "taken over by node {by}: a newer publisher of {broadcast} there won (duplicate-publisher policy takeover)"
+            ),
+            broadcast,
+            taken_by: by,
+        }),
+    })
 }
 
 impl From<NodeView> for pb::Node {
