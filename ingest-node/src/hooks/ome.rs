@@ -98,8 +98,9 @@ pub fn parse(body: &[u8]) -> Result<Hook> {
 }
 
 /// `allowed` with the reason; OME refuses the client on `false`. OME
-/// cannot send a player elsewhere: one at a node that does not own the
-/// stream is refused, told where it is.
+/// cannot send a player elsewhere: where it cannot pull the owner's stream
+/// (see `players.rs`), one at a node that does not own the stream is
+/// refused, told where it is.
 pub fn answer(answer: Answer) -> Response {
     let (allowed, reason) = match answer {
         Answer::Allow => (true, String::from("claimed by this node")),

@@ -54,7 +54,8 @@ pub fn parse(body: &[u8]) -> Result<Hook> {
 }
 
 /// `{"code": 0}` goes on; any other code refuses the client (SRS logs the
-/// body). SRS cannot redirect a player: a player at a node that does not
+/// body). SRS cannot redirect a player: where the sidecar cannot relay the
+/// owner's stream in (see `players.rs`), a player at a node that does not
 /// own the broadcast is refused, told where it is.
 pub fn answer(answer: Answer) -> Response {
     let (code, msg) = match answer {
