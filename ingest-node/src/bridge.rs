@@ -20,7 +20,8 @@
 mod book;
 
 pub use book::{
-    decision, BridgeView, ClaimBook, ClaimState, Decision, DuplicatePolicy, Hold, Reconnect,
+    decision, BridgeView, ClaimBook, ClaimState, Decision, DuplicatePolicy, Hold, Overtaken,
+    Reconnect,
 };
 
 use crate::error::{Error, Result};

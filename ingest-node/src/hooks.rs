@@ -51,7 +51,6 @@ use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
 
-use crate::bridge::ClaimState;
 use crate::gate::{Admission, PublishGate, Refusal, Refused};
 use crate::lookup::OwnerLookup;
 use crate::relay::Relays;
@@ -310,31 +309,27 @@ impl Sidecar {
                 return self.refuse(&broadcast, Refusal::new(Refused::Busy, reason));
             }
         }
-        let (label, reason) = match self.gate.bridge.state(&broadcast) {
-            Some(ClaimState::Lost {
-                taken_by: Some(by), ..
-            }) => {
-                tracing::info!(%broadcast, %by, "claim taken over by another node; the media server is told to drop its publisher");
-                let reason = format!(
-                    "{broadcast} was taken over by node {by} (a newer publisher there won)"
-                );
-                ("taken_over", reason)
-            }
-            // Its claim went, and another node claimed the broadcast
-            // meanwhile: two publishers of one broadcast; this one ends.
-            Some(ClaimState::Standby { owner_node, .. }) => {
-                tracing::warn!(%broadcast, owner = %owner_node, "claim now held by another node; the media server is told to drop its publisher");
-                let reason = format!("{broadcast} is now owned by node {owner_node}");
-                ("owned_elsewhere", reason)
-            }
-            _ => return Answer::Allow,
+        let Some(overtaken) = self
+            .gate
+            .bridge
+            .state(&broadcast)
+            .and_then(|state| state.overtaken(&broadcast))
+        else {
+            return Answer::Allow;
         };
+        if overtaken.label == "taken_over" {
+            tracing::info!(%broadcast, by = %overtaken.by, "claim taken over by another node; the media server is told to drop its publisher");
+        } else {
+            tracing::warn!(%broadcast, owner = %overtaken.by, "claim now held by another node; the media server is told to drop its publisher");
+        }
         self.lock().done(&broadcast, &client);
         self.gate
             .metrics
             .publishes_refused
-            .with_label_values(&[label])
+            .with_label_values(&[overtaken.label])
             .inc();
-        Answer::Refuse { reason }
+        Answer::Refuse {
+            reason: overtaken.reason,
+        }
     }
 }

@@ -78,9 +78,44 @@ impl ClaimState {
         }
     }
 
+    /// Whether another node now holds the claim of `broadcast` while a
+    /// publisher here still publishes it: taken over (a newer publisher
+    /// there won), or claimed there while this claim was lost. Either way
+    /// the publisher here must go, told why.
+    pub fn overtaken(&self, broadcast: &str) -> Option<Overtaken> {
+        match self {
+            ClaimState::Lost {
+                taken_by: Some(by), ..
+            } => Some(Overtaken {
+                by: by.clone(),
+                label: "taken_over",
+                reason: format!(
+                    "{broadcast} was taken over by node {by} (a newer publisher there won)"
+                ),
+            }),
+            ClaimState::Standby { owner_node, .. } => Some(Overtaken {
+                by: owner_node.clone(),
+                label: "owned_elsewhere",
+                reason: format!("{broadcast} is now owned by node {owner_node}"),
+            }),
+            _ => None,
+        }
+    }
+
     pub const LABELS: [&'static str; 7] = [
         "pending", "claimed", "standby", "lost", "retrying", "rejected", "unknown",
     ];
+}
+
+/// Another node holds a claim a publisher here still publishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overtaken {
+    /// The node that holds it now.
+    pub by: String,
+    /// The `reason` label of `ingest_publishes_refused_total`.
+    pub label: &'static str,
+    /// What the publisher (and the log) is told.
+    pub reason: String,
 }
 
 fn is_zero(n: &i64) -> bool {

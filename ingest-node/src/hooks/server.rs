@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::liveness::{Liveness, Verdict};
 use super::publishers::{Publishers, Start};
 use super::{kick, listing, Kind, Sidecar};
-use crate::bridge::ClaimState;
+use crate::bridge::Overtaken;
 use crate::gate::{Admission, Counted};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -112,27 +112,16 @@ impl Sidecar {
     /// `on_update` instead.
     async fn drop_overtaken(&self) {
         let states = self.gate.bridge.view().states;
-        let overtaken = self.lock().take_if(|b| {
-            matches!(
-                states.get(b),
-                Some(ClaimState::Lost {
-                    taken_by: Some(_),
-                    ..
-                }) | Some(ClaimState::Standby { .. })
-            )
-        });
-        for (broadcast, client, _track) in overtaken {
-            let by = match states.get(&broadcast) {
-                Some(ClaimState::Lost {
-                    taken_by: Some(by), ..
-                }) => by.clone(),
-                Some(ClaimState::Standby { owner_node, .. }) => owner_node.clone(),
-                _ => String::new(),
+        let overtaken = |b: &str| states.get(b).and_then(|s| s.overtaken(b));
+        let dropped = self.lock().take_if(|b| overtaken(b).is_some());
+        for (broadcast, client, _track) in dropped {
+            let Some(Overtaken { by, label, .. }) = overtaken(&broadcast) else {
+                continue;
             };
             self.gate
                 .metrics
                 .publishes_refused
-                .with_label_values(&["taken_over"])
+                .with_label_values(&[label])
                 .inc();
             let Some(api) = &self.api else {
                 tracing::error!(%broadcast, %client, node = %by, "another node holds this claim and the media server cannot be told to drop its publisher here (no --media-server-api)");

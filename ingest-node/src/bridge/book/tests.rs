@@ -378,3 +378,36 @@ fn under_takeover_a_new_publish_meeting_an_owner_asks_once_and_never_of_a_gone_o
         }
     ));
 }
+
+#[test]
+fn a_claim_another_node_now_holds_is_overtaken_and_says_by_whom() {
+    let taken = ClaimState::Lost {
+        reason: "taken".into(),
+        taken_by: Some("node-b".into()),
+    };
+    let o = taken.overtaken("live/a").unwrap();
+    assert_eq!((o.by.as_str(), o.label), ("node-b", "taken_over"));
+    assert!(
+        o.reason.contains("taken over by node node-b"),
+        "{}",
+        o.reason
+    );
+    let elsewhere = ClaimState::Standby {
+        owner_node: "node-c".into(),
+        owner_rtmp: None,
+        owner_http: None,
+        fencing_token: 9,
+        owner_detached: false,
+        grace_ends_unix_ms: 0,
+    };
+    let o = elsewhere.overtaken("live/a").unwrap();
+    assert_eq!((o.by.as_str(), o.label), ("node-c", "owned_elsewhere"));
+    // A claim merely lost (etcd away, force-released) is claimed again,
+    // not dropped.
+    let lost = ClaimState::Lost {
+        reason: "etcd".into(),
+        taken_by: None,
+    };
+    assert_eq!(lost.overtaken("live/a"), None);
+    assert_eq!(ClaimState::Pending.overtaken("live/a"), None);
+}
