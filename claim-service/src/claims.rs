@@ -14,6 +14,8 @@
 //!   release, goodbye, detach);
 //! - `fence.rs`: the node record as the rules know it, and the claims
 //!   waiting for it;
+//! - `leases.rs`: the leases the session's claims are on, which are kept
+//!   alive and which let go;
 //! - `takeover.rs`: newest publisher wins, fenced (asking for another
 //!   node's claim, and letting one's own go).
 //!
@@ -36,6 +38,7 @@ use std::time::Duration;
 
 mod events;
 mod fence;
+mod leases;
 mod node;
 mod takeover;
 
@@ -115,6 +118,11 @@ pub enum Event {
     /// A release (see [`Action::Release`]) is done.
     Released {
         broadcast: String,
+    },
+    /// A release of a claim an earlier session left (see
+    /// [`Action::ReleaseStale`]) on `lease_id` is done.
+    StaleReleased {
+        lease_id: i64,
     },
     LeaseLost {
         lease_id: i64,
@@ -306,33 +314,45 @@ pub enum Action {
         broadcast: String,
         guard_lease: i64,
     },
-    /// A claim is held on this lease: keep the lease alive while any claim
-    /// is on it (the record's is kept anyway); report `LeaseLost`.
-    KeepAlive {
+    /// A claim of `broadcast` is now held, on `lease_id`.
+    Held {
         lease_id: i64,
         broadcast: String,
+    },
+    /// The first claim held on a lease other than the node record's (one
+    /// an earlier session of the node put it on): keep that lease alive;
+    /// report its loss as `LeaseLost`.
+    KeepLease {
+        lease_id: i64,
         ttl_ms: u64,
+    },
+    /// No claim of this session is on `lease_id` any more, and no release
+    /// on it is in flight: stop keeping it alive, and revoke it unless etcd
+    /// shows a claim on it (a newer session of the node adopted one). Never
+    /// the node record's lease.
+    LetGoLease {
+        lease_id: i64,
     },
     /// Release the claim: delete its key if it still has `fencing_token`
     /// and the node record is still on `guard_lease` (so a session that a
-    /// newer one of its node superseded deletes nothing), and let its lease
-    /// go once no claim is on it; answer with `Released`.
+    /// newer one of its node superseded deletes nothing); answer with
+    /// `Released`.
     Release {
         broadcast: String,
         lease_id: i64,
         fencing_token: i64,
         guard_lease: i64,
     },
-    /// Release a claim left by an earlier session the same way (no answer
-    /// needed).
+    /// Release a claim left by an earlier session the same way; answer
+    /// with `StaleReleased`.
     ReleaseStale {
         broadcast: String,
         lease_id: i64,
         fencing_token: i64,
         guard_lease: i64,
     },
-    /// A claim on this lease is gone (the lease, or an operator, took it;
-    /// `forced` for the latter): keep the lease alive only for the others.
+    /// A held claim on this lease is gone (the lease, or an operator, took
+    /// it; `forced` for the latter).
     Forget {
         lease_id: i64,
         forced: bool,

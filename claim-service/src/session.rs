@@ -9,11 +9,10 @@
 //! a combinator. The work it starts in etcd without waiting for it, and what
 //! it logs of the replies, are in `work.rs`.
 
-mod leases;
 mod work;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use claims_proto::v1 as pb;
@@ -50,9 +49,6 @@ pub struct Session {
     loss_tx: mpsc::UnboundedSender<LeaseLoss>,
     loss_rx: mpsc::UnboundedReceiver<LeaseLoss>,
     timers: DelayQueue<Event>,
-    /// The leases this session's claims are on (shared with the callbacks
-    /// of releases, which let a lease go once no claim is on it).
-    leases: Arc<Mutex<leases::Leases>>,
     /// How this session's releases went.
     releases: Arc<Releases>,
     /// Still reading the node's messages (not after goodbye, a protocol
@@ -86,14 +82,6 @@ impl Releases {
     }
 }
 
-/// Which claim on a lease is gone: a held one, or one an earlier session
-/// left (released here).
-#[derive(Clone, Copy)]
-enum Gone {
-    Held,
-    Stale,
-}
-
 fn event_limiter(per_second: u32) -> Option<EventLimiter> {
     let rate = std::num::NonZeroU32::new(per_second)?;
     let burst = rate.saturating_mul(std::num::NonZeroU32::new(2).expect("2 is not zero"));
@@ -124,7 +112,6 @@ impl Session {
             loss_tx,
             loss_rx,
             timers: DelayQueue::new(),
-            leases: Default::default(),
             releases: Default::default(),
             reading: true,
             relive: hello.live.iter().map(|t| t.broadcast.clone()).collect(),
@@ -320,7 +307,7 @@ impl Session {
     }
 
     async fn on_loss(&mut self, loss: LeaseLoss) {
-        let lost = self.leases().on(loss.lease_id);
+        let lost = self.core.claims_on(loss.lease_id);
         self.ctx
             .metrics
             .claims_lost
@@ -415,31 +402,25 @@ impl Session {
                     &self.events_tx,
                 )
             }
-            Action::KeepAlive {
+            Action::Held {
                 lease_id,
                 broadcast,
-                ttl_ms,
             } => {
                 ctx.metrics.claims_held.inc();
-                if self.leases().hold(lease_id) == leases::Next::Keep {
-                    let ttl = Duration::from_millis(ttl_ms);
-                    let renew = ctx.config.renew_for(ttl);
-                    ctx.store
-                        .keep_adopted(lease_id, ttl, renew, self.loss_tx.clone());
-                    tracing::debug!(%broadcast, lease_id, "keeping an adopted claim's lease alive");
-                }
-                if self.leases().first_met(lease_id) {
-                    // Claims the earlier session left there and the node
-                    // no longer has are released.
-                    let known = self.core.known().map(String::from).collect();
-                    work::find_earlier_claims(
-                        &ctx.store,
-                        &self.holder,
-                        crate::claims::Earlier::OnLease(lease_id),
-                        known,
-                        &self.events_tx,
-                    );
-                }
+                tracing::trace!(%broadcast, lease_id, "claim held");
+            }
+            Action::KeepLease { lease_id, ttl_ms } => {
+                let ttl = Duration::from_millis(ttl_ms);
+                let renew = ctx.config.renew_for(ttl);
+                ctx.store
+                    .keep_adopted(lease_id, ttl, renew, self.loss_tx.clone());
+                tracing::debug!(lease_id, "keeping an adopted claim's lease alive");
+            }
+            Action::LetGoLease { lease_id } => {
+                ctx.store.stop_keeping(lease_id, &self.loss_tx);
+                let store = ctx.store.clone();
+                let ttl = self.ttl;
+                tokio::spawn(async move { store.let_go_lease(lease_id, ttl).await });
             }
             Action::Release {
                 broadcast,
@@ -451,10 +432,8 @@ impl Session {
                 ctx.metrics.claims_released.inc();
                 let tx = self.events_tx.clone();
                 let release = self.release(broadcast.clone(), lease_id, fencing_token, guard_lease);
-                let let_go = self.let_go(lease_id, Gone::Held);
                 let outcome = self.releases.clone();
                 ctx.store.submit_release(release, move |deleted| {
-                    let_go();
                     outcome.count(deleted);
                     let _ = tx.send(Event::Released { broadcast });
                 });
@@ -466,10 +445,11 @@ impl Session {
                 guard_lease,
             } => {
                 tracing::info!(%broadcast, lease_id, "releasing a claim an earlier session of this node left and the node no longer has");
-                self.leases().release_stale(lease_id);
                 let release = self.release(broadcast, lease_id, fencing_token, guard_lease);
-                let let_go = self.let_go(lease_id, Gone::Stale);
-                ctx.store.submit_release(release, move |_| let_go());
+                let tx = self.events_tx.clone();
+                ctx.store.submit_release(release, move |_| {
+                    let _ = tx.send(Event::StaleReleased { lease_id });
+                });
             }
             Action::Forget { lease_id, forced } => {
                 ctx.metrics.claims_held.dec();
@@ -479,7 +459,7 @@ impl Session {
                         .with_label_values(&["force_released"])
                         .inc();
                 }
-                (self.let_go(lease_id, Gone::Held))();
+                tracing::debug!(lease_id, forced, "a held claim is gone");
             }
             Action::Send(reply) => {
                 work::log_reply(&reply, &ctx.refusal_log);
@@ -498,21 +478,8 @@ impl Session {
                 );
             }
             Action::FindEarlierClaims { earlier } => {
-                // A lease is looked at once, however it was met.
-                let new = match earlier {
-                    crate::claims::Earlier::OnLease(lease_id) => self.leases().first_met(lease_id),
-                    _ => true,
-                };
-                if new {
-                    let known = self.core.known().map(String::from).collect();
-                    work::find_earlier_claims(
-                        &ctx.store,
-                        &self.holder,
-                        earlier,
-                        known,
-                        &self.events_tx,
-                    )
-                }
+                let known = self.core.known().map(String::from).collect();
+                work::find_earlier_claims(&ctx.store, &self.holder, earlier, known, &self.events_tx)
             }
             Action::WriteRecord { replaces } => work::write_record(
                 &ctx.store,
@@ -522,14 +489,12 @@ impl Session {
                 &self.events_tx,
             ),
             Action::KeepRecord { lease_id } => {
-                self.leases().set_record(Some(lease_id));
                 let renew = ctx.config.renew_for(self.ttl);
                 ctx.store
                     .keep_record(lease_id, self.ttl, renew, self.loss_tx.clone());
             }
             Action::DropRecord { lease_id } => {
                 // Revoked unless claims a newer session adopted are on it.
-                self.leases().set_record(None);
                 ctx.store.stop_keeping(lease_id, &self.loss_tx);
                 ctx.store.let_go_lease(lease_id, self.ttl).await;
             }
@@ -572,10 +537,6 @@ impl Session {
         }
     }
 
-    fn leases(&self) -> std::sync::MutexGuard<'_, leases::Leases> {
-        self.leases.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// A release of this session's claim, fenced by its record.
     fn release(
         &self,
@@ -592,29 +553,6 @@ impl Session {
             fencing_token,
             guard_lease,
             ttl: self.ttl,
-        }
-    }
-
-    /// What to run once a claim on `lease_id` is released or gone: the
-    /// lease's counts are told, and a lease no claim of this session is on
-    /// any more stops being renewed and is let go (see
-    /// [`crate::store::Store::let_go_lease`]).
-    fn let_go(&self, lease_id: i64, gone: Gone) -> impl FnOnce() + Send + 'static {
-        let leases = self.leases.clone();
-        let store = self.ctx.store.clone();
-        let loss_tx = self.loss_tx.clone();
-        let ttl = self.ttl;
-        move || {
-            let mut leases = leases.lock().unwrap_or_else(|p| p.into_inner());
-            let next = match gone {
-                Gone::Held => leases.drop_held(lease_id),
-                Gone::Stale => leases.stale_released(lease_id),
-            };
-            drop(leases);
-            if next == leases::Next::LetGo {
-                store.stop_keeping(lease_id, &loss_tx);
-                tokio::spawn(async move { store.let_go_lease(lease_id, ttl).await });
-            }
         }
     }
 
@@ -636,7 +574,7 @@ impl Session {
             .sessions
             .detach(&self.holder.node_id, &self.holder.session_id);
         tracing::info!(
-            held = self.leases().claims(),
+            held = self.core.held().count(),
             "session ended by shutdown; claims left for adoption"
         );
     }

@@ -303,7 +303,7 @@ pub fn watch(
         at: 0,
         source,
         shutdown: ctx.shutdown,
-        slot: slot,
+        slot,
         ended: false,
     };
     for batch in backlog {

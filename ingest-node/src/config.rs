@@ -431,6 +431,44 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Where the media server lists its publishers, with its credential.
+    pub fn media_server_api(&self) -> Result<Option<crate::hooks::Api>> {
+        let Some(url) = &self.media_server_api else {
+            return Ok(None);
+        };
+        let token = match &self.media_server_api_token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        Error::Config(format!(
+                            "cannot read --media-server-api-token-file {}: {e}",
+                            path.display()
+                        ))
+                    })?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        Ok(Some(crate::hooks::Api {
+            url: url.clone(),
+            token,
+        }))
+    }
+
+    /// How long a publisher may go without an update from the media
+    /// server: as set, or 35 s for nginx-rtmp (its `notify_update_timeout`
+    /// defaults to 30 s), none for the others.
+    pub fn update_timeout(&self) -> Option<Duration> {
+        match (self.hooks_update_timeout, self.media_server) {
+            (Some(t), _) => Some(t),
+            (None, Some(HookKind::NginxRtmp)) => Some(Duration::from_secs(35)),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -478,43 +516,5 @@ mod tests {
         }
         let bad = Config::try_parse_from(["ingest-node", "--node-id", "Bad_Id"]).unwrap();
         assert!(bad.validate().unwrap_err().to_string().contains("node id"));
-    }
-}
-
-impl Config {
-    /// Where the media server lists its publishers, with its credential.
-    pub fn media_server_api(&self) -> Result<Option<crate::hooks::Api>> {
-        let Some(url) = &self.media_server_api else {
-            return Ok(None);
-        };
-        let token = match &self.media_server_api_token_file {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|e| {
-                        Error::Config(format!(
-                            "cannot read --media-server-api-token-file {}: {e}",
-                            path.display()
-                        ))
-                    })?
-                    .trim()
-                    .to_string(),
-            ),
-            None => None,
-        };
-        Ok(Some(crate::hooks::Api {
-            url: url.clone(),
-            token,
-        }))
-    }
-
-    /// How long a publisher may go without an update from the media
-    /// server: as set, or 35 s for nginx-rtmp (its `notify_update_timeout`
-    /// defaults to 30 s), none for the others.
-    pub fn update_timeout(&self) -> Option<Duration> {
-        match (self.hooks_update_timeout, self.media_server) {
-            (Some(t), _) => Some(t),
-            (None, Some(HookKind::NginxRtmp)) => Some(Duration::from_secs(35)),
-            _ => None,
-        }
     }
 }

@@ -100,11 +100,10 @@ impl Checker {
                     }
                     holder.insert(broadcast.clone(), node.clone());
                 }
-                "lost" | "released" => {
-                    if holder.get(broadcast) == Some(node) {
+                "lost" | "released"
+                    if holder.get(broadcast) == Some(node) => {
                         holder.remove(broadcast);
                     }
-                }
                 "ended" => holder.retain(|_, h| h != node),
                 _ => {}
             }
@@ -123,14 +122,13 @@ impl Checker {
             match Kind::try_from(e.kind).unwrap_or(Kind::Unspecified) {
                 Kind::Claimed | Kind::Adopted => {
                     if let Some((other, token)) = holder.get(&c.broadcast) {
-                        if *other != c.node_id || *token != c.fencing_token {
-                            if e.kind == Kind::Claimed as i32 {
+                        if (*other != c.node_id || *token != c.fencing_token)
+                            && e.kind == Kind::Claimed as i32 {
                                 anomalies.push(format!(
                                     "{}: claimed by {} (token {}) at revision {} while {other} held it (token {token}) unreleased",
                                     c.broadcast, c.node_id, c.fencing_token, e.revision
                                 ));
                             }
-                        }
                     }
                     holder.insert(c.broadcast, (c.node_id, c.fencing_token));
                 }

@@ -40,6 +40,7 @@ impl NodeClaims {
                 self.answered(broadcast, outcome, &mut out)
             }
             Event::Released { broadcast } => self.release_done(broadcast, &mut out),
+            Event::StaleReleased { lease_id } => self.stale_released(lease_id, &mut out),
             Event::LeaseLost { lease_id, reason } => {
                 // The record's lease carries this session's own claims too.
                 self.lease_lost(lease_id, reason, &mut out);
@@ -117,8 +118,15 @@ impl NodeClaims {
         self.fence.lease = Some(lease_id);
         self.fence.last_lease = lease_id;
         self.fence.revision = revision;
+        self.leases.set_record(Some(lease_id));
         out.push(Action::KeepRecord { lease_id });
-        if earlier != Earlier::None {
+        // A lease is looked at once, however it was met.
+        let new = match earlier {
+            Earlier::None => false,
+            Earlier::OnLease(lease) => self.leases.first_met(lease),
+            Earlier::Anywhere => true,
+        };
+        if new {
             out.push(Action::FindEarlierClaims { earlier });
         }
         self.tell_draining(draining, out);

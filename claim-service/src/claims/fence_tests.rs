@@ -269,6 +269,8 @@ fn a_forced_release_of_the_current_claim_is_lost_and_claimed_again() {
                 lease_id: 7,
                 forced: true
             },
+            // Its lease (one an earlier session left) carries nothing more.
+            Action::LetGoLease { lease_id: 7 },
             Action::Send(Reply::Lost {
                 broadcast: "live/a".into(),
                 reason: "force-released by an operator: stuck encoder".into()

@@ -138,3 +138,126 @@ fn earlier_claims_are_looked_for_where_the_replaced_record_says() {
         }]
     );
 }
+
+fn closed(b: &str, t: &str) -> Event {
+    Event::Closed {
+        broadcast: b.into(),
+        track: t.into(),
+    }
+}
+
+fn released(b: &str) -> Event {
+    Event::Released {
+        broadcast: b.into(),
+    }
+}
+
+fn let_go(acts: &[Action]) -> Vec<i64> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::LetGoLease { lease_id } => Some(*lease_id),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_adopted_lease_is_kept_from_its_first_claim_and_let_go_after_its_last_release() {
+    let mut core = fenced(Limits::default());
+    core.handle(created("a", "video"));
+    core.handle(created("b", "video"));
+    let first = core.handle(claimed("a", 77, 5));
+    assert!(first.contains(&Action::KeepLease {
+        lease_id: 77,
+        ttl_ms: 10_000
+    }));
+    assert!(first.contains(&Action::FindEarlierClaims {
+        earlier: Earlier::OnLease(77)
+    }));
+    let second = core.handle(claimed("b", 77, 6));
+    assert!(
+        !second.iter().any(|a| matches!(
+            a,
+            Action::KeepLease { .. } | Action::FindEarlierClaims { .. }
+        )),
+        "kept and looked at once: {second:?}"
+    );
+    core.handle(closed("a", "video"));
+    assert_eq!(let_go(&core.handle(released("a"))), Vec::<i64>::new());
+    core.handle(closed("b", "video"));
+    assert_eq!(core.claims_on(77), 1, "counted until its release is done");
+    assert_eq!(let_go(&core.handle(released("b"))), [77]);
+    assert_eq!(
+        let_go(&core.handle(released("b"))),
+        Vec::<i64>::new(),
+        "once"
+    );
+}
+
+#[test]
+fn the_record_lease_is_never_let_go_by_a_claim_and_goes_with_the_record() {
+    let mut core = fenced(Limits::default());
+    core.handle(created("a", "video"));
+    core.handle(claimed("a", RECORD, 5));
+    core.handle(closed("a", "video"));
+    assert_eq!(let_go(&core.handle(released("a"))), Vec::<i64>::new());
+    let acts = core.handle(Event::Goodbye);
+    assert_eq!(
+        acts,
+        vec![Action::DropRecord { lease_id: RECORD }, Action::Finished]
+    );
+}
+
+#[test]
+fn a_lost_or_forced_claim_lets_its_adopted_lease_go_when_it_was_the_last() {
+    let mut core = fenced(Limits::default());
+    core.handle(created("a", "video"));
+    core.handle(claimed("a", 77, 5));
+    let acts = core.handle(Event::Forced {
+        broadcast: "a".into(),
+        fencing_token: 5,
+        reason: "ops".into(),
+    });
+    assert_eq!(let_go(&acts), [77]);
+}
+
+#[test]
+fn a_claim_that_lands_unwanted_is_released_without_touching_a_held_leases_count() {
+    let mut core = fenced(Limits::default());
+    core.handle(created("a", "video"));
+    core.handle(created("b", "video"));
+    core.handle(claimed("a", 77, 5));
+    // b closed while its claim was in flight: the claim that lands is
+    // given back at once; a, on the same lease, is still held.
+    core.handle(closed("b", "video"));
+    core.handle(claimed("b", 77, 6));
+    assert_eq!(let_go(&core.handle(released("b"))), Vec::<i64>::new());
+    assert_eq!(core.claims_on(77), 1);
+}
+
+#[test]
+fn a_stale_release_holds_its_lease_and_the_sessions_end_until_it_is_done() {
+    let mut core = fenced(Limits::default());
+    core.handle(created("a", "video"));
+    core.handle(claimed("a", 77, 5));
+    core.handle(Event::Existing {
+        claims: vec![claim("gone", 77, 3)],
+    });
+    let acts = core.handle(Event::Goodbye);
+    assert!(matches!(acts[..], [Action::Release { lease_id: 77, .. }]));
+    let acts = core.handle(released("a"));
+    assert_eq!(
+        let_go(&acts),
+        Vec::<i64>::new(),
+        "a stale release is in flight"
+    );
+    assert!(!acts.contains(&Action::Finished));
+    assert_eq!(
+        core.handle(Event::StaleReleased { lease_id: 77 }),
+        vec![
+            Action::LetGoLease { lease_id: 77 },
+            Action::DropRecord { lease_id: RECORD },
+            Action::Finished
+        ]
+    );
+}

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use super::fence::Fence;
-use super::{Action, Claim, ClaimOutcome, Limits, Reply};
+use super::leases::{Leases, Next};
+use super::{Action, Claim, ClaimOutcome, Earlier, Limits, Reply};
 use crate::retry::backoff;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -96,6 +97,7 @@ pub struct NodeClaims {
     pub(super) limits: Limits,
     pub(super) mode: Mode,
     pub(super) fence: Fence,
+    pub(super) leases: Leases,
     next_timer: u64,
     finished: bool,
 }
@@ -109,6 +111,7 @@ impl NodeClaims {
             limits,
             mode: Mode::Attached,
             fence: Fence::new(session_id),
+            leases: Leases::default(),
             next_timer: 0,
             finished: false,
         }
@@ -143,6 +146,11 @@ impl NodeClaims {
             .map(|(b, _)| b.as_str())
     }
 
+    /// Claims held on `lease_id` (releases in flight included).
+    pub fn claims_on(&self, lease_id: i64) -> usize {
+        self.leases.on(lease_id)
+    }
+
     /// After `goodbye`.
     pub fn is_closing(&self) -> bool {
         self.mode == Mode::Closing
@@ -160,6 +168,7 @@ impl NodeClaims {
         }
         for claim in claims {
             if !self.broadcasts.contains_key(&claim.broadcast) {
+                self.leases.release_stale(claim.lease_id);
                 out.push(Action::ReleaseStale {
                     lease_id: claim.lease_id,
                     fencing_token: claim.fencing_token,
@@ -350,7 +359,7 @@ impl NodeClaims {
             // The answer decides: a claim that lands now is released at once.
             State::Claiming | State::Releasing => {}
             State::Held(claim) => {
-                out.push(Action::release(broadcast.to_string(), claim));
+                out.push(self.leases.release_held(broadcast, claim));
                 entry.state = State::Releasing;
             }
             State::Standby { .. } | State::Waiting { .. } => {
@@ -367,7 +376,7 @@ impl NodeClaims {
             entry.tracks.clear();
             match &entry.state {
                 State::Held(claim) => {
-                    out.push(Action::release(broadcast.clone(), claim));
+                    out.push(self.leases.release_held(broadcast, claim));
                     entry.state = State::Releasing;
                 }
                 State::Claiming | State::Releasing => {}
@@ -410,11 +419,21 @@ impl NodeClaims {
                     entry.state = State::Held(claim.clone());
                     entry.announced = matches!(mode, Mode::Attached | Mode::Closing);
                     entry.told_owner = None;
-                    out.push(Action::KeepAlive {
+                    out.push(Action::Held {
                         lease_id: claim.lease_id,
                         broadcast: broadcast.clone(),
-                        ttl_ms: claim.lease_ttl_ms,
                     });
+                    let lease_id = claim.lease_id;
+                    if self.leases.hold(lease_id) == Next::Keep {
+                        let ttl_ms = claim.lease_ttl_ms;
+                        out.push(Action::KeepLease { lease_id, ttl_ms });
+                    }
+                    if self.leases.first_met(lease_id) {
+                        // Claims an earlier session left on that lease and
+                        // the node no longer has are released.
+                        let earlier = Earlier::OnLease(lease_id);
+                        out.push(Action::FindEarlierClaims { earlier });
+                    }
                     Self::tell_in(mode, Reply::Claimed { claim, adopted }, out);
                 } else {
                     entry.state = State::Releasing;
@@ -465,6 +484,9 @@ impl NodeClaims {
     }
 
     pub(super) fn release_done(&mut self, broadcast: String, out: &mut Vec<Action>) {
+        if let Some((lease_id, next)) = self.leases.release_done(&broadcast) {
+            Self::lease_next(lease_id, next, out);
+        }
         let Some(entry) = self.broadcasts.get_mut(&broadcast) else {
             return;
         };
@@ -520,10 +542,9 @@ impl NodeClaims {
         let State::Held(claim) = &entry.state else {
             return;
         };
-        out.push(Action::Forget {
-            lease_id: claim.lease_id,
-            forced,
-        });
+        let lease_id = claim.lease_id;
+        out.push(Action::Forget { lease_id, forced });
+        Self::lease_next(lease_id, self.leases.drop_held(lease_id), out);
         entry.announced = false;
         let again = !entry.tracks.is_empty() && self.mode == Mode::Attached;
         if again {
@@ -562,12 +583,28 @@ impl NodeClaims {
         }
     }
 
+    /// A release of a claim an earlier session left on `lease_id` is done.
+    pub(super) fn stale_released(&mut self, lease_id: i64, out: &mut Vec<Action>) {
+        Self::lease_next(lease_id, self.leases.stale_released(lease_id), out);
+    }
+
+    /// What the lease counts said, as an action.
+    fn lease_next(lease_id: i64, next: Next, out: &mut Vec<Action>) {
+        if next == Next::LetGo {
+            out.push(Action::LetGoLease { lease_id });
+        }
+    }
+
     pub(super) fn check_finished(&mut self, out: &mut Vec<Action>) {
         let ending = matches!(self.mode, Mode::Closing | Mode::Expiring);
-        if ending && self.broadcasts.is_empty() && !self.finished {
+        // Releases of what an earlier session left end first: the lease
+        // they are on is let go when they are done.
+        let settled = self.broadcasts.is_empty() && !self.leases.stale_in_flight();
+        if ending && settled && !self.finished {
             self.finished = true;
             // Every claim is released: the node's record goes too.
             if let Some(lease_id) = self.fence.take_lease() {
+                self.leases.set_record(None);
                 out.push(Action::DropRecord { lease_id });
             }
             out.push(Action::Finished);

@@ -13,8 +13,15 @@ enum Step {
     Created(u8, u8),
     Closed(u8, u8),
     /// etcd answers a claim in flight: claimed, conflict, unavailable, or
-    /// fenced (by this session's own record, by none, by another's).
-    Answer(u8, u8),
+    /// fenced (by this session's own record, by none, by another's); a
+    /// claim lands on the record's lease, on one an earlier session of the
+    /// node left (shared), or on a lease of its own.
+    Answer(u8, u8, u8),
+    /// The claims an earlier session left on a lease are found: one the
+    /// node may no longer have.
+    Existing(u8, u8),
+    /// A release of such a claim is done.
+    StaleDone,
     Revoked(u8),
     Lost(u8),
     OwnerReleased(u8),
@@ -47,7 +54,9 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         4 => (0..3u8, 0..2u8).prop_map(|(b, t)| Step::Created(b, t)),
         3 => (0..3u8, 0..2u8).prop_map(|(b, t)| Step::Closed(b, t)),
-        4 => (0..3u8, 0..6u8).prop_map(|(b, k)| Step::Answer(b, k)),
+        4 => (0..3u8, 0..6u8, 0..3u8).prop_map(|(b, k, on)| Step::Answer(b, k, on)),
+        1 => (0..4u8, 0..2u8).prop_map(|(b, l)| Step::Existing(b, l)),
+        1 => Just(Step::StaleDone),
         3 => (0..3u8).prop_map(Step::Revoked),
         1 => (0..3u8).prop_map(Step::Lost),
         1 => (0..3u8).prop_map(Step::OwnerReleased),
@@ -67,6 +76,10 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// The lease an earlier session of the node left claims on (and the one
+/// after it).
+const SHARED: i64 = 50;
+
 /// What the shell would have in flight, and what the node was told.
 #[derive(Default)]
 struct Shell {
@@ -74,8 +87,14 @@ struct Shell {
     takeovers_in_flight: BTreeSet<String>,
     /// Fencing token of the owner last told in `conflict`, per broadcast.
     told_owner: BTreeMap<String, i64>,
-    revokes_in_flight: BTreeMap<String, i64>,
+    /// Releases in flight: their lease, and whether the claim was held.
+    revokes_in_flight: BTreeMap<String, (i64, bool)>,
+    /// Releases of claims an earlier session left, in flight, by lease.
+    stale_in_flight: Vec<i64>,
+    /// Leases other than the record's being kept alive.
     kept: BTreeSet<i64>,
+    /// Leases whose earlier claims were looked for.
+    looked_at: BTreeSet<i64>,
     timers: BTreeMap<String, u64>,
     /// The node record's lease being kept, and whether a write is in flight.
     record: Option<i64>,
@@ -109,15 +128,20 @@ proptest! {
             let event = match s {
                 Step::Created(b, t) => Some(Event::Created { broadcast: name(b), track: format!("t{t}") }),
                 Step::Closed(b, t) => Some(Event::Closed { broadcast: name(b), track: format!("t{t}") }),
-                Step::Answer(b, kind) => {
+                Step::Answer(b, kind, on) => {
                     let b = name(b);
                     if sh.claims_in_flight.remove(&b) {
                         sh.revision += 1;
                         sh.next_lease += 1;
+                        let lease_id = match (on, sh.record) {
+                            (0, Some(record)) => record,
+                            (1, _) => SHARED,
+                            _ => sh.next_lease,
+                        };
                         let claim = Claim {
                             broadcast: b.clone(),
                             node_id: "node-a".into(),
-                            lease_id: sh.next_lease,
+                            lease_id,
                             fencing_token: sh.revision,
                             lease_ttl_ms: 10_000,
                             ..Claim::default()
@@ -140,7 +164,26 @@ proptest! {
                     sh.revokes_in_flight.remove(&b).map(|_| Event::Released { broadcast: b })
                 }
                 Step::Lost(b) => core.held().find(|(n, _)| *n == name(b)).map(|(_, c)| c.lease_id)
-                    .map(|lease_id| Event::LeaseLost { lease_id, reason: "expired".into() }),
+                    .map(|lease_id| {
+                        if sh.record == Some(lease_id) {
+                            sh.record = None;
+                            sh.lost_record = Some(lease_id);
+                        }
+                        Event::LeaseLost { lease_id, reason: "expired".into() }
+                    }),
+                Step::Existing(b, l) => {
+                    sh.revision += 1;
+                    let claim = Claim {
+                        broadcast: name(b),
+                        node_id: "node-a".into(),
+                        lease_id: SHARED + i64::from(l),
+                        fencing_token: sh.revision,
+                        lease_ttl_ms: 10_000,
+                        ..Claim::default()
+                    };
+                    Some(Event::Existing { claims: vec![claim] })
+                }
+                Step::StaleDone => sh.stale_in_flight.pop().map(|lease_id| Event::StaleReleased { lease_id }),
                 Step::OwnerReleased(b) => { sh.revision += 1; Some(Event::OwnerReleased { broadcast: name(b), revision: sh.revision }) }
                 Step::Retry(b) => sh.timers.remove(&name(b)).map(|timer| Event::RetryDue { broadcast: name(b), timer }),
                 Step::Goodbye => Some(Event::Goodbye),
@@ -231,14 +274,33 @@ proptest! {
                             if ended { sh.after_end.push(format!("claim {broadcast}")); }
                             sh.claims_in_flight.insert(broadcast);
                         }
-                        Action::KeepAlive { lease_id, .. } => { prop_assert!(sh.kept.insert(lease_id)); }
-                        Action::Release { broadcast, lease_id, .. } => {
-                            prop_assert!(!sh.claims_in_flight.contains(&broadcast));
-                            prop_assert!(sh.revokes_in_flight.insert(broadcast, lease_id).is_none(), "two revokes in flight");
+                        Action::Held { lease_id, broadcast } => {
+                            prop_assert!(core.held().any(|(b, c)| b == broadcast && c.lease_id == lease_id));
+                        }
+                        Action::KeepLease { lease_id, .. } => {
+                            prop_assert_ne!(Some(lease_id), sh.record, "the record's lease kept as a claim's");
+                            prop_assert!(sh.kept.insert(lease_id), "lease {} kept twice", lease_id);
+                        }
+                        Action::LetGoLease { lease_id } => {
+                            prop_assert_ne!(Some(lease_id), sh.record, "the record's lease let go");
+                            prop_assert!(!core.held().any(|(_, c)| c.lease_id == lease_id), "lease {} let go with a claim held on it", lease_id);
+                            prop_assert!(!sh.revokes_in_flight.values().any(|(l, held)| *held && *l == lease_id), "lease {} let go with a release in flight", lease_id);
+                            prop_assert!(!sh.stale_in_flight.contains(&lease_id), "lease {} let go with a stale release in flight", lease_id);
                             sh.kept.remove(&lease_id);
                         }
+                        Action::Release { broadcast, lease_id, fencing_token, .. } => {
+                            prop_assert!(!sh.claims_in_flight.contains(&broadcast));
+                            let held = held_before.get(&broadcast).is_some_and(|c| c.fencing_token == fencing_token && c.lease_id == lease_id);
+                            prop_assert!(sh.revokes_in_flight.insert(broadcast, (lease_id, held)).is_none(), "two revokes in flight");
+                        }
+                        Action::ReleaseStale { lease_id, .. } => sh.stale_in_flight.push(lease_id),
+                        Action::FindEarlierClaims { earlier } => {
+                            if let Earlier::OnLease(lease_id) = earlier {
+                                prop_assert!(sh.looked_at.insert(lease_id), "lease {} looked at twice", lease_id);
+                            }
+                        }
                         Action::Forget { lease_id, forced: by_operator } => {
-                            prop_assert!(sh.kept.remove(&lease_id));
+                            prop_assert!(held_before.values().any(|c| c.lease_id == lease_id));
                             if by_operator {
                                 let Some(Event::Forced { broadcast, fencing_token, .. }) = &forced else {
                                     return Err(TestCaseError::fail("forced forget without a forced release"));
@@ -248,7 +310,6 @@ proptest! {
                                     "forced release of {} with token {} took {:?}", broadcast, fencing_token, held);
                             }
                         }
-                        Action::ReleaseStale { .. } | Action::FindEarlierClaims { .. } => {}
                         Action::RetryAfter { broadcast, timer, .. } => { sh.timers.insert(broadcast, timer); }
                         Action::WriteRecord { replaces } => {
                             prop_assert!(!sh.record_writing && sh.record.is_none(), "a second record write");
@@ -294,13 +355,16 @@ proptest! {
                         }
                         Action::Finished => {
                             prop_assert!(sh.record.is_none(), "finished with the node record kept");
+                            prop_assert!(sh.kept.is_empty(), "finished with leases kept: {:?}", sh.kept);
+                            prop_assert!(sh.stale_in_flight.is_empty(), "finished with stale releases in flight");
                             sh.finished += 1;
                         }
                     }
                 }
                 // Every lease the core holds is being kept alive.
                 for (_, c) in core.held() {
-                    prop_assert!(sh.kept.contains(&c.lease_id), "held lease {} not kept alive", c.lease_id);
+                    let kept = sh.kept.contains(&c.lease_id) || sh.record == Some(c.lease_id);
+                    prop_assert!(kept, "held lease {} not kept alive", c.lease_id);
                 }
                 prop_assert_eq!(core.record_lease(), sh.record);
             }

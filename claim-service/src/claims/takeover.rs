@@ -123,7 +123,7 @@ impl NodeClaims {
         };
         match &entry.state {
             State::Held(claim) if claim.fencing_token == fencing_token => {
-                out.push(Action::release(broadcast.clone(), claim));
+                out.push(self.leases.release_held(&broadcast, claim));
                 entry.state = State::Releasing;
                 entry.announced = false;
                 entry.yielded = true;

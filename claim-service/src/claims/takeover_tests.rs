@@ -147,7 +147,7 @@ fn an_owner_taken_over_tells_its_node_lets_go_and_stands_by() {
         core.handle(Event::Released {
             broadcast: "a".into()
         }),
-        vec![]
+        vec![Action::LetGoLease { lease_id: 1 }]
     );
     assert_eq!(core.standby().collect::<Vec<_>>(), vec!["a"]);
     assert_eq!(

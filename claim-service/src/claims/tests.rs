@@ -76,17 +76,16 @@ fn first_track_claims_and_second_shares_it() {
         vec![claim_action("live/x")]
     );
     assert_eq!(core.handle(created("live/x", "audio")), vec![]);
-    let acts = core.handle(claimed("live/x", 7, 100));
+    let acts = core.handle(claimed("live/x", RECORD, 100));
     assert_eq!(
         acts,
         vec![
-            Action::KeepAlive {
-                lease_id: 7,
+            Action::Held {
+                lease_id: RECORD,
                 broadcast: "live/x".into(),
-                ttl_ms: 10_000
             },
             Action::Send(Reply::Claimed {
-                claim: claim("live/x", 7, 100),
+                claim: claim("live/x", RECORD, 100),
                 adopted: false
             }),
         ]
@@ -160,9 +159,12 @@ fn last_track_closing_revokes_then_reports_released() {
         core.handle(Event::Released {
             broadcast: "b".into()
         }),
-        vec![Action::Send(Reply::Released {
-            broadcast: "b".into()
-        })]
+        vec![
+            Action::LetGoLease { lease_id: 7 },
+            Action::Send(Reply::Released {
+                broadcast: "b".into()
+            })
+        ]
     );
     assert_eq!(core.held().count(), 0);
 }
@@ -295,6 +297,7 @@ fn republish_while_revoking_ends_claimed() {
     assert_eq!(
         acts,
         vec![
+            Action::LetGoLease { lease_id: 7 },
             Action::Send(Reply::Released {
                 broadcast: "b".into()
             }),
@@ -356,6 +359,7 @@ fn goodbye_releases_everything_then_finishes() {
     assert_eq!(
         acts,
         vec![
+            Action::LetGoLease { lease_id: 2 },
             Action::Send(Reply::Released {
                 broadcast: "b".into()
             }),
@@ -412,7 +416,11 @@ fn detach_keeps_claims_until_grace_then_releases_silently() {
         core.handle(Event::Released {
             broadcast: "a".into()
         }),
-        vec![Action::DropRecord { lease_id: RECORD }, Action::Finished]
+        vec![
+            Action::LetGoLease { lease_id: 1 },
+            Action::DropRecord { lease_id: RECORD },
+            Action::Finished
+        ]
     );
 }
 
@@ -432,6 +440,7 @@ fn lost_lease_is_reported_and_claimed_again_while_live() {
                 lease_id: 7,
                 forced: false
             },
+            Action::LetGoLease { lease_id: 7 },
             Action::Send(Reply::Lost {
                 broadcast: "b".into(),
                 reason: "lease expired".into()

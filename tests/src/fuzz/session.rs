@@ -192,8 +192,17 @@ impl World {
                 self.pending
                     .push((n, Pending::Takeover(broadcast, fencing_token, guard_lease)));
             }
+            Action::LetGoLease { lease_id } | Action::KeepLease { lease_id, .. } => {
+                // A claim's own lease, never the node record's.
+                assert_ne!(
+                    node.core.record_lease(),
+                    Some(lease_id),
+                    "{} keeps or lets go its record's lease as a claim's",
+                    node.id
+                );
+            }
             Action::ReleaseStale { .. }
-            | Action::KeepAlive { .. }
+            | Action::Held { .. }
             | Action::Forget { .. }
             | Action::KeepRecord { .. }
             | Action::FindEarlierClaims { .. }
@@ -594,7 +603,7 @@ pub fn session(data: &[u8]) {
             6..=9 => {
                 if !world.pending.is_empty() {
                     let i = usize::from(input.byte()) % world.pending.len();
-                    let unavailable = input.byte() % 5 == 0;
+                    let unavailable = input.byte().is_multiple_of(5);
                     world.deliver(i, unavailable);
                 }
             }

@@ -4,10 +4,13 @@
 //! keeps alive. Claims it adopted are on the lease an earlier session of the
 //! node put them on: kept alive while this session holds any claim there,
 //! let go (revoked once etcd shows no claim on it) when it holds none and no
-//! release of a claim found there is still in flight. The store acts; this
-//! only counts, so the rule is tested here without etcd.
+//! release of a claim there is still in flight. The rules count here and
+//! say so as actions ([`super::Action::KeepLease`],
+//! [`super::Action::LetGoLease`]); the store acts.
 
 use std::collections::{HashMap, HashSet};
+
+use super::{Action, Claim};
 
 #[derive(Debug, Default)]
 pub(super) struct Leases {
@@ -20,6 +23,9 @@ pub(super) struct Leases {
     record: Option<i64>,
     /// Leases whose keys were looked at for claims an earlier session left.
     looked_at: HashSet<i64>,
+    /// Held claims being released, by broadcast (one release in flight per
+    /// broadcast): their lease counts them until the release is done.
+    releasing: HashMap<String, i64>,
 }
 
 /// What to do about a lease after a claim on it came or went.
@@ -36,11 +42,6 @@ pub(super) enum Next {
 impl Leases {
     pub(super) fn set_record(&mut self, lease: Option<i64>) {
         self.record = lease;
-    }
-
-    /// Claims held, on every lease.
-    pub(super) fn claims(&self) -> usize {
-        self.held.values().sum()
     }
 
     /// Claims held on `lease`.
@@ -96,6 +97,25 @@ impl Leases {
         self.record != Some(lease) && self.looked_at.insert(lease)
     }
 
+    /// Whether a release of a claim an earlier session left is in flight.
+    pub(super) fn stale_in_flight(&self) -> bool {
+        !self.stale.is_empty()
+    }
+
+    /// The held `claim` of `broadcast` is to be released: the release,
+    /// whose lease counts it until [`Leases::release_done`].
+    pub(super) fn release_held(&mut self, broadcast: &str, claim: &Claim) -> Action {
+        self.releasing.insert(broadcast.to_string(), claim.lease_id);
+        Action::release(broadcast.to_string(), claim)
+    }
+
+    /// The release of `broadcast` is done: if it was of a held claim, its
+    /// lease no longer carries it.
+    pub(super) fn release_done(&mut self, broadcast: &str) -> Option<(i64, Next)> {
+        let lease = self.releasing.remove(broadcast)?;
+        Some((lease, self.drop_held(lease)))
+    }
+
     fn unused(&self, lease: i64) -> Next {
         let idle = !self.held.contains_key(&lease) && !self.stale.contains_key(&lease);
         if idle && self.record != Some(lease) {
@@ -118,7 +138,7 @@ mod tests {
         assert_eq!(l.hold(1), Next::Nothing);
         assert_eq!(l.drop_held(1), Next::Nothing);
         assert_eq!(l.drop_held(1), Next::Nothing);
-        assert_eq!(l.claims(), 0);
+        assert_eq!(l.on(1), 0);
     }
 
     #[test]
@@ -143,6 +163,31 @@ mod tests {
         assert_eq!(l.drop_held(7), Next::Nothing, "a release still in flight");
         assert_eq!(l.stale_released(7), Next::Nothing);
         assert_eq!(l.stale_released(7), Next::LetGo);
+    }
+
+    #[test]
+    fn a_held_claims_release_counts_on_its_lease_until_it_is_done() {
+        let mut l = Leases::default();
+        l.set_record(Some(1));
+        let claim = Claim {
+            broadcast: "live/a".into(),
+            lease_id: 7,
+            fencing_token: 3,
+            ..Claim::default()
+        };
+        assert_eq!(l.hold(7), Next::Keep);
+        assert!(matches!(
+            l.release_held("live/a", &claim),
+            Action::Release {
+                lease_id: 7,
+                fencing_token: 3,
+                ..
+            }
+        ));
+        assert_eq!(l.on(7), 1, "counted while the release is in flight");
+        assert_eq!(l.release_done("live/a"), Some((7, Next::LetGo)));
+        assert_eq!(l.release_done("live/a"), None, "once");
+        assert_eq!(l.release_done("live/b"), None, "a release of no held claim");
     }
 
     #[test]
