@@ -25,30 +25,9 @@ use crate::log_budget::{Say, Trouble};
 use crate::store::watch::Change;
 use crate::store::{NodeRecord, Purpose, Store};
 
-/// Claim changes of one etcd watch response, in revision order.
-pub type ClaimBatch = Arc<[(Change, i64)]>;
+mod feed;
 
-/// What a watcher of claim changes hears.
-#[derive(Debug, Clone)]
-pub enum Feed {
-    Changes(ClaimBatch),
-    /// The view read etcd again after losing its history: changes before
-    /// `revision` may have been skipped, so a watcher must start over.
-    HistoryLost {
-        revision: i64,
-    },
-}
-
-/// A watcher's start: the recent batches it asked for, then live ones.
-pub struct ClaimFeed {
-    /// Batches from the ring that may hold changes at or after the
-    /// revision asked for (the watcher filters by revision and name).
-    pub backlog: Vec<ClaimBatch>,
-    /// Every batch after `revision`.
-    pub live: broadcast::Receiver<Feed>,
-    /// The view's revision when the watcher joined.
-    pub revision: i64,
-}
+pub use feed::{ClaimBatch, ClaimChange, ClaimFeed, Feed};
 
 /// Claim changes the ring keeps for watchers resuming from a recent
 /// revision (a few MB at most).
@@ -473,7 +452,9 @@ impl View {
                 Change::Claim { claim, created } => {
                     let claim = state.shared.intern(claim);
                     state.insert(claim.clone());
-                    claim_changes.push((Change::Claim { claim, created }, rev));
+                    claim_changes.extend(
+                        ClaimChange::of(Change::Claim { claim, created }).map(|c| (c, rev)),
+                    );
                 }
                 Change::Released { broadcast, claim } => {
                     state.remove(&broadcast);
@@ -481,7 +462,8 @@ impl View {
                         broadcast: broadcast.clone(),
                         revision: rev,
                     });
-                    claim_changes.push((Change::Released { broadcast, claim }, rev));
+                    let change = Change::Released { broadcast, claim };
+                    claim_changes.extend(ClaimChange::of(change).map(|c| (c, rev)));
                 }
                 Change::Node { node_id, record } => {
                     let _ = self.events.send(ViewEvent::Node {
@@ -493,15 +475,11 @@ impl View {
                         revision: rev,
                     });
                     let adopted = state.adopt(&node_id, &record);
-                    claim_changes.extend(adopted.into_iter().map(|claim| {
-                        (
-                            Change::Claim {
-                                claim,
-                                created: false,
-                            },
-                            rev,
-                        )
-                    }));
+                    claim_changes.extend(
+                        adopted
+                            .into_iter()
+                            .map(|claim| (ClaimChange::Adopted(claim), rev)),
+                    );
                     state.nodes.insert(node_id, record);
                 }
                 Change::Forced { broadcast, record } => {

@@ -29,9 +29,9 @@ use tonic::Status;
 
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::store::watch::Change;
+
 use crate::store::{Purpose, Store};
-use crate::view::{ClaimBatch, ClaimFeed, Feed, View};
+use crate::view::{ClaimBatch, ClaimChange, ClaimFeed, Feed, View};
 
 /// Events of etcd history a replaying watcher may have unread before it is
 /// told to resume later (a few hundred KB; counted in events, since one
@@ -121,14 +121,6 @@ impl Drop for Slot {
     }
 }
 
-fn broadcast_of(change: &Change) -> Option<&str> {
-    match change {
-        Change::Claim { claim, .. } => Some(&claim.broadcast),
-        Change::Released { broadcast, .. } => Some(broadcast),
-        _ => None,
-    }
-}
-
 fn shutting_down() -> Status {
     Error::Unavailable(
         "claim-service replica is shutting down; watch again from the last revision + 1".into(),
@@ -179,12 +171,8 @@ impl Watcher {
         while let Some((batch, from)) = self.pending.front() {
             while let Some((change, revision)) = batch.get(self.at) {
                 self.at += 1;
-                if *revision >= *from
-                    && broadcast_of(change).is_some_and(|b| b.starts_with(&self.prefix))
-                {
-                    if let Some(event) = crate::wire::claim_event(change, *revision) {
-                        return Some(event);
-                    }
+                if *revision >= *from && change.broadcast().starts_with(&self.prefix) {
+                    return Some(crate::wire::claim_event(change, *revision));
                 }
             }
             self.pending.pop_front();
@@ -398,7 +386,10 @@ fn replay(store: &Store, prefix: &str, start_revision: i64, metrics: Arc<Metrics
                 let at = revision[0].1;
                 let events: Vec<_> = revision
                     .iter()
-                    .filter_map(|(change, r)| crate::wire::claim_event(change, *r))
+                    .filter_map(|(change, r)| {
+                        let change = ClaimChange::of(change.clone())?;
+                        Some(crate::wire::claim_event(&change, *r))
+                    })
                     .collect();
                 // The relay is the only sender: room it sees stays.
                 if tx.capacity() < events.len() {

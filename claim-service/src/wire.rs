@@ -3,8 +3,8 @@
 use claims_proto::v1 as pb;
 
 use crate::claims::{Claim, Reply};
-use crate::store::watch::Change;
-use crate::view::{NodeView, Presence, ViewEvent};
+
+use crate::view::{ClaimChange, NodeView, Presence, ViewEvent};
 
 impl From<Claim> for pb::Claim {
     fn from(c: Claim) -> Self {
@@ -146,30 +146,25 @@ pub fn node_event(event: ViewEvent) -> Option<pb::NodeEvent> {
     })
 }
 
-/// The `ClaimEvent` a change is to watchers, if it is one of theirs.
-pub fn claim_event(change: &Change, revision: i64) -> Option<pb::ClaimEvent> {
+/// The `ClaimEvent` a change of ownership is to watchers.
+pub fn claim_event(change: &ClaimChange, revision: i64) -> pb::ClaimEvent {
     use pb::claim_event::Kind;
-    let (kind, claim) = match change {
-        Change::Claim { claim, created } => (
-            if *created {
-                Kind::Claimed
-            } else {
-                Kind::Adopted
-            },
-            claim.clone().into(),
-        ),
-        Change::Released { broadcast, claim } => (
-            Kind::Released,
-            claim.clone().map(Into::into).unwrap_or(pb::Claim {
-                broadcast: broadcast.clone(),
-                ..Default::default()
-            }),
-        ),
-        Change::Node { .. } | Change::NodeGone { .. } | Change::Forced { .. } => return None,
+    let kind = match change {
+        ClaimChange::Claimed(_) => Kind::Claimed,
+        ClaimChange::Adopted(_) => Kind::Adopted,
+        ClaimChange::Released { .. } => Kind::Released,
     };
-    Some(pb::ClaimEvent {
+    let claim = change
+        .claim()
+        .cloned()
+        .map(Into::into)
+        .unwrap_or(pb::Claim {
+            broadcast: change.broadcast().to_string(),
+            ..Default::default()
+        });
+    pb::ClaimEvent {
         kind: kind as i32,
         claim: Some(claim),
         revision,
-    })
+    }
 }

@@ -100,10 +100,9 @@ impl Checker {
                     }
                     holder.insert(broadcast.clone(), node.clone());
                 }
-                "lost" | "released"
-                    if holder.get(broadcast) == Some(node) => {
-                        holder.remove(broadcast);
-                    }
+                "lost" | "released" if holder.get(broadcast) == Some(node) => {
+                    holder.remove(broadcast);
+                }
                 "ended" => holder.retain(|_, h| h != node),
                 _ => {}
             }
@@ -123,12 +122,13 @@ impl Checker {
                 Kind::Claimed | Kind::Adopted => {
                     if let Some((other, token)) = holder.get(&c.broadcast) {
                         if (*other != c.node_id || *token != c.fencing_token)
-                            && e.kind == Kind::Claimed as i32 {
-                                anomalies.push(format!(
+                            && e.kind == Kind::Claimed as i32
+                        {
+                            anomalies.push(format!(
                                     "{}: claimed by {} (token {}) at revision {} while {other} held it (token {token}) unreleased",
                                     c.broadcast, c.node_id, c.fencing_token, e.revision
                                 ));
-                            }
+                        }
                     }
                     holder.insert(c.broadcast, (c.node_id, c.fencing_token));
                 }

@@ -186,8 +186,10 @@ async fn a_rolling_restart_of_every_replica_releases_nothing() -> Result<()> {
         .iter()
         .map(|p| format!("http://127.0.0.1:{p}"))
         .collect();
-    let mut replicas = [Some(ClaimService::start_at(ports[0], &etcd.endpoint(), &prefix, &[]).await?),
-        Some(ClaimService::start_at(ports[1], &etcd.endpoint(), &prefix, &[]).await?)];
+    let mut replicas = [
+        Some(ClaimService::start_at(ports[0], &etcd.endpoint(), &prefix, &[]).await?),
+        Some(ClaimService::start_at(ports[1], &etcd.endpoint(), &prefix, &[]).await?),
+    ];
     let mut checker = Checker::default();
     // Real ingest nodes reconnect by themselves; each knows both replicas.
     let a = IngestNode::start("node-a", &addrs, &[]).await?;

@@ -21,8 +21,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 
 use super::Page;
-use crate::store::watch::Change;
-use crate::view::{Feed, View, ViewEvent};
+use crate::view::{ClaimChange, Feed, View, ViewEvent};
 
 /// Changes kept for a page that opens.
 const RECENT: usize = 300;
@@ -145,29 +144,17 @@ impl Changes {
         }
     }
 
-    fn claim_change(&self, change: &Change, revision: i64) {
-        let at_unix_ms = now_unix_ms();
-        match change {
-            Change::Claim { claim, created } => self.push(Shown {
-                at_unix_ms,
-                kind: if *created { "claimed" } else { "adopted" },
-                broadcast: Some(&claim.broadcast),
-                node_id: Some(&claim.node_id),
-                fencing_token: Some(claim.fencing_token),
-                revision: Some(revision),
-                ..Default::default()
-            }),
-            Change::Released { broadcast, claim } => self.push(Shown {
-                at_unix_ms,
-                kind: "released",
-                broadcast: Some(broadcast),
-                node_id: claim.as_ref().map(|c| &*c.node_id),
-                fencing_token: claim.as_ref().map(|c| c.fencing_token),
-                revision: Some(revision),
-                ..Default::default()
-            }),
-            _ => {}
-        }
+    fn claim_change(&self, change: &ClaimChange, revision: i64) {
+        let claim = change.claim();
+        self.push(Shown {
+            at_unix_ms: now_unix_ms(),
+            kind: change.kind(),
+            broadcast: Some(change.broadcast()),
+            node_id: claim.map(|c| &*c.node_id),
+            fencing_token: claim.map(|c| c.fencing_token),
+            revision: Some(revision),
+            ..Default::default()
+        });
     }
 
     fn view_event(&self, event: &ViewEvent) {

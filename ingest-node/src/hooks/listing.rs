@@ -120,10 +120,11 @@ fn nginx(body: &[u8]) -> Result<Listed> {
                 path.push(e.name().as_ref().to_vec());
             }
             Event::Empty(e)
-                if e.name().as_ref() == b"publishing" && path.last().is_some_and(|p| p == b"client")
-                => {
-                    publishing = true;
-                }
+                if e.name().as_ref() == b"publishing"
+                    && path.last().is_some_and(|p| p == b"client") =>
+            {
+                publishing = true;
+            }
             Event::Text(t) => {
                 let text = t
                     .unescape()
