@@ -176,6 +176,12 @@ pub enum Decision {
 /// Live tracks per broadcast as of the last change the session forwarded
 /// (the registry itself may already be ahead), and what they mean for the
 /// published picture.
+///
+/// This is not a second truth of what is live: the registry says what is
+/// live now, this what the claim service has been told so far, which is
+/// what an answer from it is about (an answer for a broadcast closed since
+/// is history). The service's rules keep their own copy because they run
+/// in another process.
 #[derive(Debug, Default)]
 pub struct ClaimBook {
     live: HashMap<String, usize>,
