@@ -5,19 +5,36 @@
 use claims_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
+use std::sync::Arc;
+
 use crate::error::Error;
 use crate::names;
+use crate::replica::ReplicaState;
 use crate::store::Store;
 use crate::view::View;
 
 pub struct AdminService {
     store: Store,
-    view: std::sync::Arc<View>,
+    view: Arc<View>,
+    replica: Arc<ReplicaState>,
 }
 
 impl AdminService {
-    pub fn new(store: Store, view: std::sync::Arc<View>) -> Self {
-        Self { store, view }
+    pub fn new(store: Store, view: Arc<View>, replica: Arc<ReplicaState>) -> Self {
+        Self {
+            store,
+            view,
+            replica,
+        }
+    }
+
+    /// Refuses a change while the layout etcd holds is not one this build
+    /// writes.
+    fn may_write(&self) -> Result<(), Status> {
+        match self.replica.write_refusal() {
+            Some(refusal) => Err(refusal.into()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -27,6 +44,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ForceReleaseRequest>,
     ) -> Result<Response<pb::ForceReleaseResponse>, Status> {
+        self.may_write()?;
         let req = request.into_inner();
         names::check_broadcast(&req.broadcast).map_err(Error::InvalidArgument)?;
         let reason = req.reason.trim();
@@ -53,6 +71,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::DrainNodeRequest>,
     ) -> Result<Response<pb::DrainNodeResponse>, Status> {
+        self.may_write()?;
         let req = request.into_inner();
         names::check_node_id(&req.node_id).map_err(Error::InvalidArgument)?;
         match self.store.set_draining(&req.node_id, req.draining).await? {
@@ -80,6 +99,51 @@ impl pb::admin_server::Admin for AdminService {
             None => Err(Error::NotFound(format!(
                 "node {:?} is not attached to any claim-service",
                 req.node_id
+            ))
+            .into()),
+        }
+    }
+
+    async fn drain_replica(
+        &self,
+        request: Request<pb::DrainReplicaRequest>,
+    ) -> Result<Response<pb::DrainReplicaResponse>, Status> {
+        self.may_write()?;
+        let req = request.into_inner();
+        let id = &req.service_id;
+        if id.is_empty()
+            || id.len() > 128
+            || id
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace() || c == '/')
+        {
+            return Err(Error::InvalidArgument(format!(
+                "service id {id:?} is not one: 1-128 printable characters without spaces or '/' (ListNodes shows the replicas' ids)"
+            ))
+            .into());
+        }
+        match self
+            .store
+            .set_replica_draining(&req.service_id, req.draining)
+            .await?
+        {
+            Some(record) => {
+                tracing::warn!(service_id = %req.service_id, draining = record.draining, "replica draining mark set by an operator");
+                let sessions = self
+                    .view
+                    .replica_loads()
+                    .ok()
+                    .and_then(|loads| loads.into_iter().find(|l| l.service_id == req.service_id))
+                    .map_or(0, |l| l.sessions);
+                Ok(Response::new(crate::wire::replica_drain(
+                    req.service_id,
+                    record.draining,
+                    sessions,
+                )))
+            }
+            None => Err(Error::NotFound(format!(
+                "no claim-service replica {:?} is running (ListNodes shows the replicas nodes are on)",
+                req.service_id
             ))
             .into()),
         }

@@ -74,6 +74,9 @@ impl pb::claim_sessions_server::ClaimSessions for ClaimSessionsService {
             }
             return Err(ctx.refuse(refusal));
         }
+        if let Some(refusal) = ctx.replica.attach_refusal() {
+            return Err(ctx.refuse(refusal));
+        }
         let session_id = format!("{:016x}", rand::rng().random::<u64>());
         let attached = ctx
             .sessions

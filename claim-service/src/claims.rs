@@ -109,6 +109,11 @@ pub enum Event {
     /// The session's stream broke without `goodbye`: keep held claims for the
     /// detach grace, tell the node nothing more.
     Detached,
+    /// This replica asked the node to attach to another (spreading sessions,
+    /// or draining) and ended the stream: as `Detached`, but the node record
+    /// is not marked detached, since the node is on its way to another
+    /// replica whose session adopts the claims.
+    Moved,
     /// The detach grace ran out: release what is still held.
     GraceExpired,
     ClaimAnswered {

@@ -17,8 +17,10 @@ use crate::watchers::WatchLimits;
 
 mod security;
 mod session;
+mod spread;
 
 pub use session::SessionConfig;
+pub use spread::{Spread, SpreadConfig};
 
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 10s or 500ms)"))
@@ -70,6 +72,9 @@ pub enum Takeover {
 pub struct Config {
     #[command(subcommand)]
     pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub spread: SpreadConfig,
 
     /// gRPC address (ClaimSessions, Ownership, health, reflection).
     #[arg(long, env = "CLAIMS_LISTEN", default_value = "0.0.0.0:50051")]
@@ -391,6 +396,7 @@ impl Config {
                 self.max_message_size
             ));
         }
+        self.spread.check()?;
         if let Some(id) = &self.service_id {
             if id.is_empty()
                 || id.len() > 128

@@ -9,8 +9,10 @@
 //!   words; `grpc.health.v1`; the `claims_serving` gauge): claims can be
 //!   made here. etcd answers a linearizable read on the claims' own
 //!   connection — so it has a quorum: a member that answers without one
-//!   does not count — and the ownership view has read etcd. A load balancer
-//!   follows it; the `ClaimServiceCannotReachEtcd` alert fires on it.
+//!   does not count — and the ownership view has read etcd, the layout etcd
+//!   holds is one this build serves, and the replica is not draining. A
+//!   load balancer follows it; the `ClaimServiceCannotReachEtcd` alert
+//!   fires on it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
 use crate::metrics::Metrics;
+use crate::replica::ReplicaState;
 use crate::store::Store;
 use crate::view::View;
 
@@ -39,8 +42,17 @@ pub const SERVICES: [&str; 4] = [
 #[derive(Debug, Clone, PartialEq)]
 enum Why {
     Starting,
-    EtcdUnreachable { since: Instant, error: String },
+    EtcdUnreachable {
+        since: Instant,
+        error: String,
+    },
     ViewNotSynced,
+    /// etcd holds a layout this build does not know: it writes nothing.
+    UnknownLayout(String),
+    /// Moving its sessions away (`drain-replica`, or stopping).
+    Draining {
+        sessions: usize,
+    },
     ShuttingDown,
 }
 
@@ -72,6 +84,13 @@ impl Readiness {
                 since.elapsed().as_secs()
             ),
             Some(Why::ViewNotSynced) => "the ownership view has not read etcd yet".into(),
+            Some(Why::UnknownLayout(problem)) => problem,
+            Some(Why::Draining { sessions: 0 }) => {
+                "drained: this replica holds no session and takes none; restart it to serve again".into()
+            }
+            Some(Why::Draining { sessions }) => format!(
+                "draining: moving its {sessions} sessions to the other replicas"
+            ),
             Some(Why::ShuttingDown) => "shutting down".into(),
         };
         (
@@ -150,6 +169,7 @@ impl Reporters {
 pub async fn watch(
     store: Store,
     view: Arc<View>,
+    replica: Arc<ReplicaState>,
     reporters: Arc<Reporters>,
     token: CancellationToken,
 ) {
@@ -178,7 +198,13 @@ pub async fn watch(
         let why = match error {
             Some((since, error)) if failures >= 2 => Some(Why::EtcdUnreachable { since, error }),
             _ if !view.synced() => Some(Why::ViewNotSynced),
-            _ => None,
+            _ => match replica.layout_problem() {
+                Some(problem) => Some(Why::UnknownLayout(problem)),
+                None if replica.is_draining() => Some(Why::Draining {
+                    sessions: replica.held(),
+                }),
+                None => None,
+            },
         };
         let now_ready = why.is_none();
         if ready != Some(now_ready) {
@@ -190,6 +216,10 @@ pub async fn watch(
                 Some(Why::EtcdUnreachable { error, .. }) => {
                     tracing::warn!(error = %error, "etcd unreachable: NOT_SERVING")
                 }
+                Some(Why::UnknownLayout(_)) => {
+                    tracing::warn!("layout version unknown to this build: NOT_SERVING")
+                }
+                Some(Why::Draining { .. }) => tracing::info!("draining: NOT_SERVING"),
                 Some(Why::Starting | Why::ShuttingDown) => {}
             }
             ready = Some(now_ready);

@@ -1,8 +1,8 @@
 //! Prometheus metrics of the claim-service, served as text on their own port.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -39,6 +39,12 @@ pub struct Metrics {
     pub rpcs: IntCounterVec,
     /// Time to answer an RPC (to a stream's start), by method.
     pub rpc_duration: HistogramVec,
+    /// Attached node sessions each replica holds, as this one's view sees
+    /// them, by `replica` (service id).
+    pub replica_sessions: IntGaugeVec,
+    /// Nodes this replica asked to attach to another, by `reason` (spread
+    /// or drain).
+    pub session_moves: IntCounterVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -142,6 +148,20 @@ impl Metrics {
                 .buckets(latency_buckets),
                 &["method"],
             )),
+            replica_sessions: must(IntGaugeVec::new(
+                Opts::new(
+                    "replica_sessions",
+                    "attached node sessions per replica, as this replica's view sees them",
+                ),
+                &["replica"],
+            )),
+            session_moves: must(IntCounterVec::new(
+                Opts::new(
+                    "session_moves_total",
+                    "nodes this replica asked to attach to another replica, by reason (spread, drain)",
+                ),
+                &["reason"],
+            )),
             registry,
         };
         for c in [
@@ -163,6 +183,8 @@ impl Metrics {
             Box::new(m.watches_behind.clone()),
             Box::new(m.rpcs.clone()),
             Box::new(m.rpc_duration.clone()),
+            Box::new(m.replica_sessions.clone()),
+            Box::new(m.session_moves.clone()),
         ] {
             must(m.registry.register(c));
         }

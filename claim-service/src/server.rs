@@ -22,8 +22,10 @@ use crate::health::{self, Readiness};
 use crate::log_budget::LogBudget;
 use crate::metrics::Metrics;
 use crate::ownership::OwnershipService;
+use crate::replica::{self, ReplicaState};
 use crate::rpc::RpcLayer;
 use crate::sessions::{Context, Sessions};
+use crate::spread;
 use crate::store::Store;
 use crate::ui;
 use crate::view::View;
@@ -73,11 +75,22 @@ pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = (
         "claim-service starting"
     );
 
+    let replica = Arc::new(ReplicaState::new(service_id.clone()));
+    tokio::spawn(replica::run(
+        store.clone(),
+        view.clone(),
+        replica.clone(),
+        replica::record(&config.spread.advertise),
+        config.lease_ttl,
+        config.renew_interval(),
+        token.clone(),
+    ));
     let ctx = Arc::new(Context {
         store: store.clone(),
         view: view.clone(),
         metrics: metrics.clone(),
-        config: config.sessions(service_id),
+        replica: replica.clone(),
+        config: config.sessions(service_id.clone()),
         access: access.clone(),
         sessions: Sessions::default(),
         refusal_log: LogBudget::default(),
@@ -94,7 +107,14 @@ pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = (
     tokio::spawn(health::watch(
         store.clone(),
         view.clone(),
+        replica.clone(),
         reporters.clone(),
+        token.clone(),
+    ));
+    tokio::spawn(spread::run(
+        ctx.clone(),
+        replica.clone(),
+        config.spread.clone(),
         token.clone(),
     ));
 
@@ -172,8 +192,12 @@ pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = (
         )
         // Operators only: the admin credential is checked in front.
         .add_service(InterceptedService::new(
-            AdminServer::new(AdminService::new(store.clone(), view.clone()))
-                .max_decoding_message_size(MAX_QUERY_MESSAGE),
+            AdminServer::new(AdminService::new(
+                store.clone(),
+                view.clone(),
+                replica.clone(),
+            ))
+            .max_decoding_message_size(MAX_QUERY_MESSAGE),
             access.admins(),
         ))
         // Readers: the read token, when one is set, is checked in front.
@@ -201,6 +225,7 @@ pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = (
     let grpc = tokio::spawn(grpc);
 
     shutdown.await;
+    drain(&ctx, &replica, config.spread.drain_timeout).await;
     tracing::info!("shutting down: health NOT_SERVING, sessions end, claims stay for adoption");
     reporters.shutting_down().await;
     token.cancel();
@@ -215,6 +240,38 @@ pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = (
     let _ = metrics_server.await;
     tracing::info!("claim-service stopped");
     Ok(())
+}
+
+/// Before stopping: the sessions move to the other replicas (as
+/// `drain-replica` does), for up to `limit`; what is left then is adopted
+/// as after a crash. Nothing to wait for when no other replica runs.
+async fn drain(ctx: &Context, replica: &ReplicaState, limit: Duration) {
+    let loads = ctx.view.replica_loads().unwrap_or_default();
+    if limit.is_zero()
+        || replica.held() == 0
+        || !spread::others_can_take(&loads, &replica.service_id)
+    {
+        return;
+    }
+    replica.set_stopping();
+    tracing::info!(sessions = replica.held(), limit = ?limit, "stopping: moving the sessions to the other replicas first");
+    // The others stop sending sessions here.
+    let mark = ctx.store.set_replica_draining(&replica.service_id, true);
+    if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(1), mark).await {
+        tracing::debug!(error = %e, "could not mark this replica draining in etcd");
+    }
+    let moved = async {
+        while replica.held() > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    match tokio::time::timeout(limit, moved).await {
+        Ok(()) => tracing::info!("every session moved to another replica"),
+        Err(_) => tracing::warn!(
+            sessions = replica.held(),
+            "drain time is up; the sessions left are adopted as after a crash"
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use crate::claims::{Event, NodeClaims};
 use crate::error::Error;
 use crate::intake::{self, Intake};
 use crate::names;
-use crate::sessions::{Attached, Context, STANDBY_LISTED};
+use crate::sessions::{Attached, Context, MoveAsk, STANDBY_LISTED};
 use crate::store::{Holder, LeaseLoss};
 use crate::view::ViewEvent;
 use crate::wire::service_message;
@@ -137,6 +137,7 @@ impl Session {
         let Attached {
             superseded,
             mut asks,
+            mut moves,
         } = attached;
         let ctx = self.ctx.clone();
         ctx.metrics.sessions_attached.inc();
@@ -181,6 +182,7 @@ impl Session {
                     let _ = ask.send(standby.collect());
                 }
                 _ = superseded.notified(), if attached => self.apply(Event::Superseded).await,
+                Some(ask) = moves.recv(), if attached => self.move_away(ask).await,
                 _ = ctx.shutdown.cancelled() => {
                     self.leave_for_adoption().await;
                     return;
@@ -237,6 +239,30 @@ impl Session {
     async fn detach(&mut self) {
         self.reading = false;
         self.apply(Event::Detached).await;
+    }
+
+    /// This replica asks the node to attach to another (`ask.to`, when
+    /// set): told so, then the stream ends; the claims are kept for the
+    /// grace, for the node's next session to adopt (tokens kept, nothing
+    /// released). A node that does not know `move` sees the stream end
+    /// and reconnects, which does the same.
+    async fn move_away(&mut self, ask: MoveAsk) {
+        tracing::info!(to = %ask.to, reason = %ask.reason, held = self.core.held().count(), "asking the node to attach to another replica");
+        self.send(service_message(ServiceMsg::Move(pb::Move {
+            to: ask.to,
+            reason: ask.reason.clone(),
+        })))
+        .await;
+        let _ = self
+            .out
+            .send(Err(Error::Unavailable(format!(
+                "this replica asked the node to attach to another ({}); its claims are kept for adoption",
+                ask.reason
+            ))
+            .into()))
+            .await;
+        self.reading = false;
+        self.apply(Event::Moved).await;
     }
 
     async fn on_message(&mut self, msg: pb::NodeMessage) -> Result<(), Status> {

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
@@ -15,6 +15,7 @@ use crate::config::SessionConfig;
 use crate::error::{code_label, Error};
 use crate::log_budget::LogBudget;
 use crate::metrics::Metrics;
+use crate::replica::ReplicaState;
 use crate::store::Store;
 use crate::view::View;
 
@@ -27,10 +28,23 @@ pub const STANDBY_LISTED: usize = 100;
 /// How long an answer to [`Sessions::standby`] is waited for.
 const STANDBY_WAIT: Duration = Duration::from_secs(1);
 
+/// A request that a session's node attach to another replica.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoveAsk {
+    /// The replica to attach to (its `--advertise` address), or empty.
+    pub to: String,
+    pub reason: String,
+}
+
 struct Entry {
     session_id: String,
     superseded: Arc<Notify>,
     asks: mpsc::Sender<StandbyAsk>,
+    moves: mpsc::Sender<MoveAsk>,
+    attached_at: Instant,
+    /// Asked to move: it stays here (its claims kept for the grace) until
+    /// it ends, and is not asked again.
+    moving: bool,
 }
 
 /// What a session gets from the registry when it is let in.
@@ -39,6 +53,8 @@ pub struct Attached {
     pub superseded: Arc<Notify>,
     /// Questions about the session (the ownership page asks them).
     pub asks: mpsc::Receiver<StandbyAsk>,
+    /// Asked to send its node to another replica.
+    pub moves: mpsc::Receiver<MoveAsk>,
 }
 
 /// The sessions attached to this replica, one per node id.
@@ -53,6 +69,7 @@ impl Sessions {
     pub fn attach(&self, node_id: &str, session_id: &str, max: usize) -> Result<Attached, Error> {
         let superseded = Arc::new(Notify::new());
         let (asks_tx, asks) = mpsc::channel(1);
+        let (moves_tx, moves) = mpsc::channel(1);
         let mut map = self.by_node.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= max && !map.contains_key(node_id) {
             return Err(Error::ResourceExhausted(format!(
@@ -64,11 +81,18 @@ impl Sessions {
             session_id: session_id.to_string(),
             superseded: superseded.clone(),
             asks: asks_tx,
+            moves: moves_tx,
+            attached_at: Instant::now(),
+            moving: false,
         };
         if let Some(older) = map.insert(node_id.to_string(), entry) {
             older.superseded.notify_one();
         }
-        Ok(Attached { superseded, asks })
+        Ok(Attached {
+            superseded,
+            asks,
+            moves,
+        })
     }
 
     /// Removes the session, unless a newer one of its node replaced it.
@@ -77,6 +101,40 @@ impl Sessions {
         if map.get(node_id).is_some_and(|e| e.session_id == session_id) {
             map.remove(node_id);
         }
+    }
+
+    /// Sessions attached here.
+    pub fn len(&self) -> usize {
+        self.by_node.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Asks up to `asks.len()` sessions attached for at least `min_age`
+    /// (oldest first; none of `skip`) to move their node, one ask each;
+    /// the node ids asked.
+    pub fn ask_to_move(
+        &self,
+        asks: Vec<MoveAsk>,
+        min_age: Duration,
+        skip: &dyn Fn(&str) -> bool,
+    ) -> Vec<String> {
+        let mut map = self.by_node.lock().unwrap_or_else(|p| p.into_inner());
+        let mut old: Vec<(&String, &mut Entry)> = map
+            .iter_mut()
+            .filter(|(node, e)| !e.moving && e.attached_at.elapsed() >= min_age && !skip(node))
+            .collect();
+        old.sort_by_key(|(node, e)| (e.attached_at, (*node).clone()));
+        let mut asked = Vec::new();
+        let mut asks = asks.into_iter().peekable();
+        for (node, entry) in old {
+            let Some(ask) = asks.peek() else { break };
+            // A session busy with an earlier ask is skipped.
+            if entry.moves.try_send(ask.clone()).is_ok() {
+                entry.moving = true;
+                asked.push(node.clone());
+                asks.next();
+            }
+        }
+        asked
     }
 
     /// What each session of this replica stands by for (only those that
@@ -113,6 +171,8 @@ pub struct Context {
     pub config: SessionConfig,
     pub access: Access,
     pub sessions: Sessions,
+    /// This replica: its layout check and draining mark.
+    pub replica: Arc<ReplicaState>,
     /// Log lines that nodes' bad input causes, bounded.
     pub refusal_log: LogBudget,
     /// Cancelled when the replica shuts down: sessions end at once and leave

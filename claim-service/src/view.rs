@@ -23,11 +23,13 @@ use crate::claims::Claim;
 use crate::error::{Error, Result};
 use crate::log_budget::{Say, Trouble};
 use crate::store::watch::Change;
-use crate::store::{NodeRecord, Purpose, Store};
+use crate::store::{NodeRecord, Purpose, ReplicaRecord, Snapshot, Store};
 
 mod feed;
+mod replicas;
 
 pub use feed::{ClaimBatch, ClaimChange, ClaimFeed, Feed};
+pub use replicas::ReplicaLoad;
 
 /// Claim changes the ring keeps for watchers resuming from a recent
 /// revision (a few MB at most).
@@ -75,6 +77,8 @@ struct State {
     /// every ingest node's owner cache).
     counts: HashMap<Arc<str>, u32>,
     nodes: BTreeMap<String, NodeRecord>,
+    /// Live replicas, by service id.
+    replicas: BTreeMap<String, ReplicaRecord>,
     revision: i64,
     synced: bool,
     shared: Shared,
@@ -390,9 +394,10 @@ impl View {
             };
             failures = 0;
             trouble.recovered(std::time::Instant::now());
-            self.replace(snapshot.claims, snapshot.nodes, snapshot.revision);
-            tracing::info!(revision = snapshot.revision, "ownership view synced");
-            let mut watch = store.watch_everything(Purpose::View, snapshot.revision + 1);
+            let revision = snapshot.revision;
+            self.replace(snapshot);
+            tracing::info!(revision, "ownership view synced");
+            let mut watch = store.watch_everything(Purpose::View, revision + 1);
             while let Some(batch) = watch.recv().await {
                 match batch {
                     Ok(batch) => self.apply(batch.changes, batch.revision),
@@ -406,7 +411,13 @@ impl View {
     }
 
     /// Installs a full read, telling subscribers of releases it implies.
-    fn replace(&self, claims: Vec<Claim>, nodes: Vec<(String, NodeRecord)>, revision: i64) {
+    fn replace(&self, snapshot: Snapshot) {
+        let Snapshot {
+            claims,
+            nodes,
+            replicas,
+            revision,
+        } = snapshot;
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         let fresh: BTreeMap<String, Claim> = claims
             .into_iter()
@@ -432,6 +443,7 @@ impl View {
             state.adopt(node_id, record);
         }
         state.nodes = nodes.into_iter().collect();
+        state.replicas = replicas.into_iter().collect();
         if state.synced {
             // Watchers may have missed changes between the old revision and
             // this one.
@@ -489,6 +501,12 @@ impl View {
                         reason: record.reason,
                         taken_by: Some(record.taken_by).filter(|by| !by.is_empty()),
                     });
+                }
+                Change::Replica { service_id, record } => {
+                    state.replicas.insert(service_id, record);
+                }
+                Change::ReplicaGone { service_id } => {
+                    state.replicas.remove(&service_id);
                 }
                 Change::NodeGone { node_id } => {
                     let _ = self.events.send(ViewEvent::NodeGone {

@@ -168,3 +168,16 @@ pub fn claim_event(change: &ClaimChange, revision: i64) -> pb::ClaimEvent {
         revision,
     }
 }
+
+/// The answer to `DrainReplica`.
+pub fn replica_drain(
+    service_id: String,
+    draining: bool,
+    sessions: usize,
+) -> pb::DrainReplicaResponse {
+    pb::DrainReplicaResponse {
+        service_id,
+        draining,
+        sessions: sessions as u32,
+    }
+}

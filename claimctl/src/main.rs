@@ -121,6 +121,17 @@ enum Cmd {
         #[arg(long)]
         undo: bool,
     },
+    /// Drain a claim-service replica (admin): its node sessions move to
+    /// the other replicas (claims adopted there, tokens kept, nothing
+    /// released), it takes no new ones and reports itself not ready, until
+    /// it restarts. `nodes` shows which replica each node is on.
+    DrainReplica {
+        /// The replica's service id (--service-id).
+        service_id: String,
+        /// Clear the mark instead.
+        #[arg(long)]
+        undo: bool,
+    },
 }
 
 fn exit_code(status: &Status) -> i32 {
@@ -422,6 +433,32 @@ impl Cli {
                             "not draining"
                         },
                         n.claims
+                    );
+                }
+            }
+            Cmd::DrainReplica { service_id, undo } => {
+                let mut admin = AdminClient::new(channel);
+                let req = self.admin_request(pb::DrainReplicaRequest {
+                    service_id: service_id.clone(),
+                    draining: !undo,
+                })?;
+                let r = admin.drain_replica(req).await?.into_inner();
+                if self.json {
+                    let v = json!({
+                        "service_id": r.service_id,
+                        "draining": r.draining,
+                        "sessions": r.sessions,
+                    });
+                    println!("{v}");
+                } else if r.draining {
+                    println!(
+                        "replica {} is draining: its {} sessions move to the other replicas",
+                        r.service_id, r.sessions
+                    );
+                } else {
+                    println!(
+                        "replica {} is not draining ({} sessions)",
+                        r.service_id, r.sessions
                     );
                 }
             }

@@ -80,6 +80,11 @@ enum SessionEnd {
     Broken(String),
     /// The node was detached on purpose ([`Bridge::detach`]).
     Detached,
+    /// The claim service asked the node to attach to another replica
+    /// (`to`, when it named one).
+    Moved {
+        to: String,
+    },
 }
 
 impl Bridge {
@@ -201,6 +206,21 @@ impl Bridge {
                     self.view.send_modify(book::disconnected);
                     tracing::warn!(claim_service = %addr, "claim session left without goodbye: detached until what this node fronts answers again");
                 }
+                SessionEnd::Moved { to } => {
+                    // At once, without backoff: the claims wait for this
+                    // node's next session to adopt them.
+                    self.view.send_modify(book::disconnected);
+                    match urls
+                        .iter()
+                        .position(|u| u.trim_end_matches('/') == to.trim_end_matches('/'))
+                    {
+                        Some(i) => next = i,
+                        None if !to.is_empty() => {
+                            tracing::warn!(claim_service = %addr, %to, "asked to move to an address this node was not given; attaching to the next one it knows")
+                        }
+                        None => {}
+                    }
+                }
                 SessionEnd::Broken(why) => {
                     self.view.send_modify(book::disconnected);
                     let base = reconnect.after(started.elapsed());
@@ -281,6 +301,10 @@ impl Bridge {
                     }
                 }
                 msg = inbound.message() => match msg {
+                    Ok(Some(pb::ServiceMessage { msg: Some(ServiceMsg::Move(m)) })) => {
+                        tracing::info!(claim_service = %addr, to = %m.to, reason = %m.reason, "the claim service asked this node to attach to another replica; its claims are adopted there");
+                        return SessionEnd::Moved { to: m.to };
+                    }
                     Ok(Some(m)) => {
                         if let Some(ask) = self.on_service(m, &book) {
                             if out.send(pb::NodeMessage { msg: Some(ask) }).await.is_err() {

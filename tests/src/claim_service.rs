@@ -137,10 +137,26 @@ impl ClaimService {
         .await
     }
 
-    /// Spawns `cmd` listening on `bind`, reached at `ip`, and waits until it
-    /// says SERVING.
+    /// Starts the binary as [`ClaimService::start`] does, on a given port,
+    /// without waiting for it to say SERVING (a replica that must not).
+    pub fn spawn_at(port: u16, etcd_endpoints: &str, prefix: &str, extra: &[&str]) -> Result<Self> {
+        let cmd = Command::new(binary("claim-service"));
+        Self::spawn(
+            cmd,
+            "127.0.0.1",
+            "127.0.0.1",
+            port,
+            free_port(),
+            etcd_endpoints,
+            prefix,
+            extra,
+            None,
+        )
+    }
+
+    /// Spawns `cmd` listening on `bind`, reached at `ip`.
     #[allow(clippy::too_many_arguments)]
-    async fn launch(
+    fn spawn(
         mut cmd: Command,
         bind: &str,
         ip: &str,
@@ -157,15 +173,69 @@ impl ClaimService {
             .env("CLAIMS_KEY_PREFIX", prefix)
             .env("RUST_LOG", "info")
             .args(extra);
-        let svc = Self {
+        Ok(Self {
             daemon: Daemon::spawn("claim-service", cmd)?,
             port,
             metrics_port,
             ip: ip.into(),
             tls,
-        };
+        })
+    }
+
+    /// Spawns `cmd` listening on `bind`, reached at `ip`, and waits until it
+    /// says SERVING.
+    #[allow(clippy::too_many_arguments)]
+    async fn launch(
+        cmd: Command,
+        bind: &str,
+        ip: &str,
+        port: u16,
+        metrics_port: u16,
+        etcd_endpoints: &str,
+        prefix: &str,
+        extra: &[&str],
+        tls: Option<ClientTlsConfig>,
+    ) -> Result<Self> {
+        let svc = Self::spawn(
+            cmd,
+            bind,
+            ip,
+            port,
+            metrics_port,
+            etcd_endpoints,
+            prefix,
+            extra,
+            tls,
+        )?;
         svc.wait_serving(true).await?;
         Ok(svc)
+    }
+
+    /// What `/readyz` on the metrics port answers (status line and body).
+    pub async fn readyz(&self) -> Result<String> {
+        self.http_get("/readyz").await
+    }
+
+    async fn http_get(&self, path: &str) -> Result<String> {
+        let url = format!("{}:{}", self.ip, self.metrics_port);
+        let mut stream = tokio::net::TcpStream::connect(&url).await?;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await?;
+        Ok(body)
+    }
+
+    /// ListNodes: every attached node, with the replica it is on.
+    pub async fn nodes(&self) -> Result<Vec<pb::Node>> {
+        let mut client = self.ownership().await?;
+        Ok(client
+            .list_nodes(pb::ListNodesRequest {})
+            .await?
+            .into_inner()
+            .nodes)
     }
 
     pub fn addr(&self) -> String {
@@ -240,15 +310,7 @@ impl ClaimService {
     }
 
     pub async fn metrics(&self) -> Result<String> {
-        let url = format!("{}:{}", self.ip, self.metrics_port);
-        let mut stream = tokio::net::TcpStream::connect(&url).await?;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        stream
-            .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-            .await?;
-        let mut body = String::new();
-        stream.read_to_string(&mut body).await?;
-        Ok(body)
+        self.http_get("/metrics").await
     }
 }
 /// Etcd plus one claim-service with a fresh prefix: the common start of a test.

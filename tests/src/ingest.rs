@@ -394,3 +394,35 @@ pub async fn decode(url: &str, seconds: u32) -> Result<u64> {
         .unwrap_or(0);
     Ok(frames)
 }
+
+/// POSTs `body` to the sidecar's nginx-rtmp hook; the HTTP status.
+pub fn nginx_hook_post(hooks_port: u16, body: &str) -> Result<u16> {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--data-binary",
+            "@-",
+        ])
+        .arg(format!("http://127.0.0.1:{hooks_port}/nginx-rtmp"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin is piped")
+                .write_all(body.as_bytes())?;
+            child.wait_with_output()
+        })?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
+
+pub fn nginx_hook(call: &str, name: &str, client: &str) -> String {
+    format!("call={call}&app=live&name={name}&clientid={client}&addr=127.0.0.1&tcurl=rtmp%3A%2F%2Fh%2Flive")
+}

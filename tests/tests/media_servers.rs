@@ -217,38 +217,6 @@ async fn a_takeover_through_nginx_moves_the_claim_and_the_former_nginx_drops_its
     Ok(())
 }
 
-/// POSTs `body` to the sidecar's nginx-rtmp hook; the HTTP status.
-fn post(hooks_port: u16, body: &str) -> Result<u16> {
-    let out = std::process::Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--data-binary",
-            "@-",
-        ])
-        .arg(format!("http://127.0.0.1:{hooks_port}/nginx-rtmp"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .expect("stdin is piped")
-                .write_all(body.as_bytes())?;
-            child.wait_with_output()
-        })?;
-    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
-}
-
-fn hook(call: &str, name: &str, client: &str) -> String {
-    format!("call={call}&app=live&name={name}&clientid={client}&addr=127.0.0.1&tcurl=rtmp%3A%2F%2Fh%2Flive")
-}
-
 #[tokio::test]
 async fn hooks_twice_out_of_order_or_unknown_get_an_answer_and_change_no_claim() -> Result<()> {
     let stack = Stack::start("nginx-hostile-hooks", &[]).await?;
@@ -263,23 +231,44 @@ async fn hooks_twice_out_of_order_or_unknown_get_an_answer_and_change_no_claim()
     sidecar.wait_attached().await?;
     let mut watcher = Watcher::open(&stack.svc, "live/", 0).await?;
 
-    assert_eq!(post(hooks_port, &hook("publish", "o", "1"))?, 200);
+    assert_eq!(
+        nginx_hook_post(hooks_port, &nginx_hook("publish", "o", "1"))?,
+        200
+    );
     let claim = watcher
         .expect(Kind::Claimed, "live/o")
         .await?
         .claim
         .unwrap_or_default();
     // Twice: the same publisher.
-    assert_eq!(post(hooks_port, &hook("publish", "o", "1"))?, 200);
+    assert_eq!(
+        nginx_hook_post(hooks_port, &nginx_hook("publish", "o", "1"))?,
+        200
+    );
     // Another client of the same broadcast, its update and its end.
-    assert_eq!(post(hooks_port, &hook("publish", "o", "2"))?, 403);
-    assert_eq!(post(hooks_port, &hook("update_publish", "o", "2"))?, 403);
-    assert_eq!(post(hooks_port, &hook("publish_done", "o", "2"))?, 200);
+    assert_eq!(
+        nginx_hook_post(hooks_port, &nginx_hook("publish", "o", "2"))?,
+        403
+    );
+    assert_eq!(
+        nginx_hook_post(hooks_port, &nginx_hook("update_publish", "o", "2"))?,
+        403
+    );
+    assert_eq!(
+        nginx_hook_post(hooks_port, &nginx_hook("publish_done", "o", "2"))?,
+        200
+    );
     // An end for a stream never seen; a bad name; not a hook at all; too big.
-    assert_eq!(post(hooks_port, &hook("publish_done", "never", "9"))?, 200);
-    assert_eq!(post(hooks_port, &hook("publish", "..", "3"))?, 403);
-    assert_eq!(post(hooks_port, "\u{0}\u{1}garbage")?, 400);
-    assert_eq!(post(hooks_port, &"x".repeat(100_000))?, 413);
+    assert_eq!(
+        nginx_hook_post(hooks_port, &nginx_hook("publish_done", "never", "9"))?,
+        200
+    );
+    assert_eq!(
+        nginx_hook_post(hooks_port, &nginx_hook("publish", "..", "3"))?,
+        403
+    );
+    assert_eq!(nginx_hook_post(hooks_port, "\u{0}\u{1}garbage")?, 400);
+    assert_eq!(nginx_hook_post(hooks_port, &"x".repeat(100_000))?, 413);
     // Nothing of it touched the claim.
     assert_eq!(
         watcher
@@ -294,7 +283,10 @@ async fn hooks_twice_out_of_order_or_unknown_get_an_answer_and_change_no_claim()
         ("node-h", claim.fencing_token)
     );
     // The real end releases it.
-    assert_eq!(post(hooks_port, &hook("publish_done", "o", "1"))?, 200);
+    assert_eq!(
+        nginx_hook_post(hooks_port, &nginx_hook("publish_done", "o", "1"))?,
+        200
+    );
     watcher.expect(Kind::Released, "live/o").await?;
     Ok(())
 }

@@ -35,6 +35,7 @@ impl NodeClaims {
                     out.push(Action::MarkDetached { lease_id });
                 }
             }
+            Event::Moved => self.detach(&mut out),
             Event::GraceExpired => self.grace_expired(&mut out),
             Event::ClaimAnswered { broadcast, outcome } => {
                 self.answered(broadcast, outcome, &mut out)

@@ -28,6 +28,8 @@ enum Step {
     Retry(u8),
     Goodbye,
     Detach,
+    /// The replica asks the node to move to another.
+    Moved,
     Grace,
     /// etcd answers the node record's write: written (draining or not),
     /// failed, taken by another session.
@@ -63,6 +65,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0..3u8).prop_map(Step::Retry),
         1 => Just(Step::Goodbye),
         1 => Just(Step::Detach),
+        1 => Just(Step::Moved),
         1 => Just(Step::Grace),
         3 => (0..5u8).prop_map(Step::Record),
         1 => Just(Step::RecordLost),
@@ -188,6 +191,7 @@ proptest! {
                 Step::Retry(b) => sh.timers.remove(&name(b)).map(|timer| Event::RetryDue { broadcast: name(b), timer }),
                 Step::Goodbye => Some(Event::Goodbye),
                 Step::Detach => Some(Event::Detached),
+                Step::Moved => Some(Event::Moved),
                 Step::Grace => Some(Event::GraceExpired),
                 Step::Record(kind) if sh.record_writing => {
                     sh.record_writing = false;
@@ -257,7 +261,7 @@ proptest! {
                     Event::Closed { broadcast, track } => {
                         if let Some(t) = sh.live.get_mut(broadcast) { t.remove(track); }
                     }
-                    Event::Goodbye | Event::Detached => {
+                    Event::Goodbye | Event::Detached | Event::Moved => {
                         sh.attached = false;
                         sh.live.clear();
                     }

@@ -5,8 +5,16 @@
 //! | `{prefix}broadcasts/{broadcast}` | [`ClaimRecord`] | the session's that claimed it |
 //! | `{prefix}nodes/{node_id}` | [`NodeRecord`] | the session's |
 //! | `{prefix}forced/{broadcast}` | [`ForcedRecord`]: why an operator revoked a claim | a short one of its own |
+//! | `{prefix}replicas/{service_id}` | [`ReplicaRecord`]: a live replica, its version and draining mark | the replica's own |
+//! | `{prefix}layout` | the layout version the cluster runs ([`LAYOUT_VERSION`]), as decimal text | none |
 //!
 //! Values are JSON so that `etcdctl get --prefix` is readable by an operator.
+//!
+//! Layout versions: 1 put each claim on a lease of its own; 2 puts a
+//! session's claims on its node record's lease (records say
+//! `claims_on_lease`), and adds the replica records and the layout key.
+//! Keys a replica does not know are ignored by it, so replicas of layout 1
+//! and 2 run side by side (docs/UPGRADING.md).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +27,13 @@ use crate::claims::Claim;
 const BROADCASTS: &str = "broadcasts/";
 const NODES: &str = "nodes/";
 const FORCED: &str = "forced/";
+const REPLICAS: &str = "replicas/";
+const LAYOUT: &str = "layout";
+
+/// The layout this build writes.
+pub const LAYOUT_VERSION: u32 = 2;
+/// The layouts this build can serve (it reads layout 1's claims too).
+pub const KNOWN_LAYOUTS: [u32; 2] = [1, 2];
 
 /// Where this deployment's keys live.
 #[derive(Debug, Clone)]
@@ -32,6 +47,7 @@ pub enum Key<'a> {
     Broadcast(&'a str),
     Node(&'a str),
     Forced(&'a str),
+    Replica(&'a str),
 }
 
 impl Layout {
@@ -67,6 +83,8 @@ impl Layout {
             Some(Key::Broadcast(b))
         } else if let Some(n) = rest.strip_prefix(NODES) {
             Some(Key::Node(n))
+        } else if let Some(r) = rest.strip_prefix(REPLICAS) {
+            Some(Key::Replica(r))
         } else {
             rest.strip_prefix(FORCED).map(Key::Forced)
         }
@@ -74,6 +92,15 @@ impl Layout {
 
     pub fn forced(&self, broadcast: &str) -> String {
         format!("{}{FORCED}{broadcast}", self.prefix)
+    }
+
+    pub fn replica(&self, service_id: &str) -> String {
+        format!("{}{REPLICAS}{service_id}", self.prefix)
+    }
+
+    /// The key holding the cluster's layout version.
+    pub fn version(&self) -> String {
+        format!("{}{LAYOUT}", self.prefix)
     }
 }
 
@@ -180,6 +207,37 @@ impl ForcedRecord {
     }
 }
 
+/// The value of a replica key: a live replica (its lease is kept alive
+/// while it runs).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct ReplicaRecord {
+    /// The build's version (`0.2.0 (commit)`).
+    #[serde(default)]
+    pub version: String,
+    /// The layout version it writes.
+    #[serde(default)]
+    pub layout: u32,
+    /// The address nodes reach it at (`--advertise`); empty when not set.
+    #[serde(default)]
+    pub advertise: String,
+    /// Moving every session away, then not ready (`drain-replica`, or
+    /// stopping).
+    #[serde(default)]
+    pub draining: bool,
+    #[serde(default)]
+    pub started_at_unix_ms: i64,
+}
+
+impl ReplicaRecord {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a ReplicaRecord always serializes")
+    }
+
+    pub fn from_kv(kv: &KeyValue) -> Option<Self> {
+        serde_json::from_slice(kv.value()).ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +259,11 @@ mod tests {
             layout.parse(layout.forced("live/x").as_bytes()),
             Some(Key::Forced("live/x"))
         );
+        assert_eq!(
+            layout.parse(layout.replica("claims-a").as_bytes()),
+            Some(Key::Replica("claims-a"))
+        );
+        assert_eq!(layout.parse(layout.version().as_bytes()), None);
         assert_eq!(layout.parse(b"/other/broadcasts/x"), None);
         assert_eq!(layout.parse(b"/claims/v1/junk"), None);
     }

@@ -33,6 +33,7 @@ mod nodes;
 mod queue;
 mod reads;
 mod release;
+mod replicas;
 pub mod watch;
 mod worker;
 
@@ -47,8 +48,9 @@ use crate::claims::{Claim, ClaimOutcome};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 pub use keepalive::{KeepAlive, LeaseLoss, LossKind};
-pub use layout::{ClaimRecord, ForcedRecord, Key, Layout, NodeRecord};
+pub use layout::{ClaimRecord, ForcedRecord, Key, Layout, NodeRecord, ReplicaRecord};
 use queue::FairQueue;
+pub use replicas::LayoutFound;
 
 /// Lease grants in flight at once (node records, forced records).
 const GRANTS_IN_FLIGHT: usize = 256;
@@ -167,6 +169,7 @@ pub struct Registration {
 pub struct Snapshot {
     pub claims: Vec<Claim>,
     pub nodes: Vec<(String, NodeRecord)>,
+    pub replicas: Vec<(String, ReplicaRecord)>,
     pub revision: i64,
 }
 

@@ -7,7 +7,7 @@ use futures::future::join_all;
 use crate::claims::Claim;
 use crate::error::Result;
 
-use super::{ClaimRecord, Key, NodeRecord, Purpose, Snapshot, Store};
+use super::{ClaimRecord, Key, NodeRecord, Purpose, ReplicaRecord, Snapshot, Store};
 
 /// Whether etcd's answer was too large to take: a lease with more keys
 /// attached than one answer (4 MB) lists.
@@ -219,6 +219,11 @@ impl Store {
                 Some(Key::Node(id)) => {
                     if let Some(record) = NodeRecord::from_kv(&kv) {
                         snapshot.nodes.push((id.to_string(), record));
+                    }
+                }
+                Some(Key::Replica(id)) => {
+                    if let Some(record) = ReplicaRecord::from_kv(&kv) {
+                        snapshot.replicas.push((id.to_string(), record));
                     }
                 }
                 Some(Key::Forced(_)) | None => {}

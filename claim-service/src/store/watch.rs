@@ -11,7 +11,7 @@ use std::time::Duration;
 use etcd_client::{EventType, WatchOptions};
 use tokio::sync::mpsc;
 
-use super::{ClaimRecord, ForcedRecord, Key, NodeRecord, Purpose, Store};
+use super::{ClaimRecord, ForcedRecord, Key, NodeRecord, Purpose, ReplicaRecord, Store};
 use crate::claims::Claim;
 use crate::error::Error;
 
@@ -44,6 +44,16 @@ pub enum Change {
     Forced {
         broadcast: String,
         record: ForcedRecord,
+    },
+    /// A replica's record was written (it started, or its draining mark
+    /// changed).
+    Replica {
+        service_id: String,
+        record: ReplicaRecord,
+    },
+    /// A replica's record is gone (it stopped, or its lease expired).
+    ReplicaGone {
+        service_id: String,
     },
 }
 
@@ -200,6 +210,18 @@ impl Store {
                             None => continue,
                         },
                         (Some(Key::Forced(_)), EventType::Delete) => continue,
+                        (Some(Key::Replica(id)), EventType::Put) => {
+                            match ReplicaRecord::from_kv(kv) {
+                                Some(record) => Change::Replica {
+                                    service_id: id.to_string(),
+                                    record,
+                                },
+                                None => continue,
+                            }
+                        }
+                        (Some(Key::Replica(id)), EventType::Delete) => Change::ReplicaGone {
+                            service_id: id.to_string(),
+                        },
                         (None, _) => continue,
                     };
                     batch.changes.push((change, revision));

@@ -38,7 +38,11 @@ impl ClaimChange {
                 created: false,
             } => Self::Adopted(claim),
             Change::Released { broadcast, claim } => Self::Released { broadcast, claim },
-            Change::Node { .. } | Change::NodeGone { .. } | Change::Forced { .. } => return None,
+            Change::Node { .. }
+            | Change::NodeGone { .. }
+            | Change::Forced { .. }
+            | Change::Replica { .. }
+            | Change::ReplicaGone { .. } => return None,
         })
     }
 

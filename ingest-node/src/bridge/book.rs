@@ -325,7 +325,9 @@ impl ClaimBook {
                 view.draining = d.draining;
                 return None;
             }
-            ServiceMsg::Welcome(_) => return None,
+            // The session ends and the node attaches elsewhere: the
+            // picture stays as it is until then.
+            ServiceMsg::Welcome(_) | ServiceMsg::Move(_) => return None,
         };
         // Answers about broadcasts no longer live here are history.
         if self.live.contains_key(&broadcast) {
