@@ -114,6 +114,15 @@ impl Compose {
         self.run(&["start", service]).map(|_| ())
     }
 
+    /// Stops `service` with SIGTERM (compose's own grace) and starts it.
+    fn restart(&self, service: &str) -> Result<()> {
+        self.run(&["restart", service]).map(|_| ())
+    }
+
+    fn logs(&self, service: &str) -> Result<String> {
+        self.run(&["logs", "--no-color", service])
+    }
+
     fn port(&self, name: &str) -> u16 {
         self.env
             .iter()
@@ -270,7 +279,7 @@ async fn the_compose_stack_keeps_claims_through_replica_and_etcd_member_loss() -
     let claims1 = stack.port("CLAIMS1_GRPC_PORT");
     let claims2 = stack.port("CLAIMS2_GRPC_PORT");
     let rtmp = stack.port("INGEST_A_RTMP_PORT");
-    let _publisher = Publisher::start(&format!("rtmp://127.0.0.1:{rtmp}/live/compose"))?;
+    let mut publisher = Publisher::start(&format!("rtmp://127.0.0.1:{rtmp}/live/compose"))?;
     let first = eventually("a claim from the ingest-a container", WAIT, async || {
         owner(claims1, "live/compose").await
     })
@@ -377,6 +386,54 @@ async fn the_compose_stack_keeps_claims_through_replica_and_etcd_member_loss() -
     )
     .await?;
     assert_eq!(kept.fencing_token, first.fencing_token);
+
+    // A rolling restart with ffmpeg publishing: claims1 comes back, then
+    // each replica in turn is restarted; SIGTERM moves its sessions to the
+    // other first (the nodes attach there, their claims adopted). Nothing
+    // is released, the token is kept, the publisher goes on.
+    let metrics1 = stack.port("CLAIMS1_METRICS_PORT");
+    let ready = async |port: u16| -> Result<()> {
+        eventually("a replica ready", Duration::from_secs(60), async || {
+            Ok((http_get(port, "/readyz").await?.status == 200).then_some(()))
+        })
+        .await
+    };
+    stack.start("claims1")?;
+    ready(metrics1).await?;
+    for (service, metrics) in [("claims2", metrics2), ("claims1", metrics1)] {
+        stack.restart(service)?;
+        ready(metrics).await?;
+        let logs = stack.logs(service)?;
+        assert!(
+            logs.contains("every session moved to another replica"),
+            "{service} did not move its sessions before stopping:\n{logs}"
+        );
+    }
+    let rolled = eventually(
+        "a read after the roll",
+        Duration::from_secs(30),
+        async || owner(claims2, "live/compose").await,
+    )
+    .await?;
+    assert_eq!(
+        (rolled.node_id.as_str(), rolled.fencing_token),
+        ("ingest-a", first.fencing_token)
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{claims2}"))?
+        .connect()
+        .await?;
+    let mut replay = OwnershipClient::new(channel)
+        .watch_claims(pb::WatchClaimsRequest {
+            prefix: "live/".into(),
+            start_revision: first.fencing_token + 1,
+        })
+        .await?
+        .into_inner();
+    while let Ok(Ok(Some(e))) = tokio::time::timeout(Duration::from_secs(1), replay.message()).await
+    {
+        assert_ne!(e.kind, pb::claim_event::Kind::Released as i32, "{e:?}");
+    }
+    assert!(publisher.alive(), "the publisher was disturbed by the roll");
     Ok(())
 }
 
