@@ -47,6 +47,8 @@ enum Why {
         error: String,
     },
     ViewNotSynced,
+    /// The layout version etcd holds is not checked yet.
+    LayoutUnchecked,
     /// etcd holds a layout this build does not know: it writes nothing.
     UnknownLayout(String),
     /// Moving its sessions away (`drain-replica`, or stopping).
@@ -84,6 +86,7 @@ impl Readiness {
                 since.elapsed().as_secs()
             ),
             Some(Why::ViewNotSynced) => "the ownership view has not read etcd yet".into(),
+            Some(Why::LayoutUnchecked) => "checking the layout version etcd holds".into(),
             Some(Why::UnknownLayout(problem)) => problem,
             Some(Why::Draining { sessions: 0 }) => {
                 "drained: this replica holds no session and takes none; restart it to serve again".into()
@@ -200,6 +203,7 @@ pub async fn watch(
             _ if !view.synced() => Some(Why::ViewNotSynced),
             _ => match replica.layout_problem() {
                 Some(problem) => Some(Why::UnknownLayout(problem)),
+                None if !replica.may_write() => Some(Why::LayoutUnchecked),
                 None if replica.is_draining() => Some(Why::Draining {
                     sessions: replica.held(),
                 }),
@@ -220,13 +224,13 @@ pub async fn watch(
                     tracing::warn!("layout version unknown to this build: NOT_SERVING")
                 }
                 Some(Why::Draining { .. }) => tracing::info!("draining: NOT_SERVING"),
-                Some(Why::Starting | Why::ShuttingDown) => {}
+                Some(Why::Starting | Why::ShuttingDown | Why::LayoutUnchecked) => {}
             }
             ready = Some(now_ready);
         }
         // The reason's age changes while it lasts: keep it current.
         reporters.tell(why.clone()).await;
-        let next = if matches!(why, Some(Why::ViewNotSynced)) {
+        let next = if matches!(why, Some(Why::ViewNotSynced | Why::LayoutUnchecked)) {
             VIEW_SYNC_CHECK_EVERY
         } else {
             CHECK_EVERY

@@ -137,6 +137,19 @@ impl ClaimService {
         .await
     }
 
+    /// As [`ClaimService::start_at`], from another build's binary (an older
+    /// version's, for the compatibility matrix).
+    pub async fn start_binary_at(
+        bin: &std::path::Path,
+        port: u16,
+        etcd_endpoints: &str,
+        prefix: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let cmd = Command::new(bin);
+        Self::start_on_loopback(cmd, port, etcd_endpoints, prefix, extra, None).await
+    }
+
     /// Starts the binary as [`ClaimService::start`] does, on a given port,
     /// without waiting for it to say SERVING (a replica that must not).
     pub fn spawn_at(port: u16, etcd_endpoints: &str, prefix: &str, extra: &[&str]) -> Result<Self> {

@@ -90,6 +90,28 @@ impl IngestNode {
         .await
     }
 
+    /// As [`IngestNode::start`], from another build's binary (an older
+    /// version's, for the compatibility matrix).
+    pub async fn start_binary(
+        bin: &std::path::Path,
+        node_id: &str,
+        claim_services: &[String],
+        extra: &[&str],
+    ) -> Result<Self> {
+        let cmd = Command::new(bin);
+        Self::launch(
+            cmd,
+            "127.0.0.1",
+            "127.0.0.1",
+            free_port(),
+            free_port(),
+            node_id,
+            claim_services,
+            extra,
+        )
+        .await
+    }
+
     /// An ingest node inside `host`, advertising its address.
     pub async fn start_in(
         host: &Host,

@@ -12,7 +12,10 @@
 //!
 //! A draining replica moves every session, to the least loaded replica
 //! each time. A replica is a target only if it is live (has a record) and
-//! is not draining.
+//! is not draining. A draining replica whose only peers write no record
+//! (an older build, mid-upgrade) still moves its sessions, to no replica in
+//! particular (an empty target: the node attaches to the next address it
+//! knows).
 
 /// One replica as the plan sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +42,10 @@ pub fn moves(replicas: &[Replica], me: &str, slack: usize, batch: usize) -> Vec<
         .map(|r| (r.sessions, r.id.as_str()))
         .collect();
     let mut out = Vec::new();
+    if draining && targets.is_empty() && replicas.iter().any(|r| r.id != me && !r.live) {
+        out.resize(batch.min(held), String::new());
+        return out;
+    }
     while out.len() < batch && held > 0 {
         let Some(least) = targets.iter_mut().min() else {
             break;
@@ -91,6 +98,16 @@ mod tests {
     }
 
     #[test]
+    fn a_draining_replica_among_older_builds_sends_its_nodes_to_any() {
+        let mut a = r("a", 3);
+        a.draining = true;
+        let mut old = r("old", 4);
+        old.live = false;
+        assert_eq!(moves(&[a.clone(), old], "a", 2, 2), ["", ""]);
+        assert!(moves(&[a], "a", 2, 2).is_empty(), "alone: nowhere to go");
+    }
+
+    #[test]
     fn a_replica_without_a_record_is_no_target_and_alone_nothing_moves() {
         let mut old = r("old", 0);
         old.live = false;
@@ -106,7 +123,8 @@ mod tests {
                     id: format!("r{i}"),
                     sessions,
                     live: live || i == 0,
-                    draining: d == 0,
+                    // Only a replica with a record can say it drains.
+                    draining: d == 0 && (live || i == 0),
                 })
                 .collect()
         })
@@ -129,11 +147,24 @@ mod tests {
             loop {
                 let mut moved = false;
                 for i in 0..replicas.len() {
+                    if !replicas[i].live {
+                        // An older build: it never moves a session.
+                        continue;
+                    }
                     let me = replicas[i].id.clone();
                     for to in moves(&replicas, &me, slack, batch) {
                         let before = square(&replicas);
                         let draining = replicas[i].draining;
                         replicas[i].sessions -= 1;
+                        if to.is_empty() {
+                            // No live target: the node attaches to an older
+                            // replica it knows.
+                            prop_assert!(draining);
+                            let t = replicas.iter_mut().find(|r| r.id != me && !r.live).unwrap();
+                            t.sessions += 1;
+                            moved = true;
+                            continue;
+                        }
                         let t = replicas.iter_mut().find(|r| r.id == to).unwrap();
                         prop_assert!(t.live && !t.draining && t.id != me);
                         t.sessions += 1;
