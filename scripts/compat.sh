@@ -35,6 +35,9 @@ cargo build --locked -p system-tests --tests
 echo ">> mixed fleets: $old (${rev:0:12}) and $(git rev-parse --short HEAD)"
 CLAIMS_COMPAT_OLD="$PWD/$dir/target/debug" CLAIMS_COMPAT_OLD_NAME="$old" CLAIMS_TEST_BUILT=1 \
   cargo test --locked -p system-tests --test compat -- --ignored --nocapture --test-threads 1 2>&1 |
-  tee target/compat/last.log
-echo ">> the matrix"
-grep '^compat |' target/compat/last.log | sed 's/^compat //'
+  tee target/compat/last.log || true
+echo ">> the matrix ($old against $(git rev-parse --short HEAD))"
+echo "| cell | result |"
+echo "| --- | --- |"
+grep -o 'compat |.*|' target/compat/last.log | sed 's/^compat //' || true
+grep -q '^test result: ok' target/compat/last.log

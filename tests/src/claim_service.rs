@@ -49,8 +49,14 @@ impl ClaimService {
         prefix: &str,
         extra: &[&str],
     ) -> Result<Self> {
-        let cmd = Command::new(binary("claim-service"));
-        Self::start_on_loopback(cmd, port, etcd_endpoints, prefix, extra, None).await
+        Self::start_binary_at(
+            &binary("claim-service"),
+            port,
+            etcd_endpoints,
+            prefix,
+            extra,
+        )
+        .await
     }
 
     /// As [`ClaimService::start`], allowed at most `files` open file
@@ -88,7 +94,7 @@ impl ClaimService {
         extra: &[&str],
         tls: Option<ClientTlsConfig>,
     ) -> Result<Self> {
-        Self::launch(
+        Self::spawn(
             cmd,
             "127.0.0.1",
             "127.0.0.1",
@@ -98,7 +104,8 @@ impl ClaimService {
             prefix,
             extra,
             tls,
-        )
+        )?
+        .once_serving()
         .await
     }
 
@@ -123,7 +130,7 @@ impl ClaimService {
     ) -> Result<Self> {
         let mut cmd = host.command(binary("claim-service"));
         cmd.envs(env.iter().map(|(k, v)| (k, v)));
-        Self::launch(
+        Self::spawn(
             cmd,
             "0.0.0.0",
             &host.ip,
@@ -133,7 +140,8 @@ impl ClaimService {
             prefix,
             extra,
             None,
-        )
+        )?
+        .once_serving()
         .await
     }
 
@@ -195,33 +203,10 @@ impl ClaimService {
         })
     }
 
-    /// Spawns `cmd` listening on `bind`, reached at `ip`, and waits until it
-    /// says SERVING.
-    #[allow(clippy::too_many_arguments)]
-    async fn launch(
-        cmd: Command,
-        bind: &str,
-        ip: &str,
-        port: u16,
-        metrics_port: u16,
-        etcd_endpoints: &str,
-        prefix: &str,
-        extra: &[&str],
-        tls: Option<ClientTlsConfig>,
-    ) -> Result<Self> {
-        let svc = Self::spawn(
-            cmd,
-            bind,
-            ip,
-            port,
-            metrics_port,
-            etcd_endpoints,
-            prefix,
-            extra,
-            tls,
-        )?;
-        svc.wait_serving(true).await?;
-        Ok(svc)
+    /// Waits until it says SERVING.
+    async fn once_serving(self) -> Result<Self> {
+        self.wait_serving(true).await?;
+        Ok(self)
     }
 
     /// What `/readyz` on the metrics port answers (status line and body).

@@ -76,18 +76,7 @@ impl IngestNode {
     /// Starts a node attached to `claim_services` and waits until its HTTP
     /// side answers.
     pub async fn start(node_id: &str, claim_services: &[String], extra: &[&str]) -> Result<Self> {
-        let cmd = Command::new(binary("ingest-node"));
-        Self::launch(
-            cmd,
-            "127.0.0.1",
-            "127.0.0.1",
-            free_port(),
-            free_port(),
-            node_id,
-            claim_services,
-            extra,
-        )
-        .await
+        Self::start_binary(&binary("ingest-node"), node_id, claim_services, extra).await
     }
 
     /// As [`IngestNode::start`], from another build's binary (an older

@@ -30,6 +30,7 @@ pub mod checker;
 pub mod claim_service;
 pub mod clients;
 pub mod etcd;
+pub mod fleet;
 pub mod fuzz;
 pub mod hostile;
 pub mod ingest;

@@ -8,234 +8,85 @@
 //! without an older build there is nothing to compare.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use system_tests::checker::Checker;
-use system_tests::v1 as pb;
+use system_tests::fleet::{released, Build, Fleet};
 use system_tests::*;
-
-const TOKEN: &str = "compat-admin-token";
-
-fn old_binary(name: &str) -> Result<PathBuf> {
-    let dir = std::env::var("CLAIMS_COMPAT_OLD")
-        .context("CLAIMS_COMPAT_OLD is not set: run scripts/compat.sh OLD_REF")?;
-    Ok(PathBuf::from(dir).join(name))
-}
 
 fn old_name() -> String {
     std::env::var("CLAIMS_COMPAT_OLD_NAME").unwrap_or_else(|_| "old".into())
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Build {
-    Old,
-    New,
+/// A fleet of `replicas` with `nodes` (each publishing `live/{id}`, the
+/// i-th attached first to replica i mod the replicas); the claims and the
+/// revision after which the cell's history starts.
+async fn mixed(
+    name: &str,
+    replicas: &[Build],
+    nodes: &[Build],
+) -> Result<(Fleet, BTreeMap<String, (String, i64)>, i64)> {
+    let mut fleet = Fleet::start(name, replicas, &[]).await?;
+    for (i, build) in nodes.iter().enumerate() {
+        fleet
+            .add_node(&format!("node-{i}"), *build, i % replicas.len())
+            .await?;
+    }
+    fleet.publish_everywhere().await?;
+    let claims = fleet.claims(replicas.len() - 1).await?;
+    let from = fleet.revision().await? + 1;
+    Ok((fleet, claims, from))
 }
 
-struct Mixed {
-    etcd: Etcd,
-    prefix: String,
-    ports: Vec<u16>,
-    replicas: Vec<Option<ClaimService>>,
-    nodes: Vec<(IngestNode, u16)>,
-    token_file: PathBuf,
+async fn wait_all_on(fleet: &Fleet, at: usize, replica: &str) -> Result<()> {
+    let n = fleet.nodes.len();
+    until(
+        Duration::from_millis(100),
+        async || fleet.placement(at).await,
+        |p| p.len() == n && p.values().all(|r| r == replica),
+    )
+    .await
+    .with_context(|| format!("the sessions never all went to {replica}"))?;
+    Ok(())
+}
+
+/// The checks of a cell, read from replica `at`: the history since `from`
+/// (tokens never go back, one holder at a time, nothing released), every
+/// claim kept with its owner and token, and every node saying it holds its
+/// broadcast with that token.
+async fn verdict(
+    fleet: &Fleet,
+    at: usize,
     from: i64,
-}
-
-impl Mixed {
-    async fn start(name: &str, replicas: &[Build]) -> Result<Self> {
-        let etcd = Etcd::start().await?;
-        let token_file =
-            std::env::temp_dir().join(format!("claims-token-{}-{name}", std::process::id()));
-        std::fs::write(&token_file, format!("{TOKEN}\n"))?;
-        let mut mixed = Self {
-            etcd,
-            prefix: test_prefix(name),
-            ports: replicas.iter().map(|_| free_port()).collect(),
-            replicas: Vec::new(),
-            nodes: Vec::new(),
-            token_file,
-            from: 0,
-        };
-        for (i, build) in replicas.iter().enumerate() {
-            let svc = mixed.start_replica(i, *build).await?;
-            mixed.replicas.push(Some(svc));
-        }
-        Ok(mixed)
-    }
-
-    fn url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.ports[i])
-    }
-
-    async fn start_replica(&self, i: usize, build: Build) -> Result<ClaimService> {
-        let id = format!("replica-{i}");
-        let token = self.token_file.to_string_lossy().to_string();
-        let mut flags = vec!["--service-id", &id, "--admin-token-file", &token];
-        let advertise = self.url(i);
-        if build == Build::New {
-            flags.extend(["--advertise", &advertise]);
-        }
-        match build {
-            Build::New => {
-                ClaimService::start_at(self.ports[i], &self.etcd.endpoint(), &self.prefix, &flags)
-                    .await
-            }
-            Build::Old => {
-                ClaimService::start_binary_at(
-                    &old_binary("claim-service")?,
-                    self.ports[i],
-                    &self.etcd.endpoint(),
-                    &self.prefix,
-                    &flags,
-                )
-                .await
-            }
-        }
-    }
-
-    /// A node of `build` that knows every replica, `first` first, with a
-    /// broadcast `live/{node_id}` published through its hook.
-    async fn publish_on(&mut self, node_id: &str, build: Build, first: usize) -> Result<()> {
-        let n = self.ports.len();
-        let urls: Vec<String> = (0..n).map(|k| self.url((first + k) % n)).collect();
-        let hooks_port = free_port();
-        let hooks = format!("127.0.0.1:{hooks_port}");
-        let flags = ["--media-server", "nginx-rtmp", "--hooks-listen", &hooks];
-        let node = match build {
-            Build::New => IngestNode::start(node_id, &urls, &flags).await?,
-            Build::Old => {
-                IngestNode::start_binary(&old_binary("ingest-node")?, node_id, &urls, &flags)
-                    .await?
-            }
-        };
-        node.wait_attached().await?;
-        let code = nginx_hook_post(hooks_port, &nginx_hook("publish", node_id, "1"))?;
-        if code != 200 {
-            bail!("publish on {node_id} answered {code}:\n{}", node.log_text());
-        }
-        self.nodes.push((node, hooks_port));
-        Ok(())
-    }
-
-    fn replica(&self, i: usize) -> &ClaimService {
-        self.replicas[i].as_ref().expect("replica running")
-    }
-
-    async fn claims(&self, at: usize) -> Result<BTreeMap<String, (String, i64)>> {
-        let mut client = self.replica(at).ownership().await?;
-        let resp = client
-            .list_claims(pb::ListClaimsRequest {
-                prefix: "live/".into(),
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        Ok(resp
-            .claims
+    before: &BTreeMap<String, (String, i64)>,
+) -> Result<Vec<String>> {
+    let mut checker = Checker::default();
+    checker.watched = fleet.changes_since(at, from).await?;
+    let mut anomalies = checker.check();
+    anomalies.extend(checker.one_holder_at_a_time());
+    anomalies.extend(
+        released(&checker.watched)
             .into_iter()
-            .map(|c| (c.broadcast, (c.node_id, c.fencing_token)))
-            .collect())
+            .map(|b| format!("released: {b}")),
+    );
+    let after = fleet.claims(at).await?;
+    if &after != before {
+        anomalies.push(format!("claims changed: {before:?} -> {after:?}"));
     }
-
-    /// Where each node's session is, as replica `at` lists them.
-    async fn placement(&self, at: usize) -> Result<BTreeMap<String, String>> {
-        Ok(self
-            .replica(at)
-            .nodes()
-            .await?
-            .into_iter()
-            .filter(|n| !n.detached)
-            .map(|n| (n.node_id, n.service_id))
-            .collect())
-    }
-
-    async fn wait_placement(
-        &self,
-        at: usize,
-        check: impl Fn(&BTreeMap<String, String>) -> bool,
-    ) -> Result<BTreeMap<String, String>> {
-        until(
-            Duration::from_millis(100),
-            async || self.placement(at).await,
-            check,
-        )
-        .await
-    }
-
-    async fn mark_start(&mut self) -> Result<()> {
-        let mut client = self.etcd.client().await?;
-        self.from = client
-            .get("/", Some(etcd_client::GetOptions::new().with_count_only()))
-            .await?
-            .header()
-            .map(|h| h.revision())
-            .unwrap_or(0)
-            + 1;
-        Ok(())
-    }
-
-    fn claimctl(&self, at: usize, args: &[&str]) -> Result<String> {
-        let out = std::process::Command::new(binary("claimctl"))
-            .env("CLAIMCTL_ADMIN_TOKEN", TOKEN)
-            .args(["--server", &self.url(at)])
-            .args(args)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "claimctl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+    for (node, _) in &fleet.nodes {
+        let broadcast = format!("live/{}", node.node_id);
+        let want = before.get(&broadcast).map(|(_, t)| *t);
+        let told = node
+            .wait_broadcast(&broadcast, |c| c["claim"]["state"] == "claimed")
+            .await
+            .map(|c| c["claim"]["fencing_token"].as_i64());
+        match told {
+            Ok(token) if token == want => {}
+            other => anomalies.push(format!("{} says {other:?}, not {want:?}", node.node_id)),
         }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
-
-    /// The checks of a cell, read from replica `at`: the history since the
-    /// start, every claim kept with the token it had, and every node
-    /// saying it holds its broadcast with that token.
-    async fn verdict(
-        &self,
-        at: usize,
-        before: &BTreeMap<String, (String, i64)>,
-    ) -> Result<Vec<String>> {
-        let mut checker = Checker::default();
-        let mut watcher = Watcher::open(self.replica(at), "live/", self.from).await?;
-        while let Some(e) = watcher.quiet_for(Duration::from_secs(1)).await {
-            checker.watched.push(e);
-        }
-        let mut anomalies = checker.check();
-        anomalies.extend(checker.one_holder_at_a_time());
-        for e in &checker.watched {
-            if e.kind == pb::claim_event::Kind::Released as i32 {
-                anomalies.push(format!("released: {e:?}"));
-            }
-        }
-        let after = self.claims(at).await?;
-        if &after != before {
-            anomalies.push(format!("claims changed: {before:?} -> {after:?}"));
-        }
-        for (node, _) in &self.nodes {
-            let broadcast = format!("live/{}", node.node_id);
-            let want = before.get(&broadcast).map(|(_, t)| *t);
-            let told = node
-                .wait_broadcast(&broadcast, |c| c["claim"]["state"] == "claimed")
-                .await
-                .map(|c| c["claim"]["fencing_token"].as_i64());
-            match told {
-                Ok(token) if token == want => {}
-                other => anomalies.push(format!("{} says {other:?}, not {want:?}", node.node_id)),
-            }
-        }
-        Ok(anomalies)
-    }
-}
-
-impl Drop for Mixed {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.token_file);
-    }
+    Ok(anomalies)
 }
 
 fn report(cell: &str, anomalies: &[String]) -> Result<()> {
@@ -254,17 +105,17 @@ fn report(cell: &str, anomalies: &[String]) -> Result<()> {
 #[tokio::test]
 #[ignore = "needs an older build: scripts/compat.sh OLD_REF"]
 async fn old_nodes_on_new_replicas_move_with_their_claims() -> Result<()> {
-    let mut m = Mixed::start("compat-old-nodes", &[Build::New, Build::New]).await?;
-    m.publish_on("old-a", Build::Old, 0).await?;
-    m.publish_on("old-b", Build::Old, 0).await?;
-    m.mark_start().await?;
-    let before = m.claims(1).await?;
-    // The old nodes do not know `move`: the stream's end sends them on.
-    m.claimctl(1, &["drain-replica", "replica-0"])?;
-    m.wait_placement(1, |p| p.len() == 2 && p.values().all(|r| r == "replica-1"))
-        .await
-        .context("the old nodes never left the drained replica")?;
-    let anomalies = m.verdict(1, &before).await?;
+    let (fleet, before, from) = mixed(
+        "compat-old-nodes",
+        &[Build::New, Build::New],
+        &[Build::Old, Build::Old],
+    )
+    .await?;
+    // Node 0 is on replica 0, node 1 on replica 1. The old nodes do not
+    // know `move`: the stream's end sends them on.
+    fleet.claimctl(1, &["drain-replica", "replica-0"])?;
+    wait_all_on(&fleet, 1, "replica-1").await?;
+    let anomalies = verdict(&fleet, 1, from, &before).await?;
     report(
         &format!(
             "{} nodes, new replicas: drain-replica moves them",
@@ -277,18 +128,20 @@ async fn old_nodes_on_new_replicas_move_with_their_claims() -> Result<()> {
 #[tokio::test]
 #[ignore = "needs an older build: scripts/compat.sh OLD_REF"]
 async fn new_nodes_on_old_replicas_fail_over_with_their_claims() -> Result<()> {
-    let mut m = Mixed::start("compat-old-replicas", &[Build::Old, Build::Old]).await?;
-    m.publish_on("new-a", Build::New, 0).await?;
-    m.publish_on("new-b", Build::New, 1).await?;
-    m.mark_start().await?;
-    let before = m.claims(1).await?;
+    let (mut fleet, before, from) = mixed(
+        "compat-old-replicas",
+        &[Build::Old, Build::Old],
+        &[Build::New, Build::New],
+    )
+    .await?;
     // An old replica stopped with SIGTERM leaves its sessions' claims.
-    let mut stopped = m.replicas[0].take().context("replica 0")?;
-    stopped.terminate().await?;
-    m.wait_placement(1, |p| p.len() == 2 && p.values().all(|r| r == "replica-1"))
-        .await
-        .context("the new node never attached to the other old replica")?;
-    let anomalies = m.verdict(1, &before).await?;
+    fleet.replicas[0]
+        .take()
+        .context("replica 0")?
+        .terminate()
+        .await?;
+    wait_all_on(&fleet, 1, "replica-1").await?;
+    let anomalies = verdict(&fleet, 1, from, &before).await?;
     report(
         &format!(
             "new nodes, {} replicas: SIGTERM fails them over",
@@ -301,35 +154,25 @@ async fn new_nodes_on_old_replicas_fail_over_with_their_claims() -> Result<()> {
 #[tokio::test]
 #[ignore = "needs an older build: scripts/compat.sh OLD_REF"]
 async fn an_old_and_a_new_replica_hand_sessions_to_each_other() -> Result<()> {
-    let mut m = Mixed::start("compat-mixed", &[Build::Old, Build::New]).await?;
-    for (i, build) in [Build::New, Build::Old, Build::New, Build::Old]
-        .into_iter()
-        .enumerate()
-    {
-        m.publish_on(&format!("node-{i}"), build, i % 2).await?;
-    }
-    m.mark_start().await?;
-    let before = m.claims(1).await?;
+    let nodes = [Build::New, Build::Old, Build::New, Build::Old];
+    let (mut fleet, before, from) =
+        mixed("compat-mixed", &[Build::Old, Build::New], &nodes).await?;
     // The new replica drains to the old one (which writes no record: the
     // nodes go to the next address they know).
-    m.claimctl(1, &["drain-replica", "replica-1"])?;
-    m.wait_placement(1, |p| p.len() == 4 && p.values().all(|r| r == "replica-0"))
-        .await
-        .context("the sessions never left the draining new replica")?;
-    m.claimctl(1, &["drain-replica", "--undo", "replica-1"])?;
+    fleet.claimctl(1, &["drain-replica", "replica-1"])?;
+    wait_all_on(&fleet, 1, "replica-0").await?;
+    fleet.claimctl(1, &["drain-replica", "--undo", "replica-1"])?;
     // The old replica stops: every session comes to the new one.
-    let mut stopped = m.replicas[0].take().context("replica 0")?;
-    stopped.terminate().await?;
-    m.wait_placement(1, |p| p.len() == 4 && p.values().all(|r| r == "replica-1"))
-        .await
-        .context("the sessions never came to the new replica")?;
-    let anomalies = m.verdict(1, &before).await?;
+    fleet.replicas[0]
+        .take()
+        .context("replica 0")?
+        .terminate()
+        .await?;
+    wait_all_on(&fleet, 1, "replica-1").await?;
+    let anomalies = verdict(&fleet, 1, from, &before).await?;
+    let old = old_name();
     report(
-        &format!(
-            "{} and new replica, new and {} nodes: sessions both ways",
-            old_name(),
-            old_name()
-        ),
+        &format!("{old} and new replica, new and {old} nodes: sessions both ways"),
         &anomalies,
     )
 }

@@ -4,232 +4,32 @@
 //! etcd, real replicas, real ingest nodes; their claims are made through
 //! the nginx-rtmp hooks (`on_publish`), which need no media.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
+use system_tests::fleet::{released, Build, Fleet};
 use system_tests::v1 as pb;
 use system_tests::*;
 
-use pb::claim_event::Kind;
-
 /// `--spread-slack`'s default.
 const SLACK: usize = 2;
-const TOKEN: &str = "replicas-admin-token";
 
-struct Fleet {
-    etcd: Etcd,
-    prefix: String,
-    ports: Vec<u16>,
-    replicas: Vec<Option<ClaimService>>,
-    nodes: Vec<(IngestNode, u16)>,
-    token_file: std::path::PathBuf,
-    min_age: &'static str,
-}
-
-impl Fleet {
-    async fn start(
-        name: &str,
-        replicas: usize,
-        nodes: usize,
-        min_age: &'static str,
-    ) -> Result<Self> {
-        let etcd = Etcd::start().await?;
-        let token_file =
-            std::env::temp_dir().join(format!("claims-token-{}-{name}", std::process::id()));
-        std::fs::write(&token_file, format!("{TOKEN}\n"))?;
-        let mut fleet = Self {
-            etcd,
-            prefix: test_prefix(name),
-            ports: (0..replicas).map(|_| free_port()).collect(),
-            replicas: Vec::new(),
-            nodes: Vec::new(),
-            token_file,
-            min_age,
-        };
-        for i in 0..replicas {
-            let svc = fleet.start_replica(i).await?;
-            fleet.replicas.push(Some(svc));
-        }
-        for i in 0..nodes {
-            fleet
-                .start_node(&format!("node-{i:02}"), i % replicas)
-                .await?;
-        }
-        Ok(fleet)
+async fn fleet(name: &str, nodes: usize, min_age: &str) -> Result<Fleet> {
+    let new = [Build::New, Build::New, Build::New];
+    let mut fleet = Fleet::start(name, &new, &["--spread-min-age", min_age]).await?;
+    for i in 0..nodes {
+        fleet
+            .add_node(&format!("node-{i:02}"), Build::New, i % 3)
+            .await?;
     }
-
-    fn url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.ports[i])
-    }
-
-    async fn start_replica(&self, i: usize) -> Result<ClaimService> {
-        let id = format!("replica-{i}");
-        let advertise = self.url(i);
-        let token = self.token_file.to_string_lossy().to_string();
-        ClaimService::start_at(
-            self.ports[i],
-            &self.etcd.endpoint(),
-            &self.prefix,
-            &[
-                "--service-id",
-                &id,
-                "--advertise",
-                &advertise,
-                "--spread-min-age",
-                self.min_age,
-                "--admin-token-file",
-                &token,
-            ],
-        )
-        .await
-    }
-
-    /// A node that knows every replica, `first` first.
-    async fn start_node(&mut self, node_id: &str, first: usize) -> Result<()> {
-        let n = self.ports.len();
-        let urls: Vec<String> = (0..n).map(|k| self.url((first + k) % n)).collect();
-        let hooks_port = free_port();
-        let hooks = format!("127.0.0.1:{hooks_port}");
-        let node = IngestNode::start(
-            node_id,
-            &urls,
-            &["--media-server", "nginx-rtmp", "--hooks-listen", &hooks],
-        )
-        .await?;
-        node.wait_attached().await?;
-        self.nodes.push((node, hooks_port));
-        Ok(())
-    }
-
-    fn replica(&self, i: usize) -> &ClaimService {
-        self.replicas[i].as_ref().expect("replica running")
-    }
-
-    /// Publishes `live/{node_id}` on every node (a claim each).
-    async fn publish_everywhere(&self) -> Result<BTreeMap<String, i64>> {
-        for (node, hooks_port) in &self.nodes {
-            let name = node.node_id.clone();
-            let code = nginx_hook_post(*hooks_port, &nginx_hook("publish", &name, "1"))?;
-            if code != 200 {
-                bail!("publish on {name} answered {code}:\n{}", node.log_text());
-            }
-        }
-        self.tokens(0, self.nodes.len()).await
-    }
-
-    /// Every claim under `live/` with its fencing token, once there are `n`.
-    async fn tokens(&self, at: usize, n: usize) -> Result<BTreeMap<String, i64>> {
-        let svc = self.replica(at);
-        let claims = until(
-            Duration::from_millis(50),
-            async || {
-                let mut client = svc.ownership().await?;
-                let resp = client
-                    .list_claims(pb::ListClaimsRequest {
-                        prefix: "live/".into(),
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner();
-                Ok(resp
-                    .claims
-                    .into_iter()
-                    .map(|c| (c.broadcast, c.fencing_token))
-                    .collect::<BTreeMap<_, _>>())
-            },
-            |claims| claims.len() == n,
-        )
-        .await?;
-        Ok(claims)
-    }
-
-    /// Attached sessions per replica, as replica `at` lists its nodes.
-    async fn loads(&self, at: usize) -> Result<BTreeMap<String, usize>> {
-        let mut loads = BTreeMap::new();
-        for node in self.replica(at).nodes().await? {
-            if !node.detached {
-                *loads.entry(node.service_id).or_default() += 1;
-            }
-        }
-        Ok(loads)
-    }
-
-    /// Waits until the loads `at` sees pass `check`.
-    async fn wait_loads(
-        &self,
-        at: usize,
-        bound: Duration,
-        check: impl Fn(&BTreeMap<String, usize>) -> bool,
-    ) -> Result<BTreeMap<String, usize>> {
-        until_for(
-            bound,
-            Duration::from_millis(100),
-            async || self.loads(at).await,
-            check,
-        )
-        .await
-    }
-
-    /// Times the sessions of each node attached (its first included).
-    fn attaches(&self) -> HashMap<String, usize> {
-        self.nodes
-            .iter()
-            .map(|(n, _)| {
-                let log = n.log_text();
-                (
-                    n.node_id.clone(),
-                    log.matches("claim session attached").count(),
-                )
-            })
-            .collect()
-    }
-
-    /// Every change under `live/` since `revision`, read from replica `at`
-    /// until none comes for a second.
-    async fn changes_since(&self, at: usize, revision: i64) -> Result<Vec<pb::ClaimEvent>> {
-        let mut watcher = Watcher::open(self.replica(at), "live/", revision).await?;
-        let mut events = Vec::new();
-        while let Some(e) = watcher.quiet_for(Duration::from_secs(1)).await {
-            events.push(e);
-        }
-        Ok(events)
-    }
-
-    async fn revision(&self) -> Result<i64> {
-        let mut client = self.etcd.client().await?;
-        Ok(client
-            .get("/", Some(etcd_client::GetOptions::new().with_count_only()))
-            .await?
-            .header()
-            .map(|h| h.revision())
-            .unwrap_or(0))
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.token_file);
-    }
+    Ok(fleet)
 }
 
 fn spread(loads: &BTreeMap<String, usize>, replicas: usize, sessions: usize) -> bool {
     let max = loads.values().copied().max().unwrap_or(0);
     let min = loads.values().copied().min().unwrap_or(0);
     loads.len() == replicas && loads.values().sum::<usize>() == sessions && max - min <= SLACK
-}
-
-fn released(events: &[pb::ClaimEvent]) -> Vec<String> {
-    events
-        .iter()
-        .filter(|e| e.kind == Kind::Released as i32)
-        .map(|e| {
-            e.claim
-                .as_ref()
-                .map(|c| c.broadcast.clone())
-                .unwrap_or_default()
-        })
-        .collect()
 }
 
 /// Publish and end `live/probe-{k}` through the probe node's hook `n`
@@ -257,11 +57,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::test]
 async fn sessions_spread_back_over_a_replica_that_returns_and_keep_their_claims() -> Result<()> {
     const NODES: usize = 30;
-    let mut fleet = Fleet::start("spread", 3, NODES, "10s").await?;
+    let mut fleet = fleet("spread", NODES, "10s").await?;
     let tokens = fleet.publish_everywhere().await?;
     let from = fleet.revision().await? + 1;
     let probe_port = {
-        fleet.start_node("node-probe", 0).await?;
+        fleet.add_node("node-probe", Build::New, 0).await?;
         fleet.nodes.last().map(|(_, p)| *p).unwrap_or_default()
     };
     let sessions = NODES + 1;
@@ -282,7 +82,7 @@ async fn sessions_spread_back_over_a_replica_that_returns_and_keep_their_claims(
 
     // It returns: the others move sessions to it, a few at a time.
     let returned = Instant::now();
-    fleet.replicas[2] = Some(fleet.start_replica(2).await?);
+    fleet.replicas[2] = Some(fleet.start_replica(2, Build::New).await?);
     let during = probe_claims(probe_port, 100, 20)?;
     let loads = fleet
         .wait_loads(0, Duration::from_secs(90), |l| spread(l, 3, sessions))
@@ -297,7 +97,7 @@ async fn sessions_spread_back_over_a_replica_that_returns_and_keep_their_claims(
         .collect();
     assert!(released.is_empty(), "released while moving: {released:?}");
     let now: BTreeMap<String, i64> = fleet
-        .tokens(0, NODES)
+        .tokens(0)
         .await?
         .into_iter()
         .filter(|(b, _)| !b.starts_with("live/probe-"))
@@ -331,21 +131,13 @@ async fn sessions_spread_back_over_a_replica_that_returns_and_keep_their_claims(
 async fn a_drained_replica_and_a_stopped_one_move_every_session_and_release_nothing() -> Result<()>
 {
     const NODES: usize = 9;
-    let mut fleet = Fleet::start("drain", 3, NODES, "30s").await?;
+    let mut fleet = fleet("drain", NODES, "30s").await?;
     let tokens = fleet.publish_everywhere().await?;
     let from = fleet.revision().await? + 1;
 
     // An operator drains replica 0.
-    let out = std::process::Command::new(binary("claimctl"))
-        .env("CLAIMCTL_ADMIN_TOKEN", TOKEN)
-        .args(["--server", &fleet.url(1), "drain-replica", "replica-0"])
-        .output()?;
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && said.contains("replica replica-0 is draining"),
-        "{said}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = fleet.claimctl(1, &["drain-replica", "replica-0"])?;
+    assert!(said.contains("replica replica-0 is draining"), "{said}");
     fleet
         .wait_loads(1, WAIT, |l| {
             !l.contains_key("replica-0") && l.values().sum::<usize>() == NODES
@@ -393,11 +185,7 @@ async fn a_drained_replica_and_a_stopped_one_move_every_session_and_release_noth
         released(&events).is_empty(),
         "released while draining: {events:?}"
     );
-    assert_eq!(
-        fleet.tokens(2, NODES).await?,
-        tokens,
-        "a fencing token changed"
-    );
+    assert_eq!(fleet.tokens(2).await?, tokens, "a fencing token changed");
     let attaches = fleet.attaches();
     assert!(attaches.values().all(|n| *n <= 3), "{attaches:?} {loads:?}");
     Ok(())

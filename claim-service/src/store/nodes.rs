@@ -198,33 +198,54 @@ impl Store {
     /// when the node has no record (not attached anywhere).
     pub async fn set_draining(&self, node_id: &str, draining: bool) -> Result<Option<NodeRecord>> {
         let key = self.inner.layout.node(node_id);
+        self.rewrite_in_place(
+            &key,
+            "drain_txn",
+            &format!("node record of {node_id:?}"),
+            |kv| {
+                let mut record = NodeRecord::from_kv(kv)?;
+                record.draining = draining;
+                Some((record.to_json(), record))
+            },
+        )
+        .await
+    }
+
+    /// Rewrites the value at `key` as `change` makes it from what is there,
+    /// keeping its lease, if nothing wrote it in between (tried a few
+    /// times). `None` when there is no key; unavailable when `change`
+    /// cannot read the value (`what` names it) or it kept changing.
+    pub(super) async fn rewrite_in_place<T>(
+        &self,
+        key: &str,
+        op: &'static str,
+        what: &str,
+        change: impl Fn(&KeyValue) -> Option<(Vec<u8>, T)>,
+    ) -> Result<Option<T>> {
         for _ in 0..5 {
-            let (Some(kv), _) = self.read_key(Purpose::Claims, &key).await? else {
+            let (Some(kv), _) = self.read_key(Purpose::Claims, key).await? else {
                 return Ok(None);
             };
-            let Some(mut record) = NodeRecord::from_kv(&kv) else {
-                return Err(Error::Unavailable(format!(
-                    "node record of {node_id:?} is not readable"
-                )));
+            let Some((value, changed)) = change(&kv) else {
+                return Err(Error::Unavailable(format!("{what} is not readable")));
             };
-            record.draining = draining;
             let txn = Txn::new()
                 .when([Compare::mod_revision(
-                    key.clone(),
+                    key,
                     CompareOp::Equal,
                     kv.mod_revision(),
                 )])
                 .and_then([TxnOp::put(
-                    key.clone(),
-                    record.to_json(),
+                    key,
+                    value,
                     Some(PutOptions::new().with_ignore_lease()),
                 )]);
-            if self.txn("drain_txn", txn).await?.succeeded() {
-                return Ok(Some(record));
+            if self.txn(op, txn).await?.succeeded() {
+                return Ok(Some(changed));
             }
         }
         Err(Error::Unavailable(format!(
-            "node record of {node_id:?} kept changing; try again"
+            "{what} kept changing; try again"
         )))
     }
 }

@@ -7,7 +7,7 @@ use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 
 use super::layout::{KNOWN_LAYOUTS, LAYOUT_VERSION};
 use super::{Purpose, ReplicaRecord, Store};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// What the layout key says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,32 +80,13 @@ impl Store {
         draining: bool,
     ) -> Result<Option<ReplicaRecord>> {
         let key = self.inner.layout.replica(service_id);
-        for _ in 0..5 {
-            let (Some(kv), _) = self.read_key(Purpose::Claims, &key).await? else {
-                return Ok(None);
-            };
-            let mut record = ReplicaRecord::from_kv(&kv).ok_or_else(|| {
-                Error::Unavailable(format!("replica record of {service_id:?} is not readable"))
-            })?;
+        let what = format!("replica record of {service_id:?}");
+        self.rewrite_in_place(&key, "replica_drain_txn", &what, |kv| {
+            let mut record = ReplicaRecord::from_kv(kv)?;
             record.draining = draining;
-            let txn = Txn::new()
-                .when([Compare::mod_revision(
-                    key.clone(),
-                    CompareOp::Equal,
-                    kv.mod_revision(),
-                )])
-                .and_then([TxnOp::put(
-                    key.clone(),
-                    record.to_json(),
-                    Some(PutOptions::new().with_ignore_lease()),
-                )]);
-            if self.txn("replica_drain_txn", txn).await?.succeeded() {
-                return Ok(Some(record));
-            }
-        }
-        Err(Error::Unavailable(format!(
-            "replica record of {service_id:?} kept changing; try again"
-        )))
+            Some((record.to_json(), record))
+        })
+        .await
     }
 }
 
