@@ -12,6 +12,8 @@
 //!   draining, forced releases, a lagging view);
 //! - `node.rs`: the rules of each broadcast (tracks, claim, standby, retry,
 //!   release, goodbye, detach);
+//! - `answers.rs`: what the store answered about a claim, and the leases
+//!   kept or let go as a result;
 //! - `fence.rs`: the node record as the rules know it, and the claims
 //!   waiting for it;
 //! - `leases.rs`: the leases the session's claims are on, which are kept
@@ -36,6 +38,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod answers;
 mod events;
 mod fence;
 mod leases;
