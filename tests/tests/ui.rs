@@ -84,6 +84,13 @@ async fn the_ownership_page_follows_claims_standbys_and_drains_live() -> Result<
             |v| v == 2,
         )
         .await?;
+    // The replica holds both sessions, as its record and their records say.
+    browser
+        .until(
+            "const r = document.querySelector('#replicas li'); return r && Number(r.dataset.sessions)",
+            |v| v == 2,
+        )
+        .await?;
     browser.eval(OBSERVE).await?;
     let mut watcher = Watcher::open(&stack.svc, "live/", 0).await?;
 

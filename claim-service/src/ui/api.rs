@@ -34,6 +34,17 @@ struct Node {
     claims: u32,
 }
 
+/// A replica and the node sessions it holds (live: it has a record; an
+/// older build holding sessions has none).
+#[derive(Serialize)]
+struct Replica {
+    replica: String,
+    sessions: usize,
+    live: bool,
+    version: String,
+    draining: bool,
+}
+
 #[derive(Serialize)]
 struct Standby {
     node_id: String,
@@ -47,6 +58,8 @@ struct Overview {
     revision: i64,
     claims: usize,
     nodes: Vec<Node>,
+    /// Every replica and the sessions it holds, as the view sees them.
+    replicas: Vec<Replica>,
     /// What sessions attached to this replica stand by for (each
     /// replica knows its own sessions').
     standby: Vec<Standby>,
@@ -105,6 +118,7 @@ pub async fn overview(State(page): State<Arc<Page>>) -> Response {
     };
     let claims = view.count("", 0).map(|(n, _)| n).unwrap_or(0);
     let standby = page.ctx.sessions.standby().await;
+    let replicas = view.replica_loads().unwrap_or_default();
     json(Overview {
         replica: page.ctx.config.service_id.clone(),
         ready: page.readiness.is_ready(),
@@ -122,6 +136,20 @@ pub async fn overview(State(page): State<Arc<Page>>) -> Response {
                 detached: n.record.grace_ends_unix_ms != 0,
                 grace_ends_unix_ms: n.record.grace_ends_unix_ms,
                 claims: n.claims,
+            })
+            .collect(),
+        replicas: replicas
+            .into_iter()
+            .map(|l| Replica {
+                replica: l.service_id,
+                sessions: l.sessions,
+                live: l.record.is_some(),
+                version: l
+                    .record
+                    .as_ref()
+                    .map(|r| r.version.clone())
+                    .unwrap_or_default(),
+                draining: l.record.is_some_and(|r| r.draining),
             })
             .collect(),
         standby: standby

@@ -118,6 +118,19 @@ async function loadOverview() {
   const replicas = new Set(o.nodes.map((n) => n.replica));
   $('node-count').textContent = `${o.nodes.length} on ${replicas.size} replica${replicas.size === 1 ? '' : 's'}`;
 
+  $('replicas').replaceChildren(...o.replicas.map((r) => {
+    const li = el('li');
+    li.appendChild(el('b', r.replica));
+    const what = [`${r.sessions} session${r.sessions === 1 ? '' : 's'}`];
+    if (r.draining) what.push('draining');
+    if (!r.live) what.push('no record (an older build)');
+    if (r.version) what.push(r.version);
+    li.appendChild(document.createTextNode(' ' + what.join(', ')));
+    li.dataset.replica = r.replica;
+    li.dataset.sessions = r.sessions;
+    return li;
+  }));
+
   const standby = $('standby');
   standby.replaceChildren(...o.standby.map((s) => {
     const li = el('li');
