@@ -73,9 +73,6 @@ pub struct Config {
     #[command(subcommand)]
     pub command: Option<Command>,
 
-    #[command(flatten)]
-    pub spread: SpreadConfig,
-
     /// gRPC address (ClaimSessions, Ownership, health, reflection).
     #[arg(long, env = "CLAIMS_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
@@ -303,6 +300,9 @@ pub struct Config {
     /// request on the metrics port its headers.
     #[arg(long, env = "CLAIMS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration, help_heading = "Limits")]
     pub handshake_timeout: Duration,
+
+    #[command(flatten)]
+    pub spread: SpreadConfig,
 }
 
 impl Config {
