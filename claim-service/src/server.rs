@@ -161,9 +161,9 @@ pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = (
         })));
     let metrics_server = tokio::spawn(listen::serve_http(
         metrics_listener,
-        Gate::new("metrics", config.metrics_limits()),
+        Gate::new("metrics", config.limits.metrics_limits()),
         metrics_app,
-        config.handshake_timeout,
+        config.limits.handshake_timeout,
         token.clone(),
         Duration::from_secs(1),
     ));
@@ -172,10 +172,10 @@ pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = (
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = server_tls {
         builder = builder
-            .tls_config(tls.timeout(config.handshake_timeout))
+            .tls_config(tls.timeout(config.limits.handshake_timeout))
             .map_err(|e| Error::InvalidArgument(format!("TLS settings: {e}")))?;
     }
-    let max_message = config.max_message_size;
+    let max_message = config.limits.max_message_size;
     let grpc = builder
         .http2_keepalive_interval(Some(config.http2_keepalive))
         .http2_keepalive_timeout(Some(config.http2_keepalive * 2))
@@ -205,7 +205,7 @@ pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = (
             OwnershipServer::new(OwnershipService::new(
                 store.clone(),
                 view.clone(),
-                Watches::new(config.watch_limits(), metrics.clone()),
+                Watches::new(config.limits.watch_limits(), metrics.clone()),
                 token.clone(),
             ))
             .max_decoding_message_size(MAX_QUERY_MESSAGE),
@@ -217,7 +217,7 @@ pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = (
             // acknowledgement.
             listen::incoming(
                 grpc_listener,
-                Gate::new("grpc", config.grpc_limits()),
+                Gate::new("grpc", config.limits.grpc_limits()),
                 grpc_token.clone(),
             ),
             grpc_token.cancelled_owned(),
@@ -286,7 +286,7 @@ mod tests {
         let config = <Config as clap::Parser>::parse_from(["claim-service"]);
         let incoming = listen::incoming(
             listener,
-            Gate::new("grpc", config.grpc_limits()),
+            Gate::new("grpc", config.limits.grpc_limits()),
             CancellationToken::new(),
         );
         let mut incoming = std::pin::pin!(incoming);

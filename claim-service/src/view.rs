@@ -13,7 +13,7 @@
 //! and one that stops reading falls behind alone (it is told to resume;
 //! nothing waits for it).
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, RwLock};
 
@@ -23,10 +23,13 @@ use crate::claims::Claim;
 use crate::error::{Error, Result};
 use crate::log_budget::{Say, Trouble};
 use crate::store::watch::Change;
-use crate::store::{NodeRecord, Purpose, ReplicaRecord, Snapshot, Store};
+use crate::store::{NodeRecord, Purpose, Snapshot, Store};
 
 mod feed;
 mod replicas;
+mod state;
+
+use state::State;
 
 pub use feed::{ClaimBatch, ClaimChange, ClaimFeed, Feed};
 pub use replicas::ReplicaLoad;
@@ -68,131 +71,6 @@ pub enum ViewEvent {
     NodeGone {
         node_id: String,
     },
-}
-
-#[derive(Default)]
-struct State {
-    claims: BTreeMap<String, Claim>,
-    /// Claims per node, kept with `claims` (ListNodes is asked often: by
-    /// every ingest node's owner cache).
-    counts: HashMap<Arc<str>, u32>,
-    nodes: BTreeMap<String, NodeRecord>,
-    /// Live replicas, by service id.
-    replicas: BTreeMap<String, ReplicaRecord>,
-    revision: i64,
-    synced: bool,
-    shared: Shared,
-    /// Recent claim batches; every claim change after `history_floor` is
-    /// in it.
-    history: VecDeque<ClaimBatch>,
-    history_events: usize,
-    history_floor: i64,
-}
-
-impl State {
-    /// Puts a claim in, keeping the counts.
-    fn insert(&mut self, claim: Claim) {
-        *self.counts.entry(claim.node_id.clone()).or_default() += 1;
-        if let Some(old) = self.claims.insert(claim.broadcast.clone(), claim) {
-            self.uncount(&old.node_id);
-        }
-    }
-
-    /// Takes a claim out, keeping the counts.
-    fn remove(&mut self, broadcast: &str) {
-        if let Some(old) = self.claims.remove(broadcast) {
-            self.uncount(&old.node_id);
-        }
-    }
-
-    fn uncount(&mut self, node_id: &Arc<str>) {
-        if let Some(n) = self.counts.get_mut(node_id) {
-            *n -= 1;
-            if *n == 0 {
-                self.counts.remove(node_id);
-            }
-        }
-    }
-
-    /// A node's record written by `record.session_id`: every claim of the
-    /// node is that session's from now on (a newer session adopts its
-    /// node's claims as they are, without rewriting them; the record is
-    /// their fence). The claims whose session changed, as they are now.
-    fn adopt(&mut self, node_id: &str, record: &NodeRecord) -> Vec<Claim> {
-        if record.session_id.is_empty() {
-            return Vec::new();
-        }
-        let session: Arc<str> = self.shared.string(&Arc::from(record.session_id.as_str()));
-        let service: Arc<str> = self.shared.string(&Arc::from(record.service_id.as_str()));
-        let mut adopted = Vec::new();
-        for claim in self.claims.values_mut() {
-            if &*claim.node_id == node_id && claim.session_id != session {
-                claim.session_id = session.clone();
-                claim.service_id = service.clone();
-                adopted.push(claim.clone());
-            }
-        }
-        adopted
-    }
-
-    fn remember(&mut self, batch: ClaimBatch) {
-        self.history_events += batch.len();
-        self.history.push_back(batch);
-        while self.history_events > HISTORY_EVENTS {
-            let Some(oldest) = self.history.pop_front() else {
-                break;
-            };
-            self.history_events -= oldest.len();
-            if let Some((_, revision)) = oldest.last() {
-                self.history_floor = self.history_floor.max(*revision);
-            }
-        }
-    }
-}
-
-/// One copy of what many claims have in common (node id, endpoints, session
-/// and replica ids): each claim decoded from etcd would otherwise carry its
-/// own, and they are most of a claim's size.
-#[derive(Default)]
-struct Shared {
-    strings: HashSet<Arc<str>>,
-    /// Endpoints by session id (a session's endpoints never change).
-    endpoints: HashMap<Arc<str>, Arc<HashMap<String, String>>>,
-    /// Size after the last prune; the next one comes at twice that.
-    pruned_at: usize,
-}
-
-impl Shared {
-    fn string(&mut self, s: &Arc<str>) -> Arc<str> {
-        match self.strings.get(&**s) {
-            Some(known) => known.clone(),
-            None => {
-                self.strings.insert(s.clone());
-                s.clone()
-            }
-        }
-    }
-
-    fn intern(&mut self, mut claim: Claim) -> Claim {
-        claim.node_id = self.string(&claim.node_id);
-        claim.session_id = self.string(&claim.session_id);
-        claim.service_id = self.string(&claim.service_id);
-        match self.endpoints.get(&claim.session_id) {
-            Some(known) if **known == *claim.endpoints => claim.endpoints = known.clone(),
-            _ => {
-                self.endpoints
-                    .insert(claim.session_id.clone(), claim.endpoints.clone());
-            }
-        }
-        let size = self.strings.len() + self.endpoints.len();
-        if size > 2 * self.pruned_at + 64 {
-            // Forget what no claim holds any more (sessions come and go).
-            self.strings.retain(|s| Arc::strong_count(s) > 1);
-            self.endpoints.retain(|_, e| Arc::strong_count(e) > 1);
-            self.pruned_at = self.strings.len() + self.endpoints.len();
-        }
-        claim
-    }
 }
 
 pub struct View {

@@ -59,13 +59,13 @@ impl Config {
             detach_grace: self.detach_grace,
             hello_timeout: self.hello_timeout,
             limits: Limits {
-                max_claims: self.max_claims_per_node,
-                max_tracks_per_broadcast: self.max_tracks_per_broadcast,
+                max_claims: self.limits.max_claims_per_node,
+                max_tracks_per_broadcast: self.limits.max_tracks_per_broadcast,
                 takeover: self.takeover == Takeover::Allow,
             },
-            max_sessions: self.max_sessions,
-            max_events_per_second: self.max_events_per_second,
-            max_message_size: self.max_message_size,
+            max_sessions: self.limits.max_sessions,
+            max_events_per_second: self.limits.max_events_per_second,
+            max_message_size: self.limits.max_message_size,
         }
     }
 }
