@@ -103,11 +103,6 @@ impl Sessions {
         }
     }
 
-    /// Sessions attached here.
-    pub fn len(&self) -> usize {
-        self.by_node.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
     /// Asks up to `asks.len()` sessions attached for at least `min_age`
     /// (oldest first; none of `skip`) to move their node, one ask each;
     /// the node ids asked.

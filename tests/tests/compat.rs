@@ -61,8 +61,10 @@ async fn verdict(
     from: i64,
     before: &BTreeMap<String, (String, i64)>,
 ) -> Result<Vec<String>> {
-    let mut checker = Checker::default();
-    checker.watched = fleet.changes_since(at, from).await?;
+    let checker = Checker {
+        watched: fleet.changes_since(at, from).await?,
+        ..Checker::default()
+    };
     let mut anomalies = checker.check();
     anomalies.extend(checker.one_holder_at_a_time());
     anomalies.extend(

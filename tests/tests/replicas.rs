@@ -71,7 +71,9 @@ async fn sessions_spread_back_over_a_replica_that_returns_and_keep_their_claims(
         .context("the fleet never attached evenly")?;
 
     // Replica 2 dies: its nodes attach to the next replica they know.
-    fleet.replicas[2].take().map(|mut r| r.kill());
+    if let Some(mut dead) = fleet.replicas[2].take() {
+        dead.kill();
+    }
     fleet
         .wait_loads(0, WAIT, |l| {
             l.values().sum::<usize>() == sessions && !l.contains_key("replica-2")

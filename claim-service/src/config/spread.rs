@@ -69,9 +69,8 @@ impl SpreadConfig {
                     .into(),
             );
         }
-        if !self.advertise.is_empty()
-            && !(self.advertise.starts_with("http://") || self.advertise.starts_with("https://"))
-        {
+        let url = self.advertise.starts_with("http://") || self.advertise.starts_with("https://");
+        if !(self.advertise.is_empty() || url) {
             return Err(format!(
                 "--advertise {:?} must be a URL nodes use, like http://claims-a:50051",
                 self.advertise

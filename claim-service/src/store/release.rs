@@ -69,10 +69,7 @@ impl Store {
     /// per node deleting every key; if anything changed, each is released
     /// on its own. Each `done` runs once its own release is over, told
     /// whether its key was deleted here.
-    pub(super) async fn release_batch(
-        &self,
-        releases: Vec<(Release, Box<dyn FnOnce(bool) + Send>)>,
-    ) {
+    pub(super) async fn release_batch(&self, releases: Vec<(Release, super::worker::ReleaseDone)>) {
         if releases.is_empty() {
             return;
         }

@@ -19,11 +19,14 @@ pub(super) const WORKERS: usize = 16;
 /// The queue's line for the store's own jobs (revoking leases let go).
 const STORE_LINE: queue::Line = 0;
 
+/// What runs once a release is over, told whether its key was deleted.
+pub(super) type ReleaseDone = Box<dyn FnOnce(bool) + Send>;
+
 pub(super) enum Job {
     Claim(Pending),
     Release {
         release: Release,
-        done: Box<dyn FnOnce(bool) + Send>,
+        done: ReleaseDone,
     },
     Revoke {
         lease_id: i64,

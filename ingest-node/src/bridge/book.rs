@@ -267,7 +267,7 @@ impl ClaimBook {
     pub fn answer(&self, msg: ServiceMsg, view: &mut BridgeView) -> Option<NodeMsg> {
         let (broadcast, next) = match msg {
             ServiceMsg::Claimed(c) => {
-                let Some(claim) = c.claim else { return None };
+                let claim = c.claim?;
                 let state = ClaimState::Claimed {
                     fencing_token: claim.fencing_token,
                     lease_id: claim.lease_id,
