@@ -110,18 +110,9 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::DrainReplicaResponse>, Status> {
         self.may_write()?;
         let req = request.into_inner();
-        let id = &req.service_id;
-        if id.is_empty()
-            || id.len() > 128
-            || id
-                .chars()
-                .any(|c| c.is_control() || c.is_whitespace() || c == '/')
-        {
-            return Err(Error::InvalidArgument(format!(
-                "service id {id:?} is not one: 1-128 printable characters without spaces or '/' (ListNodes shows the replicas' ids)"
-            ))
-            .into());
-        }
+        names::check_service_id(&req.service_id).map_err(|e| {
+            Error::InvalidArgument(format!("{e} (ListNodes shows the replicas' ids)"))
+        })?;
         match self
             .store
             .set_replica_draining(&req.service_id, req.draining)

@@ -293,14 +293,7 @@ impl Config {
         self.limits.check()?;
         self.spread.check()?;
         if let Some(id) = &self.service_id {
-            if id.is_empty()
-                || id.len() > 128
-                || id.chars().any(|c| c.is_control() || c.is_whitespace())
-            {
-                return Err(format!(
-                    "--service-id {id:?} must be 1-128 printable characters without spaces"
-                ));
-            }
+            crate::names::check_service_id(id).map_err(|e| format!("--service-id: {e}"))?;
         }
         Ok(())
     }

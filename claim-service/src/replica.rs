@@ -10,11 +10,11 @@
 //! record an older layout wrote (a replica of that layout is attached):
 //! then it serves without writing the key, and writes it once that is gone.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
@@ -27,15 +27,15 @@ const LAYOUT_RECHECK: Duration = Duration::from_secs(5);
 
 /// What this replica knows of itself, shared by the sessions, the health
 /// check, the admin API and the spreading loop.
-#[derive(Default)]
 pub struct ReplicaState {
     pub service_id: String,
     /// SIGTERM: moving every session away before stopping.
     stopping: AtomicBool,
     /// Its record says draining (`drain-replica`).
     marked: AtomicBool,
-    /// Attached sessions the view says it holds.
-    held: AtomicUsize,
+    /// Attached sessions the view says it holds (the spreading loop reads
+    /// them each round).
+    held: watch::Sender<usize>,
     /// Why it cannot serve the layout etcd holds, while that lasts.
     layout_problem: Mutex<Option<String>>,
     /// Whether the layout was checked (and is one this build serves).
@@ -46,7 +46,11 @@ impl ReplicaState {
     pub fn new(service_id: String) -> Self {
         Self {
             service_id,
-            ..Self::default()
+            stopping: AtomicBool::new(false),
+            marked: AtomicBool::new(false),
+            held: watch::Sender::new(0),
+            layout_problem: Mutex::new(None),
+            layout_checked: AtomicBool::new(false),
         }
     }
 
@@ -63,11 +67,17 @@ impl ReplicaState {
     }
 
     pub fn held(&self) -> usize {
-        self.held.load(Ordering::Relaxed)
+        *self.held.borrow()
     }
 
     pub fn set_held(&self, sessions: usize) {
-        self.held.store(sessions, Ordering::Relaxed);
+        self.held
+            .send_if_modified(|held| std::mem::replace(held, sessions) != sessions);
+    }
+
+    /// Once the view shows no session held here.
+    pub async fn drained(&self) {
+        let _ = self.held.subscribe().wait_for(|held| *held == 0).await;
     }
 
     /// Why the layout in etcd cannot be served, if it cannot.

@@ -260,12 +260,7 @@ async fn drain(ctx: &Context, replica: &ReplicaState, limit: Duration) {
     if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(1), mark).await {
         tracing::debug!(error = %e, "could not mark this replica draining in etcd");
     }
-    let moved = async {
-        while replica.held() > 0 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    match tokio::time::timeout(limit, moved).await {
+    match tokio::time::timeout(limit, replica.drained()).await {
         Ok(()) => tracing::info!("every session moved to another replica"),
         Err(_) => tracing::warn!(
             sessions = replica.held(),

@@ -104,18 +104,13 @@ impl Sessions {
     }
 
     /// Asks up to `asks.len()` sessions attached for at least `min_age`
-    /// (oldest first; none of `skip`) to move their node, one ask each;
+    /// (oldest first; none asked before) to move their node, one ask each;
     /// the node ids asked.
-    pub fn ask_to_move(
-        &self,
-        asks: Vec<MoveAsk>,
-        min_age: Duration,
-        skip: &dyn Fn(&str) -> bool,
-    ) -> Vec<String> {
+    pub fn ask_to_move(&self, asks: Vec<MoveAsk>, min_age: Duration) -> Vec<String> {
         let mut map = self.by_node.lock().unwrap_or_else(|p| p.into_inner());
         let mut old: Vec<(&String, &mut Entry)> = map
             .iter_mut()
-            .filter(|(node, e)| !e.moving && e.attached_at.elapsed() >= min_age && !skip(node))
+            .filter(|(_, e)| !e.moving && e.attached_at.elapsed() >= min_age)
             .collect();
         old.sort_by_key(|(node, e)| (e.attached_at, (*node).clone()));
         let mut asked = Vec::new();

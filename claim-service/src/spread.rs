@@ -32,9 +32,20 @@ pub const DRAIN_PACE: usize = 8;
 
 /// Whether another live replica that is not draining can take sessions.
 pub fn others_can_take(loads: &[ReplicaLoad], me: &str) -> bool {
+    plan_view(loads).iter().any(|r| r.takes_from(me))
+}
+
+/// The loads as the plan sees them.
+fn plan_view(loads: &[ReplicaLoad]) -> Vec<plan::Replica> {
     loads
         .iter()
-        .any(|l| l.service_id != me && l.record.as_ref().is_some_and(|r| !r.draining))
+        .map(|l| plan::Replica {
+            id: l.service_id.clone(),
+            sessions: l.sessions,
+            live: l.record.is_some(),
+            draining: l.record.as_ref().is_some_and(|r| r.draining),
+        })
+        .collect()
 }
 
 /// A move asked and not yet seen in the view.
@@ -88,15 +99,7 @@ pub async fn run(
             p.asked.elapsed() < MOVE_COUNTS_FOR
                 && ctx.view.node_replica(node).is_some_and(|r| r == me)
         });
-        let mut replicas: Vec<plan::Replica> = loads
-            .iter()
-            .map(|l| plan::Replica {
-                id: l.service_id.clone(),
-                sessions: l.sessions,
-                live: l.record.is_some(),
-                draining: l.record.as_ref().is_some_and(|r| r.draining),
-            })
-            .collect();
+        let mut replicas = plan_view(&loads);
         for r in replicas.iter_mut() {
             if r.id == me {
                 r.draining = draining;
@@ -133,9 +136,7 @@ pub async fn run(
         } else {
             config.spread_min_age
         };
-        let asked = ctx
-            .sessions
-            .ask_to_move(asks, min_age, &|node| pending.contains_key(node));
+        let asked = ctx.sessions.ask_to_move(asks, min_age);
         for (node, to) in asked.into_iter().zip(targets) {
             tracing::debug!(%node, %to, reason, "node asked to move");
             ctx.metrics.session_moves.with_label_values(&[reason]).inc();

@@ -105,6 +105,19 @@ pub fn check_node_id(id: &str) -> Result<(), String> {
 
 /// Endpoints a node advertises: at most 16, names like track names, URLs of
 /// at most 1024 bytes with a scheme.
+/// A claim-service replica's id (`--service-id`): it names the replica's
+/// key under `replicas/` and is written into every claim and node record.
+pub fn check_service_id(id: &str) -> Result<(), String> {
+    let bad = |c: char| c.is_control() || c.is_whitespace() || c == '/';
+    if id.is_empty() || id.len() > 128 || id.chars().any(bad) {
+        return Err(format!(
+            "service id {} must be 1-128 printable characters without spaces or '/'",
+            quote(id)
+        ));
+    }
+    Ok(())
+}
+
 pub fn check_endpoints(endpoints: &HashMap<String, String>) -> Result<(), String> {
     if endpoints.len() > MAX_ENDPOINTS {
         return Err(format!(

@@ -94,6 +94,20 @@ impl ClaimService {
         extra: &[&str],
         tls: Option<ClientTlsConfig>,
     ) -> Result<Self> {
+        Self::spawn_on_loopback(cmd, port, etcd_endpoints, prefix, extra, tls)?
+            .once_serving()
+            .await
+    }
+
+    /// Spawns `cmd` on loopback at `port` (its metrics on a free port).
+    fn spawn_on_loopback(
+        cmd: Command,
+        port: u16,
+        etcd_endpoints: &str,
+        prefix: &str,
+        extra: &[&str],
+        tls: Option<ClientTlsConfig>,
+    ) -> Result<Self> {
         Self::spawn(
             cmd,
             "127.0.0.1",
@@ -104,9 +118,7 @@ impl ClaimService {
             prefix,
             extra,
             tls,
-        )?
-        .once_serving()
-        .await
+        )
     }
 
     /// A claim-service inside `host`, on its address.
@@ -162,17 +174,7 @@ impl ClaimService {
     /// without waiting for it to say SERVING (a replica that must not).
     pub fn spawn_at(port: u16, etcd_endpoints: &str, prefix: &str, extra: &[&str]) -> Result<Self> {
         let cmd = Command::new(binary("claim-service"));
-        Self::spawn(
-            cmd,
-            "127.0.0.1",
-            "127.0.0.1",
-            port,
-            free_port(),
-            etcd_endpoints,
-            prefix,
-            extra,
-            None,
-        )
+        Self::spawn_on_loopback(cmd, port, etcd_endpoints, prefix, extra, None)
     }
 
     /// Spawns `cmd` listening on `bind`, reached at `ip`.

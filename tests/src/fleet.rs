@@ -98,6 +98,14 @@ impl Fleet {
         .await
     }
 
+    /// Stops replica `i` with SIGTERM, waiting for it to exit; it, to read
+    /// its log.
+    pub async fn stop(&mut self, i: usize) -> Result<ClaimService> {
+        let mut stopped = self.replicas[i].take().context("replica not running")?;
+        stopped.terminate().await?;
+        Ok(stopped)
+    }
+
     pub fn replica(&self, i: usize) -> &ClaimService {
         self.replicas[i].as_ref().expect("replica running")
     }

@@ -54,13 +54,15 @@ async fn wait_all_on(fleet: &Fleet, at: usize, replica: &str) -> Result<()> {
 /// The checks of a cell, read from replica `at`: the history since `from`
 /// (tokens never go back, one holder at a time, nothing released), every
 /// claim kept with its owner and token, and every node saying it holds its
-/// broadcast with that token.
-async fn verdict(
+/// broadcast with that token; printed as the matrix's row for `cell`, and
+/// an error when any failed.
+async fn judge(
+    cell: &str,
     fleet: &Fleet,
     at: usize,
     from: i64,
     before: &BTreeMap<String, (String, i64)>,
-) -> Result<Vec<String>> {
+) -> Result<()> {
     let checker = Checker {
         watched: fleet.changes_since(at, from).await?,
         ..Checker::default()
@@ -88,7 +90,7 @@ async fn verdict(
             other => anomalies.push(format!("{} says {other:?}, not {want:?}", node.node_id)),
         }
     }
-    Ok(anomalies)
+    report(cell, &anomalies)
 }
 
 fn report(cell: &str, anomalies: &[String]) -> Result<()> {
@@ -117,14 +119,17 @@ async fn old_nodes_on_new_replicas_move_with_their_claims() -> Result<()> {
     // know `move`: the stream's end sends them on.
     fleet.claimctl(1, &["drain-replica", "replica-0"])?;
     wait_all_on(&fleet, 1, "replica-1").await?;
-    let anomalies = verdict(&fleet, 1, from, &before).await?;
-    report(
+    judge(
         &format!(
             "{} nodes, new replicas: drain-replica moves them",
             old_name()
         ),
-        &anomalies,
+        &fleet,
+        1,
+        from,
+        &before,
     )
+    .await
 }
 
 #[tokio::test]
@@ -137,20 +142,19 @@ async fn new_nodes_on_old_replicas_fail_over_with_their_claims() -> Result<()> {
     )
     .await?;
     // An old replica stopped with SIGTERM leaves its sessions' claims.
-    fleet.replicas[0]
-        .take()
-        .context("replica 0")?
-        .terminate()
-        .await?;
+    fleet.stop(0).await?;
     wait_all_on(&fleet, 1, "replica-1").await?;
-    let anomalies = verdict(&fleet, 1, from, &before).await?;
-    report(
+    judge(
         &format!(
             "new nodes, {} replicas: SIGTERM fails them over",
             old_name()
         ),
-        &anomalies,
+        &fleet,
+        1,
+        from,
+        &before,
     )
+    .await
 }
 
 #[tokio::test]
@@ -165,16 +169,15 @@ async fn an_old_and_a_new_replica_hand_sessions_to_each_other() -> Result<()> {
     wait_all_on(&fleet, 1, "replica-0").await?;
     fleet.claimctl(1, &["drain-replica", "--undo", "replica-1"])?;
     // The old replica stops: every session comes to the new one.
-    fleet.replicas[0]
-        .take()
-        .context("replica 0")?
-        .terminate()
-        .await?;
+    fleet.stop(0).await?;
     wait_all_on(&fleet, 1, "replica-1").await?;
-    let anomalies = verdict(&fleet, 1, from, &before).await?;
     let old = old_name();
-    report(
+    judge(
         &format!("{old} and new replica, new and {old} nodes: sessions both ways"),
-        &anomalies,
+        &fleet,
+        1,
+        from,
+        &before,
     )
+    .await
 }

@@ -170,8 +170,7 @@ async fn a_drained_replica_and_a_stopped_one_move_every_session_and_release_noth
 
     // SIGTERM on replica 1: its sessions move to replica 2 before it stops
     // (replica 0, drained, takes none).
-    let mut stopped = fleet.replicas[1].take().context("replica 1")?;
-    stopped.terminate().await?;
+    let stopped = fleet.stop(1).await?;
     let log = stopped.log_text();
     assert!(
         log.contains("every session moved to another replica"),

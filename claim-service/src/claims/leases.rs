@@ -39,6 +39,21 @@ pub(super) enum Next {
     LetGo,
 }
 
+/// Counts one off `lease`; whether that was its last.
+fn count_down(counts: &mut HashMap<i64, usize>, lease: i64) -> bool {
+    match counts.get_mut(&lease) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            false
+        }
+        Some(_) => {
+            counts.remove(&lease);
+            true
+        }
+        None => false,
+    }
+}
+
 impl Leases {
     pub(super) fn set_record(&mut self, lease: Option<i64>) {
         self.record = lease;
@@ -62,15 +77,10 @@ impl Leases {
 
     /// A held claim on `lease` is released or gone.
     pub(super) fn drop_held(&mut self, lease: i64) -> Next {
-        match self.held.get_mut(&lease) {
-            Some(held) if *held > 1 => *held -= 1,
-            Some(_) => {
-                self.held.remove(&lease);
-                return self.unused(lease);
-            }
-            None => {}
+        match count_down(&mut self.held, lease) {
+            true => self.unused(lease),
+            false => Next::Nothing,
         }
-        Next::Nothing
     }
 
     /// A claim an earlier session left on `lease` is being released.
@@ -80,15 +90,10 @@ impl Leases {
 
     /// That release is over.
     pub(super) fn stale_released(&mut self, lease: i64) -> Next {
-        match self.stale.get_mut(&lease) {
-            Some(n) if *n > 1 => *n -= 1,
-            Some(_) => {
-                self.stale.remove(&lease);
-                return self.unused(lease);
-            }
-            None => {}
+        match count_down(&mut self.stale, lease) {
+            true => self.unused(lease),
+            false => Next::Nothing,
         }
-        Next::Nothing
     }
 
     /// Whether `lease`'s keys are to be looked at for claims an earlier

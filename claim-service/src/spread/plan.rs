@@ -27,6 +27,13 @@ pub struct Replica {
     pub draining: bool,
 }
 
+impl Replica {
+    /// Whether it can take sessions from replica `me`.
+    pub fn takes_from(&self, me: &str) -> bool {
+        self.id != me && self.live && !self.draining
+    }
+}
+
 /// The replicas `me`'s sessions should move to now, one entry per session
 /// (at most `batch`), given every replica's load.
 pub fn moves(replicas: &[Replica], me: &str, slack: usize, batch: usize) -> Vec<String> {
@@ -38,7 +45,7 @@ pub fn moves(replicas: &[Replica], me: &str, slack: usize, batch: usize) -> Vec<
     let mut held = mine.sessions;
     let mut targets: Vec<(usize, &str)> = replicas
         .iter()
-        .filter(|r| r.id != me && r.live && !r.draining)
+        .filter(|r| r.takes_from(me))
         .map(|r| (r.sessions, r.id.as_str()))
         .collect();
     let mut out = Vec::new();
@@ -166,7 +173,7 @@ mod tests {
                             continue;
                         }
                         let t = replicas.iter_mut().find(|r| r.id == to).unwrap();
-                        prop_assert!(t.live && !t.draining && t.id != me);
+                        prop_assert!(t.takes_from(&me));
                         t.sessions += 1;
                         if !draining {
                             prop_assert!(square(&replicas) < before, "a move that does not narrow a gap");

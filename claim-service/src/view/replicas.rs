@@ -66,9 +66,4 @@ impl View {
         let state = self.read().ok()?;
         state.nodes.get(node_id).map(|r| r.service_id.clone())
     }
-
-    /// A replica's record, if it is live.
-    pub fn replica(&self, service_id: &str) -> Option<ReplicaRecord> {
-        self.read().ok()?.replicas.get(service_id).cloned()
-    }
 }
