@@ -103,6 +103,12 @@ impl Sessions {
         }
     }
 
+    /// Sessions here not asked to move.
+    pub fn staying(&self) -> usize {
+        let map = self.by_node.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().filter(|e| !e.moving).count()
+    }
+
     /// Asks up to `asks.len()` sessions attached for at least `min_age`
     /// (oldest first; none asked before) to move their node, one ask each;
     /// the node ids asked.

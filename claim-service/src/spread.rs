@@ -1,14 +1,16 @@
 //! Spreading node sessions over the replicas, and draining this one.
 //!
-//! Every `--spread-interval` the replicas' loads are read from the view
-//! (the node records name their replica; the replica records say which
-//! replicas are live and which drain), the rule of `plan.rs` says how many
+//! Every `--spread-interval` the other replicas' loads are read from the
+//! view (the node records name their replica; the replica records say
+//! which replicas are live and which drain), this replica's own is the
+//! sessions attached here and not asked to move (the view can lag it:
+//! records are rewritten after etcd comes back), the rule of `plan.rs` says how many
 //! of this replica's sessions go where, and that many of its oldest
 //! sessions are asked to move ([`crate::sessions::Sessions::ask_to_move`]):
 //! the node is told `move` (with the target's `--advertise` address) and
 //! attaches there; its claims are adopted, tokens kept, nothing released.
 //! A move counts at its target until the node's record names another
-//! replica (or for a while), so the next round does not ask again.
+//! replica (or for a while); a session asked is never asked again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -80,7 +82,12 @@ pub async fn run(
             mine.and_then(|l| l.record.as_ref())
                 .is_some_and(|r| r.draining),
         );
-        state.set_held(mine.map_or(0, |l| l.sessions));
+        // Sessions attached here and not asked to move are this replica's
+        // own truth; the view can lag it (a record rewritten after etcd
+        // came back), and shows the moved ones until their nodes attach
+        // elsewhere: held until both say none.
+        let staying = ctx.sessions.staying();
+        state.set_held(staying.max(mine.map_or(0, |l| l.sessions)));
         let draining = state.is_draining();
         if draining != was_draining {
             match draining {
@@ -99,15 +106,20 @@ pub async fn run(
             p.asked.elapsed() < MOVE_COUNTS_FOR
                 && ctx.view.node_replica(node).is_some_and(|r| r == me)
         });
-        let mut replicas = plan_view(&loads);
-        for r in replicas.iter_mut() {
-            if r.id == me {
-                r.draining = draining;
-                r.sessions = r.sessions.saturating_sub(pending.len());
-            } else {
+        let mut replicas: Vec<plan::Replica> = plan_view(&loads)
+            .into_iter()
+            .filter(|r| r.id != me)
+            .map(|mut r| {
                 r.sessions += pending.values().filter(|p| p.to == r.id).count();
-            }
-        }
+                r
+            })
+            .collect();
+        replicas.push(plan::Replica {
+            id: me.clone(),
+            sessions: staying,
+            live: true,
+            draining,
+        });
         // A drain is not paced for the targets' sake as much: they are all
         // the others.
         let batch = match draining {
