@@ -38,7 +38,8 @@ pub struct ReplicaState {
     held: watch::Sender<usize>,
     /// Why it cannot serve the layout etcd holds, while that lasts.
     layout_problem: Mutex<Option<String>>,
-    /// Whether the layout was checked (and is one this build serves).
+    /// Whether the layout was checked (and is one this build serves) and
+    /// this replica's record written.
     layout_checked: AtomicBool,
 }
 
@@ -161,6 +162,10 @@ pub async fn run(
             }
         };
         failures = 0;
+        // Ready (and open to sessions) once the others can see it: a
+        // replica stopping moves its sessions only to replicas with a
+        // record.
+        state.layout_checked.store(true, Ordering::Relaxed);
         tracing::info!(lease_id = lease, version = %record.version, layout = record.layout, "replica record written");
         store.keep_record(lease, ttl, renew, loss_tx.clone());
         tokio::select! {
@@ -219,7 +224,6 @@ async fn check_layout(
                     .layout_problem
                     .lock()
                     .unwrap_or_else(|p| p.into_inner()) = None;
-                state.layout_checked.store(true, Ordering::Relaxed);
                 tracing::info!(
                     layout = n,
                     writes = LAYOUT_VERSION,

@@ -246,11 +246,22 @@ pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = (
 /// `drain-replica` does), for up to `limit`; what is left then is adopted
 /// as after a crash. Nothing to wait for when no other replica runs.
 async fn drain(ctx: &Context, replica: &ReplicaState, limit: Duration) {
-    let loads = ctx.view.replica_loads().unwrap_or_default();
-    if limit.is_zero()
-        || replica.held() == 0
-        || !spread::others_can_take(&loads, &replica.service_id)
-    {
+    if limit.is_zero() || replica.held() == 0 {
+        return;
+    }
+    // Who can take the sessions, read from etcd itself: the view may lag
+    // (etcd just came back, a replica just started).
+    let others = tokio::time::timeout(Duration::from_secs(1), ctx.store.replicas()).await;
+    let takers = match others {
+        Ok(Ok(records)) => records
+            .iter()
+            .any(|(id, r)| *id != replica.service_id && !r.draining),
+        _ => spread::others_can_take(
+            &ctx.view.replica_loads().unwrap_or_default(),
+            &replica.service_id,
+        ),
+    };
+    if !takers {
         return;
     }
     replica.set_stopping();

@@ -72,6 +72,12 @@ impl Store {
         Ok(lease)
     }
 
+    /// Every live replica's record, read from etcd now (not the view).
+    pub async fn replicas(&self) -> Result<Vec<(String, ReplicaRecord)>> {
+        let prefix = self.inner.layout.replica("");
+        Ok(self.snapshot_of(Purpose::Reads, &prefix).await?.replicas)
+    }
+
     /// Sets a replica's draining mark, keeping its lease. `None` when no
     /// such replica runs.
     pub async fn set_replica_draining(
