@@ -302,7 +302,15 @@ async fn failover(policy: &str) -> Result<Duration> {
 
     // The encoder fails over to node B: held, not sent to the dead node.
     let mut moved = Publisher::start(&c.b.rtmp_url("live/f"))?;
-    let viewer = http_get(c.b.http_port, "/live/f.flv").await?;
+    // Node B's owner cache follows the claim plane's watch and may not yet
+    // have seen the detach the service already reports: until it has, B
+    // still redirects to A (CI caught that gap once).
+    let viewer = until(
+        Duration::from_millis(20),
+        async || http_get(c.b.http_port, "/live/f.flv").await,
+        |answer| answer.status != 302,
+    )
+    .await?;
     assert_eq!(viewer.status, 503, "{viewer:?}");
     assert!(viewer.header("retry-after").is_some(), "{viewer:?}");
     c.b.wait_broadcast("live/f", state_is("claimed")).await?;
