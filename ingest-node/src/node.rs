@@ -56,11 +56,11 @@ async fn listen(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpLis
 /// Runs the node until `shutdown` resolves: then RTMP stops (its tracks
 /// close), the bridge says goodbye (claims released at once), HTTP stops.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
-    let front = match config.media_server {
+    let front = match config.hooks.media_server {
         None => Front::Rtmp(listen("RTMP", config.rtmp_listen).await?),
         Some(kind) => Front::Hooks(
             kind,
-            listen("media-server hooks", config.hooks_listen).await?,
+            listen("media-server hooks", config.hooks.hooks_listen).await?,
         ),
     };
     let http_listener = listen("HTTP", config.http_listen).await?;
@@ -72,7 +72,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let metrics = Arc::new(Metrics::new());
     // A sidecar that restarted finds what its media server still publishes
     // before its claim session starts, so the claims are adopted.
-    let api = config.media_server_api()?;
+    let api = config.hooks.api()?;
     let restored = match (&front, &api) {
         (Front::Hooks(kind, _), Some(api)) => match hooks::read_listing(*kind, api).await {
             Ok(page) => hooks::restore(*kind, &registry, &page.listed, &metrics),
@@ -106,9 +106,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         registry.clone(),
         bridge_stop.clone(),
     );
-    let ingest = match config.media_server {
+    let ingest = match config.hooks.media_server {
         None => format!("rtmp on {}", config.rtmp_listen),
-        Some(kind) => format!("{kind:?} hooks on {}{}", config.hooks_listen, kind.path()),
+        Some(kind) => format!(
+            "{kind:?} hooks on {}{}",
+            config.hooks.hooks_listen,
+            kind.path()
+        ),
     };
     tracing::info!(
         node_id = %config.node_id,
@@ -124,7 +128,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     );
 
     let front_stop = CancellationToken::new();
-    let (rtmp_limits, http_limits) = config.listen_limits();
+    let (rtmp_limits, http_limits) = config.limits.listen_limits();
     let gate = Arc::new(PublishGate {
         registry: registry.clone(),
         bridge: bridge.clone(),
@@ -142,7 +146,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 gate: gate.clone(),
                 hub: hub.clone(),
                 idle_timeout: config.idle_timeout,
-                max_message: config.max_rtmp_message,
+                max_message: config.limits.max_rtmp_message,
                 advertise_http: advertise_http.clone(),
             });
             tokio::spawn(rtmp::serve(
@@ -153,7 +157,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             ))
         }
         Front::Hooks(kind, listener) => {
-            let ome_secret = match &config.ome_secret_file {
+            let ome_secret = match &config.hooks.ome_secret_file {
                 Some(path) => Some(std::fs::read(path).map_err(|e| {
                     Error::Config(format!(
                         "cannot read --ome-secret-file {}: {e}",
@@ -171,19 +175,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 api,
                 liveness: std::sync::Mutex::new(hooks::liveness::Liveness::new(
                     std::time::Instant::now(),
-                    config.media_server_gone_after,
+                    config.hooks.media_server_gone_after,
                 )),
                 relays: kind
                     .takes_relays()
                     .then(|| Arc::new(Relays::new(front_stop.clone()))),
                 local_rtmp: advertise_rtmp.clone(),
             });
-            tracing::info!(media_server = ?kind, hooks = %config.hooks_listen, path = kind.path(), api = ?config.media_server_api, gone_after = ?config.media_server_gone_after, "serving the media server's hooks instead of RTMP");
+            tracing::info!(media_server = ?kind, hooks = %config.hooks.hooks_listen, path = kind.path(), api = ?config.hooks.media_server_api, gone_after = ?config.hooks.media_server_gone_after, "serving the media server's hooks instead of RTMP");
             sidecar_of_front = Some(sidecar.clone());
             tokio::spawn(hooks::watch(
                 sidecar.clone(),
-                config.update_timeout(),
-                config.media_server_api_interval,
+                config.hooks.update_timeout(),
+                config.hooks.media_server_api_interval,
                 front_stop.clone(),
             ));
             tokio::spawn(listen::serve_http(
@@ -194,7 +198,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     hooks_time_limit(config.claim_wait),
                     HOOKS_IN_FLIGHT,
                 ),
-                config.handshake_timeout,
+                config.limits.handshake_timeout,
                 front_stop.clone(),
                 HTTP_GRACE,
             ))
@@ -206,21 +210,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let owners = config
         .owner_cache
         .then(|| crate::owners::OwnerCache::start(claim_services.clone()));
-    let state = Arc::new(HttpState::new(
-        config.node_id.clone(),
+    let state = Arc::new(HttpState {
+        node_id: config.node_id.clone(),
         advertise_http,
-        claim_services.clone(),
-        owners,
+        lookup: OwnerLookup::cached(claim_services.clone(), owners, metrics.clone()),
+        claim_services: claim_services.clone(),
         hub,
         registry,
-        bridge.clone(),
+        bridge: bridge.clone(),
         metrics,
-    ));
+    });
     let http_task = tokio::spawn(listen::serve_http(
         http_listener,
         Gate::new("http", http_limits),
         layers::limited(router(state), HTTP_TIME_LIMIT, HTTP_IN_FLIGHT),
-        config.handshake_timeout,
+        config.limits.handshake_timeout,
         http_stop.clone(),
         HTTP_GRACE,
     ));
@@ -230,7 +234,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // be adopted by its next run (same fencing tokens, nothing released):
     // it ends its session without goodbye before its publishers close.
     if let Some(sidecar) = &sidecar_of_front {
-        if !config.release_on_exit && sidecar.server_goes_on().await {
+        if !config.hooks.release_on_exit && sidecar.server_goes_on().await {
             tracing::info!(grace = "the claim service's --detach-grace", "shutting down while the media server still publishes: leaving the claim session without goodbye, so the claims wait for this sidecar's next run");
             bridge.leave_without_goodbye();
             bridge_stop.cancel();
