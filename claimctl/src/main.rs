@@ -4,135 +4,20 @@
 //! 2 bad usage or a name the service refused, 3 not found, 4 not allowed
 //! (admin credential missing or wrong), 5 claim-service unavailable.
 
-use std::time::Duration;
-
 use claims_proto::v1 as pb;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use pb::admin_client::AdminClient;
-use pb::ownership_client::OwnershipClient;
 use serde_json::{json, Value};
 
+mod cli;
+mod connect;
 mod output;
+mod watch;
 
-use output::{claim_json, endpoints, event_json, node_json, table, when};
+use cli::{Cli, Cmd};
+use output::{claim_json, endpoints, node_json, table, when};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
-
-/// Ask a Broadcast Claims service who owns what, watch ownership change,
-/// and (with an admin token) force-release claims or drain nodes.
-#[derive(Parser)]
-#[command(name = "claimctl", version = claims_proto::VERSION)]
-struct Cli {
-    /// Claim-service gRPC URLs, comma-separated: commands use the first;
-    /// `watch` moves to the next when its stream ends.
-    #[arg(
-        long,
-        env = "CLAIMCTL_SERVER",
-        default_value = "http://127.0.0.1:50051",
-        value_delimiter = ',',
-        global = true
-    )]
-    server: Vec<String>,
-
-    /// Print JSON (one object, or one per line for watch) instead of tables.
-    #[arg(long, global = true)]
-    json: bool,
-
-    /// Admin bearer token (for release and drain).
-    #[arg(
-        long,
-        env = "CLAIMCTL_ADMIN_TOKEN",
-        global = true,
-        hide_env_values = true
-    )]
-    admin_token: Option<String>,
-
-    /// File holding the admin bearer token.
-    #[arg(long, env = "CLAIMCTL_ADMIN_TOKEN_FILE", global = true)]
-    admin_token_file: Option<std::path::PathBuf>,
-
-    /// File holding the read token, when the service requires one for reads
-    /// (otherwise the admin token is sent, if given).
-    #[arg(long, env = "CLAIMCTL_READ_TOKEN_FILE", global = true)]
-    read_token_file: Option<std::path::PathBuf>,
-
-    /// PEM CA of the service's certificate: connect over TLS (https:// URL).
-    #[arg(long, env = "CLAIMCTL_TLS_CA", global = true)]
-    tls_ca: Option<std::path::PathBuf>,
-
-    /// PEM client certificate (mutual TLS; an admin identity may run
-    /// release and drain without a token), with --tls-key.
-    #[arg(long, env = "CLAIMCTL_TLS_CERT", global = true)]
-    tls_cert: Option<std::path::PathBuf>,
-
-    /// PEM private key of --tls-cert.
-    #[arg(long, env = "CLAIMCTL_TLS_KEY", global = true)]
-    tls_key: Option<std::path::PathBuf>,
-
-    #[command(subcommand)]
-    command: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Who owns BROADCAST (exit 3 when nobody does).
-    Owner {
-        /// A broadcast name, APP/STREAM (e.g. live/cam1).
-        broadcast: String,
-        /// Read etcd linearizably instead of the service's view.
-        #[arg(long)]
-        consistent: bool,
-    },
-    /// Every claim, in name order.
-    List {
-        /// Only claims of this node.
-        #[arg(long)]
-        node: Option<String>,
-        /// Only broadcasts whose name starts with this.
-        #[arg(long, default_value = "")]
-        prefix: String,
-    },
-    /// Claims and releases as they happen, each with the time it was seen
-    /// (Ctrl-C stops). When the stream ends (its replica stopped), it goes
-    /// on from the next revision at the next --server URL, missing nothing.
-    Watch {
-        /// Replay from this etcd revision (0 = from now on).
-        #[arg(long, default_value_t = 0)]
-        from: i64,
-        /// Only broadcasts whose name starts with this (e.g. live/).
-        #[arg(long, default_value = "")]
-        prefix: String,
-    },
-    /// Attached ingest nodes.
-    Nodes,
-    /// Revoke BROADCAST's claim (admin); the owner is told the reason.
-    Release {
-        /// The broadcast whose claim is revoked, APP/STREAM.
-        broadcast: String,
-        /// Why, told to the owner node in its `lost` (required).
-        #[arg(long)]
-        reason: String,
-    },
-    /// Mark NODE draining (admin): it takes no new publishers.
-    Drain {
-        /// The node's id.
-        node: String,
-        /// Clear the mark instead.
-        #[arg(long)]
-        undo: bool,
-    },
-    /// Drain a claim-service replica (admin): its node sessions move to
-    /// the other replicas (claims adopted there, tokens kept, nothing
-    /// released), it takes no new ones and reports itself not ready, until
-    /// it restarts. `nodes` shows which replica each node is on.
-    DrainReplica {
-        /// The replica's service id (--service-id).
-        service_id: String,
-        /// Clear the mark instead.
-        #[arg(long)]
-        undo: bool,
-    },
-}
 
 fn exit_code(status: &Status) -> i32 {
     match status.code() {
@@ -144,149 +29,7 @@ fn exit_code(status: &Status) -> i32 {
     }
 }
 
-fn read_token_file(
-    path: Option<&std::path::PathBuf>,
-    flag: &str,
-) -> Result<Option<String>, Status> {
-    let Some(path) = path else {
-        return Ok(None);
-    };
-    std::fs::read_to_string(path)
-        .map(|t| Some(t.trim().to_string()))
-        .map_err(|e| Status::invalid_argument(format!("{flag} {}: {e}", path.display())))
-}
-
-fn bearer(token: &str) -> Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>, Status> {
-    format!("Bearer {token}")
-        .parse()
-        .map_err(|_| Status::invalid_argument("the token holds characters not allowed in a header"))
-}
-
 impl Cli {
-    /// The admin token, if one is given.
-    fn token(&self) -> Result<Option<String>, Status> {
-        if let Some(t) = &self.admin_token {
-            return Ok(Some(t.trim().to_string()));
-        }
-        read_token_file(self.admin_token_file.as_ref(), "--admin-token-file")
-    }
-
-    /// The credential sent with reads: the read token, else the admin token.
-    fn read_token(&self) -> Result<Option<String>, Status> {
-        match read_token_file(self.read_token_file.as_ref(), "--read-token-file")? {
-            Some(t) => Ok(Some(t)),
-            None => self.token(),
-        }
-    }
-
-    fn admin_request<T>(&self, msg: T) -> Result<tonic::Request<T>, Status> {
-        let mut req = tonic::Request::new(msg);
-        match self.token()? {
-            Some(token) => req.metadata_mut().insert("authorization", bearer(&token)?),
-            // An admin certificate speaks for itself.
-            None if self.tls_cert.is_some() => None,
-            None => {
-                return Err(Status::unauthenticated(
-                    "this command needs an admin credential: --admin-token, CLAIMCTL_ADMIN_TOKEN, --admin-token-file, or an admin certificate (--tls-cert)",
-                ))
-            }
-        };
-        Ok(req)
-    }
-
-    /// A lazy channel to the `i`-th --server URL (wrapping around).
-    fn channel(&self, i: usize) -> Result<Channel, Status> {
-        let tls = claims_proto::client::TlsFiles {
-            ca: self.tls_ca.clone(),
-            cert: self.tls_cert.clone(),
-            key: self.tls_key.clone(),
-        };
-        let server = &self.server[i % self.server.len()];
-        tls.load()
-            .and_then(|tls| claims_proto::client::endpoint(server, tls.as_ref()))
-            .map(|e| e.connect_lazy())
-            .map_err(|e| Status::invalid_argument(format!("--server {server}: {e}")))
-    }
-
-    /// An `Ownership` client on `channel` sending the read credential.
-    fn reader(&self, channel: Channel) -> Result<Reader, Status> {
-        let credential = match self.read_token()? {
-            Some(token) => Some(bearer(&token)?),
-            None => None,
-        };
-        Ok(OwnershipClient::with_interceptor(
-            channel,
-            Box::new(move |mut req: tonic::Request<()>| {
-                if let Some(value) = &credential {
-                    req.metadata_mut().insert("authorization", value.clone());
-                }
-                Ok(req)
-            }),
-        ))
-    }
-
-    /// Follows claim changes from `from`; when a stream ends or breaks, goes
-    /// on from the revision after the last one seen at the next server.
-    async fn watch(&self, mut read: Reader, from: i64, prefix: &str) -> Result<(), Status> {
-        let mut next = from;
-        let mut server = 0;
-        let mut failures = 0u32;
-        loop {
-            let request = pb::WatchClaimsRequest {
-                prefix: prefix.to_string(),
-                start_revision: next,
-            };
-            let why = match read.watch_claims(request).await {
-                Ok(stream) => {
-                    let mut stream = stream.into_inner();
-                    loop {
-                        match stream.message().await {
-                            Ok(Some(e)) => {
-                                failures = 0;
-                                next = e.revision + 1;
-                                self.print_event(&e);
-                            }
-                            Ok(None) => break "the stream ended".to_string(),
-                            Err(status) => break status.message().to_string(),
-                        }
-                    }
-                }
-                // A revision etcd no longer has cannot be resumed from.
-                Err(status) if status.code() == Code::OutOfRange => return Err(status),
-                Err(status) => status.message().to_string(),
-            };
-            failures += 1;
-            if failures > 3 * self.server.len() as u32 {
-                return Err(Status::unavailable(format!(
-                    "no claim-service kept the watch open (last: {why})"
-                )));
-            }
-            server += 1;
-            let url = &self.server[server % self.server.len()];
-            eprintln!(
-                "claimctl: watch interrupted ({why}); resuming at {url} from revision {next}"
-            );
-            tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(10)))).await;
-            read = self.reader(self.channel(server)?)?;
-        }
-    }
-
-    fn print_event(&self, e: &pb::ClaimEvent) {
-        let kind = pb::claim_event::Kind::try_from(e.kind)
-            .map(|k| k.as_str_name())
-            .unwrap_or("UNKNOWN");
-        let seen_at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
-        if self.json {
-            println!("{}", event_json(kind, e, &seen_at));
-        } else {
-            let c = e.claim.clone().unwrap_or_default();
-            println!(
-                "{seen_at} {:<9} {:<40} node={} fencing={} revision={}",
-                kind, c.broadcast, c.node_id, c.fencing_token, e.revision
-            );
-        }
-    }
-
     async fn run(&self, channel: Channel) -> Result<(), Status> {
         let mut read = self.reader(channel.clone())?;
         match &self.command {
@@ -466,14 +209,6 @@ impl Cli {
         Ok(())
     }
 }
-
-type Reader = OwnershipClient<
-    tonic::service::interceptor::InterceptedService<
-        Channel,
-        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, Status> + Send>,
-    >,
->;
-
 /// Environment names claimctl read before they all began with CLAIMCTL_.
 const RENAMED: [(&str, &str); 4] = [
     ("CLAIMS_SERVER", "CLAIMCTL_SERVER"),
