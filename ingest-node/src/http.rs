@@ -37,31 +37,8 @@ pub struct HttpState {
     pub registry: Registry,
     pub bridge: Arc<Bridge>,
     pub metrics: Arc<Metrics>,
-    lookup: OwnerLookup,
-}
-
-impl HttpState {
-    pub fn new(
-        node_id: String,
-        advertise_http: String,
-        claim_services: ClaimServices,
-        owners: Option<Arc<crate::owners::OwnerCache>>,
-        hub: Hub,
-        registry: Registry,
-        bridge: Arc<Bridge>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        Self {
-            node_id,
-            advertise_http,
-            lookup: OwnerLookup::cached(claim_services.clone(), owners, metrics.clone()),
-            claim_services,
-            hub,
-            registry,
-            bridge,
-            metrics,
-        }
-    }
+    /// Who owns a broadcast this node does not play.
+    pub lookup: OwnerLookup,
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {

@@ -59,7 +59,8 @@ enum StreamMsg {
     /// A stream was opened on `anchor` (granted anew when `granted`).
     Opened {
         keeper: LeaseKeeper,
-        stream: etcd_client::LeaseKeepAliveStream,
+        /// Boxed: the stream is large and the other messages are small.
+        stream: Box<etcd_client::LeaseKeepAliveStream>,
         anchor: i64,
         granted: bool,
     },
@@ -300,7 +301,7 @@ impl Shard {
                 stream,
                 anchor,
                 granted,
-            } => self.opened(keeper, stream, anchor, granted),
+            } => self.opened(keeper, *stream, anchor, granted),
             StreamMsg::OpenFailed { error } => {
                 self.opening = false;
                 self.open_failed(error);
@@ -399,7 +400,7 @@ impl Shard {
             let msg = match tokio::time::timeout(OPEN_TIMEOUT, open_stream(client, anchor)).await {
                 Ok(Ok((keeper, stream, anchor, granted))) => StreamMsg::Opened {
                     keeper,
-                    stream,
+                    stream: Box::new(stream),
                     anchor,
                     granted,
                 },
