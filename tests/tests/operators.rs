@@ -429,6 +429,14 @@ async fn claimctl_watch_resumes_at_the_next_replica_without_missing_a_change() -
             .await??
             .ok_or_else(|| anyhow::anyhow!("claimctl watch ended"))
     };
+    // The watch starts from now on: it is open at its replica before the
+    // first claim, or that claim could come before it.
+    until(
+        Duration::from_millis(20),
+        async || Ok(metric_value(&other.metrics().await?, "claims_watches_open").unwrap_or(0.0)),
+        |open| *open >= 1.0,
+    )
+    .await?;
 
     let mut a = Node::attach(&stack.svc.addr(), hello("node-a")).await?;
     a.created("live/one", "video").await?;
