@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
@@ -33,6 +33,8 @@ pub struct ReplicaState {
     stopping: AtomicBool,
     /// Its record says draining (`drain-replica`).
     marked: AtomicBool,
+    /// Told when SIGTERM starts a drain, so that it starts at once.
+    stop_asked: Notify,
     /// Attached sessions the view says it holds (the spreading loop reads
     /// them each round).
     held: watch::Sender<usize>,
@@ -49,6 +51,7 @@ impl ReplicaState {
             service_id,
             stopping: AtomicBool::new(false),
             marked: AtomicBool::new(false),
+            stop_asked: Notify::new(),
             held: watch::Sender::new(0),
             layout_problem: Mutex::new(None),
             layout_checked: AtomicBool::new(false),
@@ -61,10 +64,20 @@ impl ReplicaState {
 
     pub fn set_stopping(&self) {
         self.stopping.store(true, Ordering::Relaxed);
+        self.stop_asked.notify_one();
+    }
+
+    /// Once SIGTERM has started a drain.
+    pub async fn stop_asked(&self) {
+        self.stop_asked.notified().await
     }
 
     pub fn set_marked(&self, draining: bool) {
         self.marked.store(draining, Ordering::Relaxed);
+    }
+
+    pub fn is_marked(&self) -> bool {
+        self.marked.load(Ordering::Relaxed)
     }
 
     pub fn held(&self) -> usize {

@@ -68,9 +68,19 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pending: HashMap<String, Pending> = HashMap::new();
     let mut was_draining = false;
+    let mut replicas_changed = ctx.view.replicas_changed();
     loop {
+        // A drain starts at once, not at the next round: on SIGTERM, or
+        // when the view shows this replica's draining mark set or cleared.
+        // Other record changes wait for the round, which keeps the pace.
         tokio::select! {
             _ = tick.tick() => {}
+            _ = state.stop_asked() => {}
+            Ok(()) = replicas_changed.changed() => {
+                if ctx.view.replica_marked(&me) == state.is_marked() {
+                    continue;
+                }
+            }
             _ = token.cancelled() => return,
         }
         let Ok(loads) = ctx.view.replica_loads() else {

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::claims::Claim;
 use crate::error::{Error, Result};
@@ -77,6 +77,9 @@ pub struct View {
     state: RwLock<State>,
     events: broadcast::Sender<ViewEvent>,
     claims: broadcast::Sender<Feed>,
+    /// Bumped whenever the replicas' records change (see
+    /// [`View::replicas_changed`]).
+    replicas_seen: watch::Sender<u64>,
 }
 
 /// A node as the view sees it.
@@ -126,6 +129,7 @@ impl View {
             state: RwLock::new(State::default()),
             events,
             claims,
+            replicas_seen: watch::Sender::new(0),
         });
         tokio::spawn(view.clone().follow(store));
         view
@@ -322,6 +326,7 @@ impl View {
         }
         state.nodes = nodes.into_iter().collect();
         state.replicas = replicas.into_iter().collect();
+        self.replicas_seen.send_modify(|n| *n += 1);
         if state.synced {
             // Watchers may have missed changes between the old revision and
             // this one.
@@ -382,9 +387,11 @@ impl View {
                 }
                 Change::Replica { service_id, record } => {
                     state.replicas.insert(service_id, record);
+                    self.replicas_seen.send_modify(|n| *n += 1);
                 }
                 Change::ReplicaGone { service_id } => {
                     state.replicas.remove(&service_id);
+                    self.replicas_seen.send_modify(|n| *n += 1);
                 }
                 Change::NodeGone { node_id } => {
                     let _ = self.events.send(ViewEvent::NodeGone {

@@ -18,6 +18,20 @@ pub struct ReplicaLoad {
 }
 
 impl View {
+    /// Changes whenever a replica's record is written or goes (a
+    /// draining mark among them).
+    pub fn replicas_changed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.replicas_seen.subscribe()
+    }
+
+    /// Whether `service_id`'s record says it is draining.
+    pub fn replica_marked(&self, service_id: &str) -> bool {
+        self.read()
+            .ok()
+            .and_then(|state| state.replicas.get(service_id).map(|r| r.draining))
+            .unwrap_or(false)
+    }
+
     /// Every replica that is live or holds an attached session, in
     /// service id order.
     pub fn replica_loads(&self) -> Result<Vec<ReplicaLoad>> {
