@@ -1109,25 +1109,12 @@ async fn held(
 
     // 6: failover of those claims to another replica.
     eprintln!("failover of {} claims", args.held);
-    let mut other = ClaimService::start(&setup.etcd.endpoint(), &setup.prefix, &UNLIMITED).await?;
+    let other_flags = [&UNLIMITED[..], &["--service-id", "bench-other"]].concat();
+    let other = ClaimService::start(&setup.etcd.endpoint(), &setup.prefix, &other_flags).await?;
     let mut svc = setup.svc;
     svc.kill();
-    let mut again = hello("bench-holder");
-    again.live = names.iter().map(|n| track(n, "video")).collect();
     let t = Instant::now();
-    let mut moved = Node::attach(&other.addr(), again).await?;
-    let mut adopted = 0;
-    while adopted < args.held {
-        match moved.next().await? {
-            Ok(Msg::Claimed(c)) if c.adopted => adopted += 1,
-            Ok(Msg::Claimed(c)) => bail!(
-                "{:?} claimed anew, not adopted",
-                c.claim.map(|c| c.broadcast)
-            ),
-            Ok(_) => {}
-            Err(s) => bail!("session ended: {s}"),
-        }
-    }
+    let mut moved = readopt(&other.addr(), &names).await?;
     let failover = t.elapsed();
     drop(holder);
     print_log_lines(&other, "re-adoption: claims retried", &["retrying"], 1);
@@ -1151,11 +1138,83 @@ async fn held(
         ratio(failover.as_secs_f64(), raw_rewrite.as_secs_f64()),
     );
 
+    // 6, planned: the same claims moved on purpose. `other` is drained
+    // (`claimctl drain-replica`): the node is told where to go, goes there
+    // and is adopted; against the crash failover above.
+    eprintln!("draining the replica that holds {} claims", args.held);
+    let token_file =
+        std::env::temp_dir().join(format!("claims-bench-token-{}", std::process::id()));
+    std::fs::write(&token_file, "bench-admin-token-0123\n")?;
+    let port = free_port();
+    let advertise = format!("http://127.0.0.1:{port}");
+    let token = token_file.to_string_lossy().to_string();
+    let third_flags = [
+        &UNLIMITED[..],
+        &[
+            "--service-id",
+            "bench-third",
+            "--advertise",
+            &advertise,
+            "--admin-token-file",
+            &token,
+        ],
+    ]
+    .concat();
+    let third =
+        ClaimService::start_at(port, &setup.etcd.endpoint(), &setup.prefix, &third_flags).await;
+    let _ = std::fs::remove_file(&token_file);
+    let mut third = third?;
+    let t = Instant::now();
+    let drained = std::process::Command::new(binary("claimctl"))
+        .env("CLAIMCTL_ADMIN_TOKEN", "bench-admin-token-0123")
+        .args(["--server", &third.addr(), "drain-replica", "bench-other"])
+        .output()?;
+    if !drained.status.success() {
+        bail!(
+            "claimctl drain-replica: {}",
+            String::from_utf8_lossy(&drained.stderr)
+        );
+    }
+    let to = loop {
+        match moved.next().await? {
+            Ok(Msg::Move(m)) => break m.to,
+            Ok(_) => {}
+            Err(s) => bail!("session ended before it was told to move: {s}"),
+        }
+    };
+    if to != advertise {
+        bail!("told to move to {to:?}, not to the other replica {advertise}");
+    }
+    let told = t.elapsed();
+    drop(moved);
+    let moved = readopt(&third.addr(), &names).await?;
+    let drain = t.elapsed();
+    row(
+        &format!(
+            "6. … moved on purpose: {} claims off a drained replica (`drain-replica` → every one `claimed`, adopted, at the replica named)",
+            args.held
+        ),
+        format!(
+            "{:.2} s (told to move after {:.2} s)",
+            drain.as_secs_f64(),
+            told.as_secs_f64()
+        ),
+        format!("{:.2} s (kill -9, above)", failover.as_secs_f64()),
+        ratio(drain.as_secs_f64(), failover.as_secs_f64()),
+    );
+    row(
+        "6. … of which re-adopting at the replica named (from the move)",
+        format!("{:.2} s", (drain - told).as_secs_f64()),
+        format!("{:.2} s (kill -9, above)", failover.as_secs_f64()),
+        ratio((drain - told).as_secs_f64(), failover.as_secs_f64()),
+    );
+    drop(other);
+
     // 6, the worst case: the replica and its node die together. Nobody
     // renews the node's lease; etcd expires it, with every claim on it.
     eprintln!("replica and node killed together");
     let t = Instant::now();
-    other.kill();
+    third.kill();
     drop(moved);
     let gone = until(
         Duration::from_millis(20),
@@ -1177,6 +1236,27 @@ async fn held(
     );
     drop(svc);
     Ok(())
+}
+
+/// The held claims' node attaching at `addr` with every one of `names`
+/// live: the session once each is `claimed` again, adopted.
+async fn readopt(addr: &str, names: &[String]) -> Result<Node> {
+    let mut again = hello("bench-holder");
+    again.live = names.iter().map(|n| track(n, "video")).collect();
+    let mut node = Node::attach(addr, again).await?;
+    let mut adopted = 0;
+    while adopted < names.len() {
+        match node.next().await? {
+            Ok(Msg::Claimed(c)) if c.adopted => adopted += 1,
+            Ok(Msg::Claimed(c)) => bail!(
+                "{:?} claimed anew, not adopted",
+                c.claim.map(|c| c.broadcast)
+            ),
+            Ok(_) => {}
+            Err(s) => bail!("session ended: {s}"),
+        }
+    }
+    Ok(node)
 }
 
 /// How many keys etcd has under `prefix`.
