@@ -19,7 +19,7 @@ need_nginx_rtmp
 # Many keep-alive streams and sockets: lift the open-file limit if allowed.
 ulimit -n 65536 2>/dev/null || true
 export CLAIMS_TEST_PROFILE=release
-cargo build --release --locked -p claim-service -p ingest-node -p system-tests
+cargo build --release --locked -p claim-service -p ingest-node -p claimctl -p system-tests
 export CLAIMS_TEST_BUILT=1
 # shellcheck disable=SC2086
 target/release/claims-bench ${CLAIMS_BENCH_ARGS:-}
