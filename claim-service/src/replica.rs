@@ -29,6 +29,9 @@ const LAYOUT_RECHECK: Duration = Duration::from_secs(5);
 /// check, the admin API and the spreading loop.
 pub struct ReplicaState {
     pub service_id: String,
+    /// When this run started: its record says so, which tells it from a
+    /// record an earlier run of the same service id left behind.
+    pub started_at_unix_ms: i64,
     /// SIGTERM: moving every session away before stopping.
     stopping: AtomicBool,
     /// Its record says draining (`drain-replica`).
@@ -49,6 +52,7 @@ impl ReplicaState {
     pub fn new(service_id: String) -> Self {
         Self {
             service_id,
+            started_at_unix_ms: unix_ms(),
             stopping: AtomicBool::new(false),
             marked: AtomicBool::new(false),
             stop_asked: Notify::new(),
@@ -78,6 +82,27 @@ impl ReplicaState {
 
     pub fn is_marked(&self) -> bool {
         self.marked.load(Ordering::Relaxed)
+    }
+
+    /// The draining mark `record` (this service id's, as the view shows
+    /// it) sets on this run: only a record this run wrote counts. A record
+    /// an earlier run left (its lease not yet expired when this one reads
+    /// it) says nothing of this run, which a restart clears of any mark;
+    /// taken for its own, it would be written back and hold this run
+    /// draining for good.
+    pub fn own_mark(&self, record: Option<&ReplicaRecord>) -> bool {
+        record.is_some_and(|r| r.started_at_unix_ms == self.started_at_unix_ms && r.draining)
+    }
+
+    /// This run's record as it starts.
+    pub fn record(&self, advertise: &str) -> ReplicaRecord {
+        ReplicaRecord {
+            version: claims_proto::VERSION.to_string(),
+            layout: LAYOUT_VERSION,
+            advertise: advertise.to_string(),
+            draining: false,
+            started_at_unix_ms: self.started_at_unix_ms,
+        }
     }
 
     pub fn held(&self) -> usize {
@@ -291,13 +316,23 @@ async fn write_layout_later(store: Store, view: Arc<View>, token: CancellationTo
     }
 }
 
-/// This replica's record as it starts.
-pub fn record(advertise: &str) -> ReplicaRecord {
-    ReplicaRecord {
-        version: claims_proto::VERSION.to_string(),
-        layout: LAYOUT_VERSION,
-        advertise: advertise.to_string(),
-        draining: false,
-        started_at_unix_ms: unix_ms(),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_record_this_run_wrote_marks_it_draining() {
+        let state = ReplicaState::new("replica-a".into());
+        let mut mine = state.record("http://replica-a:50051");
+        assert!(!state.own_mark(Some(&mine)));
+        mine.draining = true;
+        assert!(state.own_mark(Some(&mine)));
+        // Left by the run before this one (its lease not yet expired).
+        let earlier = ReplicaRecord {
+            started_at_unix_ms: state.started_at_unix_ms - 5_000,
+            ..mine.clone()
+        };
+        assert!(!state.own_mark(Some(&earlier)));
+        assert!(!state.own_mark(None));
     }
 }

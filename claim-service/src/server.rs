@@ -34,6 +34,8 @@ use crate::watchers::Watches;
 /// Largest read-side request.
 const MAX_QUERY_MESSAGE: usize = 64 * 1024;
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(5);
+/// Longest a stopping replica waits for its record to be taken out.
+const RECORD_OUT_LIMIT: Duration = Duration::from_secs(2);
 
 async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener> {
     TcpListener::bind(addr)
@@ -76,11 +78,11 @@ pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = (
     );
 
     let replica = Arc::new(ReplicaState::new(service_id.clone()));
-    tokio::spawn(replica::run(
+    let replica_record = tokio::spawn(replica::run(
         store.clone(),
         view.clone(),
         replica.clone(),
-        replica::record(&config.spread.advertise),
+        replica.record(&config.spread.advertise),
         config.lease_ttl,
         config.renew_interval(),
         token.clone(),
@@ -238,6 +240,14 @@ pub async fn run(config: Config, files: Loaded, shutdown: impl Future<Output = (
         ),
     }
     let _ = metrics_server.await;
+    // The record is taken out of etcd before the process ends: left there,
+    // the others would count this replica live until its lease expired.
+    if tokio::time::timeout(RECORD_OUT_LIMIT, replica_record)
+        .await
+        .is_err()
+    {
+        tracing::warn!("this replica's record was not taken out within {RECORD_OUT_LIMIT:?}; it expires with its lease");
+    }
     tracing::info!("claim-service stopped");
     Ok(())
 }

@@ -77,7 +77,7 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = state.stop_asked() => {}
             Ok(()) = replicas_changed.changed() => {
-                if ctx.view.replica_marked(&me) == state.is_marked() {
+                if state.own_mark(ctx.view.replica_record(&me).as_ref()) == state.is_marked() {
                     continue;
                 }
             }
@@ -88,10 +88,7 @@ pub async fn run(
         };
         show(&ctx, &loads);
         let mine = loads.iter().find(|l| l.service_id == me);
-        state.set_marked(
-            mine.and_then(|l| l.record.as_ref())
-                .is_some_and(|r| r.draining),
-        );
+        state.set_marked(state.own_mark(mine.and_then(|l| l.record.as_ref())));
         // Sessions attached here and not asked to move are this replica's
         // own truth; the view can lag it (a record rewritten after etcd
         // came back), and shows the moved ones until their nodes attach

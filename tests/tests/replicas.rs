@@ -192,6 +192,62 @@ async fn a_drained_replica_and_a_stopped_one_move_every_session_and_release_noth
     Ok(())
 }
 
+/// A restart clears a replica's draining mark, even while the record its
+/// earlier run left (on a lease not yet expired) still says draining: the
+/// new run must not take that mark for its own and write it back.
+#[tokio::test]
+async fn a_replica_restarted_over_its_earlier_draining_record_is_ready_and_not_draining(
+) -> Result<()> {
+    let mut fleet = Fleet::start("restart-mark", &[Build::New, Build::New], &[]).await?;
+    let key = format!("{}replicas/replica-0", fleet.prefix);
+    let mut etcd = fleet.etcd.client().await?;
+    let mut record = async || -> Result<serde_json::Value> {
+        let got = etcd.get(key.as_str(), None).await?;
+        let kv = got.kvs().first().context("no record of replica-0")?;
+        Ok(serde_json::from_slice(kv.value())?)
+    };
+    fleet.claimctl(1, &["drain-replica", "replica-0"])?;
+    let marked = until(
+        Duration::from_millis(50),
+        async || record().await,
+        |r| r["draining"] == true,
+    )
+    .await?;
+    // Killed: nothing takes its record out; it stays until its lease expires.
+    fleet.replicas[0]
+        .take()
+        .context("replica 0 running")?
+        .kill();
+    let left = record().await?;
+    assert_eq!(left["started_at_unix_ms"], marked["started_at_unix_ms"]);
+    assert_eq!(left["draining"], true, "{left}");
+
+    let restarted = fleet.start_replica(0, Build::New).await?;
+    let ready = restarted.readyz().await?;
+    assert!(ready.contains(" 200 "), "{ready}");
+    let now = record().await?;
+    assert_ne!(
+        now["started_at_unix_ms"], left["started_at_unix_ms"],
+        "{now}"
+    );
+    assert_eq!(now["draining"], false, "{now}");
+    // And it takes sessions: a node that knows it first attaches there.
+    fleet.replicas[0] = Some(restarted);
+    fleet.add_node("node-00", Build::New, 0).await?;
+    let placement = until(
+        Duration::from_millis(50),
+        async || fleet.placement(1).await,
+        |p| p.contains_key("node-00"),
+    )
+    .await?;
+    assert_eq!(
+        placement.get("node-00").map(String::as_str),
+        Some("replica-0"),
+        "{placement:?}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_replica_that_does_not_know_the_layout_stays_unready_and_writes_nothing() -> Result<()> {
     let etcd = Etcd::start().await?;

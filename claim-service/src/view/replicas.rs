@@ -24,12 +24,11 @@ impl View {
         self.replicas_seen.subscribe()
     }
 
-    /// Whether `service_id`'s record says it is draining.
-    pub fn replica_marked(&self, service_id: &str) -> bool {
+    /// `service_id`'s record, if it is live.
+    pub fn replica_record(&self, service_id: &str) -> Option<ReplicaRecord> {
         self.read()
             .ok()
-            .and_then(|state| state.replicas.get(service_id).map(|r| r.draining))
-            .unwrap_or(false)
+            .and_then(|state| state.replicas.get(service_id).cloned())
     }
 
     /// Every replica that is live or holds an attached session, in
