@@ -64,11 +64,22 @@ pub const WAIT: Duration = Duration::from_secs(15);
 
 pub use claims_proto::client::error_chain;
 
+/// A loopback port free now, never handed out before in this process:
+/// the OS may give a port it just gave again once that listener is
+/// closed, and two parts of one test (the compose stack's nine published
+/// ports, a replica's gRPC and metrics ports) would then collide.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("the OS hands out a free loopback port")
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("the OS hands out a free loopback port");
+        if GIVEN.lock().unwrap_or_else(|p| p.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 pub fn workspace_root() -> PathBuf {
