@@ -176,6 +176,14 @@ async fn a_drained_replica_and_a_stopped_one_move_every_session_and_release_noth
         log.contains("every session moved to another replica"),
         "{log}"
     );
+    // Its record left etcd with it: no replica counts it live afterwards.
+    let record = fleet
+        .etcd
+        .client()
+        .await?
+        .get(format!("{}replicas/replica-1", fleet.prefix), None)
+        .await?;
+    assert!(record.kvs().is_empty(), "{:?}", record.kvs());
     let loads = fleet
         .wait_loads(2, WAIT, |l| {
             l.get("replica-2") == Some(&NODES) && l.values().sum::<usize>() == NODES
