@@ -28,7 +28,7 @@ use crate::sessions::{Context, Sessions};
 use crate::spread;
 use crate::store::Store;
 use crate::ui;
-use crate::view::View;
+use crate::view::{ReplicaLoad, View};
 use crate::watchers::Watches;
 
 /// Largest read-side request.
@@ -261,17 +261,19 @@ async fn drain(ctx: &Context, replica: &ReplicaState, limit: Duration) {
     }
     // Who can take the sessions, read from etcd itself: the view may lag
     // (etcd just came back, a replica just started).
-    let others = tokio::time::timeout(Duration::from_secs(1), ctx.store.replicas()).await;
-    let takers = match others {
+    let read = tokio::time::timeout(Duration::from_secs(1), ctx.store.replicas()).await;
+    let replicas = match read {
         Ok(Ok(records)) => records
-            .iter()
-            .any(|(id, r)| *id != replica.service_id && !r.draining),
-        _ => spread::others_can_take(
-            &ctx.view.replica_loads().unwrap_or_default(),
-            &replica.service_id,
-        ),
+            .into_iter()
+            .map(|(service_id, record)| ReplicaLoad {
+                service_id,
+                sessions: 0,
+                record: Some(record),
+            })
+            .collect(),
+        _ => ctx.view.replica_loads().unwrap_or_default(),
     };
-    if !takers {
+    if !spread::others_can_take(&replicas, &replica.service_id) {
         return;
     }
     replica.set_stopping();

@@ -103,8 +103,6 @@ pub fn check_node_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Endpoints a node advertises: at most 16, names like track names, URLs of
-/// at most 1024 bytes with a scheme.
 /// A claim-service replica's id (`--service-id`): it names the replica's
 /// key under `replicas/` and is written into every claim and node record.
 pub fn check_service_id(id: &str) -> Result<(), String> {
@@ -118,6 +116,8 @@ pub fn check_service_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Endpoints a node advertises: at most 16, names like track names, URLs of
+/// at most 1024 bytes with a scheme.
 pub fn check_endpoints(endpoints: &HashMap<String, String>) -> Result<(), String> {
     if endpoints.len() > MAX_ENDPOINTS {
         return Err(format!(

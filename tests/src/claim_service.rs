@@ -71,7 +71,9 @@ impl ClaimService {
         cmd.arg(format!("--nofile={files}:{files}"))
             .arg("--")
             .arg(binary("claim-service"));
-        Self::start_on_loopback(cmd, free_port(), etcd_endpoints, prefix, extra, None).await
+        Self::spawn_on_loopback(cmd, free_port(), etcd_endpoints, prefix, extra, None)?
+            .once_serving()
+            .await
     }
 
     /// As [`ClaimService::start`], for a service serving TLS (its flags in
@@ -83,18 +85,7 @@ impl ClaimService {
         probe: ClientTlsConfig,
     ) -> Result<Self> {
         let cmd = Command::new(binary("claim-service"));
-        Self::start_on_loopback(cmd, free_port(), etcd_endpoints, prefix, extra, Some(probe)).await
-    }
-
-    async fn start_on_loopback(
-        cmd: Command,
-        port: u16,
-        etcd_endpoints: &str,
-        prefix: &str,
-        extra: &[&str],
-        tls: Option<ClientTlsConfig>,
-    ) -> Result<Self> {
-        Self::spawn_on_loopback(cmd, port, etcd_endpoints, prefix, extra, tls)?
+        Self::spawn_on_loopback(cmd, free_port(), etcd_endpoints, prefix, extra, Some(probe))?
             .once_serving()
             .await
     }
@@ -167,7 +158,9 @@ impl ClaimService {
         extra: &[&str],
     ) -> Result<Self> {
         let cmd = Command::new(bin);
-        Self::start_on_loopback(cmd, port, etcd_endpoints, prefix, extra, None).await
+        Self::spawn_on_loopback(cmd, port, etcd_endpoints, prefix, extra, None)?
+            .once_serving()
+            .await
     }
 
     /// Starts the binary as [`ClaimService::start`] does, on a given port,

@@ -242,19 +242,35 @@ impl Fleet {
 
     /// `claimctl` (this tree's) against replica `at`, as the admin; stdout.
     pub fn claimctl(&self, at: usize, args: &[&str]) -> Result<String> {
-        let out = std::process::Command::new(binary("claimctl"))
-            .env("CLAIMCTL_ADMIN_TOKEN", FLEET_TOKEN)
-            .args(["--server", &self.url(at)])
-            .args(args)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "claimctl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        claimctl_as_admin(&self.url(at), FLEET_TOKEN, args)
     }
+
+    /// Replica `i`'s record in etcd, if it has one.
+    pub async fn replica_record(&self, i: usize) -> Result<Option<serde_json::Value>> {
+        let key = format!("{}replicas/replica-{i}", self.prefix);
+        let got = self.etcd.client().await?.get(key, None).await?;
+        match got.kvs().first() {
+            Some(kv) => Ok(Some(serde_json::from_slice(kv.value())?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// `claimctl` (this tree's) against `server` as the admin of `token`;
+/// stdout, or an error with its stderr.
+pub fn claimctl_as_admin(server: &str, token: &str, args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new(binary("claimctl"))
+        .env("CLAIMCTL_ADMIN_TOKEN", token)
+        .args(["--server", server])
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "claimctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 impl Drop for Fleet {

@@ -177,13 +177,8 @@ async fn a_drained_replica_and_a_stopped_one_move_every_session_and_release_noth
         "{log}"
     );
     // Its record left etcd with it: no replica counts it live afterwards.
-    let record = fleet
-        .etcd
-        .client()
-        .await?
-        .get(format!("{}replicas/replica-1", fleet.prefix), None)
-        .await?;
-    assert!(record.kvs().is_empty(), "{:?}", record.kvs());
+    let record = fleet.replica_record(1).await?;
+    assert_eq!(record, None);
     let loads = fleet
         .wait_loads(2, WAIT, |l| {
             l.get("replica-2") == Some(&NODES) && l.values().sum::<usize>() == NODES
@@ -207,17 +202,16 @@ async fn a_drained_replica_and_a_stopped_one_move_every_session_and_release_noth
 async fn a_replica_restarted_over_its_earlier_draining_record_is_ready_and_not_draining(
 ) -> Result<()> {
     let mut fleet = Fleet::start("restart-mark", &[Build::New, Build::New], &[]).await?;
-    let key = format!("{}replicas/replica-0", fleet.prefix);
-    let mut etcd = fleet.etcd.client().await?;
-    let mut record = async || -> Result<serde_json::Value> {
-        let got = etcd.get(key.as_str(), None).await?;
-        let kv = got.kvs().first().context("no record of replica-0")?;
-        Ok(serde_json::from_slice(kv.value())?)
+    let record = async |fleet: &Fleet| -> Result<serde_json::Value> {
+        fleet
+            .replica_record(0)
+            .await?
+            .context("no record of replica-0")
     };
     fleet.claimctl(1, &["drain-replica", "replica-0"])?;
     let marked = until(
         Duration::from_millis(50),
-        async || record().await,
+        async || record(&fleet).await,
         |r| r["draining"] == true,
     )
     .await?;
@@ -226,14 +220,14 @@ async fn a_replica_restarted_over_its_earlier_draining_record_is_ready_and_not_d
         .take()
         .context("replica 0 running")?
         .kill();
-    let left = record().await?;
+    let left = record(&fleet).await?;
     assert_eq!(left["started_at_unix_ms"], marked["started_at_unix_ms"]);
     assert_eq!(left["draining"], true, "{left}");
 
     let restarted = fleet.start_replica(0, Build::New).await?;
     let ready = restarted.readyz().await?;
     assert!(ready.contains(" 200 "), "{ready}");
-    let now = record().await?;
+    let now = record(&fleet).await?;
     assert_ne!(
         now["started_at_unix_ms"], left["started_at_unix_ms"],
         "{now}"

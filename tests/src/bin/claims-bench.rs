@@ -1144,7 +1144,7 @@ async fn held(
     eprintln!("draining the replica that holds {} claims", args.held);
     let token_file =
         std::env::temp_dir().join(format!("claims-bench-token-{}", std::process::id()));
-    std::fs::write(&token_file, "bench-admin-token-0123\n")?;
+    std::fs::write(&token_file, format!("{BENCH_TOKEN}\n"))?;
     let port = free_port();
     let advertise = format!("http://127.0.0.1:{port}");
     let token = token_file.to_string_lossy().to_string();
@@ -1165,16 +1165,11 @@ async fn held(
     let _ = std::fs::remove_file(&token_file);
     let mut third = third?;
     let t = Instant::now();
-    let drained = std::process::Command::new(binary("claimctl"))
-        .env("CLAIMCTL_ADMIN_TOKEN", "bench-admin-token-0123")
-        .args(["--server", &third.addr(), "drain-replica", "bench-other"])
-        .output()?;
-    if !drained.status.success() {
-        bail!(
-            "claimctl drain-replica: {}",
-            String::from_utf8_lossy(&drained.stderr)
-        );
-    }
+    system_tests::fleet::claimctl_as_admin(
+        &third.addr(),
+        BENCH_TOKEN,
+        &["drain-replica", "bench-other"],
+    )?;
     let to = loop {
         match moved.next().await? {
             Ok(Msg::Move(m)) => break m.to,
@@ -1237,6 +1232,9 @@ async fn held(
     drop(svc);
     Ok(())
 }
+
+/// The admin token of the replica part 6 drains through.
+const BENCH_TOKEN: &str = "bench-admin-token-0123";
 
 /// The held claims' node attaching at `addr` with every one of `names`
 /// live: the session once each is `claimed` again, adopted.
